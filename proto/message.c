@@ -1,0 +1,117 @@
+/* Varlink messages: parsing one NUL-delimited JSON object, and checking a
+ * call's parameters against a method's declarative table. */
+#include <errno.h>
+#include <json-c/json.h>
+#include <string.h>
+
+#include "macro.h"
+#include "varlink.h"
+
+/* Deep nesting costs stack in json-c and means nothing to us. */
+#define VL_JSON_DEPTH_MAX 64
+
+int vl_message_parse(const char *buf, size_t len, struct json_object **ret) {
+	if (len == 0 || len > VL_MESSAGE_MAX || len > INT32_MAX)
+		return -EBADMSG;
+
+	struct json_tokener *tok = json_tokener_new_ex(VL_JSON_DEPTH_MAX);
+	if (!tok)
+		return -ENOMEM;
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+
+	struct json_object *o = json_tokener_parse_ex(tok, buf, (int)len);
+	enum json_tokener_error jerr = json_tokener_get_error(tok);
+	size_t used = json_tokener_get_parse_end(tok);
+	json_tokener_free(tok);
+
+	if (!o || jerr != json_tokener_success) {
+		json_object_put(o);
+		return -EBADMSG;
+	}
+	/* Only whitespace may follow the object inside one message. */
+	for (size_t i = used; i < len; i++)
+		if (!strchr(" \t\r\n", buf[i])) {
+			json_object_put(o);
+			return -EBADMSG;
+		}
+	if (!json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		return -EBADMSG;
+	}
+	*ret = o;
+	return 0;
+}
+
+static bool type_matches(struct json_object *v, enum vl_type t) {
+	switch (t) {
+	case VL_ANY:
+		return true;
+	case VL_BOOL:
+		return json_object_is_type(v, json_type_boolean);
+	case VL_INT:
+		return json_object_is_type(v, json_type_int);
+	case VL_FLOAT:
+		return json_object_is_type(v, json_type_double) ||
+		       json_object_is_type(v, json_type_int);
+	case VL_STRING:
+		return json_object_is_type(v, json_type_string);
+	case VL_OBJECT:
+		return json_object_is_type(v, json_type_object);
+	case VL_ARRAY:
+		return json_object_is_type(v, json_type_array);
+	}
+	return false;
+}
+
+int vl_params_check(struct json_object *params, const struct vl_param *table,
+		    const char **ret_bad) {
+	const char *bad = NULL;
+
+	if (params && !json_object_is_type(params, json_type_object)) {
+		bad = "parameters";
+		goto fail;
+	}
+
+	if (params) {
+		json_object_object_foreach(params, key, val) {
+			const struct vl_param *p = NULL;
+			for (const struct vl_param *i = table; i && i->name; i++)
+				if (streq(i->name, key)) {
+					p = i;
+					break;
+				}
+			if (!p) {
+				bad = key; /* a field the method does not take */
+				goto fail;
+			}
+			if (!val) { /* JSON null */
+				if (p->flags & VL_MANDATORY) {
+					bad = key;
+					goto fail;
+				}
+				if (!(p->flags & VL_NULLABLE)) {
+					bad = key;
+					goto fail;
+				}
+				continue;
+			}
+			if (!type_matches(val, p->type)) {
+				bad = key;
+				goto fail;
+			}
+		}
+	}
+
+	for (const struct vl_param *i = table; i && i->name; i++)
+		if ((i->flags & VL_MANDATORY) &&
+		    (!params || !json_object_object_get_ex(params, i->name, NULL))) {
+			bad = i->name;
+			goto fail;
+		}
+	return 0;
+
+fail:
+	if (ret_bad)
+		*ret_bad = bad;
+	return -EINVAL;
+}

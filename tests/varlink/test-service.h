@@ -1,0 +1,16 @@
+/* The interfaces of the Varlink test server (see test-service.c). */
+#pragma once
+
+#include "varlink.h"
+
+struct event_base;
+
+struct test_service_stats {
+	int notes;       /* oneway Note calls seen */
+	int disconnects; /* streams whose caller left early */
+	int certified;   /* certification runs that reached End */
+	bool test11_ok;
+};
+extern struct test_service_stats test_service_stats;
+
+int test_service_register(struct vl_server *s, struct event_base *base);

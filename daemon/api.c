@@ -1,0 +1,498 @@
+/* io.cprd.Manager: the method handlers. Each checks who calls (in one
+ * place, api_authorize), then its parameters, then the VM's state, and only
+ * then changes anything. */
+#include "api.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "idl.h"
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "probe.h"
+#include "spec.h"
+#include "upgrade.h"
+#include "util.h"
+#include "varlink.h"
+#include "vm.h"
+
+#define API_LOG_READ_MAX (1024 * 1024) /* bytes per ReadLog reply */
+
+/* ---- named errors -------------------------------------------------------- */
+
+static int error_kv(struct vl_call *c, const char *error, ...) {
+	va_list ap;
+	struct json_object *p = json_object_new_object();
+	va_start(ap, error);
+	for (const char *k; (k = va_arg(ap, const char *));) {
+		const char *v = va_arg(ap, const char *);
+		json_object_object_add(p, k, json_object_new_string(v ? v : ""));
+	}
+	va_end(ap);
+	return vl_call_error(c, error, p);
+}
+
+int api_error_no_such_vm(struct vl_call *c, const char *name) {
+	return error_kv(c, API_ERROR("NoSuchVM"), "name", name, NULL);
+}
+
+int api_error_bad_state(struct vl_call *c, const char *name, const char *state, const char *reason) {
+	return error_kv(c, API_ERROR("BadState"), "name", name, "state", state, "reason", reason, NULL);
+}
+
+int api_error_busy(struct vl_call *c, const char *name, const char *operation) {
+	return error_kv(c, API_ERROR("Busy"), "name", name, "operation", operation, NULL);
+}
+
+int api_error_invalid_spec(struct vl_call *c, const char *field, const char *reason) {
+	return error_kv(c, API_ERROR("InvalidSpec"), "field", field, "reason", reason, NULL);
+}
+
+int api_error_probe_failed(struct vl_call *c, const char *binary, const char *reason) {
+	return error_kv(c, API_ERROR("QEMUProbeFailed"), "binary", binary, "reason", reason, NULL);
+}
+
+int api_error_not_upgradable(struct vl_call *c, const char *name, const char *reason) {
+	return error_kv(c, API_ERROR("NotUpgradable"), "name", name, "reason", reason, NULL);
+}
+
+int api_error_upgrade_failed(struct vl_call *c, const char *name, const char *phase,
+			     bool rolled_back, const char *reason) {
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "name", json_object_new_string(name));
+	json_object_object_add(p, "phase", json_object_new_string(phase));
+	json_object_object_add(p, "rolledBack", json_object_new_boolean(rolled_back));
+	json_object_object_add(p, "reason", json_object_new_string(reason));
+	return vl_call_error(c, API_ERROR("UpgradeFailed"), p);
+}
+
+int api_error_failed(struct vl_call *c, const char *fmt, ...) {
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	return error_kv(c, API_ERROR("Failed"), "reason", buf, NULL);
+}
+
+/* ---- who may do what ----------------------------------------------------- */
+
+/* Reading is for whoever can open the socket (root and the socket's
+ * group); changing anything or naming a binary to run is root's alone. The
+ * answer comes from the kernel (SO_PEERCRED), never from the request. */
+static bool api_authorize(struct vl_call *c, bool writes) {
+	const struct ucred *peer = vl_call_peer(c);
+	if (!writes || peer->uid == 0)
+		return true;
+	log_warning("refused %s for uid %u pid %d: only root may change VMs", vl_call_method(c),
+		    (unsigned)peer->uid, (int)peer->pid);
+	vl_call_error(c, VL_ERROR_PERMISSION_DENIED, NULL);
+	return false;
+}
+
+static const char *param_str(struct json_object *params, const char *key) {
+	struct json_object *v;
+	if (!params || !json_object_object_get_ex(params, key, &v) || !v)
+		return NULL;
+	return json_object_get_string(v);
+}
+
+static bool param_bool(struct json_object *params, const char *key) {
+	struct json_object *v;
+	if (!params || !json_object_object_get_ex(params, key, &v) || !v)
+		return false;
+	return json_object_get_boolean(v);
+}
+
+static bool param_int(struct json_object *params, const char *key, int64_t *ret) {
+	struct json_object *v;
+	if (!params || !json_object_object_get_ex(params, key, &v) || !v)
+		return false;
+	*ret = json_object_get_int64(v);
+	return true;
+}
+
+/* Finds the VM named by the "name" parameter or replies NoSuchVM. */
+static struct vm *lookup(struct manager *m, struct vl_call *c, struct json_object *params) {
+	const char *name = param_str(params, "name");
+	struct vm *vm = name ? manager_find(m, name) : NULL;
+	if (!vm)
+		api_error_no_such_vm(c, name ? name : "");
+	return vm;
+}
+
+static int reply_vm(struct vl_call *c, struct vm *vm) {
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "vm", vm_to_json(vm));
+	return vl_call_reply(c, p);
+}
+
+/* ---- methods ------------------------------------------------------------- */
+
+static int method_list_vms(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct manager *m = userdata;
+	bool outdated = param_bool(params, "outdated");
+	struct json_object *list = json_object_new_array();
+	for (size_t i = 0; i < m->n_vms; i++) {
+		struct vm *vm = m->vms[i];
+		if (outdated && !(vm->qemu && vm_outdated(vm)))
+			continue;
+		json_object_array_add(list, vm_to_json(vm));
+	}
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "vms", list);
+	return vl_call_reply(c, p);
+}
+
+static int method_get_vm(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct vm *vm = lookup(userdata, c, params);
+	return vm ? reply_vm(c, vm) : 0;
+}
+
+struct create {
+	struct manager *m;
+	struct vl_call *call;
+	struct vm *vm;
+};
+
+static void create_abort(struct create *cr) {
+	manager_remove(cr->m, cr->vm);
+	rm_rf_flat(cr->vm->dir);
+	vm_free(cr->vm);
+	vl_call_unref(cr->call);
+	free(cr);
+}
+
+static void create_on_probe(struct probe *p, int error, struct probe_result *result,
+			    const char *reason, void *userdata) {
+	struct create *cr = userdata;
+	struct vm *vm = cr->vm;
+
+	if (error < 0) {
+		api_error_probe_failed(cr->call, vm->spec->qemu, reason ? reason : strerror(-error));
+		return create_abort(cr);
+	}
+	/* Pin an alias such as pc to the versioned type it means for this QEMU,
+	 * so every later QEMU builds the same virtual hardware. */
+	const char *pinned = probe_result_resolve_machine(result, vm->spec->machine);
+	if (!pinned) {
+		char why[256];
+		snprintf(why, sizeof(why), "QEMU %u.%u.%u has no machine type '%s' (see qemu -machine help)",
+			 result->major, result->minor, result->micro, vm->spec->machine);
+		probe_result_free(result);
+		api_error_invalid_spec(cr->call, "machine", why);
+		return create_abort(cr);
+	}
+	if (!streq(pinned, vm->spec->machine))
+		log_vm(LOG_INFO, vm->name, "machine type %s pinned to %s", vm->spec->machine, pinned);
+	char *copy = strdup(pinned);
+	probe_result_free(result);
+	if (!copy) {
+		api_error_failed(cr->call, "out of memory");
+		return create_abort(cr);
+	}
+	free(vm->spec->machine);
+	vm->spec->machine = copy;
+
+	int r = mkdir_p(vm->dir, 0700);
+	if (r >= 0)
+		r = vm_save(vm);
+	if (r < 0) {
+		api_error_failed(cr->call, "cannot store the VM in %s: %s", vm->dir, strerror(-r));
+		return create_abort(cr);
+	}
+	vm->operation = NULL;
+	log_vm(LOG_INFO, vm->name, "created (%llu MiB, %u CPUs, %s, %s)",
+	       (unsigned long long)vm->spec->memory_mib, vm->spec->cpus, vm->spec->machine,
+	       vm->spec->qemu);
+	manager_emit(cr->m, vm, "created", "VM defined");
+	reply_vm(cr->call, vm);
+	vl_call_unref(cr->call);
+	free(cr);
+}
+
+static int method_create_vm(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct manager *m = userdata;
+	struct json_object *o = json_object_object_get(params, "spec");
+	struct spec_error err;
+	memset(&err, 0, sizeof(err));
+	struct vm_spec *spec = NULL;
+
+	if (!api_authorize(c, true))
+		return 0;
+	if (spec_from_json(o, &spec, &err) < 0)
+		return api_error_invalid_spec(c, err.field, err.reason);
+	if (manager_find(m, spec->name)) {
+		int r = error_kv(c, API_ERROR("VMExists"), "name", spec->name, NULL);
+		spec_free(spec);
+		return r;
+	}
+	if (m->n_vms >= MANAGER_VMS_MAX) {
+		spec_free(spec);
+		return api_error_failed(c, "cprd holds %d VMs already, its limit", MANAGER_VMS_MAX);
+	}
+
+	_cleanup_free_ char *dir = manager_vm_state_dir(m, spec->name);
+	struct create *cr = calloc(1, sizeof(*cr));
+	if (!dir || !cr) {
+		free(cr);
+		spec_free(spec);
+		return -ENOMEM;
+	}
+	int r = vm_new(m, spec, dir, &cr->vm);
+	if (r < 0) {
+		free(cr);
+		spec_free(spec);
+		return r;
+	}
+	/* Registered now, so a second CreateVM of the same name gets VMExists
+	 * while the binary is probed. */
+	cr->vm->operation = "create";
+	manager_add(m, cr->vm);
+	cr->m = m;
+	cr->call = vl_call_ref(c);
+	r = probe_run(m->base, spec->qemu, -1, NULL, create_on_probe, cr, NULL);
+	if (r < 0) {
+		api_error_probe_failed(c, spec->qemu, strerror(-r));
+		create_abort(cr);
+	}
+	return 0;
+}
+
+static int method_start_vm(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct manager *m = userdata;
+	if (!api_authorize(c, true))
+		return 0;
+	struct vm *vm = lookup(m, c, params);
+	if (!vm)
+		return 0;
+	if (vm->operation)
+		return api_error_busy(c, vm->name, vm->operation);
+	if (vm_is_active(vm))
+		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
+					   "the VM is already running");
+	int r = vm_start(vm, c);
+	if (r < 0)
+		return api_error_failed(c, "cannot start %s: %s", vm->name, strerror(-r));
+	return 0;
+}
+
+static int method_stop_vm(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct manager *m = userdata;
+	int64_t timeout = VM_STOP_TIMEOUT_SEC;
+	if (!api_authorize(c, true))
+		return 0;
+	struct vm *vm = lookup(m, c, params);
+	if (!vm)
+		return 0;
+	if (param_int(params, "timeoutSec", &timeout) && (timeout < 0 || timeout > 3600))
+		return vl_call_error_invalid_parameter(c, "timeoutSec");
+	if (vm->operation)
+		return api_error_busy(c, vm->name, vm->operation);
+	if (vm->state == VM_CRASHED) {
+		/* Nothing runs; stopping on purpose lets go of the held RAM. */
+		vm_release_custody(vm);
+		vm_set_state(vm, VM_STOPPED, "stopped after a crash; guest RAM released");
+		return reply_vm(c, vm);
+	}
+	if (vm->state != VM_RUNNING && vm->state != VM_PAUSED)
+		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
+					   "the VM is not running");
+	vm_stop(vm, param_bool(params, "force"), (int)timeout, c);
+	return 0;
+}
+
+static int method_delete_vm(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct manager *m = userdata;
+	if (!api_authorize(c, true))
+		return 0;
+	struct vm *vm = lookup(m, c, params);
+	if (!vm)
+		return 0;
+	if (vm->operation)
+		return api_error_busy(c, vm->name, vm->operation);
+	if (vm_is_active(vm))
+		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
+					   "stop the VM first (cprctl stop)");
+	vm_release_custody(vm);
+	int r = rm_rf_flat(vm->dir);
+	if (r < 0)
+		return api_error_failed(c, "cannot remove %s: %s", vm->dir, strerror(-r));
+	_cleanup_free_ char *rdir = manager_vm_runtime_dir(m, vm->name);
+	if (rdir)
+		rm_rf_flat(rdir);
+	log_vm(LOG_INFO, vm->name, "deleted");
+	manager_emit(m, vm, "deleted", "VM deleted");
+	manager_remove(m, vm);
+	vm_free(vm);
+	return vl_call_reply(c, NULL);
+}
+
+static int method_read_log(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct manager *m = userdata;
+	struct vm *vm = lookup(m, c, params);
+	if (!vm)
+		return 0;
+	const char *which = param_str(params, "log");
+	which = which ? which : "console";
+	if (!streq(which, "console") && !streq(which, "qemu"))
+		return vl_call_error_invalid_parameter(c, "log");
+	int64_t offset = 0;
+	param_int(params, "offset", &offset);
+
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/%s.log", vm->dir, which);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct stat st = {0};
+	if (fd >= 0 && fstat(fd, &st) < 0)
+		return api_error_failed(c, "cannot read %s: %m", path);
+	int64_t size = fd >= 0 ? st.st_size : 0;
+	if (offset < 0)
+		offset = MAX(0, size + offset);
+	if (offset > size)
+		offset = size;
+	size_t len = (size_t)MIN(size - offset, API_LOG_READ_MAX);
+	/* Follow reads from the end of what was already sent. */
+	if (vl_call_more(c) && size - offset > API_LOG_READ_MAX) {
+		offset = size - API_LOG_READ_MAX;
+		len = API_LOG_READ_MAX;
+	}
+	_cleanup_free_ char *buf = malloc(len + 1);
+	if (!buf)
+		return -ENOMEM;
+	ssize_t n = len ? pread(fd, buf, len, offset) : 0;
+	if (n < 0)
+		return api_error_failed(c, "cannot read %s: %m", path);
+	_cleanup_free_ char *text = utf8_sanitize(buf, (size_t)n);
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "data", json_object_new_string(text ? text : ""));
+	json_object_object_add(p, "offset", json_object_new_int64(offset + n));
+	if (vl_call_more(c) && streq(which, "console")) {
+		vl_call_notify(c, p);
+		vm_follow_add(vm, c);
+		return 0;
+	}
+	return vl_call_reply(c, p);
+}
+
+static int method_watch_events(struct vl_call *c, struct json_object *params, void *userdata) {
+	int r = manager_watch(userdata, c);
+	if (r == -ENOSPC)
+		return api_error_failed(c, "too many event subscribers (%d)", MANAGER_WATCHERS_MAX);
+	return r;
+}
+
+static int parse_upgrade_request(struct vl_call *c, struct json_object *params,
+				 struct upgrade_request *req) {
+	int64_t t = UPGRADE_TIMEOUT_SEC_DEFAULT;
+	*req = (struct upgrade_request){.mode = UPGRADE_MODE_AUTO};
+	req->qemu = param_str(params, "qemu");
+	const char *mode = param_str(params, "mode");
+	if (mode && upgrade_mode_from_string(mode, &req->mode) < 0) {
+		vl_call_error_invalid_parameter(c, "mode");
+		return -EINVAL;
+	}
+	if (param_int(params, "timeoutSec", &t) && (t < 1 || t > UPGRADE_TIMEOUT_SEC_MAX)) {
+		vl_call_error_invalid_parameter(c, "timeoutSec");
+		return -EINVAL;
+	}
+	req->timeout_sec = (int)t;
+	req->dry_run = param_bool(params, "dryRun");
+	return 0;
+}
+
+static int method_upgrade(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct manager *m = userdata;
+	struct upgrade_request req;
+	if (!api_authorize(c, true))
+		return 0;
+	if (parse_upgrade_request(c, params, &req) < 0)
+		return 0;
+	struct vm *vm = lookup(m, c, params);
+	if (!vm)
+		return 0;
+	return upgrade_vm_call(m, c, vm, &req);
+}
+
+static int method_upgrade_many(struct vl_call *c, struct json_object *params, void *userdata) {
+	struct manager *m = userdata;
+	struct upgrade_request req;
+	int64_t parallel = 1;
+	if (!api_authorize(c, true))
+		return 0;
+	if (parse_upgrade_request(c, params, &req) < 0)
+		return 0;
+	if (param_int(params, "parallel", &parallel) && (parallel < 1 || parallel > UPGRADE_PARALLEL_MAX))
+		return vl_call_error_invalid_parameter(c, "parallel");
+	struct json_object *names = json_object_object_get(params, "names");
+	bool outdated = param_bool(params, "outdated");
+	if (!names && !outdated)
+		return vl_call_error_invalid_parameter(c, "names");
+	if (names)
+		for (size_t i = 0; i < json_object_array_length(names); i++)
+			if (!json_object_is_type(json_object_array_get_idx(names, i), json_type_string))
+				return vl_call_error_invalid_parameter(c, "names");
+	return upgrade_many_call(m, c, names, outdated, &req, (int)parallel,
+				 param_bool(params, "stopOnFailure"));
+}
+
+/* ---- the interface ------------------------------------------------------- */
+
+static const struct vl_param p_list[] = {{"outdated", VL_BOOL, VL_NULLABLE}, {NULL}};
+static const struct vl_param p_name[] = {{"name", VL_STRING, VL_MANDATORY}, {NULL}};
+static const struct vl_param p_create[] = {{"spec", VL_OBJECT, VL_MANDATORY}, {NULL}};
+static const struct vl_param p_stop[] = {{"name", VL_STRING, VL_MANDATORY},
+					 {"force", VL_BOOL, VL_NULLABLE},
+					 {"timeoutSec", VL_INT, VL_NULLABLE},
+					 {NULL}};
+static const struct vl_param p_log[] = {{"name", VL_STRING, VL_MANDATORY},
+					{"log", VL_STRING, VL_NULLABLE},
+					{"offset", VL_INT, VL_NULLABLE},
+					{NULL}};
+static const struct vl_param p_upgrade[] = {{"name", VL_STRING, VL_MANDATORY},
+					    {"qemu", VL_STRING, VL_NULLABLE},
+					    {"mode", VL_STRING, VL_NULLABLE},
+					    {"timeoutSec", VL_INT, VL_NULLABLE},
+					    {"dryRun", VL_BOOL, VL_NULLABLE},
+					    {NULL}};
+static const struct vl_param p_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE},
+						 {"outdated", VL_BOOL, VL_NULLABLE},
+						 {"qemu", VL_STRING, VL_NULLABLE},
+						 {"mode", VL_STRING, VL_NULLABLE},
+						 {"parallel", VL_INT, VL_NULLABLE},
+						 {"stopOnFailure", VL_BOOL, VL_NULLABLE},
+						 {"timeoutSec", VL_INT, VL_NULLABLE},
+						 {"dryRun", VL_BOOL, VL_NULLABLE},
+						 {NULL}};
+
+static const struct vl_method manager_methods[] = {
+	{.name = "ListVMs", .fn = method_list_vms, .params = p_list},
+	{.name = "GetVM", .fn = method_get_vm, .params = p_name},
+	{.name = "CreateVM", .fn = method_create_vm, .params = p_create},
+	{.name = "StartVM", .fn = method_start_vm, .params = p_name},
+	{.name = "StopVM", .fn = method_stop_vm, .params = p_stop},
+	{.name = "DeleteVM", .fn = method_delete_vm, .params = p_name},
+	{.name = "ReadLog", .fn = method_read_log, .params = p_log},
+	{.name = "WatchEvents", .fn = method_watch_events, .flags = VL_METHOD_REQUIRES_MORE},
+	{.name = "Upgrade", .fn = method_upgrade, .params = p_upgrade},
+	{.name = "UpgradeMany", .fn = method_upgrade_many, .params = p_upgrade_many},
+	{NULL},
+};
+
+static const struct vl_interface manager_interface = {
+	.name = CPRD_MANAGER_INTERFACE,
+	.description = cprd_manager_idl,
+	.methods = manager_methods,
+};
+
+int api_register(struct manager *m) {
+	return vl_server_add_interface(m->server, &manager_interface, m);
+}

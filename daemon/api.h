@@ -1,0 +1,23 @@
+/* io.cprd.Manager over Varlink: the method handlers and the named errors
+ * every part of the daemon replies with. */
+#pragma once
+
+#include <stdbool.h>
+
+struct manager;
+struct vl_call;
+struct json_object;
+
+#define API_ERROR(name) "io.cprd.Manager." name
+
+int api_register(struct manager *m);
+
+int api_error_no_such_vm(struct vl_call *c, const char *name);
+int api_error_bad_state(struct vl_call *c, const char *name, const char *state, const char *reason);
+int api_error_busy(struct vl_call *c, const char *name, const char *operation);
+int api_error_invalid_spec(struct vl_call *c, const char *field, const char *reason);
+int api_error_probe_failed(struct vl_call *c, const char *binary, const char *reason);
+int api_error_not_upgradable(struct vl_call *c, const char *name, const char *reason);
+int api_error_upgrade_failed(struct vl_call *c, const char *name, const char *phase,
+			     bool rolled_back, const char *reason);
+int api_error_failed(struct vl_call *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

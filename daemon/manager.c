@@ -1,0 +1,219 @@
+/* The manager: the VM registry, its folders, the event stream, and the
+ * Varlink server (see manager.h). */
+#include "manager.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "api.h"
+#include "spec.h"
+#include "log.h"
+#include "macro.h"
+#include "util.h"
+#include "varlink.h"
+#include "vm.h"
+
+#ifndef CPRD_VERSION
+#define CPRD_VERSION "0"
+#endif
+
+char *manager_vm_state_dir(struct manager *m, const char *name) {
+	char *p = NULL;
+	if (asprintf(&p, "%s/vms/%s", m->state_dir, name) < 0)
+		return NULL;
+	return p;
+}
+
+char *manager_vm_runtime_dir(struct manager *m, const char *name) {
+	char *p = NULL;
+	if (asprintf(&p, "%s/vms/%s", m->runtime_dir, name) < 0)
+		return NULL;
+	return p;
+}
+
+int manager_new(struct event_base *base, const struct manager_config *cfg, struct manager **ret) {
+	struct manager *m = calloc(1, sizeof(*m));
+	int r;
+	if (!m)
+		return -ENOMEM;
+	m->base = base;
+	m->socket_path = strdup(cfg->socket_path);
+	m->state_dir = strdup(cfg->state_dir);
+	m->runtime_dir = strdup(cfg->runtime_dir);
+	if (!m->socket_path || !m->state_dir || !m->runtime_dir) {
+		manager_free(m);
+		return -ENOMEM;
+	}
+
+	/* Private folders: nobody but root looks into a VM's state or its
+	 * upgrade sockets. */
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/vms", m->state_dir);
+	if ((r = mkdir_p(path, 0700)) < 0 || chmod(m->state_dir, 0700) < 0) {
+		r = r < 0 ? r : -errno;
+		log_error_errno(r, "cannot create state directory %s: %m", m->state_dir);
+		manager_free(m);
+		return r;
+	}
+	snprintf(path, sizeof(path), "%s/vms", m->runtime_dir);
+	if ((r = mkdir_p(path, 0700)) < 0) {
+		log_error_errno(r, "cannot create runtime directory %s: %m", m->runtime_dir);
+		manager_free(m);
+		return r;
+	}
+
+	struct vl_server_info info = {
+		.vendor = "cprd",
+		.product = "cprd",
+		.version = CPRD_VERSION,
+		.url = "https://github.com/cprd/cprd",
+	};
+	r = vl_server_new(base, &info, &m->server);
+	if (r < 0) {
+		manager_free(m);
+		return r;
+	}
+	r = api_register(m);
+	if (r < 0) {
+		manager_free(m);
+		return r;
+	}
+	if (cfg->listen_fd >= 0)
+		r = vl_server_listen_fd(m->server, cfg->listen_fd);
+	else
+		r = vl_server_listen_path(m->server, m->socket_path, 0660);
+	if (r < 0) {
+		log_error_errno(r, "cannot listen on %s: %m", m->socket_path);
+		manager_free(m);
+		return r;
+	}
+	*ret = m;
+	return 0;
+}
+
+void manager_free(struct manager *m) {
+	if (!m)
+		return;
+	for (size_t i = 0; i < m->n_watchers; i++)
+		vl_call_unref(m->watchers[i]);
+	free(m->watchers);
+	vl_server_free(m->server);
+	for (size_t i = 0; i < m->n_vms; i++)
+		vm_free(m->vms[i]);
+	free(m->vms);
+	free(m->socket_path);
+	free(m->state_dir);
+	free(m->runtime_dir);
+	free(m);
+}
+
+int manager_load(struct manager *m) {
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/vms", m->state_dir);
+	DIR *d = opendir(path);
+	if (!d)
+		return log_error_errno(errno, "cannot read %s: %m", path);
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (!spec_name_valid(de->d_name))
+			continue;
+		_cleanup_free_ char *dir = manager_vm_state_dir(m, de->d_name);
+		struct vm *vm;
+		if (!dir || vm_load(m, dir, &vm) < 0) {
+			log_warning("skipping %s/%s: not a readable VM", path, de->d_name);
+			continue;
+		}
+		if (!streq(vm->name, de->d_name) || manager_add(m, vm) < 0) {
+			log_warning("skipping %s/%s: its spec names another VM", path, de->d_name);
+			vm_free(vm);
+			continue;
+		}
+	}
+	closedir(d);
+	log_info("loaded %zu VMs from %s", m->n_vms, m->state_dir);
+	return 0;
+}
+
+struct vm *manager_find(struct manager *m, const char *name) {
+	for (size_t i = 0; i < m->n_vms; i++)
+		if (streq(m->vms[i]->name, name))
+			return m->vms[i];
+	return NULL;
+}
+
+int manager_add(struct manager *m, struct vm *vm) {
+	if (manager_find(m, vm->name))
+		return -EEXIST;
+	if (m->n_vms >= MANAGER_VMS_MAX)
+		return -ENOSPC;
+	struct vm **n = realloc(m->vms, (m->n_vms + 1) * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	m->vms = n;
+	m->vms[m->n_vms++] = vm;
+	return 0;
+}
+
+void manager_remove(struct manager *m, struct vm *vm) {
+	for (size_t i = 0; i < m->n_vms; i++)
+		if (m->vms[i] == vm) {
+			memmove(&m->vms[i], &m->vms[i + 1], (m->n_vms - i - 1) * sizeof(*m->vms));
+			m->n_vms--;
+			return;
+		}
+}
+
+void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message) {
+	if (m->n_watchers == 0)
+		return;
+	char ts[32];
+	format_rfc3339(now_usec(CLOCK_REALTIME), ts);
+	struct json_object *e = json_object_new_object();
+	json_object_object_add(e, "time", json_object_new_string(ts));
+	json_object_object_add(e, "vm", json_object_new_string(vm->name));
+	json_object_object_add(e, "type", json_object_new_string(type));
+	const char *state = vm_state_to_string(vm->state);
+	if (vm->operation && streq(vm->operation, "upgrade"))
+		state = "upgrading";
+	json_object_object_add(e, "state", json_object_new_string(state));
+	json_object_object_add(e, "message", json_object_new_string(message ? message : ""));
+
+	for (size_t i = 0; i < m->n_watchers;) {
+		struct vl_call *c = m->watchers[i];
+		if (!vl_call_alive(c)) {
+			vl_call_unref(c);
+			m->watchers[i] = m->watchers[--m->n_watchers];
+			continue;
+		}
+		struct json_object *p = json_object_new_object();
+		json_object_object_add(p, "event", json_object_get(e));
+		vl_call_notify(c, p);
+		i++;
+	}
+	json_object_put(e);
+}
+
+int manager_watch(struct manager *m, struct vl_call *call) {
+	/* Drop subscribers that left before counting against the limit. */
+	for (size_t i = 0; i < m->n_watchers;) {
+		if (!vl_call_alive(m->watchers[i])) {
+			vl_call_unref(m->watchers[i]);
+			m->watchers[i] = m->watchers[--m->n_watchers];
+		} else
+			i++;
+	}
+	if (m->n_watchers >= MANAGER_WATCHERS_MAX)
+		return -ENOSPC;
+	struct vl_call **n = realloc(m->watchers, (m->n_watchers + 1) * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	m->watchers = n;
+	m->watchers[m->n_watchers++] = vl_call_ref(call);
+	return 0;
+}

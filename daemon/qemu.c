@@ -1,0 +1,176 @@
+/* QEMU processes (see qemu.h). The parent opens every resource; the child
+ * only moves the fds it must keep to their numbers, clears close-on-exec on
+ * exactly those, closes everything else and execs. */
+#include "qemu.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "macro.h"
+#include "util.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+struct qemu_proc {
+	pid_t pid;
+	int pidfd;
+	bool running, child;
+	struct event *ev;
+	char *label;
+	qemu_exit_fn on_exit;
+	void *userdata;
+};
+
+static void on_pidfd(evutil_socket_t fd, short what, void *userdata) {
+	struct qemu_proc *p = userdata;
+	struct qemu_exit e = {.how = "unknown"};
+	siginfo_t si = {0};
+
+	if (p->child && waitid((idtype_t)P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG) == 0 &&
+	    si.si_pid != 0) {
+		if (si.si_code == CLD_EXITED) {
+			e.how = "exited";
+			e.status = si.si_status;
+		} else if (si.si_code == CLD_KILLED) {
+			e.how = "killed";
+			e.signal = si.si_status;
+		} else if (si.si_code == CLD_DUMPED) {
+			e.how = "dumped";
+			e.signal = si.si_status;
+		}
+	} else if (p->child) {
+		return; /* not reaped yet: the pidfd stays readable */
+	}
+	event_del(p->ev);
+	p->running = false;
+	if (p->on_exit)
+		p->on_exit(p, &e, p->userdata);
+}
+
+/* In the child, between fork and exec: async-signal-safe calls only. */
+static _noreturn_ void child_exec(const char *binary, char *const *argv,
+				  const struct qemu_fd *fds, size_t n_fds, int log_fd) {
+	sigset_t all;
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+	setsid(); /* no signals from cprd's terminal or process group */
+
+	/* Move every source out of the way first, so no target overwrites a
+	 * source that is still to be moved. */
+	int moved[64];
+	if (n_fds > ELEMENTSOF(moved))
+		_exit(127);
+	for (size_t i = 0; i < n_fds; i++) {
+		moved[i] = fcntl(fds[i].fd, F_DUPFD_CLOEXEC, 256);
+		if (moved[i] < 0)
+			_exit(127);
+	}
+	int logfd = fcntl(log_fd, F_DUPFD_CLOEXEC, 256);
+	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (logfd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+		_exit(127);
+	int maxfd = 2;
+	for (size_t i = 0; i < n_fds; i++) {
+		/* dup2 gives the copy no close-on-exec: these fds are the ones
+		 * meant to survive exec, and only these. */
+		if (dup2(moved[i], fds[i].target) < 0)
+			_exit(127);
+		if (fds[i].target > maxfd)
+			maxfd = fds[i].target;
+	}
+	syscall(SYS_close_range, (unsigned)maxfd + 1, ~0U, 0);
+	execv(binary, argv);
+	_exit(127);
+}
+
+int qemu_spawn(struct event_base *base, const char *binary, char *const *argv,
+	       const struct qemu_fd *fds, size_t n_fds, int log_fd, const char *label,
+	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret) {
+	struct qemu_proc *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->label = strdup(label);
+
+	pid_t pid = fork();
+	if (pid < 0) {
+		int r = -errno;
+		free(p->label);
+		free(p);
+		return r;
+	}
+	if (pid == 0)
+		child_exec(binary, argv, fds, n_fds, log_fd);
+
+	/* Our unreaped child cannot be replaced by another process, so this
+	 * pidfd refers to it for sure. */
+	p->pidfd = pidfd_open_pid(pid);
+	if (p->pidfd < 0) {
+		int r = p->pidfd;
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		free(p->label);
+		free(p);
+		return r;
+	}
+	p->pid = pid;
+	p->child = true;
+	p->running = true;
+	p->on_exit = on_exit;
+	p->userdata = userdata;
+	p->ev = event_new(base, p->pidfd, EV_READ | EV_PERSIST, on_pidfd, p);
+	event_add(p->ev, NULL);
+	log_debug("%s: started %s as pid %d", label, binary, (int)pid);
+	*ret = p;
+	return 0;
+}
+
+int qemu_adopt(struct event_base *base, pid_t pid, int pidfd, const char *label,
+	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret) {
+	struct qemu_proc *p = calloc(1, sizeof(*p));
+	if (!p) {
+		safe_close(pidfd);
+		return -ENOMEM;
+	}
+	p->label = strdup(label);
+	p->pid = pid;
+	p->pidfd = pidfd;
+	p->running = true;
+	p->on_exit = on_exit;
+	p->userdata = userdata;
+	p->ev = event_new(base, pidfd, EV_READ | EV_PERSIST, on_pidfd, p);
+	event_add(p->ev, NULL);
+	*ret = p;
+	return 0;
+}
+
+pid_t qemu_proc_pid(const struct qemu_proc *p) { return p->pid; }
+bool qemu_proc_running(const struct qemu_proc *p) { return p->running; }
+int qemu_proc_pidfd(const struct qemu_proc *p) { return p->pidfd; }
+
+int qemu_proc_kill(struct qemu_proc *p, int sig) {
+	if (!p->running)
+		return -ESRCH;
+	return pidfd_send(p->pidfd, sig);
+}
+
+void qemu_proc_free(struct qemu_proc *p) {
+	if (!p)
+		return;
+	if (p->ev)
+		event_free(p->ev);
+	safe_close(p->pidfd);
+	free(p->label);
+	free(p);
+}

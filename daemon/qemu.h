@@ -1,0 +1,43 @@
+/* Running a QEMU process: fork, hand over exactly the fds it should have
+ * at fixed numbers, exec, and watch it with a pidfd on the event loop. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct event_base;
+struct qemu_proc;
+
+/* An fd of ours that the child gets as number `target`. */
+struct qemu_fd {
+	int fd;
+	int target;
+};
+
+struct qemu_exit {
+	const char *how; /* "exited", "killed", "dumped" or "unknown" */
+	int status;      /* exit status when exited */
+	int signal;      /* signal number when killed or dumped */
+};
+
+typedef void (*qemu_exit_fn)(struct qemu_proc *p, const struct qemu_exit *e, void *userdata);
+
+/* Starts binary with argv (argv[0] included). The child gets the fds in
+ * `fds` at their target numbers and nothing else but stdin from /dev/null
+ * and stdout/stderr on log_fd. on_exit runs once, from the event loop, when
+ * the process ended; the proc stays valid until qemu_proc_free(). */
+int qemu_spawn(struct event_base *base, const char *binary, char *const *argv,
+	       const struct qemu_fd *fds, size_t n_fds, int log_fd, const char *label,
+	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret);
+/* Watches a process that is not our child (after cprd restarted). pidfd is
+ * taken. */
+int qemu_adopt(struct event_base *base, pid_t pid, int pidfd, const char *label,
+	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret);
+
+pid_t qemu_proc_pid(const struct qemu_proc *p);
+bool qemu_proc_running(const struct qemu_proc *p);
+int qemu_proc_pidfd(const struct qemu_proc *p);
+int qemu_proc_kill(struct qemu_proc *p, int sig);
+/* Stops watching; does not kill. */
+void qemu_proc_free(struct qemu_proc *p);

@@ -1,0 +1,51 @@
+/* The VM spec: what a VM is made of, parsed from JSON and checked field by
+ * field, so every refusal names the field and the reason. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct json_object;
+
+#define SPEC_NAME_MAX 64
+#define SPEC_DISKS_MAX 8
+#define SPEC_CPUS_MAX 255
+#define SPEC_MEMORY_MIN_MIB 16
+#define SPEC_PATH_MAX 1024
+#define SPEC_MACHINE_MAX 64
+
+struct spec_disk {
+	char *path;
+	char *format; /* raw or qcow2 */
+	bool readonly;
+};
+
+struct vm_spec {
+	char *name;
+	uint64_t memory_mib;
+	unsigned cpus;
+	char *machine; /* as given, or pinned to a versioned type */
+	char *qemu;
+	char *accel;   /* tcg, kvm or auto */
+	bool hugepages;
+	struct spec_disk *disks;
+	size_t n_disks;
+};
+
+struct spec_error {
+	char field[64];
+	char reason[256];
+};
+
+/* Parses and checks a spec, including what the host can check now (paths
+ * exist, the binary can be run, memory fits). Fails with -EINVAL and fills
+ * err on a bad spec. */
+int spec_from_json(struct json_object *o, struct vm_spec **ret, struct spec_error *err);
+/* Only the syntax, no look at the host: for specs read back from disk. */
+int spec_from_json_trusted(struct json_object *o, struct vm_spec **ret, struct spec_error *err);
+struct json_object *spec_to_json(const struct vm_spec *s);
+void spec_free(struct vm_spec *s);
+bool spec_name_valid(const char *name);
+/* Checks that path names a file this daemon may run as QEMU. */
+int spec_check_binary(const char *path, struct spec_error *err, const char *field);

@@ -1,0 +1,1135 @@
+/* The upgrade state machine: preflight -> spawn-target -> transfer ->
+ * resume -> verify -> retire -> commit. Until the target QEMU has resumed
+ * the guest, any failure or deadline rolls back (the target is killed, the
+ * old QEMU carries on as before); after that there is no way back.
+ *
+ * The guest's pause is measured with QEMU's own event timestamps: from the
+ * old QEMU's STOP to the new QEMU's RESUME. */
+#include "upgrade.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "probe.h"
+#include "qmp.h"
+#include "spec.h"
+#include "util.h"
+#include "varlink.h"
+#include "vm.h"
+
+#define UPGRADE_PHASE_TIMEOUT_MS 15000 /* each phase, within --timeout */
+#define UPGRADE_POLL_MS 5              /* query-migrate / socket polling */
+#define UPGRADE_QMP_TIMEOUT_MS 5000
+
+enum upgrade_phase {
+	PHASE_PREFLIGHT,
+	PHASE_SPAWN,
+	PHASE_TRANSFER,
+	PHASE_RESUME,
+	PHASE_VERIFY,
+	PHASE_RETIRE,
+	PHASE_COMMIT,
+	PHASE_DONE,
+	PHASE_ROLLBACK,
+	_PHASE_MAX,
+};
+
+static const char *const phase_names[_PHASE_MAX] = {
+	[PHASE_PREFLIGHT] = "preflight", [PHASE_SPAWN] = "spawn-target",
+	[PHASE_TRANSFER] = "transfer",   [PHASE_RESUME] = "resume",
+	[PHASE_VERIFY] = "verify",       [PHASE_RETIRE] = "retire",
+	[PHASE_COMMIT] = "commit",       [PHASE_DONE] = "done",
+	[PHASE_ROLLBACK] = "rollback",
+};
+
+static const char *const mode_names[] = {
+	[UPGRADE_MODE_AUTO] = "auto",
+	[UPGRADE_MODE_CPR_TRANSFER] = "cpr-transfer",
+	[UPGRADE_MODE_LOCAL_MIGRATE] = "local-migrate",
+};
+
+int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret) {
+	for (size_t i = 0; i < ELEMENTSOF(mode_names); i++)
+		if (streq(s, mode_names[i])) {
+			*ret = (enum upgrade_mode)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+const char *upgrade_mode_to_string(enum upgrade_mode m) {
+	return m < ELEMENTSOF(mode_names) ? mode_names[m] : "unknown";
+}
+
+struct upgrade;
+typedef void (*upgrade_done_fn)(struct upgrade *u, struct json_object *result, void *userdata);
+typedef void (*upgrade_progress_fn)(struct upgrade *u, const char *phase, const char *message,
+				    void *userdata);
+
+struct upgrade {
+	struct manager *m;
+	struct vm *vm;
+	char *binary;
+	enum upgrade_mode mode;
+	int timeout_sec;
+	bool dry_run;
+
+	enum upgrade_phase phase;
+	enum upgrade_phase failed_phase;
+	char *reason;       /* why it failed */
+	bool refused;       /* preflight said no: nothing was touched */
+	const char *refusal; /* the named error of a refusal */
+	bool error_named;   /* refusal error is QEMUProbeFailed */
+
+	struct probe_result *probe; /* of the new binary */
+	struct vm_qemu *old, *target;
+	pid_t old_pid, target_pid;
+	char *from_version, *from_binary;
+	bool was_running;
+	bool migrate_sent;
+	bool target_resumed; /* the point of no return */
+	bool old_gone;
+	bool source_done;    /* the old QEMU reported completed */
+
+	char *dir, *main_path, *cpr_path;
+	uint64_t start_mono, start_real;
+	int64_t stop_ts, resume_ts; /* QMP event times, usec */
+	struct event *phase_timer, *total_timer, *poll_timer;
+
+	upgrade_progress_fn progress;
+	upgrade_done_fn done;
+	void *userdata;
+};
+
+static void upgrade_fail(struct upgrade *u, const char *fmt, ...) _printf_(2, 3);
+static struct json_object *caps_ignore_shared_set(bool on);
+static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *fmt, ...) _printf_(3, 4);
+static void upgrade_finish(struct upgrade *u);
+static void upgrade_spawn(struct upgrade *u);
+static void upgrade_resumed(struct upgrade *u);
+
+static void upgrade_free(struct upgrade *u) {
+	if (!u)
+		return;
+	if (u->phase_timer)
+		event_free(u->phase_timer);
+	if (u->total_timer)
+		event_free(u->total_timer);
+	if (u->poll_timer)
+		event_free(u->poll_timer);
+	if (u->target)
+		vm_qemu_free(u->target);
+	if (u->main_path)
+		unlink(u->main_path);
+	if (u->cpr_path)
+		unlink(u->cpr_path);
+	if (u->dir)
+		rmdir(u->dir);
+	probe_result_free(u->probe);
+	free(u->binary);
+	free(u->reason);
+	free(u->from_version);
+	free(u->from_binary);
+	free(u->dir);
+	free(u->main_path);
+	free(u->cpr_path);
+	free(u);
+}
+
+static double ms_since(uint64_t start_mono) {
+	return (double)(now_usec(CLOCK_MONOTONIC) - start_mono) / 1000.0;
+}
+
+static void arm(struct event *ev, int ms) {
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(ev, &tv);
+}
+
+static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *fmt, ...) {
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	u->phase = p;
+	log_vm_phase(LOG_INFO, 0, u->vm->name, phase_names[p], "upgrade %s: %s", phase_names[p], msg);
+	if (u->progress)
+		u->progress(u, phase_names[p], msg, u->userdata);
+	if (p != PHASE_DONE && p != PHASE_ROLLBACK)
+		arm(u->phase_timer, UPGRADE_PHASE_TIMEOUT_MS);
+}
+
+/* ---- the result ---------------------------------------------------------- */
+
+static struct json_object *upgrade_result(struct upgrade *u, const char *outcome) {
+	struct json_object *r = json_object_new_object();
+	json_object_object_add(r, "vm", json_object_new_string(u->vm->name));
+	json_object_object_add(r, "outcome", json_object_new_string(outcome));
+	json_object_object_add(r, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
+	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
+		json_object_object_add(r, "pauseMs",
+				       json_object_new_double((double)(u->resume_ts - u->stop_ts) / 1000.0));
+	json_object_object_add(r, "totalMs", json_object_new_double(ms_since(u->start_mono)));
+	json_object_object_add(r, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
+	char v[64] = "";
+	if (u->probe)
+		snprintf(v, sizeof(v), "%u.%u.%u", u->probe->major, u->probe->minor, u->probe->micro);
+	json_object_object_add(r, "toVersion", json_object_new_string(v));
+	if (u->vm->qemu)
+		json_object_object_add(r, "pid", json_object_new_int(vm_qemu_pid(u->vm->qemu)));
+	if (streq(outcome, "rolled-back") || streq(outcome, "failed")) {
+		json_object_object_add(r, "failedPhase", json_object_new_string(phase_names[u->failed_phase]));
+		json_object_object_add(r, "reason", json_object_new_string(u->reason ? u->reason : ""));
+	} else if (u->reason)
+		json_object_object_add(r, "reason", json_object_new_string(u->reason));
+	return r;
+}
+
+static void upgrade_record(struct upgrade *u, const char *outcome) {
+	char ts[32];
+	struct json_object *h = json_object_new_object();
+	format_rfc3339(u->start_real, ts);
+	json_object_object_add(h, "time", json_object_new_string(ts));
+	json_object_object_add(h, "outcome", json_object_new_string(outcome));
+	json_object_object_add(h, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
+	json_object_object_add(h, "fromBinary", json_object_new_string(u->from_binary ? u->from_binary : ""));
+	json_object_object_add(h, "toBinary", json_object_new_string(u->binary));
+	json_object_object_add(h, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
+	char v[64] = "";
+	if (u->probe)
+		snprintf(v, sizeof(v), "%u.%u.%u", u->probe->major, u->probe->minor, u->probe->micro);
+	json_object_object_add(h, "toVersion", json_object_new_string(v));
+	json_object_object_add(h, "fromPid", json_object_new_int(u->old_pid));
+	json_object_object_add(h, "toPid", json_object_new_int(u->target_pid));
+	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
+		json_object_object_add(h, "pauseMs",
+				       json_object_new_double((double)(u->resume_ts - u->stop_ts) / 1000.0));
+	json_object_object_add(h, "totalMs", json_object_new_double(ms_since(u->start_mono)));
+	if (!streq(outcome, "committed")) {
+		json_object_object_add(h, "failedPhase", json_object_new_string(phase_names[u->failed_phase]));
+		json_object_object_add(h, "reason", json_object_new_string(u->reason ? u->reason : ""));
+	}
+	vm_add_history(u->vm, h);
+}
+
+/* ---- ending -------------------------------------------------------------- */
+
+static void upgrade_finish(struct upgrade *u) {
+	struct vm *vm = u->vm;
+	const char *outcome;
+
+	evtimer_del(u->phase_timer);
+	evtimer_del(u->total_timer);
+	evtimer_del(u->poll_timer);
+
+	if (u->refused)
+		outcome = "refused";
+	else if (u->target_resumed)
+		outcome = "committed";
+	else if (u->old_gone)
+		outcome = "failed"; /* the only QEMU died: nothing to roll back to */
+	else
+		outcome = "rolled-back";
+
+	if (!u->refused) {
+		upgrade_record(u, outcome);
+		vm->operation = NULL;
+		if (u->m->upgrades_running)
+			u->m->upgrades_running--;
+		char msg[256];
+		snprintf(msg, sizeof(msg), "upgrade %s (%s)", outcome, upgrade_mode_to_string(u->mode));
+		manager_emit(u->m, vm, "upgrade", msg);
+	} else if (vm->operation && streq(vm->operation, "upgrade-preflight"))
+		vm->operation = NULL;
+
+	struct json_object *result = upgrade_result(u, outcome);
+	log_vm(streq(outcome, "committed") || streq(outcome, "dry-run") ? LOG_INFO : LOG_WARNING,
+	       vm->name, "upgrade %s: %s", outcome, json_object_to_json_string(result));
+	u->done(u, result, u->userdata);
+	upgrade_free(u);
+}
+
+/* Puts the guest back on the old QEMU as it was. */
+static void rollback_on_cont(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			     void *userdata) {
+	struct upgrade *u = userdata;
+	if (err)
+		log_vm(LOG_ERR, u->vm->name, "rollback: cont on the old QEMU failed: %s", err->desc);
+	upgrade_finish(u);
+}
+
+static void rollback_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			       void *userdata) {
+	struct upgrade *u = userdata;
+	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
+	if (err) {
+		log_vm(LOG_ERR, u->vm->name, "rollback: old QEMU does not answer: %s", err->desc);
+		return upgrade_finish(u);
+	}
+	if (status && (streq(status, "finish-migrate") || streq(status, "inmigrate"))) {
+		/* The cancel is still settling; ask again shortly. */
+		qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u);
+		return;
+	}
+	if (u->was_running && status && !streq(status, "running")) {
+		log_vm(LOG_INFO, u->vm->name, "rollback: old QEMU is %s; resuming the guest", status);
+		qmp_command(qmp, "cont", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_cont, u);
+		return;
+	}
+	upgrade_finish(u);
+}
+
+static void ignore_reply(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			 void *userdata) {}
+
+static void upgrade_rollback(struct upgrade *u) {
+	struct vm *vm = u->vm;
+	upgrade_enter(u, PHASE_ROLLBACK, "%s; keeping the guest on QEMU %s (pid %d)",
+		      u->reason ? u->reason : "failed", u->from_version, (int)u->old_pid);
+	if (u->target) {
+		vm_qemu_kill(u->target, SIGKILL);
+		/* It is reaped through its pidfd; we drop our interest now. */
+		vm_qemu_set_callbacks(u->target, &(struct vm_qemu_callbacks){0}, NULL);
+	}
+	if (u->old_gone) {
+		vm_set_state(vm, VM_CRASHED, "the old QEMU died during the upgrade");
+		return upgrade_finish(u);
+	}
+	/* The old QEMU gets its normal callbacks back. */
+	vm_watch_main(vm);
+	struct qmp *qmp = vm_qemu_qmp(u->old);
+	if (u->migrate_sent)
+		qmp_command(qmp, "migrate_cancel", NULL, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+	struct json_object *p = json_object_new_object();
+	if (u->old && vm_qemu_probe(u->old) && vm_qemu_probe(u->old)->migration_modes &&
+	    vm_qemu_probe(u->old)->migration_modes[0]) {
+		json_object_object_add(p, "mode", json_object_new_string("normal"));
+		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+	} else
+		json_object_put(p);
+	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE && u->migrate_sent)
+		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
+			    UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+	if (qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u) < 0)
+		upgrade_finish(u);
+}
+
+static void upgrade_fail(struct upgrade *u, const char *fmt, ...) {
+	char msg[768];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (u->phase == PHASE_ROLLBACK || u->phase == PHASE_DONE)
+		return;
+	if (!u->reason)
+		u->reason = strdup(msg);
+	u->failed_phase = u->phase;
+	evtimer_del(u->poll_timer);
+	if (u->target_resumed) {
+		/* Past the point of no return: report it, keep the new QEMU. */
+		log_vm(LOG_ERR, u->vm->name, "upgrade %s after the guest resumed on the new QEMU: %s",
+		       phase_names[u->phase], msg);
+		return;
+	}
+	if (u->phase == PHASE_PREFLIGHT) {
+		upgrade_finish(u);
+		return;
+	}
+	upgrade_rollback(u);
+}
+
+static void upgrade_refuse(struct upgrade *u, const char *error, const char *fmt, ...) _printf_(3, 4);
+static void upgrade_refuse(struct upgrade *u, const char *error, const char *fmt, ...) {
+	char msg[768];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	u->refused = true;
+	u->refusal = error;
+	free(u->reason);
+	u->reason = strdup(msg);
+	u->failed_phase = PHASE_PREFLIGHT;
+	upgrade_finish(u);
+}
+
+/* ---- deadlines ----------------------------------------------------------- */
+
+static void on_phase_timeout(evutil_socket_t fd, short what, void *userdata) {
+	struct upgrade *u = userdata;
+	if (u->phase == PHASE_RETIRE) {
+		log_vm(LOG_WARNING, u->vm->name, "old QEMU pid %d did not quit; killing it", (int)u->old_pid);
+		if (u->old)
+			vm_qemu_kill(u->old, SIGKILL);
+		arm(u->phase_timer, UPGRADE_PHASE_TIMEOUT_MS);
+		return;
+	}
+	upgrade_fail(u, "%s did not finish within %d s", phase_names[u->phase],
+		     UPGRADE_PHASE_TIMEOUT_MS / 1000);
+}
+
+static void on_total_timeout(evutil_socket_t fd, short what, void *userdata) {
+	struct upgrade *u = userdata;
+	if (!u->target_resumed)
+		upgrade_fail(u, "the upgrade did not finish within --timeout %d s", u->timeout_sec);
+}
+
+/* ---- retire and commit --------------------------------------------------- */
+
+static void upgrade_commit(struct upgrade *u) {
+	upgrade_enter(u, PHASE_COMMIT, "guest runs on QEMU %u.%u.%u pid %d", u->probe->major,
+		      u->probe->minor, u->probe->micro, (int)u->target_pid);
+	u->phase = PHASE_DONE;
+	upgrade_finish(u);
+}
+
+static void old_exited(struct vm_qemu *q, const char *how, int status, int sig, void *userdata) {
+	struct upgrade *u = userdata;
+	log_vm(LOG_INFO, u->vm->name, "old QEMU pid %d %s", (int)u->old_pid, how);
+	u->old_gone = true;
+	vm_qemu_free(u->old);
+	u->old = NULL;
+	if (u->phase == PHASE_RETIRE)
+		return upgrade_commit(u);
+	if (!u->target_resumed)
+		/* The source died before the target took over: nothing is left
+		 * to roll back to. The target cannot finish either. */
+		upgrade_fail(u, "the old QEMU pid %d ended (%s) during %s", (int)u->old_pid, how,
+			     phase_names[u->phase]);
+}
+
+static void old_event(struct vm_qemu *q, const char *name, struct json_object *data, int64_t ts,
+		      void *userdata) {
+	struct upgrade *u = userdata;
+	if (streq(name, "STOP") && u->migrate_sent && u->stop_ts == 0)
+		u->stop_ts = ts;
+}
+
+static const struct vm_qemu_callbacks old_callbacks = {
+	.event = old_event,
+	.exited = old_exited,
+};
+
+static void upgrade_retire(struct upgrade *u) {
+	upgrade_enter(u, PHASE_RETIRE, "quitting the old QEMU pid %d", (int)u->old_pid);
+	if (!u->old)
+		return upgrade_commit(u);
+	if (qmp_command(vm_qemu_qmp(u->old), "quit", NULL, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL) < 0)
+		vm_qemu_kill(u->old, SIGTERM);
+}
+
+static void verify_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			     void *userdata) {
+	struct upgrade *u = userdata;
+	if (err) {
+		upgrade_fail(u, "the new QEMU does not answer query-status: %s", err->desc);
+		return upgrade_retire(u); /* no way back: the guest is on the new QEMU */
+	}
+	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE)
+		/* Leave the new QEMU as a fresh one would be: a later cpr-transfer
+		 * from it must not carry x-ignore-shared. */
+		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
+			    UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	if (u->was_running && !streq_ptr(status, "running")) {
+		log_vm(LOG_WARNING, u->vm->name, "new QEMU reports %s; resuming the guest", status);
+		qmp_command(qmp, "cont", NULL, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+	}
+	upgrade_retire(u);
+}
+
+static void target_exited(struct vm_qemu *q, const char *how, int status, int sig, void *userdata);
+static void target_event(struct vm_qemu *q, const char *name, struct json_object *data, int64_t ts,
+			 void *userdata);
+
+/* The point of no return: the new QEMU runs the guest. */
+static void upgrade_resumed(struct upgrade *u) {
+	struct vm *vm = u->vm;
+	if (u->target_resumed)
+		return;
+	u->target_resumed = true;
+	evtimer_del(u->poll_timer);
+	evtimer_del(u->total_timer);
+
+	/* Custody moves: the VM's current QEMU is the target from now on. */
+	vm_adopt_qemu(vm, u->target);
+	vm_watch_main(vm);
+	u->target = NULL;
+	if (u->was_running && vm->state != VM_RUNNING)
+		vm_set_state(vm, VM_RUNNING, "guest resumed on the new QEMU");
+
+	double pause = u->resume_ts > u->stop_ts && u->stop_ts > 0
+			       ? (double)(u->resume_ts - u->stop_ts) / 1000.0
+			       : -1;
+	char p[64] = "guest paused throughout";
+	if (pause >= 0)
+		snprintf(p, sizeof(p), "guest paused %.1f ms", pause);
+	upgrade_enter(u, PHASE_VERIFY, "new QEMU pid %d took over (%s)", (int)u->target_pid, p);
+	if (qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
+			verify_on_status, u) < 0)
+		upgrade_retire(u);
+}
+
+/* ---- transfer and resume ------------------------------------------------- */
+
+static void poll_target_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			       void *userdata) {
+	struct upgrade *u = userdata;
+	if (u->phase != PHASE_RESUME || u->target_resumed)
+		return;
+	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
+	if (status && u->source_done &&
+	    ((u->was_running && streq(status, "running")) || (!u->was_running && streq(status, "paused")))) {
+		if (u->was_running && u->resume_ts == 0)
+			/* QMP was negotiated after RESUME was sent: our own clock
+			 * is the closest we have. */
+			u->resume_ts = (int64_t)now_usec(CLOCK_REALTIME);
+		return upgrade_resumed(u);
+	}
+	arm(u->poll_timer, UPGRADE_POLL_MS);
+}
+
+static void poll_source(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			void *userdata) {
+	struct upgrade *u = userdata;
+	if (u->phase != PHASE_TRANSFER)
+		return;
+	if (err) {
+		upgrade_fail(u, "query-migrate on the old QEMU failed: %s", err->desc);
+		return;
+	}
+	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	if (streq_ptr(status, "failed") || streq_ptr(status, "cancelled")) {
+		const char *desc = json_object_get_string(json_object_object_get(ret, "error-desc"));
+		upgrade_fail(u, "migration %s: %s", status, desc ? desc : "no reason given");
+		return;
+	}
+	if (streq_ptr(status, "completed")) {
+		u->source_done = true;
+		struct json_object *ram = json_object_object_get(ret, "ram");
+		int64_t bytes = json_object_get_int64(json_object_object_get(ram, "transferred"));
+		upgrade_enter(u, PHASE_RESUME, "old QEMU handed over (%lld KB sent); waiting for the new QEMU",
+			      (long long)(bytes / 1000));
+		if (u->was_running && u->resume_ts > 0)
+			return upgrade_resumed(u);
+		arm(u->poll_timer, 0);
+		return;
+	}
+	arm(u->poll_timer, UPGRADE_POLL_MS);
+}
+
+static void on_poll(evutil_socket_t fd, short what, void *userdata);
+
+static void target_event(struct vm_qemu *q, const char *name, struct json_object *data, int64_t ts,
+			 void *userdata) {
+	struct upgrade *u = userdata;
+	if (streq(name, "RESUME") && u->resume_ts == 0) {
+		u->resume_ts = ts;
+		if (u->source_done)
+			upgrade_resumed(u);
+	}
+}
+
+static void target_exited(struct vm_qemu *q, const char *how, int status, int sig, void *userdata) {
+	struct upgrade *u = userdata;
+	char why[128];
+	if (streq(how, "exited"))
+		snprintf(why, sizeof(why), "exited with status %d", status);
+	else
+		snprintf(why, sizeof(why), "was killed by %s", signal_name(sig));
+	char said[512];
+	u->target_pid = vm_qemu_pid(q);
+	vm_qemu_stderr_summary(q, said, sizeof(said));
+	upgrade_fail(u, "the new QEMU pid %d %s during %s: %s", (int)u->target_pid, why,
+		     phase_names[u->phase], said[0] ? said : "it wrote nothing on stderr");
+}
+
+static void on_migrate_sent(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			    void *userdata) {
+	struct upgrade *u = userdata;
+	if (u->phase != PHASE_TRANSFER)
+		return;
+	if (err) {
+		upgrade_fail(u, "migrate on the old QEMU failed: %s", err->desc);
+		return;
+	}
+	arm(u->poll_timer, UPGRADE_POLL_MS);
+}
+
+static struct json_object *unix_addr(const char *path) {
+	struct json_object *a = json_object_new_object();
+	json_object_object_add(a, "transport", json_object_new_string("socket"));
+	json_object_object_add(a, "type", json_object_new_string("unix"));
+	json_object_object_add(a, "path", json_object_new_string(path));
+	return a;
+}
+
+static struct json_object *channel(const char *type, const char *path) {
+	struct json_object *c = json_object_new_object();
+	json_object_object_add(c, "channel-type", json_object_new_string(type));
+	json_object_object_add(c, "addr", unix_addr(path));
+	return c;
+}
+
+static void upgrade_send_migrate(struct upgrade *u) {
+	struct json_object *args = json_object_new_object();
+	if (u->mode == UPGRADE_MODE_CPR_TRANSFER && vm_qemu_probe(u->old) &&
+	    vm_qemu_probe(u->old)->x_ignore_shared)
+		/* A QEMU that arrived by local-migrate may still have it on; the
+		 * cpr target would refuse the stream. */
+		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", caps_ignore_shared_set(false),
+			    UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+	upgrade_enter(u, PHASE_TRANSFER, "old QEMU pid %d sends device state (%s)", (int)u->old_pid,
+		      upgrade_mode_to_string(u->mode));
+	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
+		struct json_object *chans = json_object_new_array();
+		json_object_array_add(chans, channel("main", u->main_path));
+		json_object_array_add(chans, channel("cpr", u->cpr_path));
+		json_object_object_add(args, "channels", chans);
+	} else {
+		char uri[PATH_MAX + 8];
+		snprintf(uri, sizeof(uri), "unix:%s", u->main_path);
+		json_object_object_add(args, "uri", json_object_new_string(uri));
+	}
+	u->migrate_sent = true;
+	if (qmp_command(vm_qemu_qmp(u->old), "migrate", args, UPGRADE_QMP_TIMEOUT_MS, on_migrate_sent, u) < 0)
+		upgrade_fail(u, "the old QEMU's QMP channel failed");
+}
+
+static struct json_object *caps_ignore_shared_set(bool on) {
+	struct json_object *caps = json_object_new_object(), *a = json_object_new_array(),
+			   *c = json_object_new_object();
+	json_object_object_add(c, "capability", json_object_new_string("x-ignore-shared"));
+	json_object_object_add(c, "state", json_object_new_boolean(on));
+	json_object_array_add(a, c);
+	json_object_object_add(caps, "capabilities", a);
+	return caps;
+}
+
+static struct json_object *caps_ignore_shared(void) { return caps_ignore_shared_set(true); }
+
+static void check_reply(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			void *userdata) {
+	struct upgrade *u = userdata;
+	if (err)
+		upgrade_fail(u, "%s: %s", qmp_get_label(qmp), err->desc);
+}
+
+/* local-migrate: the target listens (migrate-incoming) once its QMP is up. */
+static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
+				  const struct qmp_error *err, void *userdata) {
+	struct upgrade *u = userdata;
+	if (err)
+		return upgrade_fail(u, "migrate-incoming on the new QEMU failed: %s", err->desc);
+	if (u->phase != PHASE_SPAWN)
+		return;
+	qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", caps_ignore_shared(),
+		    UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
+	upgrade_send_migrate(u);
+}
+
+static void target_ready(struct vm_qemu *q, void *userdata) {
+	struct upgrade *u = userdata;
+	if (u->mode != UPGRADE_MODE_LOCAL_MIGRATE || u->phase != PHASE_SPAWN)
+		return; /* cpr-transfer: its QMP comes up only after migrate */
+	char uri[PATH_MAX + 8];
+	snprintf(uri, sizeof(uri), "unix:%s", u->main_path);
+	struct json_object *a = json_object_new_object();
+	json_object_object_add(a, "uri", json_object_new_string(uri));
+	struct qmp *qmp = vm_qemu_qmp(q);
+	qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared(), UPGRADE_QMP_TIMEOUT_MS,
+		    check_reply, u);
+	qmp_command(qmp, "migrate-incoming", a, UPGRADE_QMP_TIMEOUT_MS, target_incoming_ready, u);
+}
+
+static const struct vm_qemu_callbacks target_callbacks = {
+	.ready = target_ready,
+	.event = target_event,
+	.exited = target_exited,
+};
+
+static void on_poll(evutil_socket_t fd, short what, void *userdata) {
+	struct upgrade *u = userdata;
+	struct stat st;
+	switch (u->phase) {
+	case PHASE_SPAWN:
+		/* cpr-transfer: the target binds the cpr socket, then blocks
+		 * reading it; migrate may go out once the socket exists. */
+		if (stat(u->cpr_path, &st) == 0 && S_ISSOCK(st.st_mode))
+			return upgrade_send_migrate(u);
+		arm(u->poll_timer, UPGRADE_POLL_MS);
+		return;
+	case PHASE_TRANSFER:
+		qmp_command(vm_qemu_qmp(u->old), "query-migrate", NULL, UPGRADE_QMP_TIMEOUT_MS, poll_source, u);
+		return;
+	case PHASE_RESUME:
+		if (u->target && qmp_is_ready(vm_qemu_qmp(u->target)))
+			qmp_command(vm_qemu_qmp(u->target), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
+				    poll_target_status, u);
+		else
+			arm(u->poll_timer, UPGRADE_POLL_MS);
+		return;
+	default:
+		return;
+	}
+}
+
+static void upgrade_spawn(struct upgrade *u) {
+	struct vm *vm = u->vm;
+	char buf[PATH_MAX];
+	int r;
+
+	upgrade_enter(u, PHASE_SPAWN, "starting %s (QEMU %u.%u.%u) with the held fds", u->binary,
+		      u->probe->major, u->probe->minor, u->probe->micro);
+
+	/* The incoming sockets live in a private folder: only root reaches
+	 * them. QEMU 10.0 accepts only a unix path for the cpr channel, so
+	 * QEMU binds them itself inside this folder. */
+	_cleanup_free_ char *rdir = manager_vm_runtime_dir(u->m, vm->name);
+	if (!rdir || (r = mkdir_p(rdir, 0700)) < 0)
+		return upgrade_fail(u, "cannot create %s", rdir ? rdir : "runtime folder");
+	snprintf(buf, sizeof(buf), "%s/upgrade-XXXXXX", rdir);
+	if (!mkdtemp(buf))
+		return upgrade_fail(u, "cannot create a private folder in %s: %s", rdir, strerror(errno));
+	u->dir = strdup(buf);
+	if (asprintf(&u->main_path, "%s/main.sock", u->dir) < 0 ||
+	    asprintf(&u->cpr_path, "%s/cpr.sock", u->dir) < 0)
+		return upgrade_fail(u, "out of memory");
+
+	char main_arg[PATH_MAX + 128], cpr_arg[PATH_MAX + 128];
+	const char *args[5] = {NULL};
+	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
+		snprintf(main_arg, sizeof(main_arg), "unix:%s", u->main_path);
+		snprintf(cpr_arg, sizeof(cpr_arg),
+			 "{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\"socket\",\"type\":\"unix\","
+			 "\"path\":\"%s\"}}",
+			 u->cpr_path);
+		args[0] = "-incoming";
+		args[1] = main_arg;
+		args[2] = "-incoming";
+		args[3] = cpr_arg;
+	} else {
+		args[0] = "-incoming";
+		args[1] = "defer";
+	}
+	struct vm_incoming in = {.args = args, .main_fd = -1, .cpr_fd = -1};
+	r = vm_qemu_spawn(vm, u->binary, u->probe, &in, &target_callbacks, u, &u->target);
+	if (r < 0)
+		return upgrade_fail(u, "cannot start %s: %s", u->binary, strerror(-r));
+	u->target_pid = vm_qemu_pid(u->target);
+	/* The target greets on QMP only after it received the cpr state. */
+	qmp_set_greeting_timeout(vm_qemu_qmp(u->target), u->timeout_sec * 1000);
+	if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
+		arm(u->poll_timer, 0);
+}
+
+/* ---- preflight ----------------------------------------------------------- */
+
+static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
+				  const struct qmp_error *err, void *userdata) {
+	struct upgrade *u = userdata;
+	if (err)
+		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "query-migrate failed: %s", err->desc);
+	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	if (status && (streq(status, "active") || streq(status, "setup") || streq(status, "device")))
+		return upgrade_refuse(u, API_ERROR("Busy"), "a migration is already under way (%s)", status);
+	struct json_object *blocked = json_object_object_get(ret, "blocked-reasons");
+	if (blocked && json_object_array_length(blocked) > 0) {
+		char why[512] = "";
+		for (size_t i = 0; i < json_object_array_length(blocked); i++) {
+			size_t n = strlen(why);
+			snprintf(why + n, sizeof(why) - n, "%s%s", i ? "; " : "",
+				 json_object_get_string(json_object_array_get_idx(blocked, i)));
+		}
+		/* Leave the mode as it was. */
+		if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
+			struct json_object *p = json_object_new_object();
+			json_object_object_add(p, "mode", json_object_new_string("normal"));
+			qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+		}
+		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "QEMU reports migration blockers: %s", why);
+	}
+
+	if (u->dry_run) {
+		char what[512];
+		snprintf(what, sizeof(what),
+			 "would start %s (QEMU %u.%u.%u) with machine %s and move the guest from QEMU %s "
+			 "pid %d with %s; guest RAM stays in place",
+			 u->binary, u->probe->major, u->probe->minor, u->probe->micro, u->vm->spec->machine,
+			 u->from_version, (int)u->old_pid, upgrade_mode_to_string(u->mode));
+		if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
+			struct json_object *p = json_object_new_object();
+			json_object_object_add(p, "mode", json_object_new_string("normal"));
+			qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+		}
+		free(u->reason);
+		u->reason = strdup(what);
+		evtimer_del(u->phase_timer);
+		evtimer_del(u->total_timer);
+		if (u->vm->operation && streq(u->vm->operation, "upgrade-preflight"))
+			u->vm->operation = NULL;
+		u->done(u, upgrade_result(u, "dry-run"), u->userdata);
+		upgrade_free(u);
+		return;
+	}
+
+	/* Preflight passed: from here on the VM is ours to move. */
+	u->vm->operation = "upgrade";
+	u->m->upgrades_running++;
+	manager_emit(u->m, u->vm, "upgrade", "upgrade started");
+	vm_qemu_set_callbacks(u->old, &old_callbacks, u);
+	arm(u->total_timer, u->timeout_sec * 1000);
+	upgrade_spawn(u);
+}
+
+static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+				void *userdata) {
+	struct upgrade *u = userdata;
+	if (err)
+		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "the running QEMU does not answer: %s",
+				      err->desc);
+	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	u->was_running = streq_ptr(status, "running");
+	if (!u->was_running && !streq_ptr(status, "paused"))
+		return upgrade_refuse(u, API_ERROR("BadState"), "the guest is %s, not running or paused",
+				      status ? status : "in an unknown state");
+	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
+		/* Blockers are per mode: ask with the mode we will use. */
+		struct json_object *p = json_object_new_object();
+		json_object_object_add(p, "mode", json_object_new_string("cpr-transfer"));
+		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
+	}
+	qmp_command(qmp, "query-migrate", NULL, UPGRADE_QMP_TIMEOUT_MS, preflight_on_blockers, u);
+}
+
+static void preflight_on_probe(struct probe *p, int error, struct probe_result *result,
+			       const char *reason, void *userdata) {
+	struct upgrade *u = userdata;
+	struct vm *vm = u->vm;
+	if (error < 0) {
+		u->error_named = true;
+		return upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s",
+				      reason ? reason : strerror(-error));
+	}
+	u->probe = result;
+	if (!vm->qemu || !vm_qemu_running(vm->qemu))
+		return upgrade_refuse(u, API_ERROR("BadState"), "the VM is not running");
+	const struct probe_result *old = vm_qemu_probe(vm->qemu);
+
+	if (!probe_result_resolve_machine(result, vm->spec->machine) ||
+	    !streq(probe_result_resolve_machine(result, vm->spec->machine), vm->spec->machine))
+		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+				      "QEMU %u.%u.%u at %s has no machine type %s, which this guest was "
+				      "created with",
+				      result->major, result->minor, result->micro, u->binary,
+				      vm->spec->machine);
+
+	bool cpr = result->cpr_transfer && old && old->cpr_transfer && old->aux_ram_share;
+	bool local = result->x_ignore_shared && old && old->x_ignore_shared;
+	switch (u->mode) {
+	case UPGRADE_MODE_AUTO:
+		if (cpr)
+			u->mode = UPGRADE_MODE_CPR_TRANSFER;
+		else if (local)
+			u->mode = UPGRADE_MODE_LOCAL_MIGRATE;
+		else
+			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+					      "neither cpr-transfer nor local-migrate is supported by both "
+					      "QEMU %s and QEMU %u.%u.%u",
+					      u->from_version, result->major, result->minor, result->micro);
+		break;
+	case UPGRADE_MODE_CPR_TRANSFER:
+		if (!cpr)
+			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+					      "cpr-transfer needs QEMU 10.0 or later on both sides; the "
+					      "guest runs on QEMU %s and the target is QEMU %u.%u.%u (use "
+					      "--mode local-migrate or auto)",
+					      u->from_version, result->major, result->minor, result->micro);
+		break;
+	case UPGRADE_MODE_LOCAL_MIGRATE:
+		if (!local)
+			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+					      "local-migrate needs the x-ignore-shared capability on both "
+					      "QEMUs");
+		break;
+	}
+	upgrade_enter(u, PHASE_PREFLIGHT, "target %s is QEMU %u.%u.%u; mode %s", u->binary,
+		      result->major, result->minor, result->micro, upgrade_mode_to_string(u->mode));
+	if (qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
+			preflight_on_status, u) < 0)
+		upgrade_refuse(u, API_ERROR("NotUpgradable"), "the running QEMU's QMP channel is closed");
+}
+
+/* Starts an upgrade. Synchronous refusals (unknown state, busy) are
+ * reported through done as well. */
+static int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request *req,
+			 upgrade_progress_fn progress, upgrade_done_fn done, void *userdata) {
+	struct upgrade *u = calloc(1, sizeof(*u));
+	if (!u)
+		return -ENOMEM;
+	u->m = m;
+	u->vm = vm;
+	u->binary = strdup(req->qemu ? req->qemu : vm->spec->qemu);
+	u->mode = req->mode;
+	u->timeout_sec = req->timeout_sec > 0 ? req->timeout_sec : UPGRADE_TIMEOUT_SEC_DEFAULT;
+	u->dry_run = req->dry_run;
+	u->progress = progress;
+	u->done = done;
+	u->userdata = userdata;
+	u->start_mono = now_usec(CLOCK_MONOTONIC);
+	u->start_real = now_usec(CLOCK_REALTIME);
+	u->phase_timer = evtimer_new(m->base, on_phase_timeout, u);
+	u->total_timer = evtimer_new(m->base, on_total_timeout, u);
+	u->poll_timer = evtimer_new(m->base, on_poll, u);
+	if (!u->binary || !u->phase_timer || !u->total_timer || !u->poll_timer) {
+		upgrade_free(u);
+		return -ENOMEM;
+	}
+	if (vm->qemu) {
+		u->old = vm->qemu;
+		u->old_pid = vm_qemu_pid(vm->qemu);
+		u->from_version = strdup(vm_qemu_version(vm->qemu));
+		u->from_binary = strdup(vm_qemu_binary(vm->qemu));
+	}
+
+	if (vm->operation)
+		return upgrade_refuse(u, API_ERROR("Busy"), "%s of %s is under way", vm->operation,
+				      vm->name), 0;
+	if (vm->state != VM_RUNNING && vm->state != VM_PAUSED)
+		return upgrade_refuse(u, API_ERROR("BadState"), "the VM is %s; only a running or paused "
+				      "VM can be upgraded (start it with cprctl start)",
+				      vm_state_to_string(vm->state)), 0;
+	struct spec_error err;
+	if (spec_check_binary(u->binary, &err, "qemu") < 0) {
+		u->error_named = true;
+		return upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s", err.reason), 0;
+	}
+	vm->operation = "upgrade-preflight";
+	u->phase = PHASE_PREFLIGHT;
+	if (progress)
+		progress(u, "preflight", "probing the new binary", userdata);
+	arm(u->phase_timer, UPGRADE_PHASE_TIMEOUT_MS);
+	int r = probe_run(m->base, u->binary, -1, NULL, preflight_on_probe, u, NULL);
+	if (r < 0)
+		upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "cannot run %s: %s", u->binary, strerror(-r));
+	return 0;
+}
+
+/* ---- Upgrade over Varlink ------------------------------------------------ */
+
+static void reply_refusal_or_failure(struct vl_call *c, struct upgrade *u, struct json_object *result) {
+	const char *outcome = json_object_get_string(json_object_object_get(result, "outcome"));
+	const char *reason = json_object_get_string(json_object_object_get(result, "reason"));
+	if (streq(outcome, "refused")) {
+		const char *e = u->refusal;
+		if (streq(e, API_ERROR("QEMUProbeFailed")))
+			api_error_probe_failed(c, u->binary, reason);
+		else if (streq(e, API_ERROR("Busy")))
+			api_error_busy(c, u->vm->name, u->vm->operation ? u->vm->operation : reason);
+		else if (streq(e, API_ERROR("BadState")))
+			api_error_bad_state(c, u->vm->name, vm_state_to_string(u->vm->state), reason);
+		else
+			api_error_not_upgradable(c, u->vm->name, reason);
+		return;
+	}
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "name", json_object_new_string(u->vm->name));
+	json_object_object_add(p, "phase", json_object_get(json_object_object_get(result, "failedPhase")));
+	json_object_object_add(p, "rolledBack", json_object_new_boolean(streq(outcome, "rolled-back")));
+	json_object_object_add(p, "reason", json_object_new_string(reason ? reason : ""));
+	json_object_object_add(p, "result", json_object_get(result));
+	vl_call_error(c, API_ERROR("UpgradeFailed"), p);
+}
+
+static bool result_ok(struct json_object *result) {
+	const char *o = json_object_get_string(json_object_object_get(result, "outcome"));
+	return streq(o, "committed") || streq(o, "dry-run");
+}
+
+static void one_progress(struct upgrade *u, const char *phase, const char *message, void *userdata) {
+	struct vl_call *c = userdata;
+	if (!vl_call_more(c) || !vl_call_alive(c))
+		return;
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
+	json_object_object_add(p, "phase", json_object_new_string(phase));
+	json_object_object_add(p, "message", json_object_new_string(message));
+	vl_call_notify(c, p);
+}
+
+static void one_done(struct upgrade *u, struct json_object *result, void *userdata) {
+	struct vl_call *c = userdata;
+	if (vl_call_alive(c)) {
+		if (result_ok(result)) {
+			struct json_object *p = json_object_new_object();
+			json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
+			json_object_object_add(p, "phase", json_object_new_string("done"));
+			json_object_object_add(p, "message", json_object_new_string(
+				json_object_get_string(json_object_object_get(result, "outcome"))));
+			json_object_object_add(p, "result", json_object_get(result));
+			vl_call_reply(c, p);
+		} else
+			reply_refusal_or_failure(c, u, result);
+	}
+	/* A caller that left does not stop the upgrade; the result is in the
+	 * VM's history. */
+	json_object_put(result);
+	vl_call_unref(c);
+}
+
+int upgrade_vm_call(struct manager *m, struct vl_call *call, struct vm *vm,
+		    const struct upgrade_request *req) {
+	vl_call_ref(call);
+	int r = upgrade_start(m, vm, req, one_progress, one_done, call);
+	if (r < 0)
+		vl_call_unref(call);
+	return r;
+}
+
+/* ---- UpgradeMany --------------------------------------------------------- */
+
+struct many {
+	struct manager *m;
+	struct vl_call *call;
+	struct upgrade_request req;
+	char *qemu;
+	char **names;
+	size_t n, next, running;
+	int parallel;
+	bool stop_on_failure, stopping;
+	int committed, rolled_back, skipped;
+};
+
+static void many_step(struct many *k);
+
+static void many_progress(struct upgrade *u, const char *phase, const char *message, void *userdata) {
+	struct many *k = userdata;
+	if (!vl_call_more(k->call) || !vl_call_alive(k->call))
+		return;
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
+	json_object_object_add(p, "phase", json_object_new_string(phase));
+	json_object_object_add(p, "message", json_object_new_string(message));
+	vl_call_notify(k->call, p);
+}
+
+static void many_result(struct many *k, const char *name, struct json_object *result) {
+	if (vl_call_more(k->call) && vl_call_alive(k->call)) {
+		struct json_object *p = json_object_new_object();
+		json_object_object_add(p, "vm", json_object_new_string(name));
+		json_object_object_add(p, "phase", json_object_new_string("done"));
+		json_object_object_add(p, "message", json_object_new_string(
+			json_object_get_string(json_object_object_get(result, "outcome"))));
+		json_object_object_add(p, "result", json_object_get(result));
+		vl_call_notify(k->call, p);
+	}
+}
+
+static void many_done(struct upgrade *u, struct json_object *result, void *userdata) {
+	struct many *k = userdata;
+	const char *o = json_object_get_string(json_object_object_get(result, "outcome"));
+	if (streq(o, "committed") || streq(o, "dry-run"))
+		k->committed++;
+	else if (streq(o, "refused"))
+		k->skipped++;
+	else
+		k->rolled_back++;
+	if (!result_ok(result) && k->stop_on_failure)
+		k->stopping = true;
+	many_result(k, u->vm->name, result);
+	json_object_put(result);
+	k->running--;
+	many_step(k);
+}
+
+static void many_free(struct many *k) {
+	for (size_t i = 0; i < k->n; i++)
+		free(k->names[i]);
+	free(k->names);
+	free(k->qemu);
+	vl_call_unref(k->call);
+	free(k);
+}
+
+static void many_step(struct many *k) {
+	while (!k->stopping && k->next < k->n && (int)k->running < k->parallel) {
+		const char *name = k->names[k->next++];
+		struct vm *vm = manager_find(k->m, name);
+		if (!vm) {
+			struct json_object *r = json_object_new_object();
+			json_object_object_add(r, "vm", json_object_new_string(name));
+			json_object_object_add(r, "outcome", json_object_new_string("refused"));
+			json_object_object_add(r, "mode", json_object_new_string(upgrade_mode_to_string(k->req.mode)));
+			json_object_object_add(r, "totalMs", json_object_new_double(0));
+			json_object_object_add(r, "fromVersion", json_object_new_string(""));
+			json_object_object_add(r, "toVersion", json_object_new_string(""));
+			json_object_object_add(r, "reason", json_object_new_string("no such VM"));
+			k->skipped++;
+			many_result(k, name, r);
+			json_object_put(r);
+			continue;
+		}
+		k->running++;
+		if (upgrade_start(k->m, vm, &k->req, many_progress, many_done, k) < 0) {
+			k->running--;
+			k->skipped++;
+		}
+	}
+	if (k->running > 0)
+		return;
+	if (k->stopping)
+		k->skipped += (int)(k->n - k->next);
+	if (vl_call_alive(k->call)) {
+		struct json_object *p = json_object_new_object();
+		json_object_object_add(p, "committed", json_object_new_int(k->committed));
+		json_object_object_add(p, "rolledBack", json_object_new_int(k->rolled_back));
+		json_object_object_add(p, "skipped", json_object_new_int(k->skipped));
+		vl_call_reply(k->call, p);
+	}
+	many_free(k);
+}
+
+int upgrade_many_call(struct manager *m, struct vl_call *call, struct json_object *names,
+		      bool outdated, const struct upgrade_request *req, int parallel,
+		      bool stop_on_failure) {
+	struct many *k = calloc(1, sizeof(*k));
+	if (!k)
+		return -ENOMEM;
+	k->m = m;
+	k->call = vl_call_ref(call);
+	k->req = *req;
+	if (req->qemu) {
+		k->qemu = strdup(req->qemu);
+		k->req.qemu = k->qemu;
+	}
+	k->parallel = parallel;
+	k->stop_on_failure = stop_on_failure;
+	size_t cap = names ? json_object_array_length(names) : m->n_vms;
+	k->names = calloc(cap ? cap : 1, sizeof(char *));
+	if (!k->names) {
+		many_free(k);
+		return -ENOMEM;
+	}
+	if (names) {
+		for (size_t i = 0; i < cap; i++)
+			k->names[k->n++] = strdup(json_object_get_string(json_object_array_get_idx(names, i)));
+	} else {
+		for (size_t i = 0; i < m->n_vms; i++)
+			if (m->vms[i]->qemu && vm_outdated(m->vms[i]))
+				k->names[k->n++] = strdup(m->vms[i]->name);
+	}
+	many_step(k);
+	return 0;
+}

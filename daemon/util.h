@@ -1,0 +1,36 @@
+/* Small system helpers for the daemon: time, files written atomically,
+ * pidfds, and fds kept across exec. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+struct json_object;
+
+uint64_t now_usec(clockid_t clock);
+/* RFC 3339 UTC with milliseconds, e.g. 2026-11-21T10:00:00.123Z. */
+void format_rfc3339(uint64_t realtime_usec, char buf[static 32]);
+/* "1.5 GiB", "512 MiB"; "2m 3s", "850 ms". */
+void format_bytes(uint64_t bytes, char *buf, size_t size);
+
+/* Writes data to path through a temporary file, fsync and rename, then
+ * fsyncs the directory, so a crash leaves the old or the new file. */
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+int write_json_atomic(const char *path, struct json_object *o);
+/* Reads a whole file of at most max bytes. */
+int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
+int mkdir_p(const char *path, mode_t mode);
+/* Removes a directory and what is in it (one level of files). */
+int rm_rf_flat(const char *path);
+
+int pidfd_open_pid(pid_t pid);
+int pidfd_send(int pidfd, int sig);
+
+/* Replaces invalid UTF-8 and NULs with U+FFFD so text from a guest can go
+ * into JSON. Returns a new string. */
+char *utf8_sanitize(const char *buf, size_t len);
+
+const char *signal_name(int sig);

@@ -1,0 +1,902 @@
+/* VMs: custody of their fds, the QEMU command line, start, stop, and what
+ * happens when a QEMU ends. The upgrade state machine lives in upgrade.c and
+ * uses the vm_qemu_* functions here to run its target. */
+#include "vm.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "probe.h"
+#include "qemu.h"
+#include "qmp.h"
+#include "spec.h"
+#include "util.h"
+#include "varlink.h"
+
+struct vm_qemu {
+	struct vm *vm;
+	struct qemu_proc *proc;
+	struct qmp *qmp;
+	char *binary;
+	struct stat binary_st; /* the file as it was when this QEMU started */
+	struct probe_result *probe;
+	char *version;
+	off_t log_offset; /* where this process's stderr starts in qemu.log */
+	int qmp_fd;       /* our end's number, for GetVM's list of held fds */
+	struct vm_qemu_callbacks cb;
+	void *userdata;
+};
+
+static const char *const state_names[_VM_STATE_MAX] = {
+	[VM_DEFINED] = "defined",   [VM_STARTING] = "starting", [VM_RUNNING] = "running",
+	[VM_PAUSED] = "paused",     [VM_STOPPING] = "stopping", [VM_STOPPED] = "stopped",
+	[VM_CRASHED] = "crashed",
+};
+
+const char *vm_state_to_string(enum vm_state s) {
+	return s < _VM_STATE_MAX ? state_names[s] : "unknown";
+}
+
+void strv_free(char **v) {
+	if (!v)
+		return;
+	for (char **i = v; *i; i++)
+		free(*i);
+	free(v);
+}
+
+void vm_set_state(struct vm *vm, enum vm_state s, const char *why) {
+	if (vm->state == s)
+		return;
+	log_vm(LOG_INFO, vm->name, "state %s -> %s%s%s", vm_state_to_string(vm->state),
+	       vm_state_to_string(s), why ? ": " : "", why ? why : "");
+	vm->state = s;
+	manager_emit(vm->manager, vm, "state", why ? why : vm_state_to_string(s));
+}
+
+bool vm_is_active(const struct vm *vm) {
+	return vm->state == VM_STARTING || vm->state == VM_RUNNING || vm->state == VM_PAUSED ||
+	       vm->state == VM_STOPPING;
+}
+
+/* ---- custody ------------------------------------------------------------- */
+
+static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
+	if (vm->console_log_fd < 0)
+		return;
+	if (vm->console_log_size + len > VM_CONSOLE_LOG_MAX) {
+		/* Keep one previous file: the log stays bounded at twice the cap. */
+		char cur[PATH_MAX], old[PATH_MAX];
+		snprintf(cur, sizeof(cur), "%s/console.log", vm->dir);
+		snprintf(old, sizeof(old), "%s/console.log.1", vm->dir);
+		rename(cur, old);
+		safe_close(vm->console_log_fd);
+		vm->console_log_fd = open(cur, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+		vm->console_log_size = 0;
+		if (vm->console_log_fd < 0)
+			return;
+	}
+	ssize_t n = write(vm->console_log_fd, buf, len);
+	if (n > 0)
+		vm->console_log_size += (uint64_t)n;
+
+	if (vm->n_followers == 0)
+		return;
+	_cleanup_free_ char *text = utf8_sanitize(buf, len);
+	for (size_t i = 0; i < vm->n_followers;) {
+		struct vl_call *c = vm->followers[i];
+		if (!vl_call_alive(c)) {
+			vl_call_unref(c);
+			vm->followers[i] = vm->followers[--vm->n_followers];
+			continue;
+		}
+		struct json_object *p = json_object_new_object();
+		json_object_object_add(p, "data", json_object_new_string(text ? text : ""));
+		json_object_object_add(p, "offset", json_object_new_int64((int64_t)vm->console_log_size));
+		vl_call_notify(c, p);
+		i++;
+	}
+}
+
+static void on_console(evutil_socket_t fd, short what, void *userdata) {
+	struct vm *vm = userdata;
+	char buf[16384];
+	for (int rounds = 0; rounds < 16; rounds++) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n > 0) {
+			vm_console_append(vm, buf, (size_t)n);
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		return; /* EOF cannot happen while we hold the peer end */
+	}
+}
+
+void vm_follow_add(struct vm *vm, struct vl_call *call) {
+	struct vl_call **n = realloc(vm->followers, (vm->n_followers + 1) * sizeof(*n));
+	if (!n)
+		return;
+	vm->followers = n;
+	vm->followers[vm->n_followers++] = vl_call_ref(call);
+}
+
+static int vm_open_logs(struct vm *vm) {
+	char path[PATH_MAX];
+	struct stat st;
+	if (vm->console_log_fd < 0) {
+		snprintf(path, sizeof(path), "%s/console.log", vm->dir);
+		vm->console_log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+		if (vm->console_log_fd < 0)
+			return -errno;
+		if (fstat(vm->console_log_fd, &st) == 0)
+			vm->console_log_size = (uint64_t)st.st_size;
+	}
+	if (vm->qemu_log_fd < 0) {
+		snprintf(path, sizeof(path), "%s/qemu.log", vm->dir);
+		/* Rotate at start so one VM's QEMU log stays bounded. */
+		if (stat(path, &st) == 0 && st.st_size > VM_QEMU_LOG_MAX) {
+			char old[PATH_MAX];
+			snprintf(old, sizeof(old), "%s/qemu.log.1", vm->dir);
+			rename(path, old);
+		}
+		vm->qemu_log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+		if (vm->qemu_log_fd < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+/* Creates what a VM's QEMU needs from us and that outlives any one QEMU:
+ * the guest RAM memfd and both ends of the console. */
+static int vm_ensure_custody(struct vm *vm) {
+	uint64_t bytes = vm->spec->memory_mib * 1024 * 1024;
+	int r = vm_open_logs(vm);
+	if (r < 0)
+		return log_vm_errno(LOG_ERR, r, vm->name, "cannot open logs in %s: %m", vm->dir);
+
+	if (vm->ram_fd >= 0 && vm->ram_bytes != bytes)
+		vm->ram_fd = safe_close(vm->ram_fd);
+	if (vm->ram_fd < 0) {
+		char name[96];
+		snprintf(name, sizeof(name), "cprd:%s:ram0", vm->name);
+		int fd = memfd_create(name, MFD_CLOEXEC | (vm->spec->hugepages ? MFD_HUGETLB : 0));
+		if (fd < 0)
+			return log_vm_errno(LOG_ERR, errno, vm->name, "memfd_create failed: %m");
+		if (ftruncate(fd, (off_t)bytes) < 0) {
+			r = -errno;
+			safe_close(fd);
+			return log_vm_errno(LOG_ERR, r, vm->name, "cannot size guest RAM to %llu bytes: %m",
+					    (unsigned long long)bytes);
+		}
+		vm->ram_fd = fd;
+		vm->ram_bytes = bytes;
+		log_vm(LOG_INFO, vm->name, "guest RAM memfd created (%llu MiB), held as fd %d",
+		       (unsigned long long)vm->spec->memory_mib, fd);
+	}
+
+	if (vm->console_fd < 0) {
+		int sv[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+			return -errno;
+		/* QEMU's end blocks like a normal chardev socket would. */
+		fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) & ~O_NONBLOCK);
+		vm->console_fd = sv[0];
+		vm->console_peer_fd = sv[1];
+		vm->console_ev = event_new(vm->manager->base, vm->console_fd, EV_READ | EV_PERSIST,
+					   on_console, vm);
+		event_add(vm->console_ev, NULL);
+	}
+	return 0;
+}
+
+void vm_release_custody(struct vm *vm) {
+	if (vm->ram_fd >= 0)
+		log_vm(LOG_INFO, vm->name, "releasing guest RAM memfd");
+	vm->ram_fd = safe_close(vm->ram_fd);
+	vm->ram_bytes = 0;
+	if (vm->console_ev) {
+		/* Take what QEMU wrote last before letting go of the console. */
+		on_console(vm->console_fd, EV_READ, vm);
+		event_free(vm->console_ev);
+		vm->console_ev = NULL;
+	}
+	vm->console_fd = safe_close(vm->console_fd);
+	vm->console_peer_fd = safe_close(vm->console_peer_fd);
+}
+
+/* ---- command line -------------------------------------------------------- */
+
+static const char *vm_accel(struct vm *vm) {
+	if (!streq(vm->spec->accel, "auto"))
+		return vm->spec->accel;
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return "tcg";
+	close(fd);
+	return "kvm";
+}
+
+struct strv {
+	char **v;
+	size_t n;
+	bool oom;
+};
+
+static _printf_(2, 3) void strv_addf(struct strv *s, const char *fmt, ...) {
+	va_list ap;
+	char *str = NULL;
+	va_start(ap, fmt);
+	if (vasprintf(&str, fmt, ap) < 0)
+		str = NULL;
+	va_end(ap);
+	char **n = str ? realloc(s->v, (s->n + 2) * sizeof(char *)) : NULL;
+	if (!n) {
+		free(str);
+		s->oom = true;
+		return;
+	}
+	s->v = n;
+	s->v[s->n++] = str;
+	s->v[s->n] = NULL;
+}
+
+int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
+		  const struct vm_incoming *incoming, char ***ret) {
+	struct strv a = {0};
+	const struct vm_spec *s = vm->spec;
+
+	strv_addf(&a, "%s", binary);
+	strv_addf(&a, "-name");
+	strv_addf(&a, "guest=%s,debug-threads=on", s->name);
+	strv_addf(&a, "-nodefaults");
+	strv_addf(&a, "-no-user-config");
+	strv_addf(&a, "-display");
+	strv_addf(&a, "none");
+	strv_addf(&a, "-msg");
+	strv_addf(&a, "timestamp=on");
+	if (!incoming)
+		strv_addf(&a, "-S"); /* cprd resumes it once QMP is up */
+	strv_addf(&a, "-machine");
+	strv_addf(&a, "%s,memory-backend=ram0%s", s->machine,
+		  probe && probe->aux_ram_share ? ",aux-ram-share=on" : "");
+	strv_addf(&a, "-accel");
+	strv_addf(&a, "%s", vm_accel(vm));
+	strv_addf(&a, "-m");
+	strv_addf(&a, "%lluM", (unsigned long long)s->memory_mib);
+	strv_addf(&a, "-smp");
+	strv_addf(&a, "%u", s->cpus);
+	/* Guest RAM is the memfd cprd holds, reached through our fd number. */
+	strv_addf(&a, "-object");
+	strv_addf(&a, "memory-backend-file,id=ram0,size=%lluM,share=on,mem-path=/proc/self/fd/%d",
+		  (unsigned long long)s->memory_mib, VM_FD_RAM);
+	strv_addf(&a, "-chardev");
+	strv_addf(&a, "socket,id=qmp,fd=%d", VM_FD_QMP);
+	strv_addf(&a, "-mon");
+	strv_addf(&a, "chardev=qmp,mode=control");
+	strv_addf(&a, "-chardev");
+	strv_addf(&a, "socket,id=console,fd=%d", VM_FD_CONSOLE);
+	strv_addf(&a, "-serial");
+	strv_addf(&a, "chardev:console");
+	strv_addf(&a, "-nic");
+	strv_addf(&a, "none");
+	for (size_t i = 0; i < s->n_disks; i++) {
+		const struct spec_disk *d = &s->disks[i];
+		strv_addf(&a, "-drive");
+		/* virtio-blk: IDE cannot attach a read-only hard disk. */
+		strv_addf(&a, "file=%s,format=%s,if=virtio,index=%zu,media=disk%s", d->path,
+			  d->format, i, d->readonly ? ",readonly=on" : "");
+	}
+	if (incoming && incoming->args)
+		for (const char *const *i = incoming->args; *i; i++)
+			strv_addf(&a, "%s", *i);
+
+	if (a.oom) {
+		strv_free(a.v);
+		return -ENOMEM;
+	}
+	*ret = a.v;
+	return 0;
+}
+
+/* ---- QEMU processes ------------------------------------------------------ */
+
+static void vm_qemu_on_ready(struct qmp *qmp, void *userdata) {
+	struct vm_qemu *q = userdata;
+	const struct qmp_version *v = qmp_get_version(qmp);
+	if (v && !q->version)
+		asprintf(&q->version, "%u.%u.%u", v->major, v->minor, v->micro);
+	if (q->cb.ready)
+		q->cb.ready(q, q->userdata);
+}
+
+static void vm_qemu_on_event(struct qmp *qmp, const char *name, struct json_object *data,
+			     int64_t ts, void *userdata) {
+	struct vm_qemu *q = userdata;
+	if (q->cb.event)
+		q->cb.event(q, name, data, ts, q->userdata);
+}
+
+static void vm_qemu_on_closed(struct qmp *qmp, int error, void *userdata) {
+	struct vm_qemu *q = userdata;
+	log_vm_errno(LOG_DEBUG, error, q->vm->name, "QMP of pid %d closed: %m",
+		     (int)qemu_proc_pid(q->proc));
+	/* The process watch tells us when QEMU really ended. */
+}
+
+static const struct qmp_callbacks vm_qmp_callbacks = {
+	.ready = vm_qemu_on_ready,
+	.event = vm_qemu_on_event,
+	.closed = vm_qemu_on_closed,
+};
+
+static void vm_qemu_on_exit(struct qemu_proc *p, const struct qemu_exit *e, void *userdata) {
+	struct vm_qemu *q = userdata;
+	if (q->cb.exited)
+		q->cb.exited(q, e->how, e->status, e->signal, q->userdata);
+}
+
+int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *probe,
+		  const struct vm_incoming *incoming, const struct vm_qemu_callbacks *cb,
+		  void *userdata, struct vm_qemu **ret) {
+	_cleanup_(strv_freep) char **argv = NULL;
+	int sv[2];
+	int r;
+
+	r = vm_ensure_custody(vm);
+	if (r < 0)
+		return r;
+	r = vm_build_argv(vm, binary, probe, incoming, &argv);
+	if (r < 0)
+		return r;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	_cleanup_close_ int qmp_ours = sv[0], qmp_theirs = sv[1];
+
+	struct vm_qemu *q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->vm = vm;
+	q->binary = strdup(binary);
+	q->probe = probe ? probe_result_dup(probe) : NULL;
+	if (probe)
+		asprintf(&q->version, "%u.%u.%u", probe->major, probe->minor, probe->micro);
+	if (stat(binary, &q->binary_st) < 0)
+		memset(&q->binary_st, 0, sizeof(q->binary_st));
+	q->log_offset = lseek(vm->qemu_log_fd, 0, SEEK_END);
+	if (cb)
+		q->cb = *cb;
+	q->userdata = userdata;
+
+	struct qemu_fd fds[5] = {
+		{qmp_theirs, VM_FD_QMP},
+		{vm->console_peer_fd, VM_FD_CONSOLE},
+		{vm->ram_fd, VM_FD_RAM},
+	};
+	size_t n_fds = 3;
+	if (incoming && incoming->main_fd >= 0)
+		fds[n_fds++] = (struct qemu_fd){incoming->main_fd, VM_FD_INCOMING_MAIN};
+	if (incoming && incoming->cpr_fd >= 0)
+		fds[n_fds++] = (struct qemu_fd){incoming->cpr_fd, VM_FD_INCOMING_CPR};
+
+	_cleanup_free_ char *cmdline = NULL;
+	size_t clen = 0;
+	FILE *f = open_memstream(&cmdline, &clen);
+	for (char **i = argv; f && *i; i++)
+		fprintf(f, "%s%s", i == argv ? "" : " ", *i);
+	if (f)
+		fclose(f);
+	dprintf(vm->qemu_log_fd, "cprd: starting %s\n", cmdline ? cmdline : binary);
+	q->log_offset = lseek(vm->qemu_log_fd, 0, SEEK_END);
+
+	r = qemu_spawn(vm->manager->base, binary, argv, fds, n_fds, vm->qemu_log_fd, vm->name,
+		       vm_qemu_on_exit, q, &q->proc);
+	if (r < 0) {
+		vm_qemu_free(q);
+		return log_vm_errno(LOG_ERR, r, vm->name, "cannot start %s: %m", binary);
+	}
+	log_vm(LOG_INFO, vm->name, "started QEMU %s (%s) as pid %d", binary,
+	       q->version ? q->version : "?", (int)qemu_proc_pid(q->proc));
+
+	q->qmp_fd = qmp_ours;
+	r = qmp_new(vm->manager->base, TAKE_FD(qmp_ours), &vm_qmp_callbacks, q, vm->name, &q->qmp);
+	if (r < 0) {
+		qemu_proc_kill(q->proc, SIGKILL);
+		vm_qemu_free(q);
+		return r;
+	}
+	*ret = q;
+	return 0;
+}
+
+void vm_qemu_free(struct vm_qemu *q) {
+	if (!q)
+		return;
+	qmp_free(q->qmp);
+	qemu_proc_free(q->proc);
+	probe_result_free(q->probe);
+	free(q->binary);
+	free(q->version);
+	free(q);
+}
+
+void vm_qemu_set_callbacks(struct vm_qemu *q, const struct vm_qemu_callbacks *cb, void *userdata) {
+	q->cb = *cb;
+	q->userdata = userdata;
+}
+
+struct qmp *vm_qemu_qmp(struct vm_qemu *q) { return q->qmp; }
+pid_t vm_qemu_pid(const struct vm_qemu *q) { return q->proc ? qemu_proc_pid(q->proc) : 0; }
+bool vm_qemu_running(const struct vm_qemu *q) { return q->proc && qemu_proc_running(q->proc); }
+const char *vm_qemu_binary(const struct vm_qemu *q) { return q->binary; }
+const char *vm_qemu_version(const struct vm_qemu *q) { return q->version ? q->version : "unknown"; }
+const struct probe_result *vm_qemu_probe(const struct vm_qemu *q) { return q->probe; }
+int vm_qemu_kill(struct vm_qemu *q, int sig) { return q->proc ? qemu_proc_kill(q->proc, sig) : -ESRCH; }
+
+/* The last lines QEMU wrote, from where this process started writing. */
+static struct json_object *vm_qemu_stderr_tail(struct vm_qemu *q) {
+	struct json_object *lines = json_object_new_array();
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/qemu.log", q->vm->dir);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return lines;
+	off_t end = lseek(fd, 0, SEEK_END);
+	off_t start = MAX(q->log_offset, end - 8192);
+	if (start < 0 || end <= start)
+		return lines;
+	size_t len = (size_t)(end - start);
+	_cleanup_free_ char *buf = malloc(len + 1);
+	if (!buf || pread(fd, buf, len, start) != (ssize_t)len)
+		return lines;
+	buf[len] = '\0';
+	/* Keep the last VM_STDERR_TAIL_LINES lines. */
+	char *lines_at[VM_STDERR_TAIL_LINES];
+	size_t n = 0;
+	for (char *save = NULL, *l = strtok_r(buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		if (n == VM_STDERR_TAIL_LINES) {
+			memmove(lines_at, lines_at + 1, sizeof(lines_at[0]) * (n - 1));
+			n--;
+		}
+		lines_at[n++] = l;
+	}
+	for (size_t i = 0; i < n; i++) {
+		_cleanup_free_ char *t = utf8_sanitize(lines_at[i], strlen(lines_at[i]));
+		json_object_array_add(lines, json_object_new_string(t ? t : ""));
+	}
+	return lines;
+}
+
+void vm_qemu_stderr_summary(struct vm_qemu *q, char *buf, size_t size) {
+	_cleanup_json_ struct json_object *lines = vm_qemu_stderr_tail(q);
+	size_t n = json_object_array_length(lines), used = 0;
+	buf[0] = '\0';
+	/* The first lines after start say why; later ones are fallout. */
+	for (size_t i = n > 3 ? n - 3 : 0; i < n && used + 1 < size; i++) {
+		const char *l = json_object_get_string(json_object_array_get_idx(lines, i));
+		/* Drop QEMU's "-msg timestamp=on" prefix for readability. */
+		const char *sp = strchr(l, ' ');
+		if (l[0] >= '0' && l[0] <= '9' && sp)
+			l = sp + 1;
+		int k = snprintf(buf + used, size - used, "%s%s", used ? "; " : "", l);
+		if (k < 0)
+			break;
+		used += (size_t)k;
+	}
+}
+
+struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q) {
+	struct vm_qemu *old = vm->qemu;
+	vm->qemu = q;
+	return old;
+}
+
+bool vm_outdated(struct vm *vm) {
+	struct stat st;
+	if (!vm->qemu || !vm->qemu->binary)
+		return false;
+	if (stat(vm->qemu->binary, &st) < 0)
+		return true; /* removed */
+	return st.st_dev != vm->qemu->binary_st.st_dev || st.st_ino != vm->qemu->binary_st.st_ino ||
+	       st.st_mtim.tv_sec != vm->qemu->binary_st.st_mtim.tv_sec ||
+	       st.st_mtim.tv_nsec != vm->qemu->binary_st.st_mtim.tv_nsec;
+}
+
+/* ---- start and stop ------------------------------------------------------ */
+
+/* For commands whose outcome shows in the process's exit instead. */
+static void ignore_reply(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			 void *userdata) {
+	if (err)
+		log_debug("%s: QMP command failed: %s", qmp_get_label(qmp), err->desc);
+}
+
+static void vm_reply_pending(struct vm *vm, const char *error, struct json_object *params) {
+	struct vl_call *c = TAKE_PTR(vm->pending_call);
+	if (!c) {
+		json_object_put(params);
+		return;
+	}
+	if (error)
+		vl_call_error(c, error, params);
+	else
+		vl_call_reply(c, params);
+	vl_call_unref(c);
+}
+
+static void vm_reply_vm(struct vm *vm) {
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "vm", vm_to_json(vm));
+	vm_reply_pending(vm, NULL, p);
+}
+
+static void vm_op_done(struct vm *vm) {
+	vm->operation = NULL;
+	if (vm->op_timer)
+		evtimer_del(vm->op_timer);
+}
+
+static void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, int status, int sig,
+			   bool requested) {
+	char ts[32];
+	struct json_object *e = json_object_new_object();
+	format_rfc3339(now_usec(CLOCK_REALTIME), ts);
+	json_object_object_add(e, "time", json_object_new_string(ts));
+	json_object_object_add(e, "how", json_object_new_string(how));
+	if (streq(how, "exited"))
+		json_object_object_add(e, "status", json_object_new_int(status));
+	if (streq(how, "killed") || streq(how, "dumped"))
+		json_object_object_add(e, "signal", json_object_new_string(signal_name(sig)));
+	json_object_object_add(e, "requested", json_object_new_boolean(requested));
+	json_object_object_add(e, "stderr", vm_qemu_stderr_tail(q));
+	json_object_put(vm->last_exit);
+	vm->last_exit = e;
+	vm_save(vm);
+}
+
+static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int sig, void *userdata) {
+	struct vm *vm = userdata;
+	bool requested = vm->operation && streq(vm->operation, "stop");
+	char why[160];
+
+	if (streq(how, "exited"))
+		snprintf(why, sizeof(why), "QEMU pid %d exited with status %d", (int)vm_qemu_pid(q), status);
+	else if (streq(how, "unknown"))
+		snprintf(why, sizeof(why), "QEMU pid %d ended", (int)vm_qemu_pid(q));
+	else
+		snprintf(why, sizeof(why), "QEMU pid %d was killed by %s", (int)vm_qemu_pid(q),
+			 signal_name(sig));
+	vm_record_exit(vm, q, how, status, sig, requested);
+	vm->qemu = NULL;
+	vm_qemu_free(q);
+
+	if (requested) {
+		vm_op_done(vm);
+		vm_release_custody(vm);
+		vm->started_usec = 0;
+		vm_set_state(vm, VM_STOPPED, why);
+		manager_emit(vm->manager, vm, "stopped", why);
+		vm_reply_vm(vm);
+		return;
+	}
+	if (vm->operation && streq(vm->operation, "start")) {
+		vm_op_done(vm);
+		vm_set_state(vm, VM_CRASHED, why);
+		struct json_object *tail = json_object_object_get(vm->last_exit, "stderr");
+		size_t n = json_object_array_length(tail);
+		const char *last = n ? json_object_get_string(json_object_array_get_idx(tail, n - 1)) : "";
+		struct json_object *p = json_object_new_object();
+		char reason[1024];
+		snprintf(reason, sizeof(reason), "%s while starting: %s (see cprctl log %s --qemu)", why,
+			 last, vm->name);
+		json_object_object_add(p, "reason", json_object_new_string(reason));
+		vm_reply_pending(vm, API_ERROR("Failed"), p);
+		return;
+	}
+	/* Nobody asked for this: the guest crashed or QEMU was killed. Guest
+	 * RAM stays in custody so nothing more is lost. */
+	log_vm(LOG_WARNING, vm->name, "%s unexpectedly; guest RAM stays held", why);
+	vm->started_usec = 0;
+	vm_set_state(vm, VM_CRASHED, why);
+	manager_emit(vm->manager, vm, "exited", why);
+}
+
+static void vm_main_event(struct vm_qemu *q, const char *name, struct json_object *data,
+			  int64_t ts, void *userdata) {
+	struct vm *vm = userdata;
+	log_vm(LOG_DEBUG, vm->name, "QMP event %s", name);
+	if (vm->operation && !streq(vm->operation, "stop"))
+		return; /* start and upgrade follow the run state themselves */
+	if (streq(name, "STOP") && vm->state == VM_RUNNING)
+		vm_set_state(vm, VM_PAUSED, "guest paused");
+	else if (streq(name, "RESUME") && vm->state == VM_PAUSED)
+		vm_set_state(vm, VM_RUNNING, "guest resumed");
+	else if (streq(name, "SHUTDOWN"))
+		log_vm(LOG_INFO, vm->name, "guest shut down");
+}
+
+static void vm_on_cont(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+		       void *userdata) {
+	struct vm *vm = userdata;
+	if (err) {
+		log_vm(LOG_ERR, vm->name, "cont failed: %s", err->desc);
+		vm_qemu_kill(vm->qemu, SIGKILL); /* the exit handler reports it */
+		return;
+	}
+	vm_op_done(vm);
+	vm->started_usec = now_usec(CLOCK_REALTIME);
+	vm_set_state(vm, VM_RUNNING, "guest started");
+	manager_emit(vm->manager, vm, "started", "guest started");
+	vm_reply_vm(vm);
+}
+
+static void vm_main_ready(struct vm_qemu *q, void *userdata) {
+	struct vm *vm = userdata;
+	if (vm->operation && streq(vm->operation, "start"))
+		qmp_command(q->qmp, "cont", NULL, QMP_COMMAND_TIMEOUT_MS, vm_on_cont, vm);
+}
+
+static const struct vm_qemu_callbacks vm_main_callbacks = {
+	.ready = vm_main_ready,
+	.event = vm_main_event,
+	.exited = vm_main_exited,
+};
+
+void vm_watch_main(struct vm *vm) {
+	if (vm->qemu)
+		vm_qemu_set_callbacks(vm->qemu, &vm_main_callbacks, vm);
+}
+
+static void vm_start_fail(struct vm *vm, const char *error, struct json_object *params) {
+	vm_op_done(vm);
+	vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED, "start failed");
+	vm_reply_pending(vm, error, params);
+}
+
+static void vm_on_start_probe(struct probe *p, int error, struct probe_result *result,
+			      const char *reason, void *userdata) {
+	struct vm *vm = userdata;
+	if (error < 0) {
+		struct json_object *e = json_object_new_object();
+		json_object_object_add(e, "binary", json_object_new_string(vm->spec->qemu));
+		json_object_object_add(e, "reason", json_object_new_string(reason ? reason : strerror(-error)));
+		return vm_start_fail(vm, API_ERROR("QEMUProbeFailed"), e);
+	}
+	if (!probe_result_resolve_machine(result, vm->spec->machine)) {
+		char why[256];
+		snprintf(why, sizeof(why), "QEMU %u.%u.%u at %s has no machine type %s", result->major,
+			 result->minor, result->micro, vm->spec->qemu, vm->spec->machine);
+		probe_result_free(result);
+		struct json_object *e = json_object_new_object();
+		json_object_object_add(e, "name", json_object_new_string(vm->name));
+		json_object_object_add(e, "state", json_object_new_string(vm_state_to_string(vm->state)));
+		json_object_object_add(e, "reason", json_object_new_string(why));
+		return vm_start_fail(vm, API_ERROR("BadState"), e);
+	}
+
+	int r = vm_qemu_spawn(vm, vm->spec->qemu, result, NULL, &vm_main_callbacks, vm, &vm->qemu);
+	probe_result_free(result);
+	if (r < 0) {
+		struct json_object *e = json_object_new_object();
+		char why[256];
+		snprintf(why, sizeof(why), "cannot start QEMU: %s", strerror(-r));
+		json_object_object_add(e, "reason", json_object_new_string(why));
+		return vm_start_fail(vm, API_ERROR("Failed"), e);
+	}
+}
+
+static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {
+	struct vm *vm = userdata;
+	if (!vm->operation || !vm->qemu)
+		return;
+	if (streq(vm->operation, "start")) {
+		log_vm(LOG_ERR, vm->name, "QEMU did not start the guest within %d s; killing it",
+		       VM_START_TIMEOUT_MS / 1000);
+		vm_qemu_kill(vm->qemu, SIGKILL);
+	} else if (streq(vm->operation, "stop") && !vm->stop_force) {
+		log_vm(LOG_INFO, vm->name, "guest did not power off in time; quitting QEMU");
+		vm->stop_force = true;
+		qmp_command(vm->qemu->qmp, "quit", NULL, VM_QUIT_TIMEOUT_MS, ignore_reply, NULL);
+		struct timeval tv = {VM_QUIT_TIMEOUT_MS / 1000, 0};
+		evtimer_add(vm->op_timer, &tv);
+	} else {
+		log_vm(LOG_WARNING, vm->name, "QEMU did not quit in time; killing it");
+		vm_qemu_kill(vm->qemu, SIGKILL);
+	}
+}
+
+int vm_start(struct vm *vm, struct vl_call *call) {
+	vm->operation = "start";
+	vm->pending_call = call ? vl_call_ref(call) : NULL;
+	vm_set_state(vm, VM_STARTING, NULL);
+	struct timeval tv = {VM_START_TIMEOUT_MS / 1000, 0};
+	evtimer_add(vm->op_timer, &tv);
+	int r = probe_run(vm->manager->base, vm->spec->qemu, -1, NULL, vm_on_start_probe, vm, NULL);
+	if (r < 0) {
+		vm_op_done(vm);
+		vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED, "start failed");
+		if (vm->pending_call)
+			vl_call_unref(TAKE_PTR(vm->pending_call));
+		return r;
+	}
+	return 0;
+}
+
+int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call) {
+	vm->operation = "stop";
+	vm->stop_force = force;
+	vm->pending_call = call ? vl_call_ref(call) : NULL;
+	vm_set_state(vm, VM_STOPPING, force ? "quitting QEMU" : "ACPI power-down requested");
+	if (!vm->qemu || qmp_get_error(vm->qemu->qmp) < 0) {
+		vm_qemu_kill(vm->qemu, SIGTERM);
+		vm->stop_force = true;
+		struct timeval tv = {VM_QUIT_TIMEOUT_MS / 1000, 0};
+		evtimer_add(vm->op_timer, &tv);
+		return 0;
+	}
+	qmp_command(vm->qemu->qmp, force ? "quit" : "system_powerdown", NULL, VM_QUIT_TIMEOUT_MS,
+		    ignore_reply, NULL);
+	struct timeval tv = {force ? VM_QUIT_TIMEOUT_MS / 1000 : timeout_sec, 0};
+	evtimer_add(vm->op_timer, &tv);
+	return 0;
+}
+
+/* ---- life cycle and persistence ------------------------------------------ */
+
+int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm **ret) {
+	struct vm *vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return -ENOMEM;
+	vm->manager = m;
+	vm->spec = spec;
+	vm->name = strdup(spec->name);
+	vm->dir = strdup(dir);
+	vm->state = VM_DEFINED;
+	vm->ram_fd = vm->console_fd = vm->console_peer_fd = -1;
+	vm->console_log_fd = vm->qemu_log_fd = -1;
+	vm->history = json_object_new_array();
+	vm->op_timer = evtimer_new(m->base, vm_on_op_timeout, vm);
+	if (!vm->name || !vm->dir || !vm->history || !vm->op_timer) {
+		vm->spec = NULL;
+		vm_free(vm);
+		return -ENOMEM;
+	}
+	*ret = vm;
+	return 0;
+}
+
+void vm_free(struct vm *vm) {
+	if (!vm)
+		return;
+	if (vm->pending_call)
+		vl_call_unref(vm->pending_call);
+	for (size_t i = 0; i < vm->n_followers; i++)
+		vl_call_unref(vm->followers[i]);
+	free(vm->followers);
+	vm_qemu_free(vm->qemu);
+	vm_release_custody(vm);
+	safe_close(vm->console_log_fd);
+	safe_close(vm->qemu_log_fd);
+	if (vm->op_timer)
+		event_free(vm->op_timer);
+	json_object_put(vm->last_exit);
+	json_object_put(vm->history);
+	spec_free(vm->spec);
+	free(vm->name);
+	free(vm->dir);
+	free(vm);
+}
+
+int vm_save(struct vm *vm) {
+	char path[PATH_MAX];
+	_cleanup_json_ struct json_object *o = json_object_new_object();
+	json_object_object_add(o, "spec", spec_to_json(vm->spec));
+	json_object_object_add(o, "upgrades", json_object_get(vm->history));
+	if (vm->last_exit)
+		json_object_object_add(o, "lastExit", json_object_get(vm->last_exit));
+	snprintf(path, sizeof(path), "%s/vm.json", vm->dir);
+	int r = write_json_atomic(path, o);
+	if (r < 0)
+		log_vm_errno(LOG_ERR, r, vm->name, "cannot save %s: %m", path);
+	return r;
+}
+
+int vm_load(struct manager *m, const char *dir, struct vm **ret) {
+	char path[PATH_MAX];
+	_cleanup_free_ char *text = NULL;
+	struct spec_error err;
+	struct vm_spec *spec = NULL;
+	struct json_object *v;
+
+	snprintf(path, sizeof(path), "%s/vm.json", dir);
+	int r = read_file(path, 16 * 1024 * 1024, &text, NULL);
+	if (r < 0)
+		return r;
+	_cleanup_json_ struct json_object *o = json_tokener_parse(text);
+	if (!o || !json_object_object_get_ex(o, "spec", &v))
+		return log_error_errno(-EBADMSG, "%s is not a VM file", path);
+	r = spec_from_json_trusted(v, &spec, &err);
+	if (r < 0)
+		return log_error_errno(r, "%s: %s %s", path, err.field, err.reason);
+	struct vm *vm;
+	r = vm_new(m, spec, dir, &vm);
+	if (r < 0) {
+		spec_free(spec);
+		return r;
+	}
+	if (json_object_object_get_ex(o, "upgrades", &v) && json_object_is_type(v, json_type_array)) {
+		json_object_put(vm->history);
+		vm->history = json_object_get(v);
+	}
+	if (json_object_object_get_ex(o, "lastExit", &v) && json_object_is_type(v, json_type_object))
+		vm->last_exit = json_object_get(v);
+	vm->state = VM_STOPPED;
+	*ret = vm;
+	return 0;
+}
+
+void vm_add_history(struct vm *vm, struct json_object *record) {
+	json_object_array_add(vm->history, record);
+	size_t n = json_object_array_length(vm->history);
+	if (n > VM_HISTORY_MAX)
+		json_object_array_del_idx(vm->history, 0, n - VM_HISTORY_MAX);
+	vm_save(vm);
+}
+
+static void add_fd(struct json_object *a, const char *kind, int fd, const char *vm, const char *n) {
+	if (fd < 0)
+		return;
+	char name[128];
+	snprintf(name, sizeof(name), "%s.%s", vm, n);
+	struct json_object *o = json_object_new_object();
+	json_object_object_add(o, "kind", json_object_new_string(kind));
+	json_object_object_add(o, "fd", json_object_new_int(fd));
+	json_object_object_add(o, "name", json_object_new_string(name));
+	json_object_array_add(a, o);
+}
+
+struct json_object *vm_to_json(struct vm *vm) {
+	struct json_object *o = json_object_new_object();
+	const char *state = vm_state_to_string(vm->state);
+	if (vm->operation && streq(vm->operation, "upgrade"))
+		state = "upgrading";
+	json_object_object_add(o, "name", json_object_new_string(vm->name));
+	json_object_object_add(o, "state", json_object_new_string(state));
+	json_object_object_add(o, "spec", spec_to_json(vm->spec));
+	json_object_object_add(o, "machine", json_object_new_string(vm->spec->machine));
+	json_object_object_add(o, "qemu", json_object_new_string(vm->qemu ? vm->qemu->binary : vm->spec->qemu));
+	if (vm->qemu) {
+		json_object_object_add(o, "qemuVersion", json_object_new_string(vm_qemu_version(vm->qemu)));
+		json_object_object_add(o, "pid", json_object_new_int(vm_qemu_pid(vm->qemu)));
+	}
+	json_object_object_add(o, "outdated", json_object_new_boolean(vm_outdated(vm)));
+	if (vm->started_usec)
+		json_object_object_add(
+			o, "uptimeSec",
+			json_object_new_double((double)(now_usec(CLOCK_REALTIME) - vm->started_usec) / 1e6));
+	struct json_object *fds = json_object_new_array();
+	add_fd(fds, "ram", vm->ram_fd, vm->name, "ram0");
+	add_fd(fds, "console", vm->console_fd, vm->name, "console");
+	add_fd(fds, "console", vm->console_peer_fd, vm->name, "console-qemu");
+	if (vm->qemu && vm->qemu->qmp)
+		add_fd(fds, "qmp", vm->qemu->qmp_fd, vm->name, "qmp");
+	json_object_object_add(o, "fds", fds);
+	if (vm->last_exit)
+		json_object_object_add(o, "lastExit", json_object_get(vm->last_exit));
+	json_object_object_add(o, "upgrades", json_object_get(vm->history));
+	return o;
+}

@@ -76,7 +76,8 @@ struct probe {
 
 	struct qmp *qmp;
 	unsigned n_queries;
-	const char *phase; /* where a failure happened, for the reason */
+	const char *phase;   /* where a failure happened, for the reason */
+	bool before_greeting; /* ... and whether it could be QEMU at all */
 
 	struct probe_result *result;
 	int error;
@@ -349,17 +350,19 @@ static int pidfd_send_signal_sys(int pidfd, int sig) {
 }
 
 /* Moves an fd above stdio so that dup2() onto 0-2 in the child cannot
- * clobber it. A daemon has 0-2 open, so this is rarely a no-op only in tests. */
-static int fd_move_above_stdio(int fd) {
+ * clobber it. A daemon keeps 0-2 open, so this only acts for a caller that
+ * closed them. */
+static int fd_move_above_stdio(int *fd) {
 	int nfd;
 
-	if (fd < 0 || fd > 2)
-		return fd;
-	nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (*fd < 0 || *fd > 2)
+		return 0;
+	nfd = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
 	if (nfd < 0)
 		return -errno;
-	close(fd);
-	return nfd;
+	close(*fd);
+	*fd = nfd;
+	return 0;
 }
 
 /* Between fork and exec: reset what the daemon changed, keep exactly the QMP
@@ -467,12 +470,10 @@ static int probe_spawn(struct probe *p) {
 		return -errno;
 
 	/* The child dup2()s onto 0-2: nothing it still needs may sit there. */
-	if ((qmp_child = fd_move_above_stdio(qmp_child)) < 0 ||
-	    (out_w = fd_move_above_stdio(out_w)) < 0 || (exec_w = fd_move_above_stdio(exec_w)) < 0 ||
-	    (null_fd = fd_move_above_stdio(null_fd)) < 0)
-		return -EMFILE;
-	if ((p->binary_fd = fd_move_above_stdio(p->binary_fd)) < 0 && p->binary_fd != -1)
-		return -EMFILE;
+	if ((r = fd_move_above_stdio(&qmp_child)) < 0 || (r = fd_move_above_stdio(&out_w)) < 0 ||
+	    (r = fd_move_above_stdio(&exec_w)) < 0 || (r = fd_move_above_stdio(&null_fd)) < 0 ||
+	    (r = fd_move_above_stdio(&p->binary_fd)) < 0)
+		return r;
 
 	snprintf(chardev, sizeof(chardev), "socket,id=qmp,fd=%d", qmp_child);
 	/* Works with QEMU 7.2 and 10.0: no guest, no devices, no config files,
@@ -647,9 +648,9 @@ static void probe_report(struct probe *p) {
 
 	if (error >= 0 && !p->result) /* cannot happen; never report success without */
 		error = -EPROTO;
-	if (error < 0)
+	if (error < 0) {
 		log_debug("probe %s failed: %s", p->path, p->reason ? p->reason : strerror(-error));
-	else {
+	} else {
 		result = TAKE_PTR(p->result);
 		if (!result->cached) {
 			result->duration_usec = now_usec() - p->started_usec;
@@ -697,7 +698,8 @@ static void probe_arm_grace(struct probe *p) {
 static void probe_fail(struct probe *p, int error, bool kill_now, const char *reason) {
 	if (p->state >= PROBE_ENDING)
 		return;
-	p->phase = !qmp_get_version(p->qmp) ? "before the QMP greeting"
+	p->before_greeting = !qmp_get_version(p->qmp);
+	p->phase = p->before_greeting ? "before the QMP greeting"
 		   : p->state == PROBE_STARTING ? "during the QMP handshake"
 						  : "while answering QMP queries";
 	probe_set_state(p, PROBE_ENDING);
@@ -819,13 +821,15 @@ static void probe_on_pidfd(evutil_socket_t fd, short what, void *arg) {
 		probe_fail(p, -EPROTO, false, NULL);
 	probe_read_output(p);
 	probe_format_output(p, out, sizeof(out));
-	if (p->reason)
-		probe_set_reason(p, p->error, "%s%s%s%s", p->reason, p->killed ? "" : "; exit: ",
-				 p->killed ? "" : exit_desc, out);
-	else
+	if (p->reason) {
+		/* Our own SIGKILL is no news; any other end is. */
+		bool ours = p->killed && si.si_code == CLD_KILLED && si.si_status == SIGKILL;
+
+		probe_set_reason(p, p->error, "%s%s%s%s", p->reason, ours ? "" : "; it ",
+				 ours ? "" : exit_desc, out);
+	} else
 		probe_set_reason(p, p->error < 0 ? p->error : -EPROTO, "%s%s %s%s",
-				 streq(p->phase, "before the QMP greeting") ? "not a QEMU binary: "
-									   : "QEMU ",
+				 p->before_greeting ? "not a QEMU binary: " : "QEMU ",
 				 exit_desc, p->phase, out);
 	probe_report(p);
 }
@@ -1003,6 +1007,12 @@ static bool probe_answer_ok(struct probe *p, const char *cmd, const struct qmp_e
 
 	if (!err)
 		return true;
+	if (err->error == -ECONNRESET) {
+		/* It hung up mid-answer, probably crashing: wait for its exit
+		 * status, which says more than this. */
+		probe_fail(p, -EPROTO, false, NULL);
+		return false;
+	}
 	snprintf(buf, sizeof(buf), "QEMU failed %s: %s", cmd, err->desc);
 	probe_fail(p, err->error == -EREMOTEIO ? -EPROTO : err->error, true, buf);
 	return false;
@@ -1070,13 +1080,16 @@ static void probe_on_machine_properties(struct qmp *q, struct json_object *ret,
 		/* Not fatal: the feature is simply not there. */
 		log_debug("probe %s: qom-list-properties failed: %s", p->path, err->desc);
 		p->result->aux_ram_share = false;
-	} else if (!probe_answer_ok(p, "qom-list-properties", err))
+		probe_query_done(p);
 		return;
-	else if (!json_object_is_type(ret, json_type_array)) {
+	}
+	if (!probe_answer_ok(p, "qom-list-properties", err))
+		return;
+	if (!json_object_is_type(ret, json_type_array)) {
 		probe_answer_bad(p, "qom-list-properties", -EBADMSG);
 		return;
-	} else
-		p->result->aux_ram_share = probe_array_has(ret, "name", "aux-ram-share");
+	}
+	p->result->aux_ram_share = probe_array_has(ret, "name", "aux-ram-share");
 	probe_query_done(p);
 }
 
@@ -1178,6 +1191,7 @@ int probe_run(struct event_base *base, const char *path, int binary_fd,
 	p->userdata = userdata;
 	p->state = PROBE_STARTING;
 	p->phase = "before the QMP greeting";
+	p->before_greeting = true;
 	p->started_usec = now_usec();
 	p->timeout_usec = opts && opts->timeout_usec > 0 ? opts->timeout_usec : PROBE_TIMEOUT_USEC;
 	p->no_cache = opts && opts->no_cache;

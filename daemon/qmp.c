@@ -703,7 +703,7 @@ struct qmp *qmp_free(struct qmp *q) {
 	if (!q)
 		return NULL;
 	if (q->freed)
-		return NULL; /* an owner bug, but harmless */
+		return NULL; /* freed twice from inside one callback: harmless */
 
 	q->freed = true;
 	if (q->state != QMP_STATE_CLOSED) {

@@ -179,8 +179,8 @@ static struct json_object *upgrade_result(struct upgrade *u, const char *outcome
 	json_object_object_add(r, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
 	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
 		json_object_object_add(r, "pauseMs",
-				       json_object_new_double((double)(u->resume_ts - u->stop_ts) / 1000.0));
-	json_object_object_add(r, "totalMs", json_object_new_double(ms_since(u->start_mono)));
+				       json_new_fixed3((double)(u->resume_ts - u->stop_ts) / 1000.0));
+	json_object_object_add(r, "totalMs", json_new_fixed3(ms_since(u->start_mono)));
 	json_object_object_add(r, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
 	char v[64] = "";
 	if (u->probe)
@@ -214,8 +214,8 @@ static void upgrade_record(struct upgrade *u, const char *outcome) {
 	json_object_object_add(h, "toPid", json_object_new_int(u->target_pid));
 	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
 		json_object_object_add(h, "pauseMs",
-				       json_object_new_double((double)(u->resume_ts - u->stop_ts) / 1000.0));
-	json_object_object_add(h, "totalMs", json_object_new_double(ms_since(u->start_mono)));
+				       json_new_fixed3((double)(u->resume_ts - u->stop_ts) / 1000.0));
+	json_object_object_add(h, "totalMs", json_new_fixed3(ms_since(u->start_mono)));
 	if (!streq(outcome, "committed")) {
 		json_object_object_add(h, "failedPhase", json_object_new_string(phase_names[u->failed_phase]));
 		json_object_object_add(h, "reason", json_object_new_string(u->reason ? u->reason : ""));

@@ -212,3 +212,9 @@ const char *signal_name(int sig) {
 	snprintf(buf, sizeof(buf), "SIG%s", abbrev);
 	return buf;
 }
+
+struct json_object *json_new_fixed3(double v) {
+	char buf[64];
+	snprintf(buf, sizeof(buf), "%.3f", v);
+	return json_object_new_double_s(v, buf);
+}

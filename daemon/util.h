@@ -34,3 +34,7 @@ int pidfd_send(int pidfd, int sig);
 char *utf8_sanitize(const char *buf, size_t len);
 
 const char *signal_name(int sig);
+
+/* A JSON number with three decimals (milliseconds, seconds), so output
+ * reads 5.537 rather than 5.5369999999999999. */
+struct json_object *json_new_fixed3(double v);

@@ -887,7 +887,7 @@ struct json_object *vm_to_json(struct vm *vm) {
 	if (vm->started_usec)
 		json_object_object_add(
 			o, "uptimeSec",
-			json_object_new_double((double)(now_usec(CLOCK_REALTIME) - vm->started_usec) / 1e6));
+			json_new_fixed3((double)(now_usec(CLOCK_REALTIME) - vm->started_usec) / 1e6));
 	struct json_object *fds = json_object_new_array();
 	add_fd(fds, "ram", vm->ram_fd, vm->name, "ram0");
 	add_fd(fds, "console", vm->console_fd, vm->name, "console");

@@ -323,6 +323,10 @@ static int method_delete_vm(struct vl_call *c, struct json_object *params, void 
 		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
 					   "stop the VM first (cprctl stop)");
 	vm_release_custody(vm);
+	char *rt = vm_runtime_file(vm, "qemu.json");
+	if (rt)
+		unlink(rt);
+	free(rt);
 	int r = rm_rf_flat(vm->dir);
 	if (r < 0)
 		return api_error_failed(c, "cannot remove %s: %s", vm->dir, strerror(-r));

@@ -12,9 +12,15 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "attach.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "systemd.h"
+#include "varlink.h"
+#include "vm.h"
+
+#define STATUS_INTERVAL_SEC 5
 
 #define DEFAULT_SOCKET "/run/cprd/io.cprd.Manager"
 #define DEFAULT_STATE_DIR "/var/lib/cprd"
@@ -33,9 +39,60 @@ static void help(void) {
 	       DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_RUNTIME_DIR);
 }
 
+static char **saved_argv;
+static struct manager *manager;
+static struct event *reload_retry;
+
 static void on_signal(evutil_socket_t sig, short what, void *base) {
 	log_info("received %s, exiting; guests keep running", strsignal((int)sig));
 	event_base_loopexit(base, NULL);
+}
+
+static void update_status(evutil_socket_t fd, short what, void *userdata) {
+	unsigned running = 0;
+	for (size_t i = 0; i < manager->n_vms; i++)
+		running += vm_is_active(manager->vms[i]);
+	systemd_status("%u of %zu VMs running, %u upgrades under way", running, manager->n_vms,
+		       manager->upgrades_running);
+}
+
+/* systemctl reload: run the cprd binary now on disk in this same process,
+ * handing every held fd over, so guests and their custody stay untouched. */
+static void reexec(evutil_socket_t fd, short what, void *base) {
+	char path[4096];
+	_cleanup_free_ char *list = NULL;
+
+	if (manager->upgrades_running > 0) {
+		log_info("reload waits for %u upgrades to finish", manager->upgrades_running);
+		struct timeval tv = {1, 0};
+		evtimer_add(reload_retry, &tv);
+		return;
+	}
+	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+	if (n <= 0) {
+		log_error_errno(errno, "cannot re-execute: readlink /proc/self/exe: %m");
+		return;
+	}
+	path[n] = '\0';
+	/* After a package upgrade the running file is deleted: run the new one. */
+	char *del = strstr(path, " (deleted)");
+	if (del && del[10] == '\0')
+		*del = '\0';
+
+	systemd_reloading();
+	int r = systemd_add_reexec_fd(&list, "varlink", vl_server_get_listen_fd(manager->server, 0));
+	for (size_t i = 0; r >= 0 && i < manager->n_vms; i++)
+		r = vm_reexec_fds(manager->vms[i], &list);
+	if (r < 0 || setenv("CPRD_REEXEC_FDS", list ? list : "", 1) < 0) {
+		log_error_errno(r, "cannot prepare the re-exec: %m");
+		systemd_ready();
+		return;
+	}
+	log_info("re-executing %s, handing over: %s", path, list ? list : "nothing");
+	execv(path, saved_argv);
+	log_error_errno(errno, "cannot re-execute %s: %m; carrying on", path);
+	unsetenv("CPRD_REEXEC_FDS");
+	systemd_ready();
 }
 
 int main(int argc, char **argv) {
@@ -57,9 +114,13 @@ int main(int argc, char **argv) {
 	_cleanup_free_ char *socket_default = NULL;
 	int c;
 
+	saved_argv = argv;
 	log_set_ident("cprd");
 	if (isatty(STDERR_FILENO))
 		log_set_target(LOG_TARGET_CONSOLE);
+	else if (getenv("JOURNAL_STREAM"))
+		/* Under systemd: send structured entries (VM=, PHASE=). */
+		log_set_target(LOG_TARGET_JOURNAL);
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
 		switch (c) {
 		case 's':
@@ -106,12 +167,11 @@ int main(int argc, char **argv) {
 			return 1;
 	}
 
-	/* Socket activation: systemd hands over the listening socket. */
-	int n = sd_listen_fds(1);
-	if (n == 1)
-		cfg.listen_fd = SD_LISTEN_FDS_START;
-	else if (n > 1)
-		log_warning("got %d sockets from systemd, using the first", n);
+	/* Socket activation and the fd store: systemd hands over the
+	 * listening socket and every fd the previous cprd kept there. */
+	if (systemd_collect_fds() < 0)
+		log_warning("cannot take the fds systemd passed");
+	cfg.listen_fd = systemd_take_listen_fd();
 
 	signal(SIGPIPE, SIG_IGN);
 	umask(0077);
@@ -125,21 +185,35 @@ int main(int argc, char **argv) {
 		event_base_free(base);
 		return 1;
 	}
+	manager = m;
 	manager_load(m);
+	attach_all(m);
 
 	struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
 	struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
+	struct event *sighup = evsignal_new(base, SIGHUP, reexec, base);
+	struct event *status = event_new(base, -1, EV_PERSIST, update_status, NULL);
+	reload_retry = evtimer_new(base, reexec, base);
+	struct timeval every = {STATUS_INTERVAL_SEC, 0};
 	event_add(sigterm, NULL);
 	event_add(sigint, NULL);
+	event_add(sighup, NULL);
+	event_add(status, &every);
 
 	log_info("cprd %s listening on %s (state %s, runtime %s)", CPRD_VERSION, cfg.socket_path,
 		 cfg.state_dir, cfg.runtime_dir);
-	sd_notify(0, "READY=1\nSTATUS=Serving");
+	systemd_ready();
+	update_status(-1, 0, NULL);
+	systemd_watchdog_start(base);
 	event_base_dispatch(base);
-	sd_notify(0, "STOPPING=1");
+	systemd_stopping();
 
 	event_free(sigterm);
 	event_free(sigint);
+	event_free(sighup);
+	event_free(status);
+	event_free(reload_retry);
+	systemd_close();
 	manager_free(m);
 	event_base_free(base);
 	return 0;

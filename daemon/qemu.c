@@ -147,6 +147,9 @@ int qemu_adopt(struct event_base *base, pid_t pid, int pidfd, const char *label,
 	p->pid = pid;
 	p->pidfd = pidfd;
 	p->running = true;
+	/* After a re-exec our QEMUs are still our children: reap them and
+	 * learn how they ended. After a restart they are not. */
+	p->child = proc_parent(pid) == getpid();
 	p->on_exit = on_exit;
 	p->userdata = userdata;
 	p->ev = event_new(base, pidfd, EV_READ | EV_PERSIST, on_pidfd, p);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <event2/event.h>
 
 #include "log.h"
@@ -93,6 +94,8 @@ struct qmp {
 	bool has_version;
 	struct qmp_version version;
 	char *version_package;
+
+	bool resync; /* attached mid-stream: drop a torn first line */
 };
 
 static void qmp_dispatch_line(struct qmp *q, const char *line, size_t len);
@@ -521,6 +524,13 @@ static void qmp_dispatch_line(struct qmp *q, const char *line, size_t len) {
 
 	qmp_log_message(q, "<-", line, len);
 	r = qmp_parse_message(line, len, &m);
+	if (r < 0 && q->resync) {
+		/* The cprd before us may have read the start of this line. */
+		log_vm(LOG_DEBUG, q->label, "QMP: dropped a partial line after re-attaching");
+		q->resync = false;
+		return;
+	}
+	q->resync = false;
 	if (r < 0) {
 		qmp_fail(q, r, r == -EMSGSIZE ? "message too large" : "invalid QMP message");
 		return;
@@ -686,6 +696,24 @@ int qmp_new(struct event_base *base, int fd, const struct qmp_callbacks *cb, voi
 fail:
 	qmp_destroy(q);
 	return r;
+}
+
+int qmp_new_attached(struct event_base *base, int fd, const struct qmp_callbacks *cb,
+		     void *userdata, const char *label, struct qmp **ret) {
+	struct qmp *q;
+	int r = qmp_new(base, fd, cb, userdata, label, &q);
+	if (r < 0)
+		return r;
+	/* The handshake happened with the cprd that held this fd before. */
+	if (q->handshake_timer)
+		event_free(TAKE_PTR(q->handshake_timer));
+	q->state = QMP_STATE_READY;
+	q->resync = true;
+	/* Ids far from the ones the previous cprd used, so a late reply to
+	 * one of its commands is never taken for one of ours. */
+	q->next_id = ((int64_t)time(NULL) & 0xffffffff) << 20;
+	*ret = q;
+	return 0;
 }
 
 int qmp_set_greeting_timeout(struct qmp *q, int timeout_ms) {

@@ -63,6 +63,12 @@ struct qmp_callbacks {
 int qmp_new(struct event_base *base, int fd, const struct qmp_callbacks *cb,
 	    void *userdata, const char *label, struct qmp **ret);
 
+/* Like qmp_new() for a channel whose handshake was done earlier (a QMP fd
+ * taken back from systemd's fd store after cprd restarted): ready at once,
+ * and a torn first line is dropped. The version is unknown. */
+int qmp_new_attached(struct event_base *base, int fd, const struct qmp_callbacks *cb,
+		     void *userdata, const char *label, struct qmp **ret);
+
 /* Closes the channel and frees it. Nothing is called back: pending commands
  * are dropped silently. Safe to call from inside any qmp callback. NULL is a
  * no-op; returns NULL for `q = qmp_free(q);`. */

@@ -223,6 +223,38 @@ static void upgrade_record(struct upgrade *u, const char *outcome) {
 	vm_add_history(u->vm, h);
 }
 
+/* ---- the journal a restarted cprd reads (see attach.c) -------------------- */
+
+static void upgrade_journal(struct upgrade *u) {
+	_cleanup_free_ char *path = vm_runtime_file(u->vm, "upgrade.json");
+	if (!path)
+		return;
+	if (u->phase == PHASE_DONE) {
+		unlink(path);
+		return;
+	}
+	_cleanup_json_ struct json_object *o = json_object_new_object();
+	char ts[32];
+	format_rfc3339(u->start_real, ts);
+	json_object_object_add(o, "time", json_object_new_string(ts));
+	json_object_object_add(o, "phase", json_object_new_string(phase_names[u->phase]));
+	json_object_object_add(o, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
+	json_object_object_add(o, "binary", json_object_new_string(u->binary));
+	json_object_object_add(o, "fromBinary", json_object_new_string(u->from_binary ? u->from_binary : ""));
+	json_object_object_add(o, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
+	json_object_object_add(o, "wasRunning", json_object_new_boolean(u->was_running));
+	json_object_object_add(o, "resumed", json_object_new_boolean(u->target_resumed));
+	json_object_object_add(o, "startMono", json_object_new_int64((int64_t)u->start_mono));
+	if (u->old)
+		json_object_object_add(o, "old", vm_qemu_record(u->old));
+	struct vm_qemu *target = u->target ? u->target : (u->target_resumed ? u->vm->qemu : NULL);
+	if (target)
+		json_object_object_add(o, "target", vm_qemu_record(target));
+	if (u->dir)
+		json_object_object_add(o, "dir", json_object_new_string(u->dir));
+	write_json_atomic(path, o);
+}
+
 /* ---- ending -------------------------------------------------------------- */
 
 static void upgrade_finish(struct upgrade *u) {
@@ -243,6 +275,10 @@ static void upgrade_finish(struct upgrade *u) {
 		outcome = "rolled-back";
 
 	if (!u->refused) {
+		enum upgrade_phase was = u->phase;
+		u->phase = PHASE_DONE;
+		upgrade_journal(u);
+		u->phase = was;
 		upgrade_record(u, outcome);
 		vm->operation = NULL;
 		if (u->m->upgrades_running)
@@ -467,6 +503,7 @@ static void upgrade_resumed(struct upgrade *u) {
 	vm_adopt_qemu(vm, u->target);
 	vm_watch_main(vm);
 	u->target = NULL;
+	upgrade_journal(u);
 	if (u->was_running && vm->state != VM_RUNNING)
 		vm_set_state(vm, VM_RUNNING, "guest resumed on the new QEMU");
 
@@ -604,6 +641,7 @@ static void upgrade_send_migrate(struct upgrade *u) {
 		json_object_object_add(args, "uri", json_object_new_string(uri));
 	}
 	u->migrate_sent = true;
+	upgrade_journal(u);
 	if (qmp_command(vm_qemu_qmp(u->old), "migrate", args, UPGRADE_QMP_TIMEOUT_MS, on_migrate_sent, u) < 0)
 		upgrade_fail(u, "the old QEMU's QMP channel failed");
 }
@@ -729,6 +767,7 @@ static void upgrade_spawn(struct upgrade *u) {
 	if (r < 0)
 		return upgrade_fail(u, "cannot start %s: %s", u->binary, strerror(-r));
 	u->target_pid = vm_qemu_pid(u->target);
+	upgrade_journal(u);
 	/* The target greets on QMP only after it received the cpr state. */
 	qmp_set_greeting_timeout(vm_qemu_qmp(u->target), u->timeout_sec * 1000);
 	if (u->mode == UPGRADE_MODE_CPR_TRANSFER)

@@ -38,3 +38,13 @@ const char *signal_name(int sig);
 /* A JSON number with three decimals (milliseconds, seconds), so output
  * reads 5.537 rather than 5.5369999999999999. */
 struct json_object *json_new_fixed3(double v);
+
+/* NULL-terminated string arrays. */
+void strv_free(char **v);
+static inline void strv_freep(char ***v) { strv_free(*v); }
+int fd_cloexec(int fd);
+
+/* Field 22 of /proc/PID/stat: when the process started, in clock ticks
+ * since boot. With the pid it names one process for good. */
+int proc_starttime(pid_t pid, uint64_t *ret);
+pid_t proc_parent(pid_t pid);

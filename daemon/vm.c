@@ -24,6 +24,7 @@
 #include "qemu.h"
 #include "qmp.h"
 #include "spec.h"
+#include "systemd.h"
 #include "util.h"
 #include "varlink.h"
 
@@ -37,6 +38,7 @@ struct vm_qemu {
 	char *version;
 	off_t log_offset; /* where this process's stderr starts in qemu.log */
 	int qmp_fd;       /* our end's number, for GetVM's list of held fds */
+	uint64_t starttime; /* /proc/PID/stat's, to recognise the process later */
 	struct vm_qemu_callbacks cb;
 	void *userdata;
 };
@@ -49,14 +51,6 @@ static const char *const state_names[_VM_STATE_MAX] = {
 
 const char *vm_state_to_string(enum vm_state s) {
 	return s < _VM_STATE_MAX ? state_names[s] : "unknown";
-}
-
-void strv_free(char **v) {
-	if (!v)
-		return;
-	for (char **i = v; *i; i++)
-		free(*i);
-	free(v);
 }
 
 void vm_set_state(struct vm *vm, enum vm_state s, const char *why) {
@@ -161,6 +155,27 @@ static int vm_open_logs(struct vm *vm) {
 	return 0;
 }
 
+/* The fd store keeps a copy of every fd we hold for a VM, so a restarted
+ * cprd takes them back (see attach.c). Names are NAME.what. */
+void vm_store_fd(struct vm *vm, const char *what, int fd) {
+	char name[128];
+	snprintf(name, sizeof(name), "%s.%s", vm->name, what);
+	systemd_store_fd(name, fd);
+}
+
+void vm_unstore_fd(struct vm *vm, const char *what) {
+	char name[128];
+	snprintf(name, sizeof(name), "%s.%s", vm->name, what);
+	systemd_remove_fd(name);
+}
+
+void vm_watch_console(struct vm *vm) {
+	if (vm->console_ev || vm->console_fd < 0)
+		return;
+	vm->console_ev = event_new(vm->manager->base, vm->console_fd, EV_READ | EV_PERSIST, on_console, vm);
+	event_add(vm->console_ev, NULL);
+}
+
 /* Creates what a VM's QEMU needs from us and that outlives any one QEMU:
  * the guest RAM memfd and both ends of the console. */
 static int vm_ensure_custody(struct vm *vm) {
@@ -187,6 +202,7 @@ static int vm_ensure_custody(struct vm *vm) {
 		vm->ram_bytes = bytes;
 		log_vm(LOG_INFO, vm->name, "guest RAM memfd created (%llu MiB), held as fd %d",
 		       (unsigned long long)vm->spec->memory_mib, fd);
+		vm_store_fd(vm, "ram0", fd);
 	}
 
 	if (vm->console_fd < 0) {
@@ -197,16 +213,59 @@ static int vm_ensure_custody(struct vm *vm) {
 		fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) & ~O_NONBLOCK);
 		vm->console_fd = sv[0];
 		vm->console_peer_fd = sv[1];
-		vm->console_ev = event_new(vm->manager->base, vm->console_fd, EV_READ | EV_PERSIST,
-					   on_console, vm);
-		event_add(vm->console_ev, NULL);
+		vm_store_fd(vm, "console", vm->console_fd);
+		vm_store_fd(vm, "console-qemu", vm->console_peer_fd);
+		vm_watch_console(vm);
 	}
 	return 0;
+}
+
+int vm_restore_custody(struct vm *vm, int ram_fd, int console_fd, int console_peer_fd) {
+	struct stat st;
+	int r = vm_open_logs(vm);
+	if (r < 0)
+		log_vm_errno(LOG_WARNING, r, vm->name, "cannot open logs: %m");
+	if (ram_fd >= 0 && fstat(ram_fd, &st) == 0) {
+		vm->ram_fd = ram_fd;
+		vm->ram_bytes = (uint64_t)st.st_size;
+		log_vm(LOG_INFO, vm->name, "guest RAM memfd (%llu MiB) back from the fd store as fd %d",
+		       (unsigned long long)(vm->ram_bytes >> 20), ram_fd);
+	} else
+		safe_close(ram_fd);
+	if (console_fd >= 0 && console_peer_fd >= 0) {
+		fcntl(console_fd, F_SETFL, fcntl(console_fd, F_GETFL) | O_NONBLOCK);
+		vm->console_fd = console_fd;
+		vm->console_peer_fd = console_peer_fd;
+		vm_watch_console(vm);
+	} else {
+		safe_close(console_fd);
+		safe_close(console_peer_fd);
+	}
+	return 0;
+}
+
+/* Closes our copies. The fd store keeps its own, so a cprd that exits
+ * (not one that stops a VM) leaves the custody to the next cprd. */
+static void vm_close_custody(struct vm *vm) {
+	if (vm->console_ev) {
+		event_free(vm->console_ev);
+		vm->console_ev = NULL;
+	}
+	vm->ram_fd = safe_close(vm->ram_fd);
+	vm->console_fd = safe_close(vm->console_fd);
+	vm->console_peer_fd = safe_close(vm->console_peer_fd);
 }
 
 void vm_release_custody(struct vm *vm) {
 	if (vm->ram_fd >= 0)
 		log_vm(LOG_INFO, vm->name, "releasing guest RAM memfd");
+	if (vm->ram_fd >= 0 || vm->console_fd >= 0) {
+		vm_unstore_fd(vm, "ram0");
+		vm_unstore_fd(vm, "console");
+		vm_unstore_fd(vm, "console-qemu");
+		vm_unstore_fd(vm, "qmp");
+		vm_unstore_fd(vm, "qmp-target");
+	}
 	vm->ram_fd = safe_close(vm->ram_fd);
 	vm->ram_bytes = 0;
 	if (vm->console_ev) {
@@ -221,14 +280,20 @@ void vm_release_custody(struct vm *vm) {
 
 /* ---- command line -------------------------------------------------------- */
 
+/* Chosen when the guest starts; every later QEMU of this boot uses the
+ * same, as migration requires. */
 static const char *vm_accel(struct vm *vm) {
-	if (!streq(vm->spec->accel, "auto"))
-		return vm->spec->accel;
+	if (vm->accel)
+		return vm->accel;
+	if (streq(vm->spec->accel, "kvm"))
+		return vm->accel = "kvm";
+	if (streq(vm->spec->accel, "tcg"))
+		return vm->accel = "tcg";
 	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (fd < 0)
-		return "tcg";
+		return vm->accel = "tcg";
 	close(fd);
-	return "kvm";
+	return vm->accel = "kvm";
 }
 
 struct strv {
@@ -411,6 +476,10 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	}
 	log_vm(LOG_INFO, vm->name, "started QEMU %s (%s) as pid %d", binary,
 	       q->version ? q->version : "?", (int)qemu_proc_pid(q->proc));
+	char unit[160];
+	systemd_scope_attach(vm->name, qemu_proc_pid(q->proc), unit, sizeof(unit));
+	proc_starttime(qemu_proc_pid(q->proc), &q->starttime);
+	vm_store_fd(vm, incoming ? "qmp-target" : "qmp", qmp_ours);
 
 	q->qmp_fd = qmp_ours;
 	r = qmp_new(vm->manager->base, TAKE_FD(qmp_ours), &vm_qmp_callbacks, q, vm->name, &q->qmp);
@@ -502,7 +571,148 @@ void vm_qemu_stderr_summary(struct vm_qemu *q, char *buf, size_t size) {
 struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q) {
 	struct vm_qemu *old = vm->qemu;
 	vm->qemu = q;
+	/* The target's QMP channel is the VM's from now on. */
+	vm_unstore_fd(vm, "qmp");
+	vm_unstore_fd(vm, "qmp-target");
+	if (q && q->qmp_fd >= 0)
+		vm_store_fd(vm, "qmp", q->qmp_fd);
+	vm_save_runtime(vm);
 	return old;
+}
+
+int vm_reexec_fds(struct vm *vm, char **list) {
+	char name[160];
+	int r = 0;
+#define ADD(what, fd) (snprintf(name, sizeof(name), "%s.%s", vm->name, what), \
+		       r = r < 0 ? r : systemd_add_reexec_fd(list, name, fd))
+	ADD("ram0", vm->ram_fd);
+	ADD("console", vm->console_fd);
+	ADD("console-qemu", vm->console_peer_fd);
+	if (vm->qemu)
+		ADD("qmp", vm->qemu->qmp_fd);
+#undef ADD
+	return r;
+}
+
+/* ---- what a restarted cprd needs to find the QEMU again ------------------- */
+
+char *vm_runtime_file(struct vm *vm, const char *file) {
+	char *p = NULL;
+	if (asprintf(&p, "%s/vms/%s/%s", vm->manager->runtime_dir, vm->name, file) < 0)
+		return NULL;
+	return p;
+}
+
+struct json_object *vm_qemu_record(struct vm_qemu *q) {
+	struct json_object *o = json_object_new_object();
+	json_object_object_add(o, "pid", json_object_new_int(vm_qemu_pid(q)));
+	json_object_object_add(o, "starttime", json_object_new_int64((int64_t)q->starttime));
+	json_object_object_add(o, "binary", json_object_new_string(q->binary));
+	json_object_object_add(o, "dev", json_object_new_int64((int64_t)q->binary_st.st_dev));
+	json_object_object_add(o, "ino", json_object_new_int64((int64_t)q->binary_st.st_ino));
+	json_object_object_add(o, "mtimeSec", json_object_new_int64((int64_t)q->binary_st.st_mtim.tv_sec));
+	json_object_object_add(o, "mtimeNsec", json_object_new_int64((int64_t)q->binary_st.st_mtim.tv_nsec));
+	json_object_object_add(o, "version", json_object_new_string(vm_qemu_version(q)));
+	const struct probe_result *p = q->probe;
+	json_object_object_add(o, "cprTransfer", json_object_new_boolean(p && p->cpr_transfer));
+	json_object_object_add(o, "xIgnoreShared", json_object_new_boolean(p && p->x_ignore_shared));
+	json_object_object_add(o, "auxRamShare", json_object_new_boolean(p && p->aux_ram_share));
+	json_object_object_add(o, "hasModes", json_object_new_boolean(p && p->migration_modes &&
+									  p->migration_modes[0]));
+	return o;
+}
+
+int vm_save_runtime(struct vm *vm) {
+	_cleanup_free_ char *dir = manager_vm_runtime_dir(vm->manager, vm->name);
+	_cleanup_free_ char *path = vm_runtime_file(vm, "qemu.json");
+	if (!dir || !path)
+		return -ENOMEM;
+	if (!vm->qemu) {
+		unlink(path);
+		return 0;
+	}
+	mkdir_p(dir, 0700);
+	_cleanup_json_ struct json_object *o = vm_qemu_record(vm->qemu);
+	json_object_object_add(o, "startedUsec", json_object_new_int64((int64_t)vm->started_usec));
+	json_object_object_add(o, "accel", json_object_new_string(vm->accel ? vm->accel : "tcg"));
+	int r = write_json_atomic(path, o);
+	if (r < 0)
+		log_vm_errno(LOG_WARNING, r, vm->name, "cannot write %s: %m", path);
+	return r;
+}
+
+/* Rebuilds what we knew about a QEMU's binary from its record, since the
+ * file on disk may have changed since it started. */
+static struct probe_result *probe_from_record(struct json_object *rec) {
+	struct probe_result *p = calloc(1, sizeof(*p));
+	if (!p)
+		return NULL;
+	unsigned a = 0, b = 0, c = 0;
+	sscanf(json_object_get_string(json_object_object_get(rec, "version")) ?: "", "%u.%u.%u", &a, &b, &c);
+	p->major = a;
+	p->minor = b;
+	p->micro = c;
+	p->path = strdup(json_object_get_string(json_object_object_get(rec, "binary")) ?: "");
+	p->package = strdup("");
+	p->cpr_transfer = json_object_get_boolean(json_object_object_get(rec, "cprTransfer"));
+	p->x_ignore_shared = json_object_get_boolean(json_object_object_get(rec, "xIgnoreShared"));
+	p->aux_ram_share = json_object_get_boolean(json_object_object_get(rec, "auxRamShare"));
+	p->migration_modes = calloc(3, sizeof(char *));
+	if (p->migration_modes && json_object_get_boolean(json_object_object_get(rec, "hasModes"))) {
+		p->migration_modes[0] = strdup("normal");
+		if (p->cpr_transfer)
+			p->migration_modes[1] = strdup("cpr-transfer");
+	}
+	return p;
+}
+
+int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
+		   const struct vm_qemu_callbacks *cb, void *userdata, struct vm_qemu **ret) {
+	_cleanup_close_ int qfd = qmp_fd;
+	pid_t pid = (pid_t)json_object_get_int(json_object_object_get(rec, "pid"));
+	uint64_t want = (uint64_t)json_object_get_int64(json_object_object_get(rec, "starttime"));
+	uint64_t now = 0;
+
+	if (pid <= 0)
+		return -EINVAL;
+	/* Open the pidfd first, then check it is the same process: once the
+	 * pidfd exists, the pid cannot be reused under it. */
+	_cleanup_close_ int pidfd = pidfd_open_pid(pid);
+	if (pidfd < 0)
+		return pidfd; /* -ESRCH: gone */
+	if (proc_starttime(pid, &now) < 0 || now != want)
+		return -ESRCH; /* the pid belongs to someone else now */
+
+	struct vm_qemu *q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->vm = vm;
+	q->binary = strdup(json_object_get_string(json_object_object_get(rec, "binary")) ?: "");
+	q->version = strdup(json_object_get_string(json_object_object_get(rec, "version")) ?: "unknown");
+	q->probe = probe_from_record(rec);
+	q->starttime = want;
+	q->binary_st.st_dev = (dev_t)json_object_get_int64(json_object_object_get(rec, "dev"));
+	q->binary_st.st_ino = (ino_t)json_object_get_int64(json_object_object_get(rec, "ino"));
+	q->binary_st.st_mtim.tv_sec = json_object_get_int64(json_object_object_get(rec, "mtimeSec"));
+	q->binary_st.st_mtim.tv_nsec = json_object_get_int64(json_object_object_get(rec, "mtimeNsec"));
+	q->log_offset = vm->qemu_log_fd >= 0 ? lseek(vm->qemu_log_fd, 0, SEEK_END) : 0;
+	q->qmp_fd = -1;
+	if (cb)
+		q->cb = *cb;
+	q->userdata = userdata;
+	int r = qemu_adopt(vm->manager->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
+	if (r < 0) {
+		vm_qemu_free(q);
+		return r;
+	}
+	if (qfd >= 0) {
+		q->qmp_fd = qfd;
+		r = qmp_new_attached(vm->manager->base, TAKE_FD(qfd), &vm_qmp_callbacks, q, vm->name, &q->qmp);
+		if (r < 0)
+			q->qmp_fd = -1;
+	}
+	*ret = q;
+	return 0;
 }
 
 bool vm_outdated(struct vm *vm) {
@@ -583,6 +793,8 @@ static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int s
 	vm_record_exit(vm, q, how, status, sig, requested);
 	vm->qemu = NULL;
 	vm_qemu_free(q);
+	vm_unstore_fd(vm, "qmp");
+	vm_save_runtime(vm);
 
 	if (requested) {
 		vm_op_done(vm);
@@ -639,6 +851,7 @@ static void vm_on_cont(struct qmp *qmp, struct json_object *ret, const struct qm
 	}
 	vm_op_done(vm);
 	vm->started_usec = now_usec(CLOCK_REALTIME);
+	vm_save_runtime(vm);
 	vm_set_state(vm, VM_RUNNING, "guest started");
 	manager_emit(vm->manager, vm, "started", "guest started");
 	vm_reply_vm(vm);
@@ -721,6 +934,7 @@ static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {
 
 int vm_start(struct vm *vm, struct vl_call *call) {
 	vm->operation = "start";
+	vm->accel = NULL; /* a new boot may pick anew */
 	vm->pending_call = call ? vl_call_ref(call) : NULL;
 	vm_set_state(vm, VM_STARTING, NULL);
 	struct timeval tv = {VM_START_TIMEOUT_MS / 1000, 0};
@@ -788,7 +1002,7 @@ void vm_free(struct vm *vm) {
 		vl_call_unref(vm->followers[i]);
 	free(vm->followers);
 	vm_qemu_free(vm->qemu);
-	vm_release_custody(vm);
+	vm_close_custody(vm);
 	safe_close(vm->console_log_fd);
 	safe_close(vm->qemu_log_fd);
 	if (vm->op_timer)

@@ -81,6 +81,7 @@ struct vm {
 
 	struct vm_qemu *qemu; /* the QEMU the guest runs on, or NULL */
 	uint64_t started_usec; /* realtime when the guest booted */
+	const char *accel;     /* the accelerator the guest runs with */
 
 	struct json_object *last_exit; /* Exit, or NULL */
 	struct json_object *history;   /* []UpgradeRecord */
@@ -106,6 +107,8 @@ void vm_set_state(struct vm *vm, enum vm_state s, const char *why);
  * or the start failed. */
 int vm_start(struct vm *vm, struct vl_call *call);
 int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call);
+/* Takes back fds a previous cprd held (from the fd store); each may be -1. */
+int vm_restore_custody(struct vm *vm, int ram_fd, int console_fd, int console_peer_fd);
 /* Releases the fds held for the VM (stopped on purpose or deleted). */
 void vm_release_custody(struct vm *vm);
 
@@ -139,8 +142,25 @@ void vm_watch_main(struct vm *vm);
 /* Builds the QEMU command line (for tests and --dry-run). */
 int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
 		  const struct vm_incoming *incoming, char ***ret);
-void strv_free(char **v);
-static inline void strv_freep(char ***v) { strv_free(*v); }
+
+
+/* Custody in systemd's fd store under NAME.what. */
+void vm_store_fd(struct vm *vm, const char *what, int fd);
+void vm_unstore_fd(struct vm *vm, const char *what);
+void vm_watch_console(struct vm *vm);
+
+/* The runtime record (runtime dir, vms/NAME/qemu.json) that lets a
+ * restarted cprd find the VM's QEMU again: pid, its start time, binary. */
+char *vm_runtime_file(struct vm *vm, const char *file);
+int vm_save_runtime(struct vm *vm);
+struct json_object *vm_qemu_record(struct vm_qemu *q);
+/* Re-attaches to a running QEMU described by rec (pid checked against its
+ * start time) with its QMP fd from the fd store (taken, may be -1). */
+int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
+		   const struct vm_qemu_callbacks *cb, void *userdata, struct vm_qemu **ret);
+
+/* Lists the VM's fds for CPRD_REEXEC_FDS and keeps them across exec. */
+int vm_reexec_fds(struct vm *vm, char **list);
 
 /* Appends an upgrade record to the history (capped) and saves. */
 void vm_add_history(struct vm *vm, struct json_object *record);

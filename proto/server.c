@@ -56,6 +56,7 @@ struct vl_conn {
 	struct event *process_ev;     /* deferred dispatch of the next message */
 	struct event *message_timer;  /* a started message must finish in time */
 	bool message_timer_armed;
+	size_t scanned;               /* input bytes known to hold no NUL */
 	bool eof;                     /* the peer shut down its sending side */
 	bool closing;                 /* flush what is queued, then close */
 	struct vl_conn *prev, *next;
@@ -279,6 +280,9 @@ static int conn_dispatch(struct vl_conn *conn, struct json_object *msg) {
 	if (upgrade) /* no method here switches protocols */
 		return vl_call_error_invalid_parameter(c, "upgrade"), 0;
 	c->more = more;
+	/* From here on a oneway call gets no reply, errors included: the client
+	 * would take one for the answer to its next call. */
+	c->oneway = oneway;
 
 	if (json_object_object_get_ex(msg, "parameters", &params) && params &&
 	    !json_object_is_type(params, json_type_object))
@@ -312,7 +316,6 @@ static int conn_dispatch(struct vl_conn *conn, struct json_object *msg) {
 
 	/* Replies to a oneway call are dropped; the call ends when the handler
 	 * returns unless it keeps a reference. */
-	c->oneway = oneway;
 	int r = vm->fn(c, params, reg->userdata);
 	if (r < 0 && vl_call_alive(c)) {
 		log_error_errno(r, "varlink: %s failed: %m", method);
@@ -326,11 +329,22 @@ static int conn_dispatch(struct vl_conn *conn, struct json_object *msg) {
 	return 0;
 }
 
+/* Stops reading at once; the replies to the calls before go out first, so a
+ * client that pipelined still gets them. */
 static void conn_close_now(struct vl_conn *conn, const char *why) {
 	if (why)
 		log_info("varlink: closing connection of pid %d uid %u: %s", (int)conn->peer.pid,
 			 (unsigned)conn->peer.uid, why);
-	conn_free(conn);
+	if (conn->current || evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0)
+		return conn_free(conn);
+	conn->closing = true; /* on_write frees it once the output drained */
+	bufferevent_disable(conn->bev, EV_READ);
+	struct evbuffer *in = bufferevent_get_input(conn->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	if (conn->message_timer_armed) {
+		evtimer_del(conn->message_timer);
+		conn->message_timer_armed = false;
+	}
 }
 
 /* Takes the next complete message out of the input buffer and handles it,
@@ -348,8 +362,13 @@ static void conn_process(struct vl_conn *conn) {
 	}
 
 	size_t len = evbuffer_get_length(in);
-	struct evbuffer_ptr nul = evbuffer_search(in, "\0", 1, NULL);
+	/* Search only what arrived since the last look: rescanning a large
+	 * partial message on every read would cost quadratic time. */
+	struct evbuffer_ptr from;
+	evbuffer_ptr_set(in, &from, MIN(conn->scanned, len), EVBUFFER_PTR_SET);
+	struct evbuffer_ptr nul = evbuffer_search(in, "\0", 1, &from);
 	if (nul.pos < 0) {
+		conn->scanned = len;
 		if (conn->eof) {
 			/* The peer sent all it will; answer what was complete, then
 			 * close once the replies are out. A trailing partial message
@@ -385,6 +404,7 @@ static void conn_process(struct vl_conn *conn) {
 	if (!buf)
 		return conn_close_now(conn, "out of memory");
 	evbuffer_remove(in, buf, mlen + 1);
+	conn->scanned = 0;
 
 	_cleanup_json_ struct json_object *msg = NULL;
 	int r = vl_message_parse(buf, mlen, &msg);
@@ -425,6 +445,11 @@ static void on_event(struct bufferevent *bev, short what, void *userdata) {
 	/* A streaming call cannot end on its own, so EOF during one means the
 	 * subscriber left. */
 	bool streaming = conn->current && conn->current->more;
+	if (what & BEV_EVENT_TIMEOUT) {
+		log_info("varlink: closing connection of pid %d uid %u: it did not read its "
+			 "replies in time", (int)conn->peer.pid, (unsigned)conn->peer.uid);
+		return conn_free(conn);
+	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !streaming) {
 		/* Half-closed: the peer may still read the replies to what it sent. */
 		conn->eof = true;
@@ -530,6 +555,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	/* Stop reading once one maximal message is buffered; conn_process
 	 * then either finds its NUL or closes the connection. */
 	bufferevent_setwatermark(conn->bev, EV_READ, 0, s->limits.message_max + 1);
+	/* A peer that stops reading must not keep its replies queued here for
+	 * ever: no write progress within the message timeout closes it. */
+	struct timeval wt = {s->limits.message_timeout_ms / 1000,
+			     (s->limits.message_timeout_ms % 1000) * 1000};
+	bufferevent_set_timeouts(conn->bev, NULL, &wt);
 	bufferevent_setcb(conn->bev, on_read, on_write, on_event, conn);
 	bufferevent_enable(conn->bev, EV_READ | EV_WRITE);
 }
@@ -598,6 +628,10 @@ int vl_server_add_interface(struct vl_server *s, const struct vl_interface *ifac
 }
 
 unsigned vl_server_connections(const struct vl_server *s) { return s->n_conns; }
+
+int vl_server_get_listen_fd(const struct vl_server *s, size_t i) {
+	return i < s->n_listeners ? evconnlistener_get_fd(s->listeners[i]) : -1;
+}
 
 size_t vl_server_n_interfaces(const struct vl_server *s) { return s->n_ifaces; }
 

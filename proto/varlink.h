@@ -20,7 +20,7 @@ struct json_object;
 #define VL_MESSAGE_MAX (16u * 1024 * 1024)        /* one message, either way */
 #define VL_CONNECTIONS_MAX 4096u                   /* per server */
 #define VL_CONNECTIONS_PER_UID_MAX 1024u           /* per server and peer uid */
-#define VL_MESSAGE_TIMEOUT_MS (60 * 1000)          /* to finish a started message */
+#define VL_MESSAGE_TIMEOUT_MS (60 * 1000)          /* to finish a started message, either way */
 #define VL_OUTPUT_HIGH (4u * 1024 * 1024)          /* stop dispatching above this */
 #define VL_OUTPUT_MAX (VL_MESSAGE_MAX + VL_OUTPUT_HIGH) /* close the reader above this */
 
@@ -116,6 +116,8 @@ int vl_server_listen_path(struct vl_server *s, const char *path, mode_t mode);
 /* Takes ownership of an already listening socket (socket activation). */
 int vl_server_listen_fd(struct vl_server *s, int fd);
 unsigned vl_server_connections(const struct vl_server *s);
+/* The i-th listening socket (to hand over across a re-exec), or -1. */
+int vl_server_get_listen_fd(const struct vl_server *s, size_t i);
 
 /* A call stays valid for the handler until it sent the final reply; a
  * handler that replies later takes a reference and drops it when done. */

@@ -1,0 +1,283 @@
+/* Coming back after a restart: cprd takes its fds back from systemd's fd
+ * store, finds each VM's QEMU again by pid (checked against its start time,
+ * so a reused pid is never mistaken for it), reconnects QMP, and settles an
+ * upgrade that was in flight when the previous cprd died: committed if the
+ * new QEMU already has the guest, rolled back otherwise. */
+#include "attach.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "qmp.h"
+#include "systemd.h"
+#include "util.h"
+#include "vm.h"
+
+#define ATTACH_QMP_TIMEOUT_MS 5000
+
+/* An upgrade found half-done, being settled. */
+struct settle {
+	struct vm *vm;
+	struct json_object *journal;
+	struct vm_qemu *old, *target;
+};
+
+static struct json_object *read_json(const char *path) {
+	_cleanup_free_ char *text = NULL;
+	if (!path || read_file(path, 1024 * 1024, &text, NULL) < 0)
+		return NULL;
+	struct json_object *o = json_tokener_parse(text);
+	if (o && !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		return NULL;
+	}
+	return o;
+}
+
+static void on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+		      void *userdata) {
+	struct vm *vm = userdata;
+	if (err) {
+		log_vm(LOG_WARNING, vm->name, "re-attached QEMU does not answer query-status: %s", err->desc);
+		return;
+	}
+	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	if (streq_ptr(status, "running"))
+		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
+	else
+		vm_set_state(vm, VM_PAUSED, "re-attached after cprd restarted; guest paused");
+}
+
+static void history(struct vm *vm, struct json_object *j, const char *outcome, const char *reason) {
+	struct json_object *h = json_object_new_object();
+	struct json_object *old = json_object_object_get(j, "old"), *target = json_object_object_get(j, "target");
+	json_object_object_add(h, "time", json_object_get(json_object_object_get(j, "time")));
+	json_object_object_add(h, "outcome", json_object_new_string(outcome));
+	json_object_object_add(h, "mode", json_object_get(json_object_object_get(j, "mode")));
+	json_object_object_add(h, "fromBinary", json_object_get(json_object_object_get(j, "fromBinary")));
+	json_object_object_add(h, "toBinary", json_object_get(json_object_object_get(j, "binary")));
+	json_object_object_add(h, "fromVersion", json_object_get(json_object_object_get(j, "fromVersion")));
+	json_object_object_add(h, "toVersion",
+			       json_object_new_string(json_object_get_string(json_object_object_get(target, "version")) ?: ""));
+	json_object_object_add(h, "fromPid", json_object_new_int(json_object_get_int(json_object_object_get(old, "pid"))));
+	json_object_object_add(h, "toPid", json_object_new_int(json_object_get_int(json_object_object_get(target, "pid"))));
+	json_object_object_add(h, "totalMs", json_new_fixed3(0));
+	if (!streq(outcome, "committed"))
+		json_object_object_add(h, "failedPhase", json_object_get(json_object_object_get(j, "phase")));
+	json_object_object_add(h, "reason", json_object_new_string(reason));
+	vm_add_history(vm, h);
+}
+
+static void settle_free(struct settle *s) {
+	_cleanup_free_ char *path = vm_runtime_file(s->vm, "upgrade.json");
+	if (path)
+		unlink(path);
+	const char *dir = json_object_get_string(json_object_object_get(s->journal, "dir"));
+	if (dir) {
+		char p[4096];
+		snprintf(p, sizeof(p), "%s/main.sock", dir);
+		unlink(p);
+		snprintf(p, sizeof(p), "%s/cpr.sock", dir);
+		unlink(p);
+		rmdir(dir);
+	}
+	vm_qemu_free(s->old);
+	vm_qemu_free(s->target);
+	json_object_put(s->journal);
+	s->vm->operation = NULL;
+	free(s);
+}
+
+static void ignore(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err, void *u) {}
+
+/* The target has the guest: it becomes the VM's QEMU, the old one goes. */
+static void settle_commit(struct settle *s, const char *why) {
+	struct vm *vm = s->vm;
+	log_vm(LOG_NOTICE, vm->name, "upgrade interrupted by a cprd restart is committed: %s", why);
+	vm_adopt_qemu(vm, TAKE_PTR(s->target));
+	vm_watch_main(vm);
+	if (s->old) {
+		if (vm_qemu_qmp(s->old))
+			qmp_command(vm_qemu_qmp(s->old), "quit", NULL, ATTACH_QMP_TIMEOUT_MS, ignore, NULL);
+		vm_qemu_kill(s->old, SIGTERM);
+	}
+	history(vm, s->journal, "committed", why);
+	qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
+	settle_free(s);
+}
+
+static void rollback_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			    void *userdata) {
+	struct vm *vm = userdata;
+	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
+	if (status && !streq(status, "running") && !streq(status, "paused"))
+		qmp_command(qmp, "cont", NULL, ATTACH_QMP_TIMEOUT_MS, ignore, NULL);
+	vm_set_state(vm, streq_ptr(status, "paused") ? VM_PAUSED : VM_RUNNING,
+		     "upgrade rolled back after cprd restarted");
+}
+
+/* The old QEMU keeps the guest: the target goes. */
+static void settle_rollback(struct settle *s, const char *why) {
+	struct vm *vm = s->vm;
+	log_vm(LOG_NOTICE, vm->name, "upgrade interrupted by a cprd restart is rolled back: %s", why);
+	if (s->target)
+		vm_qemu_kill(s->target, SIGKILL);
+	vm_unstore_fd(vm, "qmp-target");
+	if (s->old) {
+		vm_adopt_qemu(vm, TAKE_PTR(s->old));
+		vm_watch_main(vm);
+		struct qmp *qmp = vm_qemu_qmp(vm->qemu);
+		if (qmp) {
+			qmp_command(qmp, "migrate_cancel", NULL, ATTACH_QMP_TIMEOUT_MS, ignore, NULL);
+			struct json_object *p = json_object_new_object();
+			json_object_object_add(p, "mode", json_object_new_string("normal"));
+			qmp_command(qmp, "migrate-set-parameters", p, ATTACH_QMP_TIMEOUT_MS, ignore, NULL);
+			qmp_command(qmp, "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, rollback_status, vm);
+		}
+		history(vm, s->journal, "rolled-back", why);
+	} else {
+		vm_set_state(vm, VM_CRASHED, "both QEMUs of an interrupted upgrade are gone");
+		history(vm, s->journal, "failed", why);
+	}
+	settle_free(s);
+}
+
+static void settle_on_old_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+				 void *userdata) {
+	struct settle *s = userdata;
+	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
+	/* postmigrate: the old QEMU handed the guest over completely. */
+	if (streq_ptr(status, "postmigrate") && s->target)
+		return settle_commit(s, "the old QEMU had handed the guest over");
+	settle_rollback(s, "cprd restarted before the new QEMU took over");
+}
+
+static void settle_upgrade(struct vm *vm, struct json_object *journal, struct vm_qemu *old,
+			   int target_qmp_fd) {
+	struct settle *s = calloc(1, sizeof(*s));
+	if (!s) {
+		safe_close(target_qmp_fd);
+		return;
+	}
+	s->vm = vm;
+	s->journal = journal;
+	s->old = old;
+	vm->operation = "upgrade";
+
+	struct json_object *trec = json_object_object_get(journal, "target");
+	if (trec && vm_qemu_attach(vm, trec, target_qmp_fd, NULL, NULL, &s->target) < 0)
+		s->target = NULL;
+	else if (!trec)
+		safe_close(target_qmp_fd);
+
+	if (json_object_get_boolean(json_object_object_get(journal, "resumed"))) {
+		/* Past the point of no return before cprd died. */
+		if (s->target)
+			return settle_commit(s, "the new QEMU had resumed the guest");
+		return settle_rollback(s, "the new QEMU that had resumed the guest is gone");
+	}
+	if (!s->old)
+		return s->target ? settle_commit(s, "the old QEMU is gone")
+				 : settle_rollback(s, "both QEMUs are gone");
+	if (!vm_qemu_qmp(s->old))
+		return settle_rollback(s, "the old QEMU's QMP channel was lost");
+	qmp_command(vm_qemu_qmp(s->old), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, settle_on_old_status, s);
+}
+
+static void attach_vm(struct manager *m, struct vm *vm) {
+	char name[160];
+#define TAKE(what) (snprintf(name, sizeof(name), "%s.%s", vm->name, what), systemd_take_fd(name))
+	int ram = TAKE("ram0"), con = TAKE("console"), peer = TAKE("console-qemu");
+	int qmp_fd = TAKE("qmp"), target_qmp = TAKE("qmp-target");
+#undef TAKE
+	vm_restore_custody(vm, ram, con, peer);
+
+	_cleanup_free_ char *qpath = vm_runtime_file(vm, "qemu.json");
+	_cleanup_free_ char *upath = vm_runtime_file(vm, "upgrade.json");
+	_cleanup_json_ struct json_object *rec = read_json(qpath);
+	struct json_object *journal = read_json(upath);
+
+	/* During an upgrade before the point of no return, qemu.json names the
+	 * old QEMU; after it, the new one. */
+	struct vm_qemu *q = NULL;
+	if (rec) {
+		int r = vm_qemu_attach(vm, rec, qmp_fd, NULL, NULL, &q);
+		qmp_fd = -1;
+		if (r < 0) {
+			log_vm(LOG_WARNING, vm->name, "its QEMU pid %d ended while cprd was down%s",
+			       json_object_get_int(json_object_object_get(rec, "pid")),
+			       vm->ram_fd >= 0 ? "; guest RAM is still held" : "");
+			q = NULL;
+		} else {
+			vm->started_usec = (uint64_t)json_object_get_int64(json_object_object_get(rec, "startedUsec"));
+			const char *accel = json_object_get_string(json_object_object_get(rec, "accel"));
+			vm->accel = streq_ptr(accel, "kvm") ? "kvm" : "tcg";
+		}
+	}
+	safe_close(qmp_fd);
+
+	if (journal) {
+		bool resumed = json_object_get_boolean(json_object_object_get(journal, "resumed"));
+		/* After the point of no return qemu.json already names the target,
+		 * and the old QEMU is described in the journal. */
+		if (resumed && q) {
+			vm->qemu = q;
+			vm_watch_main(vm);
+			struct vm_qemu *old = NULL;
+			struct json_object *orec = json_object_object_get(journal, "old");
+			if (orec && vm_qemu_attach(vm, orec, -1, NULL, NULL, &old) == 0) {
+				vm_qemu_kill(old, SIGTERM);
+				vm_qemu_free(old);
+			}
+			safe_close(target_qmp);
+			history(vm, journal, "committed", "finished after cprd restarted");
+			json_object_put(journal);
+			unlink(upath);
+			vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
+			qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
+			return;
+		}
+		vm->state = VM_RUNNING;
+		return settle_upgrade(vm, journal, q, target_qmp);
+	}
+	safe_close(target_qmp);
+
+	if (q) {
+		vm->qemu = q;
+		vm_watch_main(vm);
+		vm->state = VM_RUNNING;
+		log_vm(LOG_INFO, vm->name, "re-attached to QEMU pid %d%s", (int)vm_qemu_pid(q),
+		       vm_qemu_qmp(q) ? "" : " (its QMP channel was lost: only stop works)");
+		if (vm_qemu_qmp(q))
+			qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
+		vm_save_runtime(vm);
+		return;
+	}
+	if (rec) {
+		unlink(qpath);
+		struct json_object *e = json_object_new_object();
+		char ts[32];
+		format_rfc3339(now_usec(CLOCK_REALTIME), ts);
+		json_object_object_add(e, "time", json_object_new_string(ts));
+		json_object_object_add(e, "how", json_object_new_string("unknown"));
+		json_object_object_add(e, "requested", json_object_new_boolean(false));
+		json_object_object_add(e, "stderr", json_object_new_array());
+		json_object_put(vm->last_exit);
+		vm->last_exit = e;
+		vm->state = VM_CRASHED;
+		vm_save(vm);
+	}
+}
+
+void attach_all(struct manager *m) {
+	for (size_t i = 0; i < m->n_vms; i++)
+		attach_vm(m, m->vms[i]);
+	systemd_release_unclaimed();
+}

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "binary.h"
 #include "idl.h"
 #include "log.h"
 #include "macro.h"
@@ -85,13 +86,39 @@ int api_error_failed(struct vl_call *c, const char *fmt, ...) {
 
 /* ---- who may do what ----------------------------------------------------- */
 
+#define API_ALLOW_MAX 32
+static uid_t allowed_uids[API_ALLOW_MAX];
+static gid_t allowed_gids[API_ALLOW_MAX];
+static size_t n_allowed_uids, n_allowed_gids;
+
+int api_allow_uid(uid_t uid) {
+	if (n_allowed_uids >= API_ALLOW_MAX)
+		return -E2BIG;
+	allowed_uids[n_allowed_uids++] = uid;
+	return 0;
+}
+
+int api_allow_gid(gid_t gid) {
+	if (n_allowed_gids >= API_ALLOW_MAX)
+		return -E2BIG;
+	allowed_gids[n_allowed_gids++] = gid;
+	return 0;
+}
+
 /* Reading is for whoever can open the socket (root and the socket's
- * group); changing anything or naming a binary to run is root's alone. The
+ * group); changing anything or naming a binary to run is for root and the
+ * uids and groups cprd was told to allow (--allow-uid, --allow-group). The
  * answer comes from the kernel (SO_PEERCRED), never from the request. */
 static bool api_authorize(struct vl_call *c, bool writes) {
 	const struct ucred *peer = vl_call_peer(c);
 	if (!writes || peer->uid == 0)
 		return true;
+	for (size_t i = 0; i < n_allowed_uids; i++)
+		if (allowed_uids[i] == peer->uid)
+			return true;
+	for (size_t i = 0; i < n_allowed_gids; i++)
+		if (allowed_gids[i] == peer->gid)
+			return true;
 	log_warning("refused %s for uid %u pid %d: only root may change VMs", vl_call_method(c),
 		    (unsigned)peer->uid, (int)peer->pid);
 	vl_call_error(c, VL_ERROR_PERMISSION_DENIED, NULL);
@@ -259,7 +286,14 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 	manager_add(m, cr->vm);
 	cr->m = m;
 	cr->call = vl_call_ref(c);
-	r = probe_run(m->base, spec->qemu, -1, NULL, create_on_probe, cr, NULL);
+	char why[512];
+	_cleanup_close_ int bfd = binary_open(spec->qemu, why, sizeof(why));
+	if (bfd < 0) {
+		api_error_invalid_spec(c, "qemu", why);
+		create_abort(cr);
+		return 0;
+	}
+	r = probe_run(m->base, spec->qemu, bfd, NULL, create_on_probe, cr, NULL);
 	if (r < 0) {
 		api_error_probe_failed(c, spec->qemu, strerror(-r));
 		create_abort(cr);

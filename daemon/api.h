@@ -10,7 +10,12 @@ struct json_object;
 
 #define API_ERROR(name) "io.cprd.Manager." name
 
+#include <sys/types.h>
+
 int api_register(struct manager *m);
+/* Beyond root, who may change VMs (cprd --allow-uid, --allow-group). */
+int api_allow_uid(uid_t uid);
+int api_allow_gid(gid_t gid);
 
 int api_error_no_such_vm(struct vl_call *c, const char *name);
 int api_error_bad_state(struct vl_call *c, const char *name, const char *state, const char *reason);

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +14,9 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "api.h"
 #include "attach.h"
+#include "binary.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -34,6 +38,10 @@ static void help(void) {
 	       "  --state-dir DIR     VM specs, logs, history (default %s)\n"
 	       "  --runtime-dir DIR   runtime files, upgrade sockets (default %s)\n"
 	       "  --log-level LEVEL   err, warning, notice, info or debug (default info)\n"
+	       "  --qemu-dir DIR      run QEMU binaries only from DIR (repeatable; default: any\n"
+	       "                      root-owned binary in root-owned folders)\n"
+	       "  --allow-uid UID     let this uid change VMs too (repeatable; default root only)\n"
+	       "  --allow-group GROUP let this group change VMs too (repeatable)\n"
 	       "  --version           print the version\n"
 	       "  -h, --help          this text\n",
 	       DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_RUNTIME_DIR);
@@ -101,6 +109,9 @@ int main(int argc, char **argv) {
 		{"state-dir", required_argument, NULL, 'S'},
 		{"runtime-dir", required_argument, NULL, 'R'},
 		{"log-level", required_argument, NULL, 'l'},
+		{"qemu-dir", required_argument, NULL, 'Q'},
+		{"allow-uid", required_argument, NULL, 'U'},
+		{"allow-group", required_argument, NULL, 'G'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{},
@@ -140,6 +151,38 @@ int main(int argc, char **argv) {
 				return 2;
 			}
 			log_set_max_level(level);
+			break;
+		}
+		case 'Q':
+			if (binary_allow_dir(optarg) < 0) {
+				fprintf(stderr, "cprd: --qemu-dir %s: not a folder cprd can resolve\n", optarg);
+				return 2;
+			}
+			break;
+		case 'U': {
+			struct passwd *pw = getpwnam(optarg);
+			char *end;
+			unsigned long uid = strtoul(optarg, &end, 10);
+			if (pw)
+				uid = pw->pw_uid;
+			else if (*end || !*optarg) {
+				fprintf(stderr, "cprd: --allow-uid %s: no such user\n", optarg);
+				return 2;
+			}
+			api_allow_uid((uid_t)uid);
+			break;
+		}
+		case 'G': {
+			struct group *gr = getgrnam(optarg);
+			char *end;
+			unsigned long gid = strtoul(optarg, &end, 10);
+			if (gr)
+				gid = gr->gr_gid;
+			else if (*end || !*optarg) {
+				fprintf(stderr, "cprd: --allow-group %s: no such group\n", optarg);
+				return 2;
+			}
+			api_allow_gid((gid_t)gid);
 			break;
 		}
 		case 'V':

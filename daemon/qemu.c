@@ -12,6 +12,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/close_range.h>
 
 #include "log.h"
 #include "macro.h"
@@ -58,8 +59,8 @@ static void on_pidfd(evutil_socket_t fd, short what, void *userdata) {
 }
 
 /* In the child, between fork and exec: async-signal-safe calls only. */
-static _noreturn_ void child_exec(const char *binary, char *const *argv,
-				  const struct qemu_fd *fds, size_t n_fds, int log_fd) {
+static _noreturn_ void child_exec(int binary_fd, char *const *argv, const struct qemu_fd *fds,
+				  size_t n_fds, int log_fd) {
 	sigset_t all;
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
@@ -90,12 +91,21 @@ static _noreturn_ void child_exec(const char *binary, char *const *argv,
 		if (fds[i].target > maxfd)
 			maxfd = fds[i].target;
 	}
-	syscall(SYS_close_range, (unsigned)maxfd + 1, ~0U, 0);
-	execv(binary, argv);
+	/* Everything else closes at exec; binary_fd too, unless it is a script
+	 * (see below). */
+	syscall(SYS_close_range, (unsigned)maxfd + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+	/* Execute the very file cprd checked, not whatever the path names now. */
+	syscall(SYS_execveat, binary_fd, "", argv, environ, AT_EMPTY_PATH);
+	if (errno == ENOENT) {
+		/* A "#!" script: its interpreter opens /dev/fd/N, which a
+		 * close-on-exec fd would no longer be. */
+		fcntl(binary_fd, F_SETFD, 0);
+		syscall(SYS_execveat, binary_fd, "", argv, environ, AT_EMPTY_PATH);
+	}
 	_exit(127);
 }
 
-int qemu_spawn(struct event_base *base, const char *binary, char *const *argv,
+int qemu_spawn(struct event_base *base, int binary_fd, char *const *argv,
 	       const struct qemu_fd *fds, size_t n_fds, int log_fd, const char *label,
 	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret) {
 	struct qemu_proc *p = calloc(1, sizeof(*p));
@@ -111,7 +121,7 @@ int qemu_spawn(struct event_base *base, const char *binary, char *const *argv,
 		return r;
 	}
 	if (pid == 0)
-		child_exec(binary, argv, fds, n_fds, log_fd);
+		child_exec(binary_fd, argv, fds, n_fds, log_fd);
 
 	/* Our unreaped child cannot be replaced by another process, so this
 	 * pidfd refers to it for sure. */
@@ -131,7 +141,7 @@ int qemu_spawn(struct event_base *base, const char *binary, char *const *argv,
 	p->userdata = userdata;
 	p->ev = event_new(base, p->pidfd, EV_READ | EV_PERSIST, on_pidfd, p);
 	event_add(p->ev, NULL);
-	log_debug("%s: started %s as pid %d", label, binary, (int)pid);
+	log_debug("%s: started %s as pid %d", label, argv[0], (int)pid);
 	*ret = p;
 	return 0;
 }

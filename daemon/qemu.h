@@ -23,11 +23,12 @@ struct qemu_exit {
 
 typedef void (*qemu_exit_fn)(struct qemu_proc *p, const struct qemu_exit *e, void *userdata);
 
-/* Starts binary with argv (argv[0] included). The child gets the fds in
+/* Starts the file open as binary_fd (O_PATH; see binary.h) with argv
+ * (argv[0] included). The child gets the fds in
  * `fds` at their target numbers and nothing else but stdin from /dev/null
  * and stdout/stderr on log_fd. on_exit runs once, from the event loop, when
  * the process ended; the proc stays valid until qemu_proc_free(). */
-int qemu_spawn(struct event_base *base, const char *binary, char *const *argv,
+int qemu_spawn(struct event_base *base, int binary_fd, char *const *argv,
 	       const struct qemu_fd *fds, size_t n_fds, int log_fd, const char *label,
 	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret);
 /* Watches a process that is not our child (after cprd restarted). pidfd is

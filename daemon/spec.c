@@ -11,6 +11,7 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include "binary.h"
 #include "macro.h"
 
 void spec_free(struct vm_spec *s) {
@@ -112,15 +113,11 @@ static int check_keys(struct json_object *o, const char *const *allowed, const c
 }
 
 int spec_check_binary(const char *path, struct spec_error *err, const char *field) {
-	struct stat st;
+	char why[512];
 	if (path[0] != '/')
 		return fail(err, field, "must be an absolute path, not '%.200s'", path);
-	if (stat(path, &st) < 0)
-		return fail(err, field, "'%.200s' does not exist", path);
-	if (!S_ISREG(st.st_mode))
-		return fail(err, field, "'%.200s' is not a regular file", path);
-	if (access(path, X_OK) < 0)
-		return fail(err, field, "'%.200s' is not executable", path);
+	if (binary_check(path, why, sizeof(why)) < 0)
+		return fail(err, field, "%s", why);
 	return 0;
 }
 

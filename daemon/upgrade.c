@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "binary.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -960,7 +961,13 @@ static int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_
 	if (progress)
 		progress(u, "preflight", "probing the new binary", userdata);
 	arm(u->phase_timer, UPGRADE_PHASE_TIMEOUT_MS);
-	int r = probe_run(m->base, u->binary, -1, NULL, preflight_on_probe, u, NULL);
+	char why[512];
+	_cleanup_close_ int bfd = binary_open(u->binary, why, sizeof(why));
+	if (bfd < 0) {
+		upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s", why);
+		return 0;
+	}
+	int r = probe_run(m->base, u->binary, bfd, NULL, preflight_on_probe, u, NULL);
 	if (r < 0)
 		upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "cannot run %s: %s", u->binary, strerror(-r));
 	return 0;

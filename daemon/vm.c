@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "binary.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -334,6 +335,10 @@ int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *
 	strv_addf(&a, "none");
 	strv_addf(&a, "-msg");
 	strv_addf(&a, "timestamp=on");
+	/* QEMU needs no new processes, privileges or obsolete system calls;
+	 * cpr-transfer and local-migrate work under this filter. */
+	strv_addf(&a, "-sandbox");
+	strv_addf(&a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
 	if (!incoming)
 		strv_addf(&a, "-S"); /* cprd resumes it once QMP is up */
 	strv_addf(&a, "-machine");
@@ -468,7 +473,14 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	dprintf(vm->qemu_log_fd, "cprd: starting %s\n", cmdline ? cmdline : binary);
 	q->log_offset = lseek(vm->qemu_log_fd, 0, SEEK_END);
 
-	r = qemu_spawn(vm->manager->base, binary, argv, fds, n_fds, vm->qemu_log_fd, vm->name,
+	char why[512];
+	_cleanup_close_ int binary_fd = binary_open(binary, why, sizeof(why));
+	if (binary_fd < 0) {
+		dprintf(vm->qemu_log_fd, "cprd: refusing to run %s: %s\n", binary, why);
+		vm_qemu_free(q);
+		return log_vm_errno(LOG_ERR, binary_fd, vm->name, "refusing to run %s: %s", binary, why);
+	}
+	r = qemu_spawn(vm->manager->base, binary_fd, argv, fds, n_fds, vm->qemu_log_fd, vm->name,
 		       vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
@@ -939,8 +951,12 @@ int vm_start(struct vm *vm, struct vl_call *call) {
 	vm_set_state(vm, VM_STARTING, NULL);
 	struct timeval tv = {VM_START_TIMEOUT_MS / 1000, 0};
 	evtimer_add(vm->op_timer, &tv);
-	int r = probe_run(vm->manager->base, vm->spec->qemu, -1, NULL, vm_on_start_probe, vm, NULL);
+	char why[512];
+	_cleanup_close_ int bfd = binary_open(vm->spec->qemu, why, sizeof(why));
+	int r = bfd < 0 ? bfd : probe_run(vm->manager->base, vm->spec->qemu, bfd, NULL, vm_on_start_probe, vm, NULL);
 	if (r < 0) {
+		if (bfd < 0)
+			log_vm(LOG_ERR, vm->name, "refusing to run %s: %s", vm->spec->qemu, why);
 		vm_op_done(vm);
 		vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED, "start failed");
 		if (vm->pending_call)

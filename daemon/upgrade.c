@@ -111,9 +111,50 @@ struct upgrade {
 	upgrade_progress_fn progress;
 	upgrade_done_fn done;
 	void *userdata;
+	struct hold *held; /* the test hook's pending delay */
 };
 
 static void upgrade_fail(struct upgrade *u, const char *fmt, ...) _printf_(2, 3);
+static void arm(struct event *ev, int ms);
+
+/* A test hook, read from the environment at the first upgrade: with
+ * CPRD_TEST_HOLD_PHASE=transfer and CPRD_TEST_HOLD_MS=3000, cprd waits 3 s
+ * before starting that phase (spawn-target, transfer, retire or commit), so
+ * the fault tests can kill a process in a known phase. Unset in
+ * production; it only ever delays. */
+struct hold {
+	struct upgrade *u;
+	void (*fn)(struct upgrade *u);
+	struct event *ev;
+};
+
+static void on_hold(evutil_socket_t fd, short what, void *userdata) {
+	struct hold *h = userdata;
+	struct upgrade *u = h->u;
+	void (*fn)(struct upgrade *) = h->fn;
+	event_free(h->ev);
+	u->held = NULL;
+	free(h);
+	if (u->phase != PHASE_ROLLBACK && u->phase != PHASE_DONE)
+		fn(u);
+}
+
+static void upgrade_next(struct upgrade *u, const char *phase, void (*fn)(struct upgrade *u)) {
+	const char *want = getenv("CPRD_TEST_HOLD_PHASE");
+	const char *ms = getenv("CPRD_TEST_HOLD_MS");
+	if (!want || !streq(want, phase) || u->held)
+		return fn(u);
+	struct hold *h = calloc(1, sizeof(*h));
+	if (!h)
+		return fn(u);
+	int delay = ms ? atoi(ms) : 2000;
+	log_vm(LOG_NOTICE, u->vm->name, "test hook: holding %d ms before %s", delay, phase);
+	h->u = u;
+	h->fn = fn;
+	h->ev = evtimer_new(u->m->base, on_hold, h);
+	u->held = h;
+	arm(h->ev, delay);
+}
 static struct json_object *caps_ignore_shared_set(bool on);
 static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *fmt, ...) _printf_(3, 4);
 static void upgrade_finish(struct upgrade *u);
@@ -123,6 +164,10 @@ static void upgrade_resumed(struct upgrade *u);
 static void upgrade_free(struct upgrade *u) {
 	if (!u)
 		return;
+	if (u->held) {
+		event_free(u->held->ev);
+		free(u->held);
+	}
 	if (u->phase_timer)
 		event_free(u->phase_timer);
 	if (u->total_timer)
@@ -472,7 +517,7 @@ static void verify_on_status(struct qmp *qmp, struct json_object *ret, const str
 	struct upgrade *u = userdata;
 	if (err) {
 		upgrade_fail(u, "the new QEMU does not answer query-status: %s", err->desc);
-		return upgrade_retire(u); /* no way back: the guest is on the new QEMU */
+		return upgrade_next(u, "retire", upgrade_retire); /* no way back */
 	}
 	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE)
 		/* Leave the new QEMU as a fresh one would be: a later cpr-transfer
@@ -676,7 +721,7 @@ static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 		return;
 	qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", caps_ignore_shared(),
 		    UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
-	upgrade_send_migrate(u);
+	upgrade_next(u, "transfer", upgrade_send_migrate);
 }
 
 static void target_ready(struct vm_qemu *q, void *userdata) {
@@ -707,7 +752,7 @@ static void on_poll(evutil_socket_t fd, short what, void *userdata) {
 		/* cpr-transfer: the target binds the cpr socket, then blocks
 		 * reading it; migrate may go out once the socket exists. */
 		if (stat(u->cpr_path, &st) == 0 && S_ISSOCK(st.st_mode))
-			return upgrade_send_migrate(u);
+			return upgrade_next(u, "transfer", upgrade_send_migrate);
 		arm(u->poll_timer, UPGRADE_POLL_MS);
 		return;
 	case PHASE_TRANSFER:
@@ -831,7 +876,7 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 	manager_emit(u->m, u->vm, "upgrade", "upgrade started");
 	vm_qemu_set_callbacks(u->old, &old_callbacks, u);
 	arm(u->total_timer, u->timeout_sec * 1000);
-	upgrade_spawn(u);
+	upgrade_next(u, "spawn-target", upgrade_spawn);
 }
 
 static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,

@@ -91,6 +91,34 @@ static int delete_run(struct ctx *ctx, int argc, char **argv) {
 	return simple(ctx, &cmd_delete, "DeleteVM", argc, argv, NULL, "deleted");
 }
 
+static int pause_run(struct ctx *ctx, int argc, char **argv) {
+	int r = parse_options(ctx, &cmd_pause, argc, argv, NULL, NULL, NULL, NULL);
+	if (r != 0)
+		return r < 0 ? EXIT_INVALID : EXIT_OK;
+	return simple(ctx, &cmd_pause, "PauseVM", argc, argv, NULL, "paused");
+}
+
+static int resume_run(struct ctx *ctx, int argc, char **argv) {
+	int r = parse_options(ctx, &cmd_resume, argc, argv, NULL, NULL, NULL, NULL);
+	if (r != 0)
+		return r < 0 ? EXIT_INVALID : EXIT_OK;
+	return simple(ctx, &cmd_resume, "ResumeVM", argc, argv, NULL, "resumed");
+}
+
+const struct cmd cmd_pause = {
+	.name = "pause",
+	.args = "NAME",
+	.summary = "Pause a running guest (QEMU keeps running)",
+	.run = pause_run,
+};
+
+const struct cmd cmd_resume = {
+	.name = "resume",
+	.args = "NAME",
+	.summary = "Resume a paused guest",
+	.run = resume_run,
+};
+
 const struct cmd cmd_start = {
 	.name = "start",
 	.args = "NAME",

@@ -19,6 +19,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "probe.h"
+#include "qmp.h"
 #include "spec.h"
 #include "upgrade.h"
 #include "util.h"
@@ -344,6 +345,68 @@ static int method_stop_vm(struct vl_call *c, struct json_object *params, void *u
 	return 0;
 }
 
+struct pause_call {
+	struct vl_call *call;
+	struct vm *vm;
+	bool pause;
+};
+
+static void on_pause_reply(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			   void *userdata) {
+	struct pause_call *pc = userdata;
+	struct vm *vm = pc->vm;
+	vm->operation = NULL;
+	if (err)
+		api_error_failed(pc->call, "QEMU refused to %s the guest: %s", pc->pause ? "pause" : "resume",
+				 err->desc);
+	else {
+		vm_set_state(vm, pc->pause ? VM_PAUSED : VM_RUNNING, pc->pause ? "guest paused" : "guest resumed");
+		reply_vm(pc->call, vm);
+	}
+	vl_call_unref(pc->call);
+	free(pc);
+}
+
+static int pause_or_resume(struct vl_call *c, struct json_object *params, struct manager *m, bool pause) {
+	if (!api_authorize(c, true))
+		return 0;
+	struct vm *vm = lookup(m, c, params);
+	if (!vm)
+		return 0;
+	if (vm->operation)
+		return api_error_busy(c, vm->name, vm->operation);
+	if (vm->state != (pause ? VM_RUNNING : VM_PAUSED))
+		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
+					   pause ? "only a running guest can be paused"
+						 : "only a paused guest can be resumed");
+	struct qmp *qmp = vm->qemu ? vm_qemu_qmp(vm->qemu) : NULL;
+	if (!qmp)
+		return api_error_failed(c, "cprd has no QMP channel to %s's QEMU", vm->name);
+	struct pause_call *pc = calloc(1, sizeof(*pc));
+	if (!pc)
+		return -ENOMEM;
+	pc->call = vl_call_ref(c);
+	pc->vm = vm;
+	pc->pause = pause;
+	vm->operation = pause ? "pause" : "resume";
+	int r = qmp_command(qmp, pause ? "stop" : "cont", NULL, QMP_COMMAND_TIMEOUT_MS, on_pause_reply, pc);
+	if (r < 0) {
+		vm->operation = NULL;
+		vl_call_unref(pc->call);
+		free(pc);
+		return api_error_failed(c, "QMP channel to %s's QEMU failed: %s", vm->name, strerror(-r));
+	}
+	return 0;
+}
+
+static int method_pause_vm(struct vl_call *c, struct json_object *params, void *userdata) {
+	return pause_or_resume(c, params, userdata, true);
+}
+
+static int method_resume_vm(struct vl_call *c, struct json_object *params, void *userdata) {
+	return pause_or_resume(c, params, userdata, false);
+}
+
 static int method_delete_vm(struct vl_call *c, struct json_object *params, void *userdata) {
 	struct manager *m = userdata;
 	if (!api_authorize(c, true))
@@ -517,6 +580,8 @@ static const struct vl_method manager_methods[] = {
 	{.name = "CreateVM", .fn = method_create_vm, .params = p_create},
 	{.name = "StartVM", .fn = method_start_vm, .params = p_name},
 	{.name = "StopVM", .fn = method_stop_vm, .params = p_stop},
+	{.name = "PauseVM", .fn = method_pause_vm, .params = p_name},
+	{.name = "ResumeVM", .fn = method_resume_vm, .params = p_name},
 	{.name = "DeleteVM", .fn = method_delete_vm, .params = p_name},
 	{.name = "ReadLog", .fn = method_read_log, .params = p_log},
 	{.name = "WatchEvents", .fn = method_watch_events, .flags = VL_METHOD_REQUIRES_MORE},

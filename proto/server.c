@@ -56,6 +56,8 @@ struct vl_conn {
 	struct event *process_ev;     /* deferred dispatch of the next message */
 	struct event *message_timer;  /* a started message must finish in time */
 	bool message_timer_armed;
+	struct event *reply_timer;    /* queued replies must be taken in time */
+	struct evbuffer_cb_entry *output_cb;
 	size_t scanned;               /* input bytes known to hold no NUL */
 	bool eof;                     /* the peer shut down its sending side */
 	bool closing;                 /* flush what is queued, then close */
@@ -445,11 +447,6 @@ static void on_event(struct bufferevent *bev, short what, void *userdata) {
 	/* A streaming call cannot end on its own, so EOF during one means the
 	 * subscriber left. */
 	bool streaming = conn->current && conn->current->more;
-	if (what & BEV_EVENT_TIMEOUT) {
-		log_info("varlink: closing connection of pid %d uid %u: it did not read its "
-			 "replies in time", (int)conn->peer.pid, (unsigned)conn->peer.uid);
-		return conn_free(conn);
-	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !streaming) {
 		/* Half-closed: the peer may still read the replies to what it sent. */
 		conn->eof = true;
@@ -469,6 +466,30 @@ static void on_message_timeout(evutil_socket_t fd, short what, void *userdata) {
 	struct vl_conn *conn = userdata;
 	conn->message_timer_armed = false;
 	conn_close_now(conn, "a started message did not finish in time");
+}
+
+/* While replies are queued the peer must take some of them within the
+ * message timeout, or it is dropped: a client that stops reading would
+ * otherwise hold its queued replies (and a stream's handler) for ever. The
+ * bufferevent's own write timeout cannot do this: a handler that queues a
+ * reply while that timeout is due cancels it. */
+static void on_output(struct evbuffer *out, const struct evbuffer_cb_info *info,
+		      void *userdata) {
+	struct vl_conn *conn = userdata;
+	int ms = conn->server->limits.message_timeout_ms;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+	if (evbuffer_get_length(out) == 0)
+		evtimer_del(conn->reply_timer);
+	else if (info->n_deleted > 0 || !evtimer_pending(conn->reply_timer, NULL))
+		evtimer_add(conn->reply_timer, &tv);
+}
+
+static void on_reply_timeout(evutil_socket_t fd, short what, void *userdata) {
+	struct vl_conn *conn = userdata;
+	log_info("varlink: closing connection of pid %d uid %u: it did not read its replies "
+		 "in time", (int)conn->peer.pid, (unsigned)conn->peer.uid);
+	conn_free(conn);
 }
 
 static void conn_free(struct vl_conn *conn) {
@@ -491,9 +512,11 @@ static void conn_free(struct vl_conn *conn) {
 	s->n_conns--;
 	uid_release(s, conn->peer.uid);
 
+	evbuffer_remove_cb_entry(bufferevent_get_output(conn->bev), conn->output_cb);
 	bufferevent_free(conn->bev);
 	event_free(conn->process_ev);
 	event_free(conn->message_timer);
+	event_free(conn->reply_timer);
 	free(conn);
 }
 
@@ -533,7 +556,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	conn->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	conn->process_ev = event_new(s->base, -1, 0, on_process, conn);
 	conn->message_timer = evtimer_new(s->base, on_message_timeout, conn);
-	if (!conn->bev || !conn->process_ev || !conn->message_timer) {
+	conn->reply_timer = evtimer_new(s->base, on_reply_timeout, conn);
+	if (conn->bev)
+		conn->output_cb = evbuffer_add_cb(bufferevent_get_output(conn->bev), on_output, conn);
+	if (!conn->bev || !conn->process_ev || !conn->message_timer || !conn->reply_timer ||
+	    !conn->output_cb) {
 		if (conn->bev)
 			bufferevent_free(conn->bev);
 		else
@@ -542,6 +569,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 			event_free(conn->process_ev);
 		if (conn->message_timer)
 			event_free(conn->message_timer);
+		if (conn->reply_timer)
+			event_free(conn->reply_timer);
 		free(conn);
 		return;
 	}
@@ -555,11 +584,6 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	/* Stop reading once one maximal message is buffered; conn_process
 	 * then either finds its NUL or closes the connection. */
 	bufferevent_setwatermark(conn->bev, EV_READ, 0, s->limits.message_max + 1);
-	/* A peer that stops reading must not keep its replies queued here for
-	 * ever: no write progress within the message timeout closes it. */
-	struct timeval wt = {s->limits.message_timeout_ms / 1000,
-			     (s->limits.message_timeout_ms % 1000) * 1000};
-	bufferevent_set_timeouts(conn->bev, NULL, &wt);
 	bufferevent_setcb(conn->bev, on_read, on_write, on_event, conn);
 	bufferevent_enable(conn->bev, EV_READ | EV_WRITE);
 }

@@ -157,6 +157,19 @@ static struct vm *lookup(struct manager *m, struct vl_call *c, struct json_objec
 	return vm;
 }
 
+/* The opening of every method that changes one VM: who calls, which VM,
+ * and that nothing else is under way on it. NULL when it replied already. */
+static struct vm *lookup_for_change(struct manager *m, struct vl_call *c, struct json_object *params) {
+	if (!api_authorize(c, true))
+		return NULL;
+	struct vm *vm = lookup(m, c, params);
+	if (vm && vm->operation) {
+		api_error_busy(c, vm->name, vm->operation);
+		return NULL;
+	}
+	return vm;
+}
+
 static int reply_vm(struct vl_call *c, struct vm *vm) {
 	struct json_object *p = json_object_new_object();
 	json_object_object_add(p, "vm", vm_to_json(vm));
@@ -303,14 +316,9 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 }
 
 static int method_start_vm(struct vl_call *c, struct json_object *params, void *userdata) {
-	struct manager *m = userdata;
-	if (!api_authorize(c, true))
-		return 0;
-	struct vm *vm = lookup(m, c, params);
+	struct vm *vm = lookup_for_change(userdata, c, params);
 	if (!vm)
 		return 0;
-	if (vm->operation)
-		return api_error_busy(c, vm->name, vm->operation);
 	if (vm_is_active(vm))
 		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
 					   "the VM is already running");
@@ -321,17 +329,12 @@ static int method_start_vm(struct vl_call *c, struct json_object *params, void *
 }
 
 static int method_stop_vm(struct vl_call *c, struct json_object *params, void *userdata) {
-	struct manager *m = userdata;
 	int64_t timeout = VM_STOP_TIMEOUT_SEC;
-	if (!api_authorize(c, true))
-		return 0;
-	struct vm *vm = lookup(m, c, params);
-	if (!vm)
-		return 0;
 	if (param_int(params, "timeoutSec", &timeout) && (timeout < 0 || timeout > 3600))
 		return vl_call_error_invalid_parameter(c, "timeoutSec");
-	if (vm->operation)
-		return api_error_busy(c, vm->name, vm->operation);
+	struct vm *vm = lookup_for_change(userdata, c, params);
+	if (!vm)
+		return 0;
 	if (vm->state == VM_CRASHED) {
 		/* Nothing runs; stopping on purpose lets go of the held RAM. */
 		vm_release_custody(vm);
@@ -368,13 +371,9 @@ static void on_pause_reply(struct qmp *qmp, struct json_object *ret, const struc
 }
 
 static int pause_or_resume(struct vl_call *c, struct json_object *params, struct manager *m, bool pause) {
-	if (!api_authorize(c, true))
-		return 0;
-	struct vm *vm = lookup(m, c, params);
+	struct vm *vm = lookup_for_change(m, c, params);
 	if (!vm)
 		return 0;
-	if (vm->operation)
-		return api_error_busy(c, vm->name, vm->operation);
 	if (vm->state != (pause ? VM_RUNNING : VM_PAUSED))
 		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
 					   pause ? "only a running guest can be paused"
@@ -408,17 +407,13 @@ static int method_resume_vm(struct vl_call *c, struct json_object *params, void 
 }
 
 static int method_delete_vm(struct vl_call *c, struct json_object *params, void *userdata) {
-	struct manager *m = userdata;
-	if (!api_authorize(c, true))
-		return 0;
-	struct vm *vm = lookup(m, c, params);
+	struct vm *vm = lookup_for_change(userdata, c, params);
 	if (!vm)
 		return 0;
-	if (vm->operation)
-		return api_error_busy(c, vm->name, vm->operation);
 	if (vm_is_active(vm))
 		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
 					   "stop the VM first (cprctl stop)");
+	struct manager *m = userdata;
 	vm_release_custody(vm);
 	char *rt = vm_runtime_file(vm, "qemu.json");
 	if (rt)

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <json-c/json.h>
 #include <limits.h>
 #include <poll.h>
@@ -30,8 +31,12 @@
 
 /* ---- the server under test ------------------------------------------------ */
 
+/* One directory for the run, made and removed by main(), so that a failed
+ * test (whose teardown does not run) leaves nothing behind. */
+static char base_dir[64];
+
 static struct {
-	char dir[64];
+	char dir[96];
 	char path[128];
 	struct event_base *base;
 	struct vl_server *server;
@@ -128,7 +133,7 @@ static bool srv_wait_connections(unsigned n, int timeout_ms) {
 }
 
 static void setup(void) {
-	strcpy(srv.dir, "/tmp/cprd-test-varlink-XXXXXX");
+	snprintf(srv.dir, sizeof(srv.dir), "%s/t-XXXXXX", base_dir);
 	ck_assert_ptr_nonnull(mkdtemp(srv.dir));
 	snprintf(srv.path, sizeof(srv.path), "%s/test.sock", srv.dir);
 	srv_start(NULL);
@@ -483,6 +488,14 @@ START_TEST(framing_limit_small) {
 	/* Over the limit and never finished: closed without waiting for it. */
 	raw_open(&r);
 	raw_send(&r, over, 1025);
+	ck_assert(raw_closed(&r, WAIT_MS));
+	raw_close(&r);
+
+	/* A good call before the long one is still answered. */
+	raw_open(&r);
+	raw_send_msg(&r, echo_a);
+	raw_send(&r, over, 1026);
+	assert_echo_reply(&r, "a");
 	ck_assert(raw_closed(&r, WAIT_MS));
 	raw_close(&r);
 	assert_serving();
@@ -1009,6 +1022,21 @@ START_TEST(limits_slow_reader) {
 }
 END_TEST
 
+START_TEST(limits_slow_stream_reader) {
+	/* The same with a stream of small replies nobody reads. */
+	srv_restart(&(struct vl_server_limits){.message_timeout_ms = 300});
+	struct raw r;
+	raw_open(&r);
+	raw_send_msg(&r, "{\"method\":\"io.cprd.Test.Count\",\"parameters\":{\"count\":1000000},\"more\":true}");
+	assert_serving();
+	ck_assert_msg(srv_wait_connections(0, 10000), "the non-reader was never closed");
+	_cleanup_json_ struct json_object *s = stats();
+	ck_assert_int_eq(get_int(s, "disconnects"), 1); /* the stream's owner was told */
+	ck_assert(raw_closed(&r, WAIT_MS));
+	raw_close(&r);
+}
+END_TEST
+
 /* ---- malformed input ----------------------------------------------------------- */
 
 /* Sends bytes (NUL included by the caller) and expects a clean close. */
@@ -1343,6 +1371,7 @@ static Suite *varlink_suite(void) {
 	tcase_add_test(tc, limits_total);
 	tcase_add_test(tc, limits_message_timeout);
 	tcase_add_test(tc, limits_slow_reader);
+	tcase_add_test(tc, limits_slow_stream_reader);
 	suite_add_tcase(s, tc);
 
 	tc = new_tcase("malformed");
@@ -1370,13 +1399,23 @@ static Suite *varlink_suite(void) {
 	return s;
 }
 
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+	return remove(path) < 0 ? -1 : 0;
+}
+
 int main(void) {
 	/* Writes to a peer that left must fail with EPIPE, not kill us. */
 	signal(SIGPIPE, SIG_IGN);
 	log_set_max_level(LOG_WARNING);
+	strcpy(base_dir, "/tmp/cprd-test-varlink-XXXXXX");
+	if (!mkdtemp(base_dir)) {
+		perror("mkdtemp");
+		return EXIT_FAILURE;
+	}
 	SRunner *sr = srunner_create(varlink_suite());
 	srunner_run_all(sr, CK_NORMAL);
 	int failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
+	nftw(base_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

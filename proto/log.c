@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <systemd/sd-journal.h>
 
 static int max_level = LOG_INFO;
@@ -48,12 +49,24 @@ int log_internal(int level, int error, const char *vm, const char *phase,
 		va_end(ap);
 
 		if (target == LOG_TARGET_JOURNAL) {
-			sd_journal_send("MESSAGE=%s%s%s", vm ? vm : "", vm ? ": " : "", msg,
-					"PRIORITY=%d", level,
-					"SYSLOG_IDENTIFIER=%s", ident,
-					vm ? "VM=%s" : NULL, vm,
-					phase ? "PHASE=%s" : NULL, phase,
-					NULL);
+			char m[2300], p[16], id[64], v[128], ph[64];
+			struct iovec iov[5];
+			int n = 0;
+			snprintf(m, sizeof(m), "MESSAGE=%s%s%s", vm ? vm : "", vm ? ": " : "", msg);
+			snprintf(p, sizeof(p), "PRIORITY=%d", level);
+			snprintf(id, sizeof(id), "SYSLOG_IDENTIFIER=%s", ident);
+			iov[n++] = (struct iovec){m, strlen(m)};
+			iov[n++] = (struct iovec){p, strlen(p)};
+			iov[n++] = (struct iovec){id, strlen(id)};
+			if (vm) {
+				snprintf(v, sizeof(v), "VM=%s", vm);
+				iov[n++] = (struct iovec){v, strlen(v)};
+			}
+			if (phase) {
+				snprintf(ph, sizeof(ph), "PHASE=%s", phase);
+				iov[n++] = (struct iovec){ph, strlen(ph)};
+			}
+			sd_journal_sendv(iov, n);
 		} else if (target == LOG_TARGET_CONSOLE) {
 			fprintf(stderr, "%s: %s%s%s\n", ident, vm ? vm : "", vm ? ": " : "", msg);
 		} else {

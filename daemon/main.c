@@ -2,6 +2,7 @@
  * QEMU under running guests. This file reads options and runs the loop;
  * the work is in the manager. */
 #include <errno.h>
+#include <stdbool.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <grp.h>
@@ -45,6 +46,18 @@ static void help(void) {
 	       "  --version           print the version\n"
 	       "  -h, --help          this text\n",
 	       DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_RUNTIME_DIR);
+}
+
+/* JOURNAL_STREAM names the journal's stream as "dev:ino"; it counts only
+ * if our stderr is still that stream (not redirected by a test or a shell
+ * that inherited the variable). */
+static bool stderr_is_journal(void) {
+	const char *e = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	if (!e || sscanf(e, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+		return false;
+	return st.st_dev == (dev_t)dev && st.st_ino == (ino_t)ino;
 }
 
 static char **saved_argv;
@@ -129,7 +142,7 @@ int main(int argc, char **argv) {
 	log_set_ident("cprd");
 	if (isatty(STDERR_FILENO))
 		log_set_target(LOG_TARGET_CONSOLE);
-	else if (getenv("JOURNAL_STREAM"))
+	else if (stderr_is_journal())
 		/* Under systemd: send structured entries (VM=, PHASE=). */
 		log_set_target(LOG_TARGET_JOURNAL);
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {

@@ -117,9 +117,15 @@ static bool api_authorize(struct vl_call *c, bool writes) {
 	for (size_t i = 0; i < n_allowed_uids; i++)
 		if (allowed_uids[i] == peer->uid)
 			return true;
-	for (size_t i = 0; i < n_allowed_gids; i++)
+	const gid_t *groups;
+	size_t n_groups = vl_call_peer_groups(c, &groups);
+	for (size_t i = 0; i < n_allowed_gids; i++) {
 		if (allowed_gids[i] == peer->gid)
 			return true;
+		for (size_t k = 0; k < n_groups; k++)
+			if (allowed_gids[i] == groups[k])
+				return true;
+	}
 	log_warning("refused %s for uid %u pid %d: only root may change VMs", vl_call_method(c),
 		    (unsigned)peer->uid, (int)peer->pid);
 	vl_call_error(c, VL_ERROR_PERMISSION_DENIED, NULL);

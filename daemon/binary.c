@@ -16,7 +16,6 @@
 
 static char *allowed[BINARY_DIRS_MAX];
 static size_t n_allowed;
-static bool insecure;
 
 int binary_allow_dir(const char *dir) {
 	char real[PATH_MAX];
@@ -31,7 +30,6 @@ int binary_allow_dir(const char *dir) {
 	return 0;
 }
 
-void binary_set_insecure(bool on) { insecure = on; }
 
 static int refuse(char *why, size_t size, int err, const char *fmt, ...) _printf_(4, 5);
 static int refuse(char *why, size_t size, int err, const char *fmt, ...) {
@@ -76,8 +74,6 @@ int binary_check(const char *path, char *why, size_t why_size) {
 			return refuse(why, why_size, -EPERM,
 				      "'%.200s' is outside the folders cprd may run QEMU from (--qemu-dir)", real);
 	}
-	if (insecure)
-		return 0;
 	if (!file_ok(&st))
 		return refuse(why, why_size, -EPERM,
 			      "'%.200s' must be owned by root and writable by nobody else", real);
@@ -111,7 +107,7 @@ int binary_open(const char *path, char *why, size_t why_size) {
 		return refuse(why, why_size, -errno, "cannot open '%.200s'", path);
 	/* The file we hold must be the one we checked. */
 	if (fstat(fd, &after) < 0 || after.st_dev != before.st_dev || after.st_ino != before.st_ino ||
-	    (!insecure && !file_ok(&after))) {
+	    !file_ok(&after)) {
 		close(fd);
 		return refuse(why, why_size, -EPERM, "'%.200s' changed while cprd checked it", path);
 	}

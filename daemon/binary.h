@@ -9,9 +9,6 @@
 
 /* Optional restriction to some folders (cprd --qemu-dir DIR). */
 int binary_allow_dir(const char *dir);
-/* Skips the ownership checks (cprd --insecure-binaries), for development
- * trees owned by a normal user. Never the default. */
-void binary_set_insecure(bool insecure);
 
 /* Checks path for execution as QEMU: an absolute path to a regular file
  * owned by root, not writable by group or others, in folders that only root

@@ -21,6 +21,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "qemu.h"
 #include "systemd.h"
 #include "varlink.h"
 #include "vm.h"
@@ -270,6 +271,7 @@ int main(int argc, char **argv) {
 	event_free(status);
 	event_free(reload_retry);
 	systemd_close();
+	qemu_set_exiting();
 	manager_free(m);
 	event_base_free(base);
 	return 0;

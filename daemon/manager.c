@@ -62,7 +62,10 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 		return r;
 	}
 	snprintf(path, sizeof(path), "%s/vms", m->runtime_dir);
-	if ((r = mkdir_p(path, 0700)) < 0) {
+	/* The runtime folder holds the socket, so the socket's group must be
+	 * able to pass through it; what is below it stays private. */
+	if ((r = mkdir_p(path, 0700)) < 0 || chmod(m->runtime_dir, 0755) < 0) {
+		r = r < 0 ? r : -errno;
 		log_error_errno(r, "cannot create runtime directory %s: %m", m->runtime_dir);
 		manager_free(m);
 		return r;
@@ -73,6 +76,7 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 		.product = "cprd",
 		.version = CPRD_VERSION,
 		.url = "https://github.com/cprd/cprd",
+		.internal_error = "io.cprd.Manager.Failed",
 	};
 	r = vl_server_new(base, &info, &m->server);
 	if (r < 0) {

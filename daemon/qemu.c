@@ -22,10 +22,15 @@
 #define P_PIDFD 3
 #endif
 
+static bool exiting;
+
+void qemu_set_exiting(void) { exiting = true; }
+
 struct qemu_proc {
 	pid_t pid;
 	int pidfd;
 	bool running, child;
+	bool orphaned; /* freed by its owner while running: reap, then free */
 	struct event *ev;
 	char *label;
 	qemu_exit_fn on_exit;
@@ -54,6 +59,10 @@ static void on_pidfd(evutil_socket_t fd, short what, void *userdata) {
 	}
 	event_del(p->ev);
 	p->running = false;
+	if (p->orphaned) {
+		qemu_proc_free(p);
+		return;
+	}
 	if (p->on_exit)
 		p->on_exit(p, &e, p->userdata);
 }
@@ -79,6 +88,9 @@ static _noreturn_ void child_exec(int binary_fd, char *const *argv, const struct
 			_exit(127);
 	}
 	int logfd = fcntl(log_fd, F_DUPFD_CLOEXEC, 256);
+	binary_fd = fcntl(binary_fd, F_DUPFD_CLOEXEC, 256);
+	if (binary_fd < 0)
+		_exit(127);
 	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (logfd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
 		_exit(127);
@@ -181,6 +193,12 @@ int qemu_proc_kill(struct qemu_proc *p, int sig) {
 void qemu_proc_free(struct qemu_proc *p) {
 	if (!p)
 		return;
+	if (p->child && p->running && !p->orphaned && !exiting) {
+		/* Still our child: keep watching so it is reaped, not a zombie. */
+		p->orphaned = true;
+		p->on_exit = NULL;
+		return;
+	}
 	if (p->ev)
 		event_free(p->ev);
 	safe_close(p->pidfd);

@@ -40,5 +40,8 @@ pid_t qemu_proc_pid(const struct qemu_proc *p);
 bool qemu_proc_running(const struct qemu_proc *p);
 int qemu_proc_pidfd(const struct qemu_proc *p);
 int qemu_proc_kill(struct qemu_proc *p, int sig);
-/* Stops watching; does not kill. */
+/* cprd is exiting: free without waiting for children (guests keep running). */
+void qemu_set_exiting(void);
+/* Stops watching; does not kill. A child still running is watched on until
+ * it ends, so it is reaped. */
 void qemu_proc_free(struct qemu_proc *p);

@@ -112,6 +112,7 @@ struct upgrade {
 	upgrade_done_fn done;
 	void *userdata;
 	struct hold *held; /* the test hook's pending delay */
+	bool counted;      /* in manager->upgrades_running */
 };
 
 static void upgrade_fail(struct upgrade *u, const char *fmt, ...) _printf_(2, 3);
@@ -164,6 +165,11 @@ static void upgrade_resumed(struct upgrade *u);
 static void upgrade_free(struct upgrade *u) {
 	if (!u)
 		return;
+	/* No QMP reply may reach us once we are gone. */
+	struct vm_qemu *qs[] = {u->old, u->target, u->vm->qemu};
+	for (size_t i = 0; i < ELEMENTSOF(qs); i++)
+		if (qs[i] && vm_qemu_qmp(qs[i]))
+			qmp_cancel(vm_qemu_qmp(qs[i]), u);
 	if (u->held) {
 		event_free(u->held->ev);
 		free(u->held);
@@ -327,8 +333,9 @@ static void upgrade_finish(struct upgrade *u) {
 		u->phase = was;
 		upgrade_record(u, outcome);
 		vm->operation = NULL;
-		if (u->m->upgrades_running)
+		if (u->counted)
 			u->m->upgrades_running--;
+		u->counted = false;
 		char msg[256];
 		snprintf(msg, sizeof(msg), "upgrade %s (%s)", outcome, upgrade_mode_to_string(u->mode));
 		manager_emit(u->m, vm, "upgrade", msg);
@@ -471,6 +478,16 @@ static void on_total_timeout(evutil_socket_t fd, short what, void *userdata) {
 /* ---- retire and commit --------------------------------------------------- */
 
 static void upgrade_commit(struct upgrade *u) {
+	/* The VM now belongs to this binary: a later start or a plain upgrade
+	 * uses it. */
+	if (!streq(u->vm->spec->qemu, u->binary)) {
+		char *b = strdup(u->binary);
+		if (b) {
+			free(u->vm->spec->qemu);
+			u->vm->spec->qemu = b;
+			vm_save(u->vm);
+		}
+	}
 	upgrade_enter(u, PHASE_COMMIT, "guest runs on QEMU %u.%u.%u pid %d", u->probe->major,
 		      u->probe->minor, u->probe->micro, (int)u->target_pid);
 	u->phase = PHASE_DONE;
@@ -619,8 +636,10 @@ static void target_event(struct vm_qemu *q, const char *name, struct json_object
 			 void *userdata) {
 	struct upgrade *u = userdata;
 	if (streq(name, "RESUME") && u->resume_ts == 0) {
+		/* The new QEMU runs the guest on the shared RAM: whatever the old
+		 * one still reports, there is no going back to it. */
 		u->resume_ts = ts;
-		if (u->source_done)
+		if (u->phase == PHASE_TRANSFER || u->phase == PHASE_RESUME)
 			upgrade_resumed(u);
 	}
 }
@@ -873,6 +892,7 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 	/* Preflight passed: from here on the VM is ours to move. */
 	u->vm->operation = "upgrade";
 	u->m->upgrades_running++;
+	u->counted = true;
 	manager_emit(u->m, u->vm, "upgrade", "upgrade started");
 	vm_qemu_set_callbacks(u->old, &old_callbacks, u);
 	arm(u->total_timer, u->timeout_sec * 1000);
@@ -894,7 +914,8 @@ static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const 
 		/* Blockers are per mode: ask with the mode we will use. */
 		struct json_object *p = json_object_new_object();
 		json_object_object_add(p, "mode", json_object_new_string("cpr-transfer"));
-		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
+		/* Its failure shows in query-migrate's answer or in the transfer. */
+		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
 	}
 	qmp_command(qmp, "query-migrate", NULL, UPGRADE_QMP_TIMEOUT_MS, preflight_on_blockers, u);
 }

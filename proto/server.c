@@ -52,6 +52,8 @@ struct vl_conn {
 	struct vl_server *server;
 	struct bufferevent *bev;
 	struct ucred peer;
+	gid_t groups[VL_PEER_GROUPS_MAX]; /* supplementary groups (SO_PEERGROUPS) */
+	size_t n_groups;
 	struct vl_call *current;      /* the call being handled, or NULL */
 	struct event *process_ev;     /* deferred dispatch of the next message */
 	struct event *message_timer;  /* a started message must finish in time */
@@ -121,6 +123,11 @@ bool vl_call_alive(const struct vl_call *c) { return c->conn && !c->done; }
 const struct ucred *vl_call_peer(const struct vl_call *c) {
 	static const struct ucred none = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
 	return c->conn ? &c->conn->peer : &none;
+}
+
+size_t vl_call_peer_groups(const struct vl_call *c, const gid_t **ret) {
+	*ret = c->conn ? c->conn->groups : NULL;
+	return c->conn ? c->conn->n_groups : 0;
 }
 
 void vl_call_on_disconnect(struct vl_call *c, vl_disconnect_fn fn, void *userdata) {
@@ -320,11 +327,15 @@ static int conn_dispatch(struct vl_conn *conn, struct json_object *msg) {
 	 * returns unless it keeps a reference. */
 	int r = vm->fn(c, params, reg->userdata);
 	if (r < 0 && vl_call_alive(c)) {
+		/* The handler failed without saying how: the server's own error
+		 * for that (Varlink defines none), with the errno as a sentence. */
 		log_error_errno(r, "varlink: %s failed: %m", method);
 		struct json_object *p = json_object_new_object();
+		char reason[256];
+		snprintf(reason, sizeof(reason), "%s failed: %s", method, strerror(-r));
+		json_object_object_add(p, "reason", json_object_new_string(reason));
 		json_object_object_add(p, "errno", json_object_new_int(-r));
-		json_object_object_add(p, "message", json_object_new_string(strerror(-r)));
-		vl_call_error(c, "org.varlink.service.InternalError", p);
+		vl_call_error(c, s->info.internal_error ? s->info.internal_error : VL_ERROR_INTERNAL, p);
 	}
 	if (oneway && vl_call_alive(c) && c->refs == 2) /* nobody kept it */
 		call_finish(c);
@@ -553,6 +564,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	}
 	conn->server = s;
 	conn->peer = peer;
+	socklen_t gl = sizeof(conn->groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, conn->groups, &gl) == 0)
+		conn->n_groups = gl / sizeof(gid_t);
 	conn->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	conn->process_ev = event_new(s->base, -1, 0, on_process, conn);
 	conn->message_timer = evtimer_new(s->base, on_message_timeout, conn);

@@ -31,6 +31,11 @@ struct json_object;
 #define VL_ERROR_INVALID_PARAMETER "org.varlink.service.InvalidParameter"
 #define VL_ERROR_PERMISSION_DENIED "org.varlink.service.PermissionDenied"
 #define VL_ERROR_EXPECTED_MORE "org.varlink.service.ExpectedMore"
+/* Not a standard error: what a handler's unexplained failure becomes,
+ * unless vl_server_info.internal_error names the interface's own. */
+#define VL_ERROR_INTERNAL "org.varlink.service.InternalError"
+
+#define VL_PEER_GROUPS_MAX 64 /* supplementary groups kept per peer */
 
 /* ---- Parameter tables ---------------------------------------------------- */
 
@@ -91,6 +96,9 @@ struct vl_server_info {
 	const char *product;
 	const char *version;
 	const char *url;
+	/* Error name for a handler that failed with a bare errno; its
+	 * parameters are reason (a sentence) and errno. NULL: VL_ERROR_INTERNAL. */
+	const char *internal_error;
 };
 
 /* Tunables for tests; zero fields keep the defaults above. */
@@ -132,6 +140,8 @@ const char *vl_call_method(const struct vl_call *c); /* fully qualified */
 bool vl_call_more(const struct vl_call *c);
 bool vl_call_oneway(const struct vl_call *c);
 const struct ucred *vl_call_peer(const struct vl_call *c);
+/* The peer's supplementary groups, as the kernel reported them at connect. */
+size_t vl_call_peer_groups(const struct vl_call *c, const gid_t **ret);
 /* False once the final reply went out or the peer went away. */
 bool vl_call_alive(const struct vl_call *c);
 

@@ -71,7 +71,7 @@ static void *server_thread(void *userdata) {
 
 static void srv_start(const struct vl_server_limits *limits) {
 	static const struct vl_server_info info = {"cprd tests", "test_varlink", "1",
-						   "https://cprd.invalid/"};
+						   "https://cprd.invalid/", NULL};
 	memset(&test_service_stats, 0, sizeof(test_service_stats));
 	srv.base = event_base_new();
 	ck_assert_ptr_nonnull(srv.base);
@@ -1234,7 +1234,7 @@ END_TEST
 /* ---- vl_server_listen_path ------------------------------------------------------ */
 
 static struct vl_server *other_server(struct event_base *base) {
-	static const struct vl_server_info info = {"cprd tests", "other", "1", ""};
+	static const struct vl_server_info info = {"cprd tests", "other", "1", "", NULL};
 	struct vl_server *s = NULL;
 	ck_assert_int_eq(vl_server_new(base, &info, &s), 0);
 	return s;

@@ -23,7 +23,7 @@ int main(int argc, char **argv) {
 
 	struct event_base *base = event_base_new();
 	struct vl_server *s;
-	struct vl_server_info info = {"cprd project", "vl-test-server", "1", "https://cprd.invalid/"};
+	struct vl_server_info info = {"cprd project", "vl-test-server", "1", "https://cprd.invalid/", NULL};
 	if (!base || vl_server_new(base, &info, &s) < 0 || test_service_register(s, base) < 0)
 		return 1;
 	if (vl_server_listen_path(s, argv[1], 0600) < 0)

@@ -70,6 +70,12 @@ export QEMU_MODULE_DIR=$QEMU72_DIR/usr/lib/x86_64-linux-gnu/qemu
 exec $QEMU72_DIR/usr/bin/qemu-system-x86_64 -L $QEMU72_DIR/usr/share/qemu -L /usr/share/seabios -L /usr/share/qemu "\$@"
 WRAPPER
 chmod 0755 "$WRAP.tmp"
-mv "$WRAP.tmp" "$WRAP"
+# Replace it only when it changed: a new file would make every VM running on
+# it look outdated (cprctl list --outdated).
+if cmp -s "$WRAP.tmp" "$WRAP"; then
+	rm -f "$WRAP.tmp"
+else
+	mv "$WRAP.tmp" "$WRAP"
+fi
 
 echo "install-deps: done"

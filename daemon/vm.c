@@ -14,6 +14,8 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "api.h"
@@ -40,6 +42,7 @@ struct vm_qemu {
 	off_t log_offset; /* where this process's stderr starts in qemu.log */
 	int qmp_fd;       /* our end's number, for GetVM's list of held fds */
 	uint64_t starttime; /* /proc/PID/stat's, to recognise the process later */
+	char *qmp_path;     /* its recovery monitor socket, or NULL */
 	struct vm_qemu_callbacks cb;
 	void *userdata;
 };
@@ -322,7 +325,7 @@ static _printf_(2, 3) void strv_addf(struct strv *s, const char *fmt, ...) {
 }
 
 int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, char ***ret) {
+		  const struct vm_incoming *incoming, const char *qmp_path, char ***ret) {
 	struct strv a = {0};
 	const struct vm_spec *s = vm->spec;
 
@@ -358,6 +361,15 @@ int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *
 	strv_addf(&a, "socket,id=qmp,fd=%d", VM_FD_QMP);
 	strv_addf(&a, "-mon");
 	strv_addf(&a, "chardev=qmp,mode=control");
+	if (qmp_path) {
+		/* A second monitor on a socket in the VM's private runtime folder:
+		 * the way back in when the socketpair above was lost (cprd was
+		 * stopped and systemd emptied its fd store). */
+		strv_addf(&a, "-chardev");
+		strv_addf(&a, "socket,id=qmp-recovery,path=%s,server=on,wait=off", qmp_path);
+		strv_addf(&a, "-mon");
+		strv_addf(&a, "chardev=qmp-recovery,mode=control");
+	}
 	strv_addf(&a, "-chardev");
 	strv_addf(&a, "socket,id=console,fd=%d", VM_FD_CONSOLE);
 	strv_addf(&a, "-serial");
@@ -430,7 +442,18 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	r = vm_ensure_custody(vm);
 	if (r < 0)
 		return r;
-	r = vm_build_argv(vm, binary, probe, incoming, &argv);
+	/* One recovery socket per QEMU process, so an upgrade's target never
+	 * takes the old QEMU's path away. */
+	_cleanup_free_ char *rdir = manager_vm_runtime_dir(vm->manager, vm->name);
+	_cleanup_free_ char *qmp_path = NULL;
+	if (rdir && mkdir_p(rdir, 0700) >= 0 &&
+	    asprintf(&qmp_path, "%s/qmp-%llx.sock", rdir,
+		     (unsigned long long)(now_usec(CLOCK_MONOTONIC) & 0xffffffffffffULL)) >= 0 &&
+	    strlen(qmp_path) >= 108) {
+		log_vm(LOG_WARNING, vm->name, "runtime folder path too long for a recovery monitor socket");
+		qmp_path = mfree(qmp_path);
+	}
+	r = vm_build_argv(vm, binary, probe, incoming, qmp_path, &argv);
 	if (r < 0)
 		return r;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
@@ -442,6 +465,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		return -ENOMEM;
 	q->vm = vm;
 	q->binary = strdup(binary);
+	q->qmp_path = TAKE_PTR(qmp_path);
 	q->probe = probe ? probe_result_dup(probe) : NULL;
 	if (probe)
 		asprintf(&q->version, "%u.%u.%u", probe->major, probe->minor, probe->micro);
@@ -507,6 +531,9 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 void vm_qemu_free(struct vm_qemu *q) {
 	if (!q)
 		return;
+	if (q->qmp_path && (!q->proc || !qemu_proc_running(q->proc)))
+		unlink(q->qmp_path);
+	free(q->qmp_path);
 	qmp_free(q->qmp);
 	qemu_proc_free(q->proc);
 	probe_result_free(q->probe);
@@ -625,6 +652,8 @@ struct json_object *vm_qemu_record(struct vm_qemu *q) {
 	json_object_object_add(o, "mtimeSec", json_object_new_int64((int64_t)q->binary_st.st_mtim.tv_sec));
 	json_object_object_add(o, "mtimeNsec", json_object_new_int64((int64_t)q->binary_st.st_mtim.tv_nsec));
 	json_object_object_add(o, "version", json_object_new_string(vm_qemu_version(q)));
+	if (q->qmp_path)
+		json_object_object_add(o, "qmpPath", json_object_new_string(q->qmp_path));
 	const struct probe_result *p = q->probe;
 	json_object_object_add(o, "cprTransfer", json_object_new_boolean(p && p->cpr_transfer));
 	json_object_object_add(o, "xIgnoreShared", json_object_new_boolean(p && p->x_ignore_shared));
@@ -712,10 +741,52 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 	if (cb)
 		q->cb = *cb;
 	q->userdata = userdata;
+	const char *qpath = json_object_get_string(json_object_object_get(rec, "qmpPath"));
+	if (qpath)
+		q->qmp_path = strdup(qpath);
+	/* Guest RAM lost with the fd store: QEMU still holds it as fd 5. */
+	if (vm->ram_fd < 0) {
+		int ram = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_RAM, 0);
+		char link[256] = "", memfd_name[128];
+		char self[64];
+		snprintf(self, sizeof(self), "/proc/self/fd/%d", ram);
+		snprintf(memfd_name, sizeof(memfd_name), "/memfd:cprd:%s:ram0", vm->name);
+		ssize_t n = ram >= 0 ? readlink(self, link, sizeof(link) - 1) : -1;
+		if (n > 0)
+			link[n] = '\0';
+		if (ram >= 0 && strncmp(link, memfd_name, strlen(memfd_name)) == 0) {
+			struct stat st;
+			vm->ram_fd = ram;
+			vm->ram_bytes = fstat(ram, &st) == 0 ? (uint64_t)st.st_size : 0;
+			vm_store_fd(vm, "ram0", ram);
+			log_vm(LOG_INFO, vm->name, "guest RAM memfd taken back from QEMU pid %d", (int)pid);
+		} else
+			safe_close(ram);
+	}
 	int r = qemu_adopt(vm->manager->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
 		return r;
+	}
+	if (qfd < 0 && q->qmp_path) {
+		/* The socketpair is gone; the recovery monitor greets anew. */
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", q->qmp_path);
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			q->qmp_fd = fd;
+			r = qmp_new(vm->manager->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp);
+			if (r < 0)
+				q->qmp_fd = -1;
+			else {
+				vm_store_fd(vm, "qmp", q->qmp_fd);
+				log_vm(LOG_INFO, vm->name, "QMP reconnected through %s", q->qmp_path);
+			}
+		} else {
+			log_vm_errno(LOG_WARNING, errno, vm->name, "cannot reach the recovery monitor %s: %m",
+				     q->qmp_path);
+			safe_close(fd);
+		}
 	}
 	if (qfd >= 0) {
 		q->qmp_fd = qfd;

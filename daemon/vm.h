@@ -141,7 +141,7 @@ struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q);
 void vm_watch_main(struct vm *vm);
 /* Builds the QEMU command line (for tests and --dry-run). */
 int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, char ***ret);
+		  const struct vm_incoming *incoming, const char *qmp_path, char ***ret);
 
 
 /* Custody in systemd's fd store under NAME.what. */

@@ -17,6 +17,10 @@
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
 static inline void freep(void *p) { free(*(void **)p); }
+static inline void *mfree(void *p) {
+	free(p);
+	return NULL;
+}
 #define _cleanup_free_ _cleanup_(freep)
 
 /* Closes an fd and returns -1, keeping errno intact. */

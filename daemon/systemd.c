@@ -220,9 +220,11 @@ static int start_scope(sd_bus *b, const char *unit, const char *vm, pid_t pid) {
 	if (r >= 0)
 		r = sd_bus_message_open_container(m, 'a', "(sv)");
 	if (r >= 0)
-		r = sd_bus_message_append(m, "(sv)(sv)(sv)(sv)", "Description", "s", desc, "Slice", "s",
+		/* Delegate: systemd moves processes only into delegated units,
+		 * and an upgrade's target joins this scope later. */
+		r = sd_bus_message_append(m, "(sv)(sv)(sv)(sv)(sv)", "Description", "s", desc, "Slice", "s",
 					  "machine.slice", "PIDs", "au", 1, (uint32_t)pid, "CollectMode",
-					  "s", "inactive-or-failed");
+					  "s", "inactive-or-failed", "Delegate", "b", 1);
 	if (r >= 0)
 		r = sd_bus_message_close_container(m);
 	if (r >= 0)

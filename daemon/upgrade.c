@@ -496,7 +496,7 @@ static void upgrade_commit(struct upgrade *u) {
 
 static void old_exited(struct vm_qemu *q, const char *how, int status, int sig, void *userdata) {
 	struct upgrade *u = userdata;
-	log_vm(LOG_INFO, u->vm->name, "old QEMU pid %d %s", (int)u->old_pid, how);
+	log_vm(LOG_INFO, u->vm->name, "old QEMU pid %d ended (%s)", (int)u->old_pid, how);
 	u->old_gone = true;
 	vm_qemu_free(u->old);
 	u->old = NULL;
@@ -546,7 +546,7 @@ static void verify_on_status(struct qmp *qmp, struct json_object *ret, const str
 		log_vm(LOG_WARNING, u->vm->name, "new QEMU reports %s; resuming the guest", status);
 		qmp_command(qmp, "cont", NULL, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
 	}
-	upgrade_retire(u);
+	upgrade_next(u, "retire", upgrade_retire);
 }
 
 static void target_exited(struct vm_qemu *q, const char *how, int status, int sig, void *userdata);
@@ -579,7 +579,7 @@ static void upgrade_resumed(struct upgrade *u) {
 	upgrade_enter(u, PHASE_VERIFY, "new QEMU pid %d took over (%s)", (int)u->target_pid, p);
 	if (qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
 			verify_on_status, u) < 0)
-		upgrade_retire(u);
+		upgrade_next(u, "retire", upgrade_retire);
 }
 
 /* ---- transfer and resume ------------------------------------------------- */
@@ -827,7 +827,7 @@ static void upgrade_spawn(struct upgrade *u) {
 		args[0] = "-incoming";
 		args[1] = "defer";
 	}
-	struct vm_incoming in = {.args = args, .main_fd = -1, .cpr_fd = -1};
+	struct vm_incoming in = {.args = args};
 	r = vm_qemu_spawn(vm, u->binary, u->probe, &in, &target_callbacks, u, &u->target);
 	if (r < 0)
 		return upgrade_fail(u, "cannot start %s: %s", u->binary, strerror(-r));
@@ -932,6 +932,13 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 	u->probe = result;
 	if (!vm->qemu || !vm_qemu_running(vm->qemu))
 		return upgrade_refuse(u, API_ERROR("BadState"), "the VM is not running");
+	if (vm->ram_fd < 0)
+		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+				      "cprd does not hold the guest RAM memfd of this VM (it was lost "
+				      "with cprd's fd store); restart the VM to put it back in custody");
+	if (!vm_qemu_qmp(vm->qemu))
+		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+				      "cprd has no QMP channel to the running QEMU");
 	const struct probe_result *old = vm_qemu_probe(vm->qemu);
 
 	if (!probe_result_resolve_machine(result, vm->spec->machine) ||
@@ -1121,6 +1128,7 @@ struct many {
 	size_t n, next, running;
 	int parallel;
 	bool stop_on_failure, stopping;
+	bool stepping; /* many_step is on the stack */
 	int committed, rolled_back, skipped;
 };
 
@@ -1176,6 +1184,12 @@ static void many_free(struct many *k) {
 }
 
 static void many_step(struct many *k) {
+	/* An upgrade refused at once (a VM not running, busy) reports through
+	 * many_done from inside upgrade_start below: the loop here carries
+	 * on, and must be the only one to finish k. */
+	if (k->stepping)
+		return;
+	k->stepping = true;
 	while (!k->stopping && k->next < k->n && (int)k->running < k->parallel) {
 		const char *name = k->names[k->next++];
 		struct vm *vm = manager_find(k->m, name);
@@ -1199,6 +1213,7 @@ static void many_step(struct many *k) {
 			k->skipped++;
 		}
 	}
+	k->stepping = false;
 	if (k->running > 0)
 		return;
 	if (k->stopping)

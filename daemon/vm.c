@@ -439,6 +439,10 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	int sv[2];
 	int r;
 
+	/* A target must map the guest's RAM, never a fresh one. */
+	if (incoming && vm->ram_fd < 0)
+		return log_vm_errno(LOG_ERR, -EBADFD, vm->name,
+				    "the guest RAM memfd is not in custody; refusing to start a target");
 	r = vm_ensure_custody(vm);
 	if (r < 0)
 		return r;
@@ -476,16 +480,13 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		q->cb = *cb;
 	q->userdata = userdata;
 
-	struct qemu_fd fds[5] = {
+	struct qemu_fd fds[] = {
 		{qmp_theirs, VM_FD_QMP},
 		{vm->console_peer_fd, VM_FD_CONSOLE},
 		{vm->ram_fd, VM_FD_RAM},
+		{vm->console_fd, VM_FD_CONSOLE_CPRD},
 	};
-	size_t n_fds = 3;
-	if (incoming && incoming->main_fd >= 0)
-		fds[n_fds++] = (struct qemu_fd){incoming->main_fd, VM_FD_INCOMING_MAIN};
-	if (incoming && incoming->cpr_fd >= 0)
-		fds[n_fds++] = (struct qemu_fd){incoming->cpr_fd, VM_FD_INCOMING_CPR};
+	size_t n_fds = ELEMENTSOF(fds);
 
 	_cleanup_free_ char *cmdline = NULL;
 	size_t clen = 0;
@@ -762,6 +763,22 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 			log_vm(LOG_INFO, vm->name, "guest RAM memfd taken back from QEMU pid %d", (int)pid);
 		} else
 			safe_close(ram);
+	}
+	/* The console too: QEMU holds both ends of the socketpair. */
+	if (vm->console_fd < 0) {
+		int ours = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_CONSOLE_CPRD, 0);
+		int theirs = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_CONSOLE, 0);
+		struct stat a, b;
+		if (ours >= 0 && theirs >= 0 && fstat(ours, &a) == 0 && fstat(theirs, &b) == 0 &&
+		    S_ISSOCK(a.st_mode) && S_ISSOCK(b.st_mode)) {
+			vm_restore_custody(vm, -1, ours, theirs);
+			vm_store_fd(vm, "console", ours);
+			vm_store_fd(vm, "console-qemu", theirs);
+			log_vm(LOG_INFO, vm->name, "console taken back from QEMU pid %d", (int)pid);
+		} else {
+			safe_close(ours);
+			safe_close(theirs);
+		}
 	}
 	int r = qemu_adopt(vm->manager->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {

@@ -28,8 +28,9 @@ struct vm_spec;
 #define VM_FD_QMP 3
 #define VM_FD_CONSOLE 4
 #define VM_FD_RAM 5
-#define VM_FD_INCOMING_MAIN 6
-#define VM_FD_INCOMING_CPR 7
+/* QEMU also keeps a copy of cprd's own console end, unused by QEMU, so a
+ * cprd that lost its fds (no fd store) can fetch it back (pidfd_getfd). */
+#define VM_FD_CONSOLE_CPRD 6
 
 enum vm_state {
 	VM_DEFINED,
@@ -58,7 +59,6 @@ struct vm_qemu_callbacks {
 /* Extra arguments for an upgrade's target. */
 struct vm_incoming {
 	const char *const *args; /* appended to the command line, NULL-ended */
-	int main_fd, cpr_fd;     /* listening sockets passed in, or -1 */
 };
 
 struct vm {

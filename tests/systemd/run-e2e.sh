@@ -1,0 +1,701 @@
+#!/bin/bash
+# cprd under a real systemd: boots Debian 12 with systemd as PID 1 in a
+# systemd-nspawn container, installs this build into it and drives cprd with
+# systemctl, checking that guests and the fds cprd holds outlive cprd.
+#
+# Usage (as root): tests/systemd/run-e2e.sh BUILD_DIR
+# Environment:
+#   CPRD_TEST_ROOTFS  the cached root file system (make-rootfs.sh builds it
+#                     on first use; default /var/cache/cprd-test/rootfs-bookworm)
+#   CPRD_TEST_KEEP=1  keep the per-run folder (logs, the container's tree)
+#
+# How: the cached tree is the lower layer of an overlayfs mount (a full copy
+# where overlayfs is not available), so a run never changes the cache;
+# `DESTDIR=<root> cmake --install BUILD_DIR --prefix /usr` puts cprd, cprctl
+# and the units into it; `systemd-nspawn -b` boots it in the background
+# (private network, no machined: the host need not run systemd); commands
+# run inside through nsenter into the container's PID 1 namespaces.
+#
+# Prints "PASS name", "FAIL name: why" or "SKIP name: why" per check, then
+# "N passed, M failed, K skipped". Exit 0 all passed, 1 a check failed,
+# 77 the container cannot run here (the reason is printed): never a pass.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOTFS=${CPRD_TEST_ROOTFS:-/var/cache/cprd-test/rootfs-bookworm}
+VM=vm1
+GUEST_DIR=/var/lib/cprd-test
+QEMU=/usr/bin/qemu-system-x86_64
+SLOW_SECONDS=8 # how long the wrapper QEMU waits before exec in the kill -9 test
+
+PASSED=0 FAILED=0 SKIPPED=0
+FAILED_NAMES=()
+# Results of the checks made before the container is up wait in DEFERRED
+# until it has booted: a run that then turns out to be a skip counts none.
+DEFER=yes
+DEFERRED=()
+pass() {
+	if [ "$DEFER" = yes ]; then DEFERRED+=("pass" "$1" "${2:-}"); return; fi
+	PASSED=$((PASSED + 1))
+	echo "PASS $1${2:+: $2}"
+}
+fail() {
+	if [ "$DEFER" = yes ]; then DEFERRED+=("fail" "$1" "${2:-}"); return; fi
+	FAILED=$((FAILED + 1))
+	FAILED_NAMES+=("$1")
+	echo "FAIL $1${2:+: $2}"
+}
+flush_deferred() {
+	local i
+	DEFER=no
+	for ((i = 0; i < ${#DEFERRED[@]}; i += 3)); do
+		"${DEFERRED[$i]}" "${DEFERRED[$((i + 1))]}" "${DEFERRED[$((i + 2))]}"
+	done
+	DEFERRED=()
+}
+skip() { SKIPPED=$((SKIPPED + 1)); echo "SKIP $1${2:+: $2}"; }
+note() { echo "# $*"; }
+# check NAME COND-RESULT DETAIL: pass when the status is 0.
+verdict() { if [ "$2" -eq 0 ]; then pass "$1" "$3"; else fail "$1" "$3"; fi; }
+
+skip_all() {
+	local i
+	for ((i = 0; i < ${#DEFERRED[@]}; i += 3)); do
+		echo "# not counted (the container did not run): ${DEFERRED[$i]} ${DEFERRED[$((i + 1))]}: ${DEFERRED[$((i + 2))]}"
+	done
+	echo "SKIP systemd_e2e: $*"
+	echo "$PASSED passed, $FAILED failed, $((SKIPPED + 1)) skipped"
+	exit 77
+}
+
+if [ $# -ne 1 ]; then
+	echo "usage: $0 BUILD_DIR" >&2
+	exit 2
+fi
+BUILD=$(cd "$1" 2>/dev/null && pwd) || { echo "run-e2e: no build folder $1" >&2; exit 2; }
+T0=$(date +%s)
+
+# ---- can this machine run the container? -----------------------------------
+[ "$(id -u)" -eq 0 ] || skip_all "needs root (systemd-nspawn, mounts)"
+for tool in systemd-nspawn nsenter cmake python3 mount timeout; do
+	command -v "$tool" >/dev/null || skip_all "$tool is not installed (systemd-container, util-linux)"
+done
+for f in daemon/cprd client/cprctl tests/guest/cprd-guest.img; do
+	[ -e "$BUILD/$f" ] || { echo "run-e2e: $BUILD/$f is not built" >&2; exit 1; }
+done
+
+"$HERE/make-rootfs.sh" "$ROOTFS"
+rc=$?
+[ $rc -eq 77 ] && skip_all "no root file system: make-rootfs.sh could not build one (see above)"
+if [ $rc -ne 0 ]; then
+	DEFER=no
+	fail rootfs "make-rootfs.sh exited $rc"
+	echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+	exit 1
+fi
+note "root file system $ROOTFS: $(grep -h '^qemu=' "$ROOTFS/.cprd-rootfs-stamp" | cut -d= -f2-)"
+
+# ---- the per-run tree ------------------------------------------------------
+RUN=$(mktemp -d /var/tmp/cprd-e2e.XXXXXX)
+ROOT=$RUN/root
+MACHINE=cprd-e2e-$$
+NSPID=
+CPID=
+UPGRADE_CLIENT=
+OVERLAY=no
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	if [ -n "$UPGRADE_CLIENT" ]; then kill "$UPGRADE_CLIENT" 2>/dev/null; fi
+	if [ -n "$NSPID" ] && kill -0 "$NSPID" 2>/dev/null; then
+		[ -n "$CPID" ] && timeout 20 nsenter --target "$CPID" --all -- systemctl poweroff --no-block >/dev/null 2>&1
+		for _ in $(seq 1 60); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.5; done
+		if kill -0 "$NSPID" 2>/dev/null; then
+			note "container did not power off in 30 s; terminating systemd-nspawn $NSPID"
+			kill -TERM "$NSPID" 2>/dev/null
+			for _ in $(seq 1 20); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.5; done
+			kill -KILL "$NSPID" 2>/dev/null
+		fi
+		wait "$NSPID" 2>/dev/null
+	fi
+	if [ "$OVERLAY" = yes ]; then umount "$ROOT" 2>/dev/null || umount -l "$ROOT"; fi
+	if [ -n "${CPRD_TEST_KEEP:-}" ]; then
+		note "kept $RUN"
+	else
+		rm -rf --one-file-system "$RUN"
+	fi
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$RUN/upper" "$RUN/work" "$ROOT"
+t=$(date +%s)
+if mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$RUN/upper,workdir=$RUN/work" "$ROOT" 2>"$RUN/overlay.err"; then
+	OVERLAY=yes
+	note "per-run tree: overlayfs over the cache at $ROOT"
+else
+	note "overlayfs failed ($(tr -s '\n' ' ' <"$RUN/overlay.err")); copying the tree"
+	cp -a --reflink=auto "$ROOTFS/." "$ROOT/" || skip_all "cannot copy $ROOTFS to $ROOT"
+	note "per-run tree: a copy at $ROOT ($(($(date +%s) - t))s)"
+fi
+
+# ---- install the build -----------------------------------------------------
+if DESTDIR=$ROOT cmake --install "$BUILD" --prefix /usr >"$RUN/install.log" 2>&1; then
+	pass install "$(grep -c 'Installing\|Up-to-date' "$RUN/install.log") files into $ROOT/usr"
+else
+	fail install "cmake --install failed: $(tail -n 3 "$RUN/install.log" | tr '\n' ' ')"
+fi
+UNITDIR=$ROOT/usr/lib/systemd/system
+for u in cprd.service cprd.socket; do
+	[ -f "$UNITDIR/$u" ] || fail "install_$u" "$u is not in /usr/lib/systemd/system"
+done
+
+# The unit must start the binary that was installed.
+exec_start=$(sed -n 's/^ExecStart=[-@:+!]*\([^ ]*\).*/\1/p' "$UNITDIR/cprd.service" 2>/dev/null | head -n 1)
+if [ -n "$exec_start" ] && [ -x "$ROOT$exec_start" ]; then
+	pass unit_execstart "ExecStart=$exec_start is installed"
+else
+	fail unit_execstart "cprd.service runs '$exec_start' but 'cmake --install --prefix /usr' put cprd in /usr/sbin (the unit was configured for the build's CMAKE_INSTALL_PREFIX, not the install prefix)"
+	if [ -n "$exec_start" ] && [ -x "$ROOT/usr/sbin/cprd" ]; then
+		note "workaround for the checks below: $exec_start -> /usr/sbin/cprd"
+		mkdir -p "$ROOT$(dirname "$exec_start")"
+		ln -sf /usr/sbin/cprd "$ROOT$exec_start"
+	fi
+fi
+
+mkdir -p "$ROOT$GUEST_DIR"
+cp "$BUILD/tests/guest/cprd-guest.img" "$ROOT$GUEST_DIR/cprd-guest.img"
+install -m 0755 "$HERE/guest.py" "$ROOT$GUEST_DIR/guest.py"
+# A QEMU that waits before it becomes QEMU when it is an upgrade target
+# (-incoming): a wide window to kill cprd in the middle of an upgrade. One
+# process from start to end (no child), so the pid cprd knows is QEMU's.
+cat >"$ROOT$GUEST_DIR/qemu-slow" <<EOF
+#!/usr/bin/python3
+import os, sys, time
+if "-incoming" in sys.argv[1:]:
+    time.sleep($SLOW_SECONDS)
+os.execv("$QEMU", ["$QEMU"] + sys.argv[1:])
+EOF
+chmod 0755 "$ROOT$GUEST_DIR/qemu-slow"
+
+# ---- boot ------------------------------------------------------------------
+t_boot=$(date +%s)
+systemd-nspawn -q -b -D "$ROOT" --machine "$MACHINE" --register=no --keep-unit \
+	--private-network --console=read-only </dev/null >"$RUN/boot.log" 2>&1 &
+NSPID=$!
+note "systemd-nspawn pid $NSPID, machine $MACHINE"
+
+boot_tail() { tail -n 15 "$RUN/boot.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/#   /'; }
+for _ in $(seq 1 300); do
+	kill -0 "$NSPID" 2>/dev/null || break
+	for c in $(ps -o pid= --ppid "$NSPID" 2>/dev/null); do
+		if awk '/^NSpid:/ { exit !($NF == 1 && NF > 2) }' "/proc/$c/status" 2>/dev/null; then
+			CPID=$c
+			break
+		fi
+	done
+	[ -n "$CPID" ] && break
+	sleep 0.1
+done
+if [ -z "$CPID" ]; then
+	boot_tail
+	kill -0 "$NSPID" 2>/dev/null || { wait "$NSPID"; NSPID_RC=$?; NSPID=; }
+	skip_all "systemd-nspawn did not start a container (exit ${NSPID_RC:-none}: $(sed 's/\x1b\[[0-9;]*m//g' "$RUN/boot.log" | grep -v '^ *$' | tail -n 1 | sed 's/^ *//'))"
+fi
+
+ENVI=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb)
+# cin [--timeout S] CMD...: run CMD inside the container.
+cin() {
+	local to=60
+	if [ "$1" = --timeout ]; then to=$2; shift 2; fi
+	nsenter --target "$CPID" --all -- "${ENVI[@]}" timeout -k 5 "$to" "$@"
+}
+cprctl() { cin --timeout 90 cprctl "$@"; }
+
+state=
+deadline=$(($(date +%s) + 180))
+while [ "$(date +%s)" -lt "$deadline" ]; do
+	state=$(cin --timeout $((deadline - $(date +%s) + 1)) systemctl is-system-running --wait 2>/dev/null)
+	case $state in running | degraded) break ;; esac
+	kill -0 "$NSPID" 2>/dev/null || break
+	sleep 1
+done
+case $state in
+running) note "container booted to 'running' in $(($(date +%s) - t_boot))s (PID 1 is pid $CPID on the host)" ;;
+degraded)
+	note "container booted to 'degraded' in $(($(date +%s) - t_boot))s; failed units:"
+	cin systemctl --failed --no-legend | sed 's/^/#   /'
+	;;
+*)
+	boot_tail
+	skip_all "the container's systemd did not come up (state '${state:-none}')"
+	;;
+esac
+
+flush_deferred
+
+# ---- helpers for the checks ------------------------------------------------
+# J EXPR: evaluate a Python expression on the JSON document on stdin (d);
+# the last non-empty line is used when several JSON lines come.
+J() {
+	python3 -c '
+import json, sys
+text = sys.stdin.read().strip()
+try:
+    d = json.loads(text)
+except ValueError:
+    lines = [l for l in text.splitlines() if l.strip().startswith("{")]
+    d = json.loads(lines[-1]) if lines else None
+try:
+    v = eval(sys.argv[1], {"d": d})
+except Exception:
+    v = None
+print("" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v))
+' "$1"
+}
+main_pid() { cin systemctl show -p MainPID --value cprd.service; }
+prop() { cin systemctl show -p "$2" --value "$1"; }
+vm_status() { cprctl status "$VM" --json 2>/dev/null; }
+ram() { cin "$GUEST_DIR/guest.py" ram "$1" "$VM" 2>/dev/null; }
+console_lines() { cin sh -c "wc -l < /var/lib/cprd/vms/$VM/console.log" 2>/dev/null || echo 0; }
+alive() { cin test -d "/proc/$1"; }
+# wait_for SECONDS CMD...: until CMD succeeds.
+wait_for() {
+	local end=$(($(date +%s) + $1))
+	shift
+	while ! "$@" >/dev/null 2>&1; do
+		[ "$(date +%s)" -ge "$end" ] && return 1
+		sleep 0.5
+	done
+}
+cprd_answers() { cprctl list >/dev/null 2>&1; }
+# guest_progress NAME PID: the guest's tick counter (read through the memfd
+# PID holds) goes up.
+guest_progress() {
+	local name=$1 pid=$2 a b t1 t2
+	a=$(ram "$pid") || { fail "$name" "$(echo "$a" | J 'd["error"]')"; return 1; }
+	sleep 2
+	b=$(ram "$pid") || { fail "$name" "$(echo "$b" | J 'd["error"]')"; return 1; }
+	t1=$(echo "$a" | J 'd["ticks"]')
+	t2=$(echo "$b" | J 'd["ticks"]')
+	if [ "$(echo "$b" | J 'd["magic"]')" = CPRDGST1 ] && [ "$t2" -gt "$t1" ]; then
+		pass "$name" "ticks $t1 -> $t2 in 2 s (via pid $pid's memfd)"
+	else
+		fail "$name" "magic '$(echo "$b" | J 'd["magic"]')', ticks $t1 -> $t2 in 2 s"
+		return 1
+	fi
+}
+# console_progress NAME BEFORE: the console log grows past BEFORE lines.
+console_progress() {
+	local name=$1 before=$2 now
+	for _ in $(seq 1 16); do
+		now=$(console_lines)
+		[ "$now" -gt "$before" ] && break
+		sleep 0.5
+	done
+	verdict "$name" $(($now > $before ? 0 : 1)) "console.log lines $before -> $now"
+}
+# in_scope NAME PID: PID's cgroup is a scope under machine.slice, not cprd.service.
+in_scope() {
+	local name=$1 pid=$2 cg unit
+	cg=$(cin "$GUEST_DIR/guest.py" cgroup "$pid" | J 'd.get("path")')
+	unit=${cg##*/}
+	if [[ "$cg" == */machine.slice/*.scope ]] && [[ "$cg" != *cprd.service* ]]; then
+		if cin systemctl status --no-pager "$unit" >"$RUN/scope-status.txt" 2>&1; then
+			pass "$name" "pid $pid in $cg; systemctl status $unit: $(grep -m1 'Active:' "$RUN/scope-status.txt" | sed 's/^ *//')"
+		else
+			fail "$name" "pid $pid in $cg but 'systemctl status $unit' fails"
+		fi
+		[ "$unit" = "cprd-vm-$VM.scope" ] || note "the scope is named $unit, not cprd-vm-$VM.scope"
+	else
+		fail "$name" "QEMU pid $pid is in cgroup '$cg', not in a scope under machine.slice"
+	fi
+}
+status_field() { echo "$1" | J "$2"; }
+
+# ---- the checks ------------------------------------------------------------
+# sysusers: what a package's postinst does.
+cin systemd-sysusers >/dev/null 2>&1
+if cin getent group cprd >/dev/null; then
+	pass sysusers_group "group cprd (gid $(cin getent group cprd | cut -d: -f3))"
+else
+	fail sysusers_group "systemd-sysusers created no group cprd from /usr/lib/sysusers.d"
+fi
+cin systemctl daemon-reload
+
+out=$(cin systemd-analyze verify /usr/lib/systemd/system/cprd.service /usr/lib/systemd/system/cprd.socket 2>&1)
+rc=$?
+echo "$out" | grep -v '^$' | sed 's/^/# verify: /'
+if [ $rc -eq 0 ] && ! echo "$out" | grep -qiE 'error|failed|bad |invalid|unknown'; then
+	pass analyze_verify "$(echo "$out" | grep -c .) lines of warnings"
+else
+	fail analyze_verify "systemd-analyze verify exited $rc (output above)"
+fi
+
+if cin systemctl start cprd.socket && [ "$(prop cprd.socket ActiveState)" = active ]; then
+	perms=$(cin stat -c '%a %G %F' /run/cprd/io.cprd.Manager 2>&1)
+	verdict socket_start $([ "$perms" = "660 cprd socket" ] && echo 0 || echo 1) "/run/cprd/io.cprd.Manager: $perms"
+else
+	fail socket_start "systemctl start cprd.socket: $(prop cprd.socket ActiveState)"
+fi
+
+out=$(cprctl list 2>&1)
+rc=$?
+if [ $rc -eq 0 ] && [ "$(prop cprd.service ActiveState)" = active ]; then
+	pass socket_activation "cprctl list started cprd.service (main pid $(main_pid))"
+else
+	fail socket_activation "cprctl list exited $rc ($out); cprd.service is $(prop cprd.service ActiveState)"
+	cin systemctl start cprd.service
+fi
+note "cprd.service: $(cin systemctl show -p Type -p NotifyAccess -p WatchdogUSec -p FileDescriptorStoreMax -p KillMode cprd.service | tr '\n' ' ')"
+
+cprctl create "$VM" --memory 64 --qemu "$QEMU" --accel tcg --disk "$GUEST_DIR/cprd-guest.img,readonly" >"$RUN/create.txt" 2>&1
+rc_create=$?
+cprctl start "$VM" >"$RUN/start.txt" 2>&1
+rc_start=$?
+st=$(vm_status)
+QPID=$(status_field "$st" 'd["pid"]')
+if [ $rc_create -eq 0 ] && [ $rc_start -eq 0 ] && [ "$(status_field "$st" 'd["state"]')" = running ] && [ -n "$QPID" ]; then
+	pass vm_start "$VM runs, QEMU pid $QPID"
+else
+	fail vm_start "create exited $rc_create, start $rc_start: $(cat "$RUN/create.txt" "$RUN/start.txt" | tr '\n' ' ')"
+fi
+QPID=${QPID:-0}
+CPRD=$(main_pid)
+guest_progress guest_runs "$CPRD"
+sleep 1
+console_progress guest_console 0
+in_scope qemu_scope "$QPID"
+
+# STATUS= must say how many VMs run: here the number in the clause that
+# says "running" is 1. cprd may update it on a timer: wait up to 15 s.
+running_count() {
+	python3 -c '
+import re, sys
+for clause in re.split(r"[,;]", sys.argv[1]):
+    if "running" in clause:
+        m = re.search(r"\d+", clause)
+        print(m.group(0) if m else "")
+        break' "$1"
+}
+t=$(date +%s)
+for _ in $(seq 1 30); do
+	status_text=$(prop cprd.service StatusText)
+	[ "$(running_count "$status_text")" = 1 ] && break
+	sleep 0.5
+done
+if [ "$(running_count "$status_text")" = 1 ]; then
+	pass status_text "STATUS=$status_text (after $(($(date +%s) - t))s)"
+else
+	fail status_text "StatusText '$status_text' does not say that 1 VM runs (waited 15 s)"
+fi
+
+# ---- systemctl restart -----------------------------------------------------
+before=$(ram "$CPRD")
+lines_before=$(console_lines)
+ticks_before=$(echo "$before" | J 'd["ticks"]')
+if cin systemctl restart cprd.service && wait_for 30 cprd_answers; then
+	NEW=$(main_pid)
+	verdict restart "$([ "$NEW" != "$CPRD" ] && [ "$NEW" != 0 ] && echo 0 || echo 1)" "cprd main pid $CPRD -> $NEW"
+	CPRD=$NEW
+else
+	fail restart "systemctl restart cprd failed or cprd does not answer: $(prop cprd.service ActiveState)"
+	CPRD=$(main_pid)
+fi
+verdict restart_qemu_alive "$(alive "$QPID" && echo 0 || echo 1)" "QEMU pid $QPID"
+after=$(ram "$CPRD")
+if [ -n "$after" ] && [ "$(echo "$after" | J 'd["magic"]')" = CPRDGST1 ] &&
+	[ "$(echo "$after" | J 'd["ticks"]')" -ge "${ticks_before:-0}" ] &&
+	[ "$(echo "$after" | J 'd["inode"]')" = "$(ram "$QPID" | J 'd["inode"]')" ]; then
+	pass restart_fdstore_memfd "new cprd $CPRD holds /memfd:cprd:$VM:ram0 (fd $(echo "$after" | J 'd["fd"]'), the same inode as QEMU's, ticks $ticks_before -> $(echo "$after" | J 'd["ticks"]'))"
+else
+	fail restart_fdstore_memfd "cprd $CPRD: ${after:-$(ram "$CPRD")}; QEMU's: $(ram "$QPID")"
+fi
+guest_progress restart_guest_counter "$QPID"
+console_progress restart_guest_console "$lines_before"
+st=$(vm_status)
+if [ "$(status_field "$st" 'd["state"]')" = running ] && [ "$(status_field "$st" 'd["pid"]')" = "$QPID" ]; then
+	pass restart_status "cprctl status: running, pid $QPID"
+else
+	fail restart_status "cprctl status after restart: state '$(status_field "$st" 'd["state"]')', pid '$(status_field "$st" 'd["pid"]')' (was $QPID)"
+fi
+
+# ---- an upgrade after the restart -----------------------------------------
+# do_upgrade NAME: upgrade $VM to $QEMU; it must commit and keep the guest.
+do_upgrade() {
+	local name=$1 out rc outcome st nq t ticks
+	ticks=$(ram "$QPID" | J 'd["ticks"]')
+	out=$(cprctl upgrade "$VM" --qemu "$QEMU" --json 2>"$RUN/$name.err")
+	rc=$?
+	echo "$out" >"$RUN/$name.jsonl"
+	outcome=$(echo "$out" | J 'd.get("outcome")')
+	st=$(vm_status)
+	nq=$(status_field "$st" 'd["pid"]')
+	if [ $rc -eq 0 ] && [ "$outcome" = committed ] && [ -n "$nq" ] && [ "$nq" != "$QPID" ]; then
+		t=$(ram "$nq" | J 'd["ticks"]')
+		if [ "${t:-0}" -ge "${ticks:-0}" ]; then
+			pass "$name" "committed, QEMU pid $QPID -> $nq, pause $(echo "$out" | J 'd.get("pauseMs")') ms, ticks $ticks -> $t (no reboot)"
+		else
+			fail "$name" "committed, but ticks went $ticks -> $t: the guest rebooted"
+		fi
+		QPID=$nq
+	else
+		fail "$name" "exit $rc, outcome '$outcome': $(tail -n 2 "$RUN/$name.err" | tr '\n' ' ') $(echo "$out" | tail -n 1)"
+		QPID=${nq:-$QPID}
+		return 1
+	fi
+}
+# custody NAME: cprd (main pid) holds the guest RAM memfd, the same file the
+# running QEMU maps.
+custody() {
+	local name=$1 cprd q c
+	cprd=$(main_pid)
+	c=$(ram "$cprd")
+	q=$(ram "$QPID")
+	if [ -n "$c" ] && [ "$(echo "$c" | J 'd.get("inode")')" = "$(echo "$q" | J 'd.get("inode")')" ] &&
+		[ "$(echo "$c" | J 'd.get("magic")')" = CPRDGST1 ]; then
+		pass "$name" "cprd $cprd holds /memfd:cprd:$VM:ram0 as fd $(echo "$c" | J 'd["fd"]'), the file QEMU $QPID maps"
+	else
+		fail "$name" "cprd $cprd: ${c:-nothing}; QEMU $QPID: ${q:-nothing}"
+	fi
+}
+# vm_running NAME: cprctl status says running on QEMU $QPID.
+vm_running() {
+	local st
+	st=$(vm_status)
+	if [ "$(status_field "$st" 'd["state"]')" = running ] && [ "$(status_field "$st" 'd["pid"]')" = "$QPID" ] && alive "$QPID"; then
+		pass "$1" "$VM running on QEMU pid $QPID"
+	else
+		fail "$1" "state '$(status_field "$st" 'd["state"]')', pid '$(status_field "$st" 'd["pid"]')' (QEMU is $QPID)"
+	fi
+}
+
+do_upgrade upgrade_after_restart && in_scope upgrade_qemu_scope "$QPID"
+
+# ---- restart once more: custody of the upgraded VM --------------------------
+if cin systemctl restart cprd.service && wait_for 30 cprd_answers; then
+	custody upgrade_restart_custody
+	vm_running upgrade_restart_status
+else
+	fail upgrade_restart_custody "systemctl restart cprd: $(prop cprd.service ActiveState)"
+fi
+CPRD=$(main_pid)
+
+# ---- systemctl reload: re-exec in place -------------------------------------
+restarts_before=$(prop cprd.service NRestarts)
+rc=0
+cin systemctl reload cprd.service || rc=$?
+wait_for 30 cprd_answers
+NEW=$(main_pid)
+if [ $rc -eq 0 ] && [ "$NEW" = "$CPRD" ] && [ "$(prop cprd.service ActiveState)" = active ] &&
+	[ "$(prop cprd.service NRestarts)" = "$restarts_before" ]; then
+	pass reload_same_pid "systemctl reload kept main pid $CPRD"
+else
+	fail reload_same_pid "reload exited $rc; main pid $CPRD -> $NEW, $(prop cprd.service ActiveState), restarts $restarts_before -> $(prop cprd.service NRestarts)"
+fi
+CPRD=$NEW
+if cin journalctl -u cprd.service --no-pager -o cat | grep -qiE 're-?exec'; then
+	note "cprd logged: $(cin journalctl -u cprd.service --no-pager -o cat | grep -iE 're-?exec' | tail -n 1)"
+fi
+vm_running reload_guest
+custody reload_custody
+guest_progress reload_guest_counter "$QPID"
+# QMP survived the re-exec if another upgrade works.
+do_upgrade reload_upgrade
+
+# ---- systemctl stop: the guest stays ----------------------------------------
+lines_before=$(console_lines)
+cin systemctl stop cprd.service 2>&1 | sed 's/^/# /'
+verdict stop_service "$([ "$(prop cprd.service ActiveState)" != active ] && echo 0 || echo 1)" "cprd.service is $(prop cprd.service ActiveState), cprd.socket $(prop cprd.socket ActiveState)"
+verdict stop_qemu_alive "$(alive "$QPID" && echo 0 || echo 1)" "QEMU pid $QPID after systemctl stop cprd"
+guest_progress stop_guest_counter "$QPID"
+# Socket activation brings cprd back, and it finds the guest again.
+if wait_for 30 cprd_answers; then
+	note "cprctl list re-activated cprd (pid $(main_pid))"
+	vm_running stop_reattach
+else
+	fail stop_reattach "cprctl list did not re-activate cprd: $(prop cprd.service ActiveState)"
+fi
+custody stop_custody
+console_progress stop_guest_console "$lines_before"
+do_upgrade stop_upgrade
+CPRD=$(main_pid)
+
+# ---- the journal -----------------------------------------------------------
+cin journalctl -u cprd.service "VM=$VM" -o json --no-pager >"$RUN/journal-vm.json" 2>&1
+read -r n_vm n_phase phases <<<"$(python3 -c '
+import json, sys
+n = p = 0
+ph = []
+for line in open(sys.argv[1]):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if e.get("VM") == sys.argv[2]:
+        n += 1
+        if "PHASE" in e:
+            p += 1
+            if e["PHASE"] not in ph:
+                ph.append(e["PHASE"])
+print(n, p, ",".join(ph) or "-")' "$RUN/journal-vm.json" "$VM")"
+verdict journal_vm_field "$([ "${n_vm:-0}" -gt 0 ] && echo 0 || echo 1)" "journalctl -u cprd VM=$VM: ${n_vm:-0} entries"
+verdict journal_phase_field "$([ "${n_phase:-0}" -gt 0 ] && echo 0 || echo 1)" "${n_phase:-0} of them with PHASE= ($phases)"
+
+# ---- stop and delete -------------------------------------------------------
+if cprctl stop "$VM" --force >"$RUN/stop.txt" 2>&1 && wait_for 30 sh -c "! nsenter --target $CPID --all -- test -d /proc/$QPID"; then
+	pass vm_stop "QEMU pid $QPID exited"
+else
+	fail vm_stop "cprctl stop: $(tr '\n' ' ' <"$RUN/stop.txt")"
+fi
+if cprctl delete "$VM" >"$RUN/delete.txt" 2>&1; then
+	pass vm_delete "$VM deleted"
+else
+	fail vm_delete "cprctl delete: $(tr '\n' ' ' <"$RUN/delete.txt")"
+fi
+
+# ---- kill -9 of cprd in the middle of an upgrade ----------------------------
+# On a fresh VM, so that what went wrong above does not decide this.
+VM=vm2
+CPRD=$(main_pid)
+cprctl create "$VM" --memory 64 --qemu "$QEMU" --accel tcg --disk "$GUEST_DIR/cprd-guest.img,readonly" >"$RUN/create2.txt" 2>&1 &&
+	cprctl start "$VM" >>"$RUN/create2.txt" 2>&1
+st=$(vm_status)
+QPID=$(status_field "$st" 'd["pid"]')
+if [ "$(status_field "$st" 'd["state"]')" = running ] && [ -n "$QPID" ]; then
+	note "$VM runs, QEMU pid $QPID"
+	sleep 2
+else
+	fail kill9_setup "$VM did not start: $(tr '\n' ' ' <"$RUN/create2.txt")"
+	QPID=0
+fi
+hist_before=$(status_field "$st" 'len(d.get("upgrades") or [])')
+ticks_before=$(ram "$QPID" | J 'd["ticks"]')
+lines_before=$(console_lines)
+nsenter --target "$CPID" --all -- "${ENVI[@]}" timeout 120 sh -c \
+	"cprctl upgrade $VM --qemu $GUEST_DIR/qemu-slow --json >$GUEST_DIR/kill9-upgrade.jsonl 2>&1" &
+UPGRADE_CLIENT=$!
+# Wait until the target (the wrapper, sleeping before it becomes QEMU) is
+# started and cprd is in spawn-target or transfer.
+phase=
+for _ in $(seq 1 80); do
+	phase=$(cin tail -n 1 "$GUEST_DIR/kill9-upgrade.jsonl" 2>/dev/null | J 'd.get("phase") or d.get("outcome") or d.get("error")')
+	case $phase in spawn* | transfer | resume) break ;; esac
+	kill -0 "$UPGRADE_CLIENT" 2>/dev/null || break
+	sleep 0.25
+done
+sleep 0.5
+phase=$(cin tail -n 1 "$GUEST_DIR/kill9-upgrade.jsonl" 2>/dev/null | J 'd.get("phase") or d.get("outcome") or d.get("error")')
+q=$(cin "$GUEST_DIR/guest.py" qemus)
+KILLED=$(main_pid)
+cin systemctl kill --kill-who=main --signal=SIGKILL cprd.service
+case $phase in
+spawn* | transfer | resume)
+	pass kill9_in_flight "killed cprd $KILLED with SIGKILL in upgrade phase '$phase' (processes $q)"
+	;;
+*)
+	fail kill9_in_flight "the upgrade was not under way when cprd $KILLED was killed: last line '$(cin tail -n 1 "$GUEST_DIR/kill9-upgrade.jsonl" 2>/dev/null)'"
+	;;
+esac
+wait "$UPGRADE_CLIENT" 2>/dev/null
+UPGRADE_CLIENT=
+# Restart=on-failure may bring it back by itself; start it in any case.
+sleep 1
+cin systemctl start cprd.service
+wait_for 30 cprd_answers
+# Wait for the wrapper to have become QEMU or to be gone, and for cprd to
+# settle the upgrade.
+settled=no
+for _ in $(seq 1 $((SLOW_SECONDS * 2 + 60))); do
+	st=$(vm_status)
+	w=$(cin "$GUEST_DIR/guest.py" qemus | J 'len(d["wrappers"])')
+	s=$(status_field "$st" 'd["state"]')
+	if [ "$w" = 0 ] && [ -n "$s" ] && [ "$s" != upgrading ]; then
+		settled=yes
+		break
+	fi
+	sleep 0.5
+done
+NEW=$(main_pid)
+note "cprd after kill -9: main pid $KILLED -> $NEW; $VM '$(status_field "$st" 'd["state"]')', settled: $settled"
+outcome=$(status_field "$st" '(d.get("upgrades") or [{}])[-1].get("outcome")')
+hist_after=$(status_field "$st" 'len(d.get("upgrades") or [])')
+if [ "$settled" = yes ] && [ "${hist_after:-0}" -gt "${hist_before:-0}" ] &&
+	{ [ "$outcome" = committed ] || [ "$outcome" = rolled-back ]; }; then
+	pass kill9_upgrade_resolved "the interrupted upgrade ended '$outcome': $(status_field "$st" '(d.get("upgrades") or [{}])[-1].get("reason")')"
+else
+	fail kill9_upgrade_resolved "settled: $settled; upgrade history $hist_before -> $hist_after entries, last outcome '$outcome'; state '$(status_field "$st" 'd["state"]')'"
+fi
+QPID2=$(status_field "$st" 'd["pid"]')
+if [ "$(status_field "$st" 'd["state"]')" = running ] && [ -n "$QPID2" ] && alive "$QPID2"; then
+	pass kill9_guest_running "$VM running on QEMU pid $QPID2 (was $QPID)"
+	t=$(ram "$QPID2" | J 'd["ticks"]')
+	verdict kill9_guest_kept "$([ "${t:-0}" -ge "${ticks_before:-0}" ] && echo 0 || echo 1)" "ticks $ticks_before before the upgrade, $t now (no reboot)"
+	guest_progress kill9_guest_counter "$QPID2"
+	console_progress kill9_guest_console "$lines_before"
+	QPID=$QPID2
+else
+	fail kill9_guest_running "state '$(status_field "$st" 'd["state"]')', pid '$QPID2'"
+fi
+q=$(cin "$GUEST_DIR/guest.py" qemus)
+nq=$(echo "$q" | J 'len(d["qemu"]) + len(d["wrappers"])')
+verdict kill9_no_orphan "$([ "$nq" = 1 ] && [ "$(echo "$q" | J 'd["qemu"][0]')" = "$QPID" ] && echo 0 || echo 1)" "QEMU processes in the container: $q"
+if [ -n "$QPID" ] && alive "$QPID"; then
+	in_scope kill9_qemu_scope "$QPID"
+fi
+
+# ---- delete takes the fds out of the store ----------------------------------
+cin systemctl restart cprd.service
+wait_for 30 cprd_answers
+CPRD=$(main_pid)
+held_before=$(cin sh -c "ls -l /proc/$CPRD/fd | grep -c 'memfd:cprd:$VM:'")
+cprctl stop "$VM" --force >/dev/null 2>&1
+wait_for 30 sh -c "! nsenter --target $CPID --all -- test -d /proc/$QPID"
+cprctl delete "$VM" >"$RUN/delete2.txt" 2>&1
+cin systemctl restart cprd.service
+wait_for 30 cprd_answers
+CPRD=$(main_pid)
+held_after=$(cin sh -c "ls -l /proc/$CPRD/fd | grep -c 'memfd:cprd:$VM:'")
+if [ "${held_before:-0}" -gt 0 ] && [ "$held_after" = 0 ]; then
+	pass delete_fdstore "$VM's memfd came back from the store before the delete, not after it"
+else
+	fail delete_fdstore "cprd held $held_before memfds of $VM after a restart before the delete, $held_after after it ($(tr '\n' ' ' <"$RUN/delete2.txt"))"
+fi
+
+# ---- the watchdog ----------------------------------------------------------
+# WatchdogSec=30s would need a long quiet wait: a drop-in makes it 4 s, and
+# cprd must keep pinging (it reads WATCHDOG_USEC) for 12 s without being
+# killed and restarted.
+wd_unit=$(prop cprd.service WatchdogUSec)
+cin sh -c 'mkdir -p /run/systemd/system/cprd.service.d &&
+	printf "[Service]\nWatchdogSec=4s\n" >/run/systemd/system/cprd.service.d/e2e-watchdog.conf' &&
+	cin systemctl daemon-reload
+t=$(date +%s)
+cin systemctl restart cprd.service
+wait_for 30 cprd_answers
+CPRD=$(main_pid)
+restarts_before=$(prop cprd.service NRestarts)
+sleep 12
+timeouts=$(cin journalctl -u cprd.service --since "@$t" --no-pager -o cat | grep -ci 'watchdog timeout')
+if [ "$(prop cprd.service WatchdogUSec)" = 4s ] && [ "$(main_pid)" = "$CPRD" ] &&
+	[ "$(prop cprd.service ActiveState)" = active ] && [ "$timeouts" = 0 ] &&
+	[ "$(prop cprd.service NRestarts)" = "$restarts_before" ]; then
+	pass watchdog "WatchdogSec=4s (the unit says $wd_unit): cprd $CPRD kept pinging for 12 s"
+else
+	fail watchdog "WatchdogUSec=$(prop cprd.service WatchdogUSec): main pid $CPRD -> $(main_pid), $timeouts watchdog timeouts, restarts $restarts_before -> $(prop cprd.service NRestarts)"
+fi
+cin rm -f /run/systemd/system/cprd.service.d/e2e-watchdog.conf
+cin systemctl daemon-reload
+
+# ---- done ------------------------------------------------------------------
+if [ $FAILED -gt 0 ]; then
+	note "the last lines of cprd's journal:"
+	cin journalctl -u cprd.service --no-pager -o short-monotonic -n 60 | sed 's/^/#   /'
+	cin journalctl -u cprd.service --no-pager -o short-monotonic >"$RUN/cprd-journal.txt" 2>&1
+fi
+note "total $(($(date +%s) - T0))s"
+[ $FAILED -gt 0 ] && note "failed: ${FAILED_NAMES[*]}"
+echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+[ $FAILED -eq 0 ]

@@ -768,9 +768,11 @@ static void on_poll(evutil_socket_t fd, short what, void *userdata) {
 	struct stat st;
 	switch (u->phase) {
 	case PHASE_SPAWN:
-		/* cpr-transfer: the target binds the cpr socket, then blocks
-		 * reading it; migrate may go out once the socket exists. */
-		if (stat(u->cpr_path, &st) == 0 && S_ISSOCK(st.st_mode))
+		/* cpr-transfer: the target binds the cpr socket, listens, then
+		 * blocks accepting on it. The file appears at bind, before
+		 * listen: migrate may go out only once the socket listens, or the
+		 * old QEMU's connect is refused. */
+		if (stat(u->cpr_path, &st) == 0 && S_ISSOCK(st.st_mode) && unix_socket_listening(u->cpr_path))
 			return upgrade_next(u, "transfer", upgrade_send_migrate);
 		arm(u->poll_timer, UPGRADE_POLL_MS);
 		return;

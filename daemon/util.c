@@ -273,3 +273,27 @@ pid_t proc_parent(pid_t pid) {
 		return -1;
 	return (pid_t)ppid;
 }
+
+bool unix_socket_listening(const char *path) {
+	_cleanup_free_ char *line = NULL;
+	size_t cap = 0, plen = strlen(path);
+	bool found = false;
+	FILE *f = fopen("/proc/net/unix", "re");
+	if (!f)
+		return false;
+	/* "Num RefCount Protocol Flags Type St Inode Path"; flag 0x10000 is
+	 * __SO_ACCEPTCON, set by listen(). */
+	while (!found && getline(&line, &cap, f) > 0) {
+		unsigned long flags;
+		int path_at = 0;
+		size_t n = strlen(line);
+		if (n && line[n - 1] == '\n')
+			line[--n] = '\0';
+		if (sscanf(line, "%*s %*s %*s %lx %*s %*s %*s %n", &flags, &path_at) < 1 || path_at == 0)
+			continue;
+		if (n - (size_t)path_at == plen && memcmp(line + path_at, path, plen) == 0 && (flags & 0x10000))
+			found = true;
+	}
+	fclose(f);
+	return found;
+}

@@ -1113,6 +1113,7 @@ void vm_free(struct vm *vm) {
 		event_free(vm->op_timer);
 	json_object_put(vm->last_exit);
 	json_object_put(vm->history);
+	json_object_put(vm->spec_json);
 	spec_free(vm->spec);
 	free(vm->name);
 	free(vm->dir);
@@ -1121,6 +1122,9 @@ void vm_free(struct vm *vm) {
 
 int vm_save(struct vm *vm) {
 	char path[PATH_MAX];
+	/* Every change of the spec is saved: drop the cached JSON here. */
+	json_object_put(vm->spec_json);
+	vm->spec_json = NULL;
 	_cleanup_json_ struct json_object *o = json_object_new_object();
 	json_object_object_add(o, "spec", spec_to_json(vm->spec));
 	json_object_object_add(o, "upgrades", json_object_get(vm->history));
@@ -1194,7 +1198,10 @@ struct json_object *vm_to_json(struct vm *vm) {
 		state = "upgrading";
 	json_object_object_add(o, "name", json_object_new_string(vm->name));
 	json_object_object_add(o, "state", json_object_new_string(state));
-	json_object_object_add(o, "spec", spec_to_json(vm->spec));
+	/* The spec rarely changes; ListVMs of many VMs should not rebuild it. */
+	if (!vm->spec_json)
+		vm->spec_json = spec_to_json(vm->spec);
+	json_object_object_add(o, "spec", json_object_get(vm->spec_json));
 	json_object_object_add(o, "machine", json_object_new_string(vm->spec->machine));
 	json_object_object_add(o, "qemu", json_object_new_string(vm->qemu ? vm->qemu->binary : vm->spec->qemu));
 	if (vm->qemu) {

@@ -1,0 +1,669 @@
+#!/usr/bin/python3
+"""What an upgrade costs (issue 4), for guests whose RAM is all dirty.
+
+For each guest size (default 256 MiB, 1 GiB, 4 GiB, 8 GiB):
+ (a) cprctl: a VM in a private cprd, its guest RAM memfd filled with
+     non-zero bytes through /proc/CPRD/fd/N, then `cprctl upgrade NAME
+     --qemu Q --mode cpr-transfer --json`: the guest pause (pauseMs, QEMU's
+     STOP on the old to RESUME on the new) and the wall time around the
+     cprctl process.
+ (b) the floor: the same cpr-transfer driven from here with the fewest QMP
+     commands, on QEMUs started with cprd's own command line (taken from the
+     VM's qemu.log) and a memfd made here: migrate-set-parameters
+     mode=cpr-transfer, then migrate with the main and cpr channels. Pause =
+     RESUME timestamp on the target - STOP timestamp on the source; total =
+     migrate sent -> RESUME.
+ (c) a plain live migration that copies RAM, as operators do without CPR:
+     the source on the dirtied memfd, the target on private RAM
+     (memory-backend-ram), `-incoming unix:`, no x-ignore-shared,
+     max-bandwidth raised to 10 GB/s (QEMU's default cap of 128 MiB/s would
+     otherwise set the time). Total = migrate sent -> RESUME on the target;
+     downtime and total-time from query-migrate.
+And (d) 20 VMs of 64 MiB upgraded with `cprctl upgrade vm1..vm20 --parallel
+N` for N = 1, 2, 4.
+
+It prints figures; it is not a test. It exits non-zero if something it drives
+fails (an upgrade does not commit, a guest stops ticking, a migration fails).
+
+Usage: upgrade_bench.py [--sizes 256M,1G,4G,8G] [--quick] [--reps N]
+                        [--no-plain] [--no-many] [--cprd PATH] [--cprctl PATH]
+                        [--qemu PATH] [--guest-image PATH] [--keep]
+"""
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (GiB, MiB, QMP, BenchError, Console, Cprd, Qemu, Workdir,  # noqa: E402
+                      argv_without, dirty_ram, fmt_size, loadavg, log, log_tail, meminfo, median,
+                      parse_size, read_ticks, split_cmdline, wait_guest_ticking)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLAIN_MAX_BANDWIDTH = 10 * 1000 ** 3  # bytes/s
+PLAIN_MARGIN = 2 * GiB               # kept free beyond source + target RAM
+
+
+def check_ticking(fd, what, before=None):
+    t = wait_guest_ticking(fd, 15, what)
+    if before is not None and t < before:
+        raise BenchError(f"{what}: the guest's tick counter went back from {before} to {t}")
+    return t
+
+
+def open_rw(path):
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+# ---- (a) cprctl --------------------------------------------------------------
+
+PHASES = ["spawn-target", "transfer", "resume", "verify", "retire", "commit"]
+
+
+def run_cprctl_upgrade(cprd, *args, timeout=600):
+    """Runs `cprctl --json upgrade ARGS`, noting when each line arrives.
+    Returns (returncode, [(ms since exec, parsed line)], stderr, wall ms)."""
+    cmd = [cprd.cprctl, "--address", cprd.address, "upgrade", *args, "--json"]
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    lines = []
+    buf = b""
+    deadline = t0 + timeout
+    while True:
+        data = p.stdout.read1(65536) if hasattr(p.stdout, "read1") else os.read(p.stdout.fileno(), 65536)
+        now = (time.monotonic() - t0) * 1000.0
+        if not data:
+            break
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            try:
+                lines.append((now, json.loads(line)))
+            except ValueError:
+                pass
+        if time.monotonic() > deadline:
+            p.kill()
+            raise BenchError(f"cprctl upgrade {' '.join(args)} did not end within {timeout} s")
+    err = p.stderr.read().decode(errors="replace")
+    rc = p.wait()
+    return rc, lines, err, (time.monotonic() - t0) * 1000.0
+
+
+class CprctlRun:
+    """(a): a VM in cprd, its RAM dirtied through /proc/CPRD/fd/N, upgraded
+    with cprctl."""
+
+    def __init__(self, cprd, a, size):
+        self.cprd, self.a, self.size = cprd, a, size
+        self.name = f"up{size // MiB}m"
+        self.res = {"pause": [], "wall": [], "total": [], "sent": [], "phases": []}
+        self.fd = None
+        cprd.create_vm(self.name, size // MiB, a.qemu, a.guest_image)
+        try:
+            cprd.start_vm(self.name)
+            self.fd = open_rw(cprd.ram_fd_path(self.name))
+            check_ticking(self.fd, f"{self.name} after start")
+            t0 = time.monotonic()
+            self.res["dirty_bytes"] = dirty_ram(self.fd, size)
+            self.res["dirty_s"] = time.monotonic() - t0
+            self.ticks = check_ticking(self.fd, f"{self.name} after dirtying its RAM")
+            self.res["cmdline"] = cprd.qemu_cmdlines(self.name)[0]
+        except BaseException:
+            self.close()
+            raise
+
+    def upgrade(self, rep):
+        rc, lines, err, wall = run_cprctl_upgrade(self.cprd, self.name, "--qemu", self.a.qemu,
+                                                  "--mode", "cpr-transfer")
+        result = None
+        marks = {}
+        for t, o in lines:
+            if "outcome" in o:
+                result = o
+                marks.setdefault("result", t)
+            elif o.get("phase") in PHASES:
+                marks.setdefault(o["phase"], t)
+                if o["phase"] == "resume" and "KB sent" in o.get("message", ""):
+                    self.res["sent"].append(o["message"].split("(")[1].split(")")[0])
+        if rc != 0 or not result or result.get("outcome") != "committed":
+            raise BenchError(f"cprctl upgrade {self.name} (exit {rc}) did not commit: "
+                             f"{json.dumps(result) if result else ''} {err.strip()[-600:]}")
+        if "pauseMs" not in result:
+            raise BenchError(f"cprctl upgrade {self.name}: no pauseMs in {result}")
+        marks["exit"] = wall
+        self.res["pause"].append(result["pauseMs"])
+        self.res["total"].append(result["totalMs"])
+        self.res["wall"].append(wall)
+        self.res["phases"].append(marks)
+        self.ticks = check_ticking(self.fd, f"{self.name} after upgrade {rep + 1}", self.ticks)
+        self.cprd.get_vm(self.name)  # remembers the new QEMU's pid for cleanup
+        log(f"  cprctl  {fmt_size(self.size):>7} rep {rep + 1}: pause {result['pauseMs']:.2f} ms, "
+            f"cprd total {result['totalMs']:.1f} ms, wall {wall:.1f} ms")
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.cprd.stop_vm(self.name)
+        self.cprd.delete_vm(self.name)
+
+
+# ---- QEMUs run from here -----------------------------------------------------
+
+_relocations = 0
+
+
+def relocate_paths(argv, old_prefix, new_base):
+    """cprd's command line names paths in its runtime folder (a recovery
+    monitor socket per QEMU, say); a QEMU started here gets them in a fresh
+    folder of its own instead."""
+    global _relocations
+    _relocations += 1
+    new_dir = os.path.join(new_base, f"rt{_relocations}")
+    out = []
+    for arg in argv:
+        if old_prefix in arg:
+            arg = arg.replace(old_prefix, new_dir)
+            for m in re.finditer(r"(?:path|mem-path|file)=([^,]+)", arg):
+                if m.group(1).startswith(new_dir):
+                    os.makedirs(os.path.dirname(m.group(1)), mode=0o700, exist_ok=True)
+        out.append(arg)
+    return out
+
+
+class Guest:
+    """A QEMU started from here with cprd's command line: QMP on fd 3, the
+    console on fd 4, guest RAM (a memfd made here) on fd 5."""
+
+    def __init__(self, argv, memfd, console, log_path, relocate=None):
+        if relocate:
+            argv = relocate_paths(argv, *relocate)
+        self.log_path = log_path
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = {3: theirs.fileno(), 4: console.peer.fileno()}
+        if memfd is not None:
+            fds[5] = memfd
+        self.qmp_sock = ours
+        # Sent before QEMU reads anything: a cpr-transfer target then
+        # negotiates as soon as its monitor runs and misses no event.
+        ours.sendall(b'{"execute":"qmp_capabilities","id":0}\n')
+        self.proc = Qemu(argv, fds, log_path)
+        theirs.close()
+        self.qmp = QMP(ours)
+
+    def quit(self, timeout=20):
+        try:
+            self.qmp.send("quit")
+        except OSError:
+            pass
+        if not self.proc.wait(timeout):
+            log(f"QEMU pid {self.proc.pid} did not quit; killing it")
+        self.proc.kill()
+        self.qmp_sock.close()
+
+
+def unix_listening(path):
+    """True once a unix socket bound to path listens. The file appears at
+    bind(), before listen(): connecting in between is refused, so its
+    existence is not enough (/proc/net/unix flag 00010000 is __SO_ACCEPTCON)."""
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 8 and parts[7] == path and parts[3] == "00010000":
+                return True
+    return False
+
+
+def wait_socket(path, proc, timeout=30):
+    """Waits until QEMU listens on the unix socket path."""
+    deadline = time.monotonic() + timeout
+    while not (os.path.exists(path) and unix_listening(path)):
+        if not proc.alive():
+            raise BenchError(f"QEMU pid {proc.pid} ended before it listened on {path}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"QEMU pid {proc.pid} did not create {path} within {timeout} s")
+        time.sleep(0.001)
+
+
+def start_source(argv, size, console, log_path, what, relocate):
+    memfd = os.memfd_create(what, os.MFD_CLOEXEC)
+    os.ftruncate(memfd, size)
+    g = Guest(argv, memfd, console, log_path, relocate)
+    try:
+        g.qmp.wait_reply(0)
+        g.qmp.cmd("cont")
+        check_ticking(memfd, f"{what} after start")
+        t0 = time.monotonic()
+        dirty_ram(memfd, size)
+        dirty_s = time.monotonic() - t0
+        check_ticking(memfd, f"{what} after dirtying its RAM")
+    except BenchError as e:
+        g.quit()
+        os.close(memfd)
+        raise BenchError(f"{what}: {e}; QEMU: {log_tail(log_path)}")
+    except BaseException:
+        g.quit()
+        os.close(memfd)
+        raise
+    return g, memfd, dirty_s
+
+
+def unix_channel(kind, path):
+    return {"channel-type": kind, "addr": {"transport": "socket", "type": "unix", "path": path}}
+
+
+# ---- (b) the floor -------------------------------------------------------------
+
+class FloorRun:
+    """(b): cpr-transfer driven from here with the fewest QMP commands, on
+    QEMUs with cprd's command line and a memfd made here."""
+
+    def __init__(self, a, wd, size, cmdline, runtime_dir):
+        self.a, self.wd, self.size = a, wd, size
+        self.relocate = (runtime_dir, os.path.join(wd, "floor-rt"))
+        self.argv = split_cmdline(cmdline)
+        if "-S" not in self.argv or "mem-path=/proc/self/fd/5" not in cmdline:
+            raise BenchError(f"unexpected cprd command line: {cmdline}")
+        self.tag = f"floor-{size // MiB}m"
+        self.log_path = os.path.join(wd, f"{self.tag}.log")
+        self.console = Console()
+        self.res = {"pause": [], "total": [], "spawn_total": []}
+        self.cur = self.memfd = None
+        try:
+            self.cur, self.memfd, _ = start_source(self.argv, size, self.console, self.log_path, self.tag,
+                                                   self.relocate)
+        except BaseException:
+            self.console.close()
+            raise
+        self.ticks = read_ticks(self.memfd)
+
+    def transfer(self, rep):
+        d = os.path.join(self.wd, f"{self.tag}-{rep}")
+        os.mkdir(d, 0o700)
+        main, cpr = os.path.join(d, "main.sock"), os.path.join(d, "cpr.sock")
+        targv = argv_without(self.argv, "-S") + [
+            "-incoming", f"unix:{main}",
+            "-incoming", json.dumps(unix_channel("cpr", cpr), separators=(",", ":"))]
+        cur = self.cur
+        cur.qmp.cmd("migrate-set-parameters", {"mode": "cpr-transfer"})
+        cur.qmp.events.clear()
+        t_spawn = time.time()
+        tgt = Guest(targv, self.memfd, self.console, self.log_path, self.relocate)
+        try:
+            wait_socket(cpr, tgt.proc)
+            t0 = time.time()
+            cur.qmp.cmd("migrate", {"channels": [unix_channel("main", main), unix_channel("cpr", cpr)]})
+            resume = tgt.qmp.wait_event("RESUME", 60)
+            stop = cur.qmp.wait_event("STOP", 10)
+        except BenchError as e:
+            tgt.quit(5)
+            raise BenchError(f"{self.tag} cpr-transfer {rep + 1}: {e}; QEMU: {log_tail(self.log_path)}")
+        except BaseException:
+            tgt.quit(5)
+            raise
+        pause = (resume[1] - stop[1]) * 1000
+        self.res["pause"].append(pause)
+        self.res["total"].append((resume[1] - t0) * 1000)
+        self.res["spawn_total"].append((resume[1] - t_spawn) * 1000)
+        cur.quit()
+        self.cur = tgt
+        self.ticks = check_ticking(self.memfd, f"{self.tag} after cpr-transfer {rep + 1}", self.ticks)
+        log(f"  floor   {fmt_size(self.size):>7} rep {rep + 1}: pause {pause:.2f} ms, "
+            f"migrate->RESUME {self.res['total'][-1]:.1f} ms, spawn->RESUME {self.res['spawn_total'][-1]:.1f} ms")
+
+    def close(self):
+        if self.cur:
+            self.cur.quit()
+            self.cur = None
+        if self.memfd is not None:
+            os.close(self.memfd)
+            self.memfd = None
+        self.console.close()
+
+
+def bench_size(cprd, a, wd, size):
+    """(a) and (b) for one size. Their runs alternate when both guests fit
+    in memory at once, so load from elsewhere on the host hits both alike."""
+    row = {"size": size}
+    ar = CprctlRun(cprd, a, size)
+    fr = None
+    try:
+        row["interleaved"] = meminfo("MemAvailable") >= size + PLAIN_MARGIN
+        if row["interleaved"]:
+            fr = FloorRun(a, wd, size, ar.res["cmdline"], cprd.runtime_dir)
+        for rep in range(a.reps):
+            ar.upgrade(rep)
+            if fr:
+                fr.transfer(rep)
+    finally:
+        ar.close()
+        if fr:
+            fr.close()
+    if not row["interleaved"]:
+        fr = FloorRun(a, wd, size, ar.res["cmdline"], cprd.runtime_dir)
+        try:
+            for rep in range(a.reps):
+                fr.transfer(rep)
+        finally:
+            fr.close()
+    row["cprctl"], row["floor"] = ar.res, fr.res
+    return row
+
+
+# ---- (c) plain migration ---------------------------------------------------------
+
+def plain_target_argv(argv, size, path):
+    mib = size // MiB
+    out = []
+    for arg in argv_without(argv, "-S"):
+        if arg.startswith("memory-backend-file,id=ram0,"):
+            arg = f"memory-backend-ram,id=ram0,size={mib}M"
+        elif ",memory-backend=ram0" in arg:
+            arg = arg.replace(",aux-ram-share=on", "")
+        out.append(arg)
+    return out + ["-incoming", f"unix:{path}"]
+
+
+def bench_plain(a, wd, size, cmdline, runtime_dir):
+    need = 2 * size + PLAIN_MARGIN
+    avail = meminfo("MemAvailable")
+    if avail < need:
+        return {"skipped": f"MemAvailable {avail / GiB:.1f} GiB < {need / GiB:.1f} GiB "
+                           f"(source and target RAM are separate: 2 x {fmt_size(size)} + 2 GiB)"}
+    argv = split_cmdline(cmdline)
+    tag = f"plain-{size // MiB}m"
+    log_path = os.path.join(wd, f"{tag}.log")
+    console = Console()
+    src = tgt = memfd = None
+    try:
+        relocate = (runtime_dir, os.path.join(wd, "plain-rt"))
+        src, memfd, _ = start_source(argv, size, console, log_path, tag, relocate)
+        path = os.path.join(wd, f"{tag}.sock")
+        tgt = Guest(plain_target_argv(argv, size, path), None, console, log_path, relocate)
+        tgt.qmp.wait_reply(0)
+        wait_socket(path, tgt.proc)
+        src.qmp.cmd("migrate-set-parameters", {"max-bandwidth": PLAIN_MAX_BANDWIDTH})
+        src.qmp.events.clear()
+        t0 = time.time()
+        src.qmp.cmd("migrate", {"uri": f"unix:{path}"})
+        deadline = time.monotonic() + 1800
+        while True:
+            info = src.qmp.cmd("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled"):
+                raise BenchError(f"plain migration of {fmt_size(size)} {status}: {info.get('error-desc')}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"plain migration of {fmt_size(size)} did not finish in 30 min")
+            time.sleep(0.02)
+        resume = tgt.qmp.wait_event("RESUME", 60)
+        st = tgt.qmp.cmd("query-status")
+        if st.get("status") != "running":
+            raise BenchError(f"plain migration target is {st.get('status')}, not running")
+        if not console.wait_new_line(5):
+            raise BenchError("plain migration: the guest printed nothing on the target within 5 s")
+        ram = info.get("ram", {})
+        res = {"total": (resume[1] - t0) * 1000, "qemu_total": info.get("total-time"),
+               "downtime": info.get("downtime"), "transferred": ram.get("transferred", 0),
+               "mbps": ram.get("mbps"), "setup": info.get("setup-time")}
+        log(f"  plain   {fmt_size(size):>7}: total {res['total']:.0f} ms (QEMU total-time "
+            f"{res['qemu_total']} ms, downtime {res['downtime']} ms), "
+            f"{res['transferred'] / 1e9:.2f} GB sent")
+        return res
+    finally:
+        for g in (src, tgt):
+            if g:
+                g.quit()
+        if memfd is not None:
+            os.close(memfd)
+        console.close()
+
+
+# ---- (d) many VMs -----------------------------------------------------------------
+
+def bench_many(cprd, a):
+    names = [f"vm{i}" for i in range(1, a.many_vms + 1)]
+    out = []
+    for n in names:
+        cprd.create_vm(n, a.many_mib, a.qemu, a.guest_image)
+    try:
+        for n in names:
+            cprd.start_vm(n)
+        fds = {n: open_rw(cprd.ram_fd_path(n)) for n in names}
+        try:
+            for n in names:
+                check_ticking(fds[n], f"{n} after start")
+            for par in a.parallel:
+                p, wall = cprd.cprctl_run("upgrade", *names, "--parallel", str(par), "--qemu", a.qemu,
+                                          "--mode", "cpr-transfer", "--json")
+                results = {}
+                summary = None
+                for line in p.stdout.splitlines():
+                    try:
+                        o = json.loads(line)
+                    except ValueError:
+                        continue
+                    if "outcome" in o and "vm" in o:
+                        results[o["vm"]] = o
+                    elif "committed" in o:
+                        summary = o
+                bad = [n for n in names if results.get(n, {}).get("outcome") != "committed"]
+                if p.returncode != 0 or bad:
+                    raise BenchError(f"cprctl upgrade --parallel {par} (exit {p.returncode}): not committed: "
+                                     f"{' '.join(bad)}; {p.stderr.strip()[-600:]}")
+                pauses = [r["pauseMs"] for r in results.values() if "pauseMs" in r]
+                totals = [r["totalMs"] for r in results.values()]
+                out.append({"parallel": par, "wall": wall, "per_vm": wall / len(names),
+                            "mean_total": sum(totals) / len(totals),
+                            "mean_pause": sum(pauses) / len(pauses) if pauses else float("nan"),
+                            "max_pause": max(pauses) if pauses else float("nan"), "summary": summary})
+                log(f"  many    --parallel {par}: {wall:.0f} ms for {len(names)} VMs")
+                for n in names:
+                    check_ticking(fds[n], f"{n} after upgrade --parallel {par}")
+                    cprd.get_vm(n)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+    finally:
+        for n in names:
+            cprd.stop_vm(n)
+            cprd.delete_vm(n)
+    return out
+
+
+# ---- output --------------------------------------------------------------------------
+
+def ms(v):
+    if v is None or v != v:
+        return "-"
+    if v >= 10000:
+        return f"{v / 1000:.1f} s"
+    if v >= 100:
+        return f"{v:.0f} ms"
+    return f"{v:.1f} ms"
+
+
+def spread(v):
+    return f"{min(v):.2f}-{max(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+
+def print_report(a, rows, many):
+    if rows:
+        print_sizes(a, rows)
+    if many:
+        print_many(a, many)
+    print()
+    print(f"load average at the end: {loadavg()}")
+
+
+def print_sizes(a, rows):
+    print()
+    print(f"Upgrade by cpr-transfer, QEMU {a.qemu} -> the same binary, TCG, all guest RAM dirtied; "
+          f"medians of {a.reps} run(s) per size;\ncprctl and floor runs alternate")
+    cols = ["size", "pause cprctl", "pause floor", "ratio", "upgrade total cprctl", "floor total",
+            "plain migration total", "speedup"]
+    table = []
+    for r in rows:
+        c, f, p = r["cprctl"], r["floor"], r["plain"]
+        pc, pf = median(c["pause"]), median(f["pause"])
+        wc = median(c["wall"])
+        plain_total = p.get("total") if p and "total" in p else None
+        table.append([fmt_size(r["size"]), ms(pc), ms(pf), f"{pc / pf:.2f}x", ms(wc),
+                      ms(median(f["total"])), ms(plain_total) if plain_total else "skipped" if p else "-",
+                      f"{plain_total / wc:.0f}x" if plain_total else "-"])
+    widths = [max(len(cols[i]), *(len(t[i]) for t in table)) for i in range(len(cols))]
+    print(" | ".join(cols[i].ljust(widths[i]) for i in range(len(cols))))
+    print("-+-".join("-" * w for w in widths))
+    for t in table:
+        print(" | ".join(t[i].rjust(widths[i]) if i else t[i].ljust(widths[i]) for i in range(len(cols))))
+    print()
+    print("  pause: QEMU's STOP event on the old QEMU to RESUME on the new one (cprd's pauseMs; the floor "
+          "computes the same from the events it gets)")
+    print("  upgrade total cprctl: wall time around the `cprctl upgrade --json` process (probe, spawn, "
+          "transfer, resume, verify, retire, commit)")
+    print("  floor total: migrate sent -> RESUME on the target (the target already spawned and "
+          "listening); ratio = pause cprctl / pause floor")
+    print(f"  plain migration: RAM copied over a unix socket, max-bandwidth raised to "
+          f"{PLAIN_MAX_BANDWIDTH / 1e9:.0f} GB/s (QEMU's default is 128 MiB/s); speedup = plain total / "
+          f"upgrade total cprctl")
+    print()
+    print("Details")
+    for r in rows:
+        c, f, p = r["cprctl"], r["floor"], r["plain"]
+        print(f"  {fmt_size(r['size'])}: dirtied {c['dirty_bytes'] / GiB:.2f} GiB in {c['dirty_s']:.1f} s; "
+              f"cprctl pause {spread(c['pause'])} ms, cprd totalMs {spread(c['total'])}, wall "
+              f"{spread(c['wall'])} ms{'; ' + c['sent'][0] if c['sent'] else ''}")
+        pad = " " * len(fmt_size(r["size"]))
+        order = ["spawn-target", "transfer", "resume", "verify", "retire", "commit", "exit"]
+        parts = []
+        for i, ph in enumerate(["preflight"] + order[:-1]):
+            v = []
+            for m in c["phases"]:
+                start = 0.0 if ph == "preflight" else m.get(ph)
+                end = next((m[x] for x in order[i:] if x in m), None)
+                if start is not None and end is not None:
+                    v.append(end - start)
+            if v:
+                parts.append(f"{ph} {median(v):.0f}")
+        print(f"  {pad}  cprctl phases, median ms: {', '.join(parts)} (each phase lasts until the next "
+              f"one reaches cprctl's stdout; commit until cprctl exits)")
+        print(f"  {pad}  floor pause {spread(f['pause'])} ms, migrate->RESUME "
+              f"{spread(f['total'])} ms, target spawn->RESUME {spread(f['spawn_total'])} ms"
+              f"{'' if r.get('interleaved') else ' (not interleaved with cprctl: memory)'}")
+        if p and "skipped" in p:
+            print(f"  {pad}  plain migration skipped: {p['skipped']}")
+        elif p:
+            rate = p["transferred"] / (p["qemu_total"] / 1000) / 1e9 if p.get("qemu_total") else 0
+            print(f"  {pad}  plain migration: {p['transferred'] / 1e9:.2f} GB sent, "
+                  f"QEMU total-time {p['qemu_total']} ms ({rate:.2f} GB/s), downtime {p['downtime']} ms, "
+                  f"setup {p['setup']} ms; at QEMU's default 128 MiB/s the copy alone would take "
+                  f"{p['transferred'] / (128 * MiB):.0f} s")
+    print()
+    print("Targets")
+    pauses = {r["size"]: median(r["cprctl"]["pause"]) for r in rows}
+    ratios = [median(r["cprctl"]["pause"]) / median(r["floor"]["pause"]) for r in rows]
+    ok = all(x <= 1.2 for x in ratios)
+    print(f"  pause within 1.2x of the floor: {'met' if ok else 'NOT met'} "
+          f"(ratios {', '.join(f'{x:.2f}' for x in ratios)})")
+    if len(pauses) > 1:
+        lo, hi = min(pauses.values()), max(pauses.values())
+        xs = [r["size"] / GiB for r in rows for _ in r["cprctl"]["pause"]]
+        ys = [p for r in rows for p in r["cprctl"]["pause"]]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        den = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+        print(f"  pause flat across sizes (max/min <= 1.5): {'met' if hi / lo <= 1.5 else 'NOT met'} "
+              f"(min {lo:.2f} ms, max {hi:.2f} ms, max/min {hi / lo:.2f}; least-squares slope over all "
+              f"runs {slope:+.2f} ms per GiB)")
+    walls = [median(r["cprctl"]["wall"]) for r in rows]
+    print(f"  cprctl upgrade under 1 s for every size: {'met' if max(walls) < 1000 else 'NOT met'} "
+          f"(max {ms(max(walls))})")
+    r4 = [r for r in rows if r["size"] == 4 * GiB]
+    if r4 and r4[0]["plain"] and "total" in r4[0]["plain"]:
+        sp = r4[0]["plain"]["total"] / median(r4[0]["cprctl"]["wall"])
+        print(f"  at least 100x faster than the plain migration at 4 GiB: {'met' if sp >= 100 else 'NOT met'} "
+              f"({sp:.0f}x)")
+    else:
+        print("  at least 100x faster than the plain migration at 4 GiB: not measured in this run")
+
+
+def print_many(a, many):
+    if many:
+        print()
+        print(f"Upgrading {a.many_vms} VMs of {a.many_mib} MiB with one `cprctl upgrade vm1..vm{a.many_vms} "
+              f"--parallel N` (cpr-transfer, RAM not dirtied)")
+        print(f"  {'parallel':>8} | {'wall time':>9} | {'per VM':>8} | {'mean cprd totalMs':>17} | "
+              f"{'mean pause':>10} | {'max pause':>9}")
+        for m in many:
+            print(f"  {m['parallel']:>8} | {ms(m['wall']):>9} | {ms(m['per_vm']):>8} | {ms(m['mean_total']):>17} | "
+                  f"{ms(m['mean_pause']):>10} | {ms(m['max_pause']):>9}")
+        print("  per VM = wall time / number of VMs")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cprd", default=os.path.join(REPO, "build/daemon/cprd"))
+    ap.add_argument("--cprctl", default=os.path.join(REPO, "build/client/cprctl"))
+    ap.add_argument("--qemu", default="/usr/bin/qemu-system-x86_64")
+    ap.add_argument("--guest-image", default=os.path.join(REPO, "build/tests/guest/cprd-guest.img"))
+    ap.add_argument("--sizes", help="comma-separated guest sizes, such as 256M,1G (default 256M,1G,4G,8G); "
+                    "none: only the many-VM part")
+    ap.add_argument("--quick", action="store_true",
+                    help="256M,1G (unless --sizes), one run per size, --parallel 1 and 4 only")
+    ap.add_argument("--reps", type=int, help="upgrades per size (default 5, 1 with --quick)")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain migrations")
+    ap.add_argument("--no-many", action="store_true", help="skip the 20-VM upgrade")
+    ap.add_argument("--many-vms", type=int, default=20)
+    ap.add_argument("--many-mib", type=int, default=64)
+    ap.add_argument("--parallel", help="comma-separated --parallel values (default 1,2,4)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, cprd state)")
+    a = ap.parse_args()
+    for path in (a.cprd, a.cprctl, a.qemu, a.guest_image):
+        if not os.path.exists(path):
+            sys.exit(f"upgrade_bench: {path} does not exist (build first: cmake --build build)")
+    sizes = a.sizes if a.sizes is not None else ("256M,1G" if a.quick else "256M,1G,4G,8G")
+    a.sizes = [] if sizes.strip().lower() == "none" else [parse_size(s) for s in sizes.split(",") if s.strip()]
+    a.reps = a.reps or (1 if a.quick else 5)
+    a.parallel = [int(x) for x in (a.parallel or ("1,4" if a.quick else "1,2,4")).split(",")]
+
+    wd = Workdir("cprd-upgrade-bench-", a.keep)
+    cprd = Cprd(a.cprd, a.cprctl, os.path.join(wd.path, "cprd"))
+    rows, many = [], []
+    try:
+        print(f"cprd upgrade benchmark: {a.cprd}, {a.cprctl}")
+        print(f"host: {os.cpu_count()} CPUs, {meminfo('MemTotal') / GiB:.1f} GiB RAM, "
+              f"{meminfo('MemAvailable') / GiB:.1f} GiB available, load average {loadavg()}")
+        sys.stdout.flush()
+        cprd.start()
+        for size in a.sizes:
+            log(f"{fmt_size(size)}:")
+            row = bench_size(cprd, a, wd.path, size)
+            row["plain"] = None if a.no_plain else bench_plain(a, wd.path, size, row["cprctl"]["cmdline"],
+                                                                 cprd.runtime_dir)
+            if row["plain"] and "skipped" in row["plain"]:
+                log(f"  plain   {fmt_size(size):>7}: skipped: {row['plain']['skipped']}")
+            rows.append(row)
+        if not a.no_many:
+            log(f"{a.many_vms} VMs of {a.many_mib} MiB:")
+            many = bench_many(cprd, a)
+        print_report(a, rows, many)
+        return 0
+    except (BenchError, OSError) as e:
+        print(f"upgrade_bench: FAILED: {e}", file=sys.stderr)
+        if rows:
+            print_report(a, rows, many)
+        return 1
+    finally:
+        cprd.stop()
+        wd.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -761,8 +761,11 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 			vm->ram_bytes = fstat(ram, &st) == 0 ? (uint64_t)st.st_size : 0;
 			vm_store_fd(vm, "ram0", ram);
 			log_vm(LOG_INFO, vm->name, "guest RAM memfd taken back from QEMU pid %d", (int)pid);
-		} else
+		} else {
+			log_vm_errno(LOG_WARNING, ram < 0 ? errno : EBADF, vm->name,
+				     "cannot take guest RAM back from QEMU pid %d (%m; fd 5 is '%s')", (int)pid, link);
 			safe_close(ram);
+		}
 	}
 	/* The console too: QEMU holds both ends of the socketpair. */
 	if (vm->console_fd < 0) {
@@ -776,6 +779,8 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 			vm_store_fd(vm, "console-qemu", theirs);
 			log_vm(LOG_INFO, vm->name, "console taken back from QEMU pid %d", (int)pid);
 		} else {
+			log_vm_errno(LOG_WARNING, errno, vm->name, "cannot take the console back from QEMU pid %d: %m",
+				     (int)pid);
 			safe_close(ours);
 			safe_close(theirs);
 		}

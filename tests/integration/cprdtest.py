@@ -1,0 +1,717 @@
+"""Shared helpers for cprd's integration tests (standard library only).
+
+Each test gets its own cprd in a temporary folder, talks to it with the real
+cprctl, and looks at what cprd holds from the outside: /proc/CPRD_PID/fd
+(the guest RAM memfd, read with pread), cprd's child processes, and the
+files in its state folder. Everything a test starts is stopped by pid at
+teardown, never by name: other tests and sessions run QEMUs on this host.
+
+Paths come from the environment (ctest sets them, see CMakeLists.txt):
+  CPRD_BIN, CPRCTL_BIN, CPRD_GUEST_IMAGE, CPRD_QEMU10, CPRD_QEMU72
+  CPRD_TEST_KEEP=1     keep the temporary folders
+  CPRD_TEST_STRICT=1   count KNOWN BUG checks as failures
+Run with Debian's /usr/bin/python3.
+"""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.path.dirname(os.path.dirname(HERE))
+
+
+def _default(env, *candidates):
+    v = os.environ.get(env)
+    if v:
+        return v
+    for c in candidates:
+        if os.path.exists(c):
+            return c
+    return candidates[0]
+
+
+CPRD = _default("CPRD_BIN", os.path.join(SOURCE_DIR, "build/daemon/cprd"))
+CPRCTL = _default("CPRCTL_BIN", os.path.join(SOURCE_DIR, "build/client/cprctl"))
+GUEST_IMAGE = _default("CPRD_GUEST_IMAGE", os.path.join(SOURCE_DIR, "build/tests/guest/cprd-guest.img"))
+QEMU10 = os.environ.get("CPRD_QEMU10") or "/usr/bin/qemu-system-x86_64"
+QEMU72 = os.environ.get("CPRD_QEMU72") or "/opt/cprd/qemu-system-x86_64-7.2"
+KEEP = os.environ.get("CPRD_TEST_KEEP") == "1"
+STRICT = os.environ.get("CPRD_TEST_STRICT") == "1"
+
+GUEST_MAGIC = b"CPRDGST1"
+GUEST_BLOCK = 0x8000
+SKIP = 77
+
+# Known bugs hit during this run, printed with the summary.
+KNOWN_BUGS_HIT = []
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def qemu_usable(path):
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def require_binaries(*qemus):
+    """Exits 77 (ctest: skipped) when a QEMU is missing; fails when a
+    binary of this project is missing, which is a build problem."""
+    for p in (CPRD, CPRCTL, GUEST_IMAGE):
+        if not os.path.exists(p):
+            print("cannot find %s; build the project first (or set CPRD_BIN, CPRCTL_BIN, "
+                  "CPRD_GUEST_IMAGE)" % p, flush=True)
+            sys.exit(1)
+    for q in qemus:
+        if not qemu_usable(q):
+            print("SKIP: QEMU %s is missing or not executable; these tests need it" % q, flush=True)
+            sys.exit(SKIP)
+
+
+def wait_until(pred, timeout=20.0, interval=0.05, what="condition"):
+    """Polls pred until it returns something true; returns that. Raises
+    AssertionError naming what after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (OSError, ValueError, KeyError) as e:
+            last_exc = e
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s%s" %
+                                 (timeout, what, " (last error: %r)" % last_exc if last_exc else ""))
+        time.sleep(interval)
+
+
+# ---- processes and fds --------------------------------------------------------
+
+def proc_stat(pid):
+    """(state, ppid, comm) of a process, or None when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: it ends at the last ')'.
+    lpar, rpar = data.index("("), data.rindex(")")
+    comm = data[lpar + 1:rpar]
+    rest = data[rpar + 2:].split()
+    return rest[0], int(rest[1]), comm
+
+
+def pid_alive(pid):
+    """True while pid exists and is not a zombie."""
+    s = proc_stat(pid)
+    return s is not None and s[0] != "Z"
+
+
+def pid_exists(pid):
+    return proc_stat(pid) is not None
+
+
+def children_of(ppid):
+    """{pid: (state, comm)} of the processes whose parent is ppid."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        s = proc_stat(int(d))
+        if s and s[1] == ppid:
+            out[int(d)] = (s[0], s[2])
+    return out
+
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def fds_of(pid):
+    """{fd number: link target} of a process."""
+    out = {}
+    base = "/proc/%d/fd" % pid
+    for n in os.listdir(base):
+        try:
+            out[int(n)] = os.readlink(os.path.join(base, n))
+        except OSError:
+            pass
+    return out
+
+
+def kill_pid(pid, sig=signal.SIGKILL):
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def tree_snapshot(root):
+    """{relative path: (mode, size, mtime_ns)} of everything under root."""
+    out = {}
+    if not os.path.exists(root):
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            out[os.path.relpath(p, root)] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
+    return out
+
+
+# ---- wrappers around QEMU -----------------------------------------------------
+
+_WRAPPER_HEAD = r"""#!/bin/sh
+# Made by cprd's integration tests: a QEMU that passes cprd's probe (which
+# runs it with -machine none) and then misbehaves as an upgrade target.
+REAL='%(real)s'
+prev=
+for a in "$@"; do
+	if [ "$prev" = "-machine" ] && [ "$a" = "none" ]; then
+		exec "$REAL" "$@"
+	fi
+	prev=$a
+done
+"""
+
+_WRAPPER_BODY = {
+    # Exits at once, as a QEMU that cannot start would.
+    "exit1": r"""
+echo "cprd-test wrapper: exiting with status 1 instead of running QEMU" >&2
+exit 1
+""",
+    # Stops itself: a target that never answers.
+    "hang": r"""
+echo "cprd-test wrapper: stopping myself (SIGSTOP)" >&2
+kill -STOP $$
+exec "$REAL" "$@"
+""",
+    # Runs QEMU and kills it in the middle of the transfer: a watcher waits
+    # for the main incoming socket (QEMU creates it only once it has read
+    # the cpr state, after cprd sent migrate to the old QEMU), stops QEMU
+    # at once so it cannot finish loading, then kills it with SIGKILL.
+    "killmid": r"""
+main=
+prev=
+for a in "$@"; do
+	case "$prev:$a" in -incoming:unix:*) main=${a#unix:} ;; esac
+	prev=$a
+done
+me=$$
+(
+	exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- >/dev/null 2>&1 </dev/null
+	i=0
+	while [ ! -S "$main" ]; do
+		i=$((i + 1))
+		[ $i -lt 5000000 ] || exit 0
+	done
+	kill -STOP $me
+	sleep %(delay)s
+	kill -9 $me
+) &
+exec "$REAL" "$@"
+""",
+    # Runs QEMU without the serial port: loading the old QEMU's device
+    # state fails in the middle of the transfer ("Unknown savevm section").
+    "noserial": r"""
+skip=0
+for a in "$@"; do
+	shift
+	if [ $skip = 1 ]; then skip=0; continue; fi
+	if [ "$a" = "-serial" ]; then skip=1; continue; fi
+	set -- "$@" "$a"
+done
+exec "$REAL" "$@"
+""",
+}
+
+
+def write_wrapper(path, kind, real=None, delay="0.3"):
+    body = (_WRAPPER_HEAD + _WRAPPER_BODY[kind]) % {"real": real or QEMU10, "delay": delay}
+    with open(path, "w") as f:
+        f.write(body)
+    os.chmod(path, 0o755)
+    return path
+
+
+# ---- cprctl results -----------------------------------------------------------
+
+class Result:
+    def __init__(self, args, rc, stdout, stderr, seconds):
+        self.args, self.rc, self.stdout, self.stderr, self.seconds = args, rc, stdout, stderr, seconds
+
+    @property
+    def json_lines(self):
+        out = []
+        for line in self.stdout.splitlines():
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+        return out
+
+    @property
+    def json(self):
+        """The last JSON document printed (the only one for non-streaming
+        commands; the result for upgrade)."""
+        lines = self.json_lines
+        if not lines:
+            raise AssertionError("cprctl %s printed no JSON; stderr: %s" % (" ".join(self.args), self.stderr))
+        return lines[-1]
+
+    def __repr__(self):
+        return "cprctl %s -> rc %d (%.2f s)\nstdout: %s\nstderr: %s" % (
+            " ".join(self.args), self.rc, self.seconds, self.stdout.strip()[-3000:],
+            self.stderr.strip()[-3000:])
+
+
+# ---- the daemon ---------------------------------------------------------------
+
+class Cprd:
+    """One cprd in a private folder."""
+
+    def __init__(self, root):
+        self.root = root
+        self.state_dir = os.path.join(root, "state")
+        self.runtime_dir = os.path.join(root, "run")
+        self.socket = os.path.join(self.runtime_dir, "io.cprd.Manager")
+        self.address = "unix:" + self.socket
+        self.log_path = os.path.join(root, "cprd.log")
+        self.proc = None
+        self.seen_pids = {}     # pid: argv of what this cprd ran, to stop at teardown
+        self.spawned = []       # other processes a test started (Popen)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def start(self):
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [CPRD, "--state-dir", self.state_dir, "--runtime-dir", self.runtime_dir,
+             "--log-level", "debug"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, close_fds=True)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None:
+                raise AssertionError("cprd exited with %d at start:\n%s" % (self.proc.returncode, self.read_log()))
+            if time.monotonic() > deadline:
+                raise AssertionError("cprd did not create %s in 15 s" % self.socket)
+            time.sleep(0.02)
+        return self
+
+    def read_log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def env(self):
+        e = dict(os.environ)
+        e["CPRD_ADDRESS"] = self.address
+        return e
+
+    def ctl(self, *args, timeout=120, input_text=None):
+        """Runs cprctl; returns a Result (never raises on a non-zero exit)."""
+        args = [str(a) for a in args]
+        t0 = time.monotonic()
+        for attempt in range(100):
+            try:
+                p = subprocess.run([CPRCTL] + args, env=self.env(), capture_output=True, text=True,
+                                   timeout=timeout, input=input_text)
+                break
+            except subprocess.TimeoutExpired as e:
+                raise AssertionError("cprctl %s did not return in %d s; stdout so far: %s" %
+                                     (" ".join(args), timeout, e.stdout))
+            except OSError as e:
+                # cprctl is being rebuilt by a concurrent build: try again.
+                if attempt == 99 or e.errno not in (errno.EACCES, errno.ETXTBSY, errno.ENOENT, errno.ENOEXEC):
+                    raise
+                time.sleep(0.1)
+        r = Result(args, p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+        self._note_pids(r)
+        return r
+
+    def ctl_bg(self, *args):
+        """Starts cprctl in the background (stdout and stderr to pipes);
+        the Popen is stopped by pid at teardown."""
+        p = subprocess.Popen([CPRCTL] + [str(a) for a in args], env=self.env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.spawned.append(p)
+        return p
+
+    def _note_pids(self, r):
+        if "--json" not in r.args or r.rc != 0:
+            return
+        try:
+            docs = r.json_lines
+        except ValueError:
+            return
+        pids = []
+        for d in docs:
+            if not isinstance(d, dict):
+                continue
+            for o in (d, d.get("vm") if isinstance(d.get("vm"), dict) else None, d.get("result")):
+                if isinstance(o, dict) and isinstance(o.get("pid"), int):
+                    pids.append(o["pid"])
+            for v in d.get("vms", []) if isinstance(d.get("vms"), list) else []:
+                if isinstance(v, dict) and isinstance(v.get("pid"), int):
+                    pids.append(v["pid"])
+        self._remember(pids)
+
+    # -- what cprd holds -------------------------------------------------------
+
+    def fds(self):
+        return fds_of(self.pid)
+
+    def client_socket_inodes(self):
+        """Inodes of the connections cprd accepted on its Varlink socket
+        (in /proc/net/unix they carry the listening socket's path)."""
+        out = set()
+        with open("/proc/net/unix") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 8 and parts[7] == self.socket and parts[3] != "00010000":
+                    out.add(parts[6])
+        return out
+
+    def held_fds(self):
+        """cprd's fds without client connections, which close a moment
+        after each cprctl call returns."""
+        clients = {"socket:[%s]" % i for i in self.client_socket_inodes()}
+        return {fd: t for fd, t in self.fds().items() if t not in clients}
+
+    def memfd(self, name):
+        """cprd's fd number for the VM's guest RAM memfd, or None."""
+        prefix = "/memfd:cprd:%s:ram0" % name
+        for fd, target in self.fds().items():
+            if target.startswith(prefix):
+                return fd
+        return None
+
+    def read_guest(self, name):
+        """(magic, ticks, lines) from the guest's RAM block, read through
+        the memfd cprd holds; None when cprd holds no memfd for it."""
+        fd = self.memfd(name)
+        if fd is None:
+            return None
+        try:
+            f = os.open("/proc/%d/fd/%d" % (self.pid, fd), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(f, 24, GUEST_BLOCK)
+        finally:
+            os.close(f)
+        if len(data) < 24:
+            return None
+        magic = data[:8]
+        ticks, lines = struct.unpack("<QQ", data[8:24])
+        return magic, ticks, lines
+
+    def memfd_inode(self, name):
+        fd = self.memfd(name)
+        if fd is None:
+            return None
+        return os.stat("/proc/%d/fd/%d" % (self.pid, fd)).st_ino
+
+    def children(self):
+        ch = children_of(self.pid)
+        self._remember(ch)
+        return ch
+
+    def _remember(self, pids):
+        for pid in pids:
+            if pid not in self.seen_pids:
+                argv = cmdline(pid)
+                s = proc_stat(pid)
+                if argv and s and s[1] == self.pid:
+                    self.seen_pids[pid] = argv
+
+    def vm_dir(self, name):
+        return os.path.join(self.state_dir, "vms", name)
+
+    def console(self, name):
+        try:
+            with open(os.path.join(self.vm_dir(name), "console.log"), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def qemu_log(self, name):
+        try:
+            with open(os.path.join(self.vm_dir(name), "qemu.log"), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- teardown --------------------------------------------------------------
+
+    def stop(self):
+        for p in self.spawned:
+            if p.poll() is None:
+                kill_pid(p.pid, signal.SIGKILL)
+            try:
+                p.communicate(timeout=10)
+            except Exception:
+                pass
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            # Stop the guests through cprd first; then whatever is left by pid.
+            try:
+                r = self.ctl("list", "--json", timeout=30)
+                for vm in (r.json.get("vms", []) if r.rc == 0 else []):
+                    if vm.get("state") not in ("stopped", "defined"):
+                        self.ctl("stop", vm["name"], "--force", timeout=30)
+            except Exception as e:  # teardown goes on regardless
+                log("teardown: stopping VMs through cprd failed: %r" % (e,))
+            self.children()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        # cprd leaves its guests running when it exits: stop what it ran,
+        # by pid, if it is still the same process (same command line).
+        for pid, argv in sorted(self.seen_pids.items()):
+            s = proc_stat(pid)
+            if s and s[0] != "Z" and argv and cmdline(pid) == argv:
+                log("teardown: killing leftover pid %d (%s)" % (pid, " ".join(argv)[:100]))
+                kill_pid(pid, signal.SIGKILL)
+        self._log.close()
+
+
+# ---- the test case ------------------------------------------------------------
+
+class CprdTestCase(unittest.TestCase):
+    """Starts a cprd for every test; stops it and everything it ran after."""
+
+    maxDiff = None
+
+    def run(self, result=None):
+        result = result if result is not None else self.defaultTestResult()
+        before = len(result.failures) + len(result.errors)
+        self.tmp = tempfile.mkdtemp(prefix="cprd-it-%s-" % self._testMethodName[:30])
+        self.cprd = None
+        t0 = time.monotonic()
+        try:
+            super().run(result)
+        finally:
+            failed = len(result.failures) + len(result.errors) > before
+            log("  [%s: %.1f s]" % (self._testMethodName, time.monotonic() - t0))
+            if failed and self.cprd is not None:
+                self.dump_logs()
+            if KEEP or failed:
+                log("  kept %s" % self.tmp)
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        return result
+
+    def setUp(self):
+        self.cprd = Cprd(self.tmp)
+        self.cprd.start()
+        self.addCleanup(self.cprd.stop)
+
+    def dump_logs(self):
+        text = self.cprd.read_log()
+        lines = text.splitlines()
+        log("---- cprd log (%s, last 300 of %d lines) ----" % (self.cprd.log_path, len(lines)))
+        for l in lines[-300:]:
+            log("  | " + l)
+        vms = os.path.join(self.cprd.state_dir, "vms")
+        if os.path.isdir(vms):
+            for name in sorted(os.listdir(vms)):
+                q = self.cprd.qemu_log(name).splitlines()
+                log("---- %s qemu.log (last 40 lines) ----" % name)
+                for l in q[-40:]:
+                    log("  | " + l)
+        log("---- end of logs ----")
+
+    # -- helpers ---------------------------------------------------------------
+
+    def ctl(self, *args, **kw):
+        return self.cprd.ctl(*args, **kw)
+
+    def ok(self, *args, **kw):
+        r = self.ctl(*args, **kw)
+        self.assertEqual(r.rc, 0, repr(r))
+        return r
+
+    def running_pids(self):
+        """The pids of the QEMUs cprd reports for its VMs."""
+        return {v["pid"] for v in self.ok("list", "--json").json["vms"] if isinstance(v.get("pid"), int)}
+
+    def status(self, name):
+        return self.ok("status", name, "--json").json
+
+    def create(self, name, qemu=None, machine="pc", memory=64):
+        """Creates a VM from the test guest; returns GetVM's answer."""
+        self.ok("create", name, "--memory", memory, "--qemu", qemu or QEMU10, "--machine", machine,
+                "--accel", "tcg", "--disk", GUEST_IMAGE + ",readonly")
+        return self.status(name)
+
+    def create_started(self, name, qemu=None, machine="pc", ticks=1):
+        """Creates and starts a VM, waits until its counter reaches ticks;
+        returns GetVM's answer."""
+        self.create(name, qemu=qemu, machine=machine)
+        self.start_vm(name)
+        self.wait_guest_ticks(name, ticks)
+        return self.status(name)
+
+    def start_vm(self, name):
+        r = self.ok("start", name, "--json")
+        vm = r.json
+        self.assertEqual(vm["state"], "running", repr(r))
+        self.assertIsInstance(vm.get("pid"), int, repr(r))
+        return vm
+
+    def guest(self, name):
+        g = self.cprd.read_guest(name)
+        self.assertIsNotNone(g, "cprd holds no memfd for %s; fds: %s" % (name, self.cprd.fds()))
+        return g
+
+    def wait_guest_ticks(self, name, at_least, timeout=30):
+        """Waits until the guest's magic is there and its counter reached
+        at_least; returns (magic, ticks, lines)."""
+        def ready():
+            g = self.cprd.read_guest(name)
+            return g if g and g[0] == GUEST_MAGIC and g[1] >= at_least else None
+        return wait_until(ready, timeout, what="%s's tick counter to reach %d" % (name, at_least))
+
+    def wait_state(self, name, state, timeout=30):
+        def check():
+            vm = self.status(name)
+            return vm if vm["state"] == state else None
+        return wait_until(check, timeout, what="%s to be %s" % (name, state))
+
+    def wait_children(self, expected, timeout=20, what=None):
+        """Waits until cprd's children are exactly the set expected (no
+        probe left, no zombie); returns them."""
+        expected = set(expected)
+        def check():
+            ch = self.cprd.children()
+            return (ch,) if set(ch) == expected and all(s != "Z" for s, _ in ch.values()) else None
+        try:
+            return wait_until(check, timeout, what=what or "cprd's children to be %s" % sorted(expected))[0]
+        except AssertionError as e:
+            raise AssertionError("%s; they are %s" % (e, self.cprd.children()))
+
+    def wait_fd_count(self, count, timeout=10):
+        """Waits until cprd holds count fds, client connections not counted."""
+        try:
+            return wait_until(lambda: len(self.cprd.held_fds()) == count, timeout,
+                              what="cprd to hold %d fds" % count)
+        except AssertionError as e:
+            raise AssertionError("%s; it holds %s" % (e, self.cprd.held_fds()))
+
+    def console_lines(self, name):
+        """The complete lines of the console log (the last one may still be
+        being written)."""
+        return [l for l in self.cprd.console(name).split("\n")[:-1] if l]
+
+    def assert_console_continuous(self, name, boots=1):
+        """The console shows `boots` boots and, after each, lines numbered
+        2, 3, ... with counters that only grow: no line lost or repeated."""
+        lines = self.console_lines(name)
+        self.assertEqual(sum(1 for l in lines if l == "cprd-guest: booted"), boots, lines[-20:])
+        expect_n, last_c = None, -1
+        for l in lines:
+            if l == "cprd-guest: booted":
+                expect_n, last_c = 2, -1
+                continue
+            parts = l.split()
+            self.assertTrue(len(parts) == 5 and parts[:2] == ["cprd-guest:", "line"] and parts[3] == "counter",
+                            "unexpected console line %r" % l)
+            n, c = int(parts[2]), int(parts[4])
+            self.assertEqual(n, expect_n, "console line numbers jump: %r (all: %s)" % (l, lines[-20:]))
+            self.assertGreater(c, last_c, "console counter went back: %r" % l)
+            expect_n, last_c = n + 1, c
+        return lines
+
+    def known_bug(self, ok, message):
+        """A check that fails because of a known, reported bug in cprd or
+        cprctl: reported, counted, and (unless CPRD_TEST_STRICT=1) not
+        failed on. Returns ok."""
+        if ok:
+            return True
+        text = "KNOWN BUG: %s" % message
+        log("    " + text)
+        KNOWN_BUGS_HIT.append("%s: %s" % (self.id().split(".", 1)[-1], message))
+        if STRICT:
+            self.fail(text)
+        return False
+
+
+class Sampler(threading.Thread):
+    """Reads a guest's counter every few milliseconds while an upgrade runs,
+    to show it never goes back to zero."""
+
+    def __init__(self, cprd, name, interval=0.005):
+        super().__init__(daemon=True)
+        self.cprd, self.name, self.interval = cprd, name, interval
+        self.samples = []
+        self._stop_ev = threading.Event()
+
+    def run(self):
+        while not self._stop_ev.is_set():
+            try:
+                g = self.cprd.read_guest(self.name)
+            except OSError:
+                g = None
+            self.samples.append((time.monotonic(), g))
+            time.sleep(self.interval)
+
+    def stop(self):
+        self._stop_ev.set()
+        self.join(10)
+        return self.samples
+
+
+# ---- main ---------------------------------------------------------------------
+
+def main(qemus=(QEMU10,)):
+    require_binaries(*qemus)
+    t0 = time.monotonic()
+    log("cprd %s, cprctl %s, guest %s" % (CPRD, CPRCTL, GUEST_IMAGE))
+    loader = unittest.TestLoader()
+    suite = loader.loadTestsFromModule(sys.modules["__main__"])
+    if len(sys.argv) > 1:  # names of tests to run, as unittest takes them
+        suite = loader.loadTestsFromNames(sys.argv[1:], sys.modules["__main__"])
+    result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    skipped = len(result.skipped)
+    passed = result.testsRun - failed - skipped
+    if KNOWN_BUGS_HIT:
+        log("Known bugs hit (checks skipped, see the KNOWN BUG lines):")
+        for b in KNOWN_BUGS_HIT:
+            log("  - " + b)
+    log("took %.1f s" % (time.monotonic() - t0))
+    log("%d passed, %d failed%s" % (passed, failed, ", %d skipped" % skipped if skipped else ""))
+    if failed:
+        sys.exit(1)
+    if result.testsRun and skipped == result.testsRun:
+        sys.exit(SKIP)
+    sys.exit(0)

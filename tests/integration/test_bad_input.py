@@ -1,0 +1,212 @@
+#!/usr/bin/python3
+"""Bad input to cprd (issue 3): every refusal is a clear error that names
+the field, with the right exit code (2 invalid input, 1 failed, 3 no such
+VM), and changes nothing: the state folder, the list of VMs and cprd's child
+processes are as before, and no QEMU was started.
+
+Run: /usr/bin/python3 test_bad_input.py [TestClass.test_name ...]
+"""
+
+import json
+import os
+
+import cprdtest as T
+from cprdtest import wait_until
+
+
+class BadInput(T.CprdTestCase):
+
+    def snapshot(self):
+        """What a refused request must leave as it was. Logs of a running
+        VM grow by themselves: only their existence counts."""
+        tree = {}
+        for k, v in T.tree_snapshot(self.cprd.state_dir).items():
+            tree[k] = (v[0],) if k.endswith(".log") else v
+        vms = self.ok("list", "--json").json["vms"]
+        listed = sorted((v["name"], v["state"], v.get("pid")) for v in vms)
+        return {"state dir": tree, "runtime dir": T.tree_snapshot(self.cprd.runtime_dir), "list": listed}
+
+    def refused(self, args, rc, *words, same_children=None):
+        """Runs cprctl args; checks its exit code, that stderr has every one
+        of words, and that nothing changed."""
+        before = self.snapshot()
+        children = set(self.cprd.children()) if same_children is None else set(same_children)
+        started_before = self.cprd.read_log().count("started QEMU")
+        fds = self.cprd.held_fds()
+        r = self.ctl(*args)
+        self.assertEqual(r.rc, rc, repr(r))
+        for w in words:
+            self.assertIn(w, r.stderr, repr(r))
+        self.assertEqual(r.stdout.strip(), "", "a refusal printed on stdout: %r" % r)
+        self.wait_children(children, what="cprd's children to be as before (no process left)")
+        self.assertEqual(self.snapshot(), before, "a refused request changed something: %r" % r)
+        try:
+            wait_until(lambda: self.cprd.held_fds() == fds, 10, what="cprd's fds to be as before")
+        except AssertionError:
+            self.fail("fd leak after a refusal: before %s, after %s (%r)" % (fds, self.cprd.held_fds(), r))
+        self.assertEqual(self.cprd.read_log().count("started QEMU"), started_before,
+                         "a refused request started a QEMU")
+        return r
+
+    def create_args(self, name, memory=64, qemu=None, disk=None, machine=None):
+        a = ["create", name, "--memory", memory, "--qemu", qemu or T.QEMU10, "--accel", "tcg"]
+        if machine:
+            a += ["--machine", machine]
+        a += ["--disk", disk or (T.GUEST_IMAGE + ",readonly")]
+        return a
+
+    def spec_file(self, name, spec):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(spec if isinstance(spec, str) else json.dumps(spec))
+        return path
+
+    # -------------------------------------------------------------------------
+
+    def test_names(self):
+        for name in ("a/b", "..", ".", "a b", "x" * 65, "", "vm\u00e9", "../x", "a\\b"):
+            with self.subTest(name=name):
+                self.refused(self.create_args(name), 2, "name")
+        # 64 characters is the longest name allowed.
+        long = "n" * 64
+        self.ok(*self.create_args(long))
+        self.assertTrue(os.path.isdir(self.cprd.vm_dir(long)))
+        self.ok("delete", long)
+        self.assertFalse(os.path.exists(self.cprd.vm_dir(long)))
+
+    def test_memory(self):
+        for mem, words in ((0, ("memory", "at least 16")), (-1, ("memory",)), (15, ("memory", "at least 16")),
+                           (100000000, ("memory", "host"))):
+            with self.subTest(memory=mem):
+                self.refused(self.create_args("m1", memory=mem), 2, *words)
+        self.refused(self.create_args("m1", memory="64M"), 2, "--memory")
+
+    def test_other_fields(self):
+        cases = [
+            (["create", "o1", "--memory", 64, "--qemu", T.QEMU10, "--cpus", 0], ("cpus",)),
+            (["create", "o1", "--memory", 64, "--qemu", T.QEMU10, "--cpus", 1000], ("cpus",)),
+            (["create", "o1", "--memory", 64, "--qemu", T.QEMU10, "--accel", "xen"], ("accel",)),
+            (["create", "o1", "--memory", 64, "--qemu", T.QEMU10, "--disk", T.GUEST_IMAGE + ",format=vmdk"],
+             ("disks[0].format",)),
+            (["create", "o1", "--memory", 64, "--qemu", T.QEMU10, "--machine", "pc,accel=kvm"], ("machine",)),
+            (["create", "o1", "--memory", 64], ("qemu", "missing")),
+            (["create", "o1", "--qemu", T.QEMU10], ("memory", "missing")),
+        ]
+        for args, words in cases:
+            with self.subTest(args=args):
+                self.refused(args, 2, *words)
+
+    def test_disks(self):
+        missing = os.path.join(self.tmp, "no-such-disk.img")
+        self.refused(self.create_args("d1", disk=missing), 2, "disks[0].path", "does not exist")
+        self.refused(self.create_args("d1", disk="relative/disk.img"), 2, "disks[0].path", "absolute")
+        self.refused(self.create_args("d1", disk=self.tmp), 2, "disks[0].path")
+        # The second disk is named by its index.
+        self.refused(self.create_args("d1") + ["--disk", missing], 2, "disks[1].path")
+
+    def test_qemu_binaries(self):
+        self.refused(self.create_args("q1", qemu="qemu-system-x86_64"), 2, "qemu", "absolute")
+        self.refused(self.create_args("q1", qemu="/nonexistent/qemu-system-x86_64"), 2, "qemu", "does not exist")
+        plain = os.path.join(self.tmp, "not-executable")
+        with open(plain, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(plain, 0o644)
+        self.refused(self.create_args("q1", qemu=plain), 2, "qemu", "not executable")
+        self.refused(self.create_args("q1", qemu=self.tmp), 2, "qemu")
+        # Runs, but is not QEMU: refused by the probe (which is reaped).
+        self.refused(self.create_args("q1", qemu="/bin/true"), 1, "/bin/true", "cannot be used as QEMU")
+        self.refused(self.create_args("q1", qemu="/bin/false"), 1, "/bin/false")
+
+    def test_machine_types(self):
+        self.refused(self.create_args("mt1", machine="no-such-machine"), 2, "machine", "no-such-machine")
+        self.refused(self.create_args("mt1", machine="pc-i440fx-1.0.99"), 2, "machine")
+        # q35 and a versioned type are fine.
+        self.ok(*self.create_args("mt2", machine="q35"))
+        self.assertTrue(self.status("mt2")["machine"].startswith("pc-q35-10."), self.status("mt2")["machine"])
+        self.ok(*self.create_args("mt3", machine="pc-i440fx-7.2"))
+        self.assertEqual(self.status("mt3")["machine"], "pc-i440fx-7.2")
+
+    def test_duplicate_name(self):
+        self.ok(*self.create_args("dup"))
+        with open(os.path.join(self.cprd.vm_dir("dup"), "vm.json")) as f:
+            stored = f.read()
+        self.refused(self.create_args("dup", memory=128), 2, "dup", "exists")
+        with open(os.path.join(self.cprd.vm_dir("dup"), "vm.json")) as f:
+            self.assertEqual(f.read(), stored)
+        self.assertEqual(self.status("dup")["spec"]["memory"], 64)
+
+    def test_duplicate_name_at_once(self):
+        """Two creates of one name at the same time: one wins, the other
+        gets VMExists (the name is taken while the binary is probed)."""
+        for i in range(3):
+            name = "race%d" % i
+            procs = [self.cprd.ctl_bg(*self.create_args(name, memory=64 + 16 * k)) for k in range(2)]
+            outs = [p.communicate(timeout=60) for p in procs]
+            rcs = sorted(p.returncode for p in procs)
+            self.assertEqual(rcs, [0, 2], outs)
+            loser = [o for p, o in zip(procs, outs) if p.returncode == 2][0]
+            self.assertIn("exists", loser[1])
+            self.assertEqual(self.status(name)["state"], "defined")
+            self.assertEqual(sorted(os.listdir(self.cprd.vm_dir(name))), ["vm.json"])
+        self.wait_children([])
+
+    def test_delete_running(self):
+        self.create_started("run1")
+        pid = self.status("run1")["pid"]
+        self.refused(["delete", "run1"], 1, "run1", "running", same_children=[pid])
+        vm = self.status("run1")
+        self.assertEqual((vm["state"], vm["pid"]), ("running", pid))
+        self.assertTrue(T.pid_alive(pid))
+        g = self.guest("run1")
+        wait_until(lambda: self.cprd.read_guest("run1")[1] > g[1], 10, what="the guest to keep counting")
+        # Starting a running VM is refused too.
+        self.refused(["start", "run1"], 1, "run1", "running", same_children=[pid])
+        self.ok("stop", "run1", "--force")
+
+    def test_no_such_vm(self):
+        self.ok(*self.create_args("exists"))
+        for args in (["delete", "nope"], ["start", "nope"], ["stop", "nope"], ["status", "nope"],
+                     ["log", "nope"]):
+            with self.subTest(args=args):
+                self.refused(args, 3, "nope")
+
+    def test_spec_files(self):
+        good = {"name": "f0", "memory": 64, "qemu": T.QEMU10, "accel": "tcg", "machine": "pc",
+                "disks": [{"path": T.GUEST_IMAGE, "readonly": True}]}
+        cases = [
+            ("unknown field", dict(good, bogus=1), ("bogus", "not a known field")),
+            ("unknown disk field", dict(good, disks=[{"path": T.GUEST_IMAGE, "size": 5}]),
+             ("disks[0].size", "not a known field")),
+            ("memory as a string", dict(good, memory="64"), ("memory", "integer")),
+            ("memory as a float", dict(good, memory=64.5), ("memory", "integer")),
+            ("cpus as a bool", dict(good, cpus=True), ("cpus", "integer")),
+            ("name as a number", dict(good, name=5), ("name", "string")),
+            ("qemu as a list", dict(good, qemu=[T.QEMU10]), ("qemu", "string")),
+            ("hugepages as a string", dict(good, hugepages="yes"), ("hugepages",)),
+            ("disks as an object", dict(good, disks={"path": T.GUEST_IMAGE}), ("disks", "array")),
+            ("readonly as a string", dict(good, disks=[{"path": T.GUEST_IMAGE, "readonly": "on"}]),
+             ("disks[0].readonly",)),
+            ("a disk path with a comma", dict(good, disks=[{"path": T.GUEST_IMAGE + ",if=ide"}]),
+             ("disks[0].path",)),
+            ("devices", dict(good, devices=[{"path": "/dev/vfio/devices/vfio0"}]), ("devices",)),
+            ("missing memory", {k: v for k, v in good.items() if k != "memory"}, ("memory", "missing")),
+        ]
+        for what, spec, words in cases:
+            with self.subTest(what):
+                path = self.spec_file("spec.json", spec)
+                self.refused(["create", "-f", path], 2, *words)
+        for what, text in (("not JSON", "{name: f0"), ("an array", "[1, 2]"), ("empty", "")):
+            with self.subTest(what):
+                path = self.spec_file("bad.json", text)
+                self.refused(["create", "-f", path], 2, "bad.json")
+        self.refused(["create", "-f", os.path.join(self.tmp, "missing.json")], 2, "missing.json")
+        # The good one is accepted, from the file alone and with a name.
+        path = self.spec_file("good.json", good)
+        self.ok("create", "-f", path)
+        self.assertEqual(self.status("f0")["spec"]["memory"], 64)
+        self.ok("create", "f1", "-f", path)
+        self.assertEqual(self.status("f1")["machine"], "pc-i440fx-10.0")
+
+
+if __name__ == "__main__":
+    T.main(qemus=(T.QEMU10,))

@@ -1,0 +1,536 @@
+#!/usr/bin/python3
+"""QEMU upgrades under a running guest (issue 4): cpr-transfer 10.0 -> 10.0,
+local-migrate 7.2 -> 10.0 and then cpr-transfer, rollbacks when the target
+fails after preflight, refusals that touch nothing, --dry-run, --outdated,
+and UpgradeMany in parallel.
+
+The guest shows it kept running: its tick counter (read through the memfd
+cprd holds) never goes back, and its console lines keep their numbering.
+
+Run: /usr/bin/python3 test_upgrade.py [TestClass.test_name ...]
+"""
+
+import calendar
+import os
+import shutil
+import time
+import unittest
+
+import cprdtest as T
+from cprdtest import wait_until
+
+HAVE_72 = T.qemu_usable(T.QEMU72)
+NEED_72 = "QEMU 7.2 (%s) is missing" % T.QEMU72
+
+
+def rfc3339_ms(s):
+    """Milliseconds since the epoch of 2026-01-02T03:04:05.678Z."""
+    main, _, frac = s.rstrip("Z").partition(".")
+    t = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
+    return t * 1000 + (int((frac + "000")[:3]) if frac else 0)
+
+
+PHASES = ["preflight", "spawn-target", "transfer", "resume", "verify", "retire", "commit"]
+
+
+class UpgradeCase(T.CprdTestCase):
+    """What every upgrade test needs."""
+
+    def before_upgrade(self, name):
+        """What an upgrade must keep or change, taken while the guest runs."""
+        vm = self.status(name)
+        self.wait_children(self.running_pids())
+        b = {
+            "vm": vm,
+            "pid": vm["pid"],
+            "guest": self.wait_guest_ticks(name, 1),
+            "fd_count": len(self.cprd.held_fds()),
+            "memfd_inode": self.cprd.memfd_inode(name),
+            "console_lines": len(self.console_lines(name)),
+            "upgrades": vm["upgrades"],
+            "t": time.monotonic(),
+        }
+        return b
+
+    def upgrade(self, name, *args, expect_rc=0):
+        sampler = T.Sampler(self.cprd, name)
+        sampler.start()
+        try:
+            r = self.ctl("upgrade", name, "--json", *args, timeout=180)
+        finally:
+            samples = sampler.stop()
+        self.assertEqual(r.rc, expect_rc, repr(r))
+        self.assert_counter_never_restarted(name, samples)
+        return r
+
+    def assert_counter_never_restarted(self, name, samples):
+        """Across the upgrade the magic stays, the counter never goes back."""
+        last = -1
+        seen = 0
+        for t, g in samples:
+            if g is None:
+                continue
+            seen += 1
+            self.assertEqual(g[0], T.GUEST_MAGIC, "guest RAM lost its magic during the upgrade: %r" % (g,))
+            self.assertGreaterEqual(g[1], last, "the tick counter went back from %d to %d" % (last, g[1]))
+            last = g[1]
+        self.assertGreater(seen, 0, "could not read %s's RAM during the upgrade" % name)
+
+    def phases(self, r):
+        return [d["phase"] for d in r.json_lines[:-1] if "phase" in d]
+
+    def assert_committed(self, name, b, r, mode, from_version, to_version, to_binary):
+        """The result, the guest, the processes and fds after a committed
+        upgrade."""
+        res = r.json
+        self.assertEqual(res["vm"], name)
+        self.assertEqual(res["outcome"], "committed", res)
+        self.assertEqual(res["mode"], mode, res)
+        self.assertTrue(res["fromVersion"].startswith(from_version), res)
+        self.assertTrue(res["toVersion"].startswith(to_version), res)
+        self.assertIsInstance(res["pauseMs"], (int, float), res)
+        self.assertGreaterEqual(res["pauseMs"], 0)
+        self.assertIsInstance(res["totalMs"], (int, float), res)
+        self.assertGreater(res["totalMs"], 0)
+        self.assertGreaterEqual(res["totalMs"], res["pauseMs"])
+        new_pid = res["pid"]
+        self.assertNotEqual(new_pid, b["pid"], "the pid did not change")
+        # Every phase is reported, in order; "resume" (waiting for the new
+        # QEMU after the old one handed over) is skipped when the new QEMU
+        # resumed the guest before cprd saw the old one finish.
+        ph = self.phases(r)
+        required = [p for p in PHASES if p != "resume"]
+        self.assertEqual([p for p in ph if p in required and p != "preflight"], required[1:],
+                         "phases reported: %s" % ph)
+        self.assertEqual(sorted(set(ph), key=ph.index), [p for p in PHASES if p in ph],
+                         "phases out of order: %s" % ph)
+        T.log("    %s: %s %s -> %s, pause %.1f ms, total %.0f ms" % (name, mode, res["fromVersion"],
+                                                                    res["toVersion"], res["pauseMs"],
+                                                                    res["totalMs"]))
+
+        vm = self.status(name)
+        t_status = time.monotonic()
+        self.assertEqual(vm["state"], "running", vm)
+        self.assertEqual(vm["pid"], new_pid)
+        self.assertEqual(vm["qemu"], to_binary)
+        self.assertEqual(vm["qemuVersion"], res["toVersion"])
+        self.assertEqual(vm["machine"], b["vm"]["machine"], "the machine type changed")
+        self.assertEqual(os.path.realpath("/proc/%d/exe" % new_pid),
+                         os.path.realpath(T.QEMU72 if to_version == "7.2" else T.QEMU10))
+        # The old QEMU is gone and reaped; the new one took its place among
+        # cprd's children.
+        wait_until(lambda: not T.pid_exists(b["pid"]), 20, what="the old QEMU pid %d to be gone" % b["pid"])
+        self.assertIn(new_pid, self.running_pids())
+        self.wait_children(self.running_pids())
+        # Same memfd (RAM was not copied), no fd leaked.
+        self.assertEqual(self.cprd.memfd_inode(name), b["memfd_inode"], "guest RAM moved to another memfd")
+        self.wait_fd_count(b["fd_count"])
+        # The guest keeps counting where it was, and keeps printing.
+        g = self.guest(name)
+        self.assertEqual(g[0], T.GUEST_MAGIC)
+        self.assertGreaterEqual(g[1], b["guest"][1])
+        wait_until(lambda: self.cprd.read_guest(name)[1] > g[1], 10, what="the counter to go on after the upgrade")
+        n = b["console_lines"]
+        wait_until(lambda: len(self.console_lines(name)) > n, 10, what="a console line after the upgrade")
+        self.assert_console_continuous(name, boots=1)
+        # The uptime goes on (it is the guest's, not the process's).
+        self.assertGreaterEqual(vm["uptimeSec"], t_status - b["t"], "uptime restarted at the upgrade")
+        self.assertGreaterEqual(vm["uptimeSec"], b["vm"]["uptimeSec"])
+        # The record.
+        self.assertEqual(len(vm["upgrades"]), len(b["upgrades"]) + 1, vm["upgrades"])
+        rec = vm["upgrades"][-1]
+        self.assertEqual(rec["outcome"], "committed", rec)
+        self.assertEqual(rec["mode"], mode, rec)
+        self.assertEqual(rec["fromPid"], b["pid"], rec)
+        self.assertEqual(rec["toPid"], new_pid, rec)
+        self.assertEqual(rec["fromVersion"], res["fromVersion"], rec)
+        self.assertEqual(rec["toVersion"], res["toVersion"], rec)
+        self.assertEqual(rec["fromBinary"], b["vm"]["qemu"], rec)
+        self.assertEqual(rec["toBinary"], to_binary, rec)
+        self.assertIsInstance(rec["pauseMs"], (int, float), rec)
+        self.assertIsInstance(rec["totalMs"], (int, float), rec)
+        self.assertRegex(rec["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+        return vm
+
+    def assert_untouched(self, name, b, upgrades_added=0):
+        """After a refusal or a rollback: the guest runs on the same QEMU as
+        before and keeps counting; no process or fd was left behind."""
+        vm = self.status(name)
+        self.assertEqual(vm["state"], "running", vm)
+        self.assertEqual(vm["pid"], b["pid"], "the QEMU changed")
+        self.assertTrue(T.pid_alive(b["pid"]))
+        self.assertEqual(vm["qemu"], b["vm"]["qemu"])
+        self.assertEqual(vm["qemuVersion"], b["vm"]["qemuVersion"])
+        self.assertEqual(len(vm["upgrades"]), len(b["upgrades"]) + upgrades_added, vm["upgrades"])
+        self.assertIn(b["pid"], self.running_pids())
+        self.wait_children(self.running_pids(), what="cprd's children to be its VMs' QEMUs, the old one %d "
+                           "among them" % b["pid"])
+        self.wait_fd_count(b["fd_count"])
+        self.assertEqual(self.cprd.memfd_inode(name), b["memfd_inode"])
+        g = self.guest(name)
+        self.assertEqual(g[0], T.GUEST_MAGIC)
+        self.assertGreaterEqual(g[1], b["guest"][1])
+        wait_until(lambda: self.cprd.read_guest(name)[1] > g[1], 10,
+                   what="the guest to keep counting on the old QEMU")
+        n = len(self.console_lines(name))
+        wait_until(lambda: len(self.console_lines(name)) > n, 10, what="a console line on the old QEMU")
+        self.assert_console_continuous(name, boots=1)
+        return vm
+
+    def assert_rolled_back(self, name, b, r, phases):
+        """An upgrade that failed after preflight: UpgradeFailed, exit 1,
+        "rolled back", the guest on its old QEMU."""
+        self.assertEqual(r.rc, 1, repr(r))
+        self.assertIn("rolled back", r.stderr, repr(r))
+        res = r.json
+        self.assertEqual(res["outcome"], "rolled-back", res)
+        self.assertIn(res["failedPhase"], phases, res)
+        self.assertIn(res["failedPhase"], r.stderr)
+        self.assertTrue(res.get("reason"), res)
+        self.assertEqual(res["pid"], b["pid"], res)
+        self.assertIn("rollback", self.phases(r))
+        T.log("    rolled back in %s after %.0f ms: %s" % (res["failedPhase"], res["totalMs"], res["reason"]))
+        rec = self.status(name)["upgrades"][-1]
+        # The killed target is reaped, not left as a zombie child (this
+        # was a bug: qemu_proc_free() closed the pidfd of an unreaped child).
+        wait_until(lambda: not T.pid_exists(rec["toPid"]), 20,
+                   what="the failed target pid %d to be reaped (%s)" % (rec["toPid"], T.proc_stat(rec["toPid"])))
+        vm = self.assert_untouched(name, b, upgrades_added=1)
+        self.assertEqual(rec["outcome"], "rolled-back", rec)
+        self.assertEqual(rec["failedPhase"], res["failedPhase"], rec)
+        self.assertEqual(rec["fromPid"], b["pid"], rec)
+        self.assertNotEqual(rec["toPid"], b["pid"], rec)
+        self.assertFalse(T.pid_alive(rec["toPid"]) and T.proc_stat(rec["toPid"])[1] == self.cprd.pid,
+                         "the failed target %d still runs" % rec["toPid"])
+        return vm
+
+    def refused(self, name, args, rc, *words):
+        """An upgrade refused before anything was touched."""
+        b = self.before_upgrade(name) if name else None
+        r = self.ctl("upgrade", *([name] if name else []), *args, timeout=120)
+        self.assertEqual(r.rc, rc, repr(r))
+        for w in words:
+            self.assertIn(w, r.stderr, repr(r))
+        if b:
+            self.assert_untouched(name, b)
+        return r
+
+
+class Upgrade(UpgradeCase):
+
+    def test_cpr_transfer_10_to_10(self):
+        self.create_started("vm1", ticks=20)
+        b = self.before_upgrade("vm1")
+        r = self.upgrade("vm1", "--qemu", T.QEMU10)
+        vm = self.assert_committed("vm1", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+        self.assertFalse(vm["outdated"])
+        self.assertIn("committed", self.ok("status", "vm1").stdout)
+        # And once more, with the default binary (the VM's own path).
+        b = self.before_upgrade("vm1")
+        r = self.upgrade("vm1", "--mode", "cpr-transfer")
+        self.assert_committed("vm1", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+        # Text output: phases, then one result line.
+        b = self.before_upgrade("vm1")
+        r = self.ok("upgrade", "vm1")
+        self.assertIn("vm1: upgraded in", r.stdout)
+        self.assertIn("cpr-transfer", r.stdout)
+        self.assertEqual(len(self.status("vm1")["upgrades"]), 3)
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_local_migrate_72_to_10_then_cpr_transfer(self):
+        vm = self.create("old", qemu=T.QEMU72, machine="pc")
+        self.assertEqual(vm["machine"], "pc-i440fx-7.2", "pc on QEMU 7.2 is pinned to pc-i440fx-7.2")
+        self.start_vm("old")
+        self.wait_guest_ticks("old", 20)
+        b = self.before_upgrade("old")
+        self.assertTrue(b["vm"]["qemuVersion"].startswith("7.2."), b["vm"])
+        r = self.upgrade("old", "--qemu", T.QEMU10)
+        vm = self.assert_committed("old", b, r, "local-migrate", "7.2", "10.0", T.QEMU10)
+        self.assertEqual(vm["machine"], "pc-i440fx-7.2")
+        # The VM's stored binary follows the upgrade, so a plain 'cprctl
+        # upgrade old' or a restart does not go back to QEMU 7.2 (this was a
+        # bug: spec.qemu kept the old path).
+        self.assertEqual(vm["spec"]["qemu"], T.QEMU10, "the stored binary did not follow the upgrade")
+
+        # Then 10.0 -> 10.0 with cpr-transfer, from the QEMU that came in by
+        # local-migrate.
+        b = self.before_upgrade("old")
+        r = self.upgrade("old", "--qemu", T.QEMU10, "--mode", "cpr-transfer")
+        self.assert_committed("old", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+        self.assertEqual(self.status("old")["upgrades"][0]["mode"], "local-migrate")
+        # A plain upgrade uses the VM's binary, now QEMU 10.0.
+        b = self.before_upgrade("old")
+        r = self.upgrade("old")
+        self.assert_committed("old", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+        # After a stop the guest boots on QEMU 10.0 with its pinned machine.
+        self.ok("stop", "old", "--force")
+        vm = self.start_vm("old")
+        self.assertTrue(vm["qemuVersion"].startswith("10.0."), vm)
+        self.assertEqual(vm["machine"], "pc-i440fx-7.2")
+        self.wait_guest_ticks("old", 1)
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_local_migrate_explicit_mode(self):
+        self.create_started("lm", qemu=T.QEMU72)
+        b = self.before_upgrade("lm")
+        r = self.upgrade("lm", "--qemu", T.QEMU10, "--mode", "local-migrate")
+        self.assert_committed("lm", b, r, "local-migrate", "7.2", "10.0", T.QEMU10)
+        # local-migrate between two 10.0 works as well.
+        b = self.before_upgrade("lm")
+        r = self.upgrade("lm", "--qemu", T.QEMU10, "--mode", "local-migrate")
+        self.assert_committed("lm", b, r, "local-migrate", "10.0", "10.0", T.QEMU10)
+
+    def test_paused_vm_stays_paused(self):
+        self.skipTest("cprd has no way to pause a guest (no cprctl pause, no Pause method) and the test "
+                      "must not talk QMP behind cprd's back; nothing else makes the test guest pause")
+
+    def test_dry_run(self):
+        self.create_started("dry")
+        b = self.before_upgrade("dry")
+        r = self.upgrade("dry", "--qemu", T.QEMU10, "--dry-run")
+        res = r.json
+        self.assertEqual(res["outcome"], "dry-run", res)
+        self.assertEqual(res["mode"], "cpr-transfer", res)
+        self.assertTrue(res["toVersion"].startswith("10.0"), res)
+        self.assertIn("cpr-transfer", res["reason"])
+        self.assertNotIn("spawn-target", self.phases(r))
+        self.assert_untouched("dry", b)
+        r = self.ok("upgrade", "dry", "--dry-run")
+        self.assertIn("dry run", r.stdout)
+        self.assert_untouched("dry", b)
+        # Nothing was left set on the old QEMU: a real upgrade works.
+        b = self.before_upgrade("dry")
+        r = self.upgrade("dry", "--qemu", T.QEMU10)
+        self.assert_committed("dry", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+        if HAVE_72:
+            self.create_started("dry72", qemu=T.QEMU72)
+            b = self.before_upgrade("dry72")
+            r = self.upgrade("dry72", "--qemu", T.QEMU10, "--dry-run")
+            self.assertEqual((r.json["outcome"], r.json["mode"]), ("dry-run", "local-migrate"), r.json)
+            self.assert_untouched("dry72", b)
+
+    # ---- rollback --------------------------------------------------------------
+
+    def rollback_case(self, kind, phases, timeout=None, **wrapper):
+        self.create_started("rb", ticks=10)
+        w = T.write_wrapper(os.path.join(self.tmp, "qemu-" + kind), kind, **wrapper)
+        b = self.before_upgrade("rb")
+        args = ["--qemu", w] + (["--timeout", timeout] if timeout else [])
+        r = self.upgrade("rb", *args, expect_rc=1)
+        self.assert_rolled_back("rb", b, r, phases)
+        # The guest can still be upgraded for real afterwards.
+        b = self.before_upgrade("rb")
+        r = self.upgrade("rb", "--qemu", T.QEMU10)
+        self.assert_committed("rb", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+        return r
+
+    def test_rollback_target_exits(self):
+        """The target exits with status 1 as soon as it is started."""
+        self.rollback_case("exit1", ("spawn-target",))
+
+    def test_rollback_target_hangs(self):
+        """The target stops itself (SIGSTOP): --timeout 5 rolls back."""
+        t0 = time.monotonic()
+        self.rollback_case("hang", ("spawn-target", "transfer"), timeout=5)
+        self.assertLess(time.monotonic() - t0, 60)
+
+    def test_rollback_target_killed_mid_transfer(self):
+        """The target is killed with SIGKILL in the middle of the transfer."""
+        self.rollback_case("killmid", ("transfer", "resume"))
+
+    def test_rollback_target_fails_loading_state(self):
+        """The target lacks the serial port: loading the device state fails
+        in the middle of the transfer; the old QEMU takes the guest back."""
+        self.rollback_case("noserial", ("transfer", "resume"))
+
+    # ---- refusals --------------------------------------------------------------
+
+    def test_refusals(self):
+        self.create_started("stopped")
+        self.ok("stop", "stopped", "--force")
+        self.create("defined")
+        self.create_started("r1")
+        self.refused(None, ["nope", "--qemu", T.QEMU10], 3, "nope")
+        self.refused("r1", ["--qemu", "relative/qemu"], 2, "absolute")
+        self.refused("r1", ["--qemu", "/bin/true"], 1, "/bin/true", "cannot be used as QEMU")
+        self.refused("r1", ["--qemu", "/nonexistent/qemu"], 1, "/nonexistent/qemu")
+        plain = os.path.join(self.tmp, "not-executable")
+        with open(plain, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(plain, 0o644)
+        self.refused("r1", ["--qemu", plain], 1, "not executable")
+        # With --json the last line is a result too.
+        b = self.before_upgrade("r1")
+        r = self.ctl("upgrade", "r1", "--qemu", "/bin/true", "--json")
+        self.assertEqual(r.rc, 1, repr(r))
+        self.assertEqual(r.json["outcome"], "refused", r.json)
+        self.assert_untouched("r1", b)
+        # A VM that does not run.
+        r = self.ctl("upgrade", "stopped", "--qemu", T.QEMU10)
+        self.assertEqual(r.rc, 1, repr(r))
+        self.assertIn("stopped", r.stderr + r.stdout)
+        self.assertEqual(self.status("stopped")["state"], "stopped")
+        self.assertEqual(self.status("stopped")["upgrades"], [])
+        r = self.ctl("upgrade", "defined", "--qemu", T.QEMU10)
+        self.assertEqual(r.rc, 1, repr(r))
+        self.assertIn("defined", r.stderr)
+        self.assertEqual(self.status("defined")["state"], "defined")
+        # An invalid --timeout never reaches cprd.
+        self.refused("r1", ["--timeout", "0"], 2, "--timeout")
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_refusals_qemu72(self):
+        # cpr-transfer asked of a VM on QEMU 7.2.
+        self.create_started("on72", qemu=T.QEMU72)
+        self.refused("on72", ["--qemu", T.QEMU10, "--mode", "cpr-transfer"], 1, "cpr-transfer", "10.0")
+        # cpr-transfer asked with QEMU 7.2 as the target (the machine type
+        # exists in both, so only the mode is in the way).
+        self.create_started("to72", machine="pc-i440fx-7.2")
+        self.refused("to72", ["--qemu", T.QEMU72, "--mode", "cpr-transfer"], 1, "cpr-transfer", "7.2")
+        # A machine type the new binary lacks.
+        self.create_started("m10", machine="pc-i440fx-10.0")
+        self.refused("m10", ["--qemu", T.QEMU72], 1, "pc-i440fx-10.0")
+        self.refused("m10", ["--qemu", T.QEMU72, "--mode", "local-migrate"], 1, "pc-i440fx-10.0")
+        for n in ("on72", "to72", "m10"):
+            self.assertEqual(self.status(n)["upgrades"], [], n)
+
+    def test_busy(self):
+        """A second upgrade of a VM whose upgrade is under way gets Busy."""
+        self.create_started("busy", ticks=5)
+        w = T.write_wrapper(os.path.join(self.tmp, "qemu-hang"), "hang")
+        b = self.before_upgrade("busy")
+        first = self.cprd.ctl_bg("upgrade", "busy", "--qemu", w, "--timeout", 5, "--json")
+        wait_until(lambda: self.status("busy")["state"] == "upgrading", 20, interval=0.02,
+                   what="the first upgrade to be under way")
+        r = self.ctl("upgrade", "busy", "--qemu", T.QEMU10)
+        self.assertEqual(r.rc, 1, repr(r))
+        self.assertIn("busy", r.stderr, repr(r))
+        for args in (("stop", "busy", "--force"), ("start", "busy"), ("delete", "busy")):
+            r = self.ctl(*args)
+            self.assertEqual(r.rc, 1, repr(r))
+            self.assertIn("busy", r.stderr, repr(r))
+        out, err = first.communicate(timeout=120)
+        self.assertEqual(first.returncode, 1, (out, err))
+        res = T.Result(["upgrade"], first.returncode, out, err, 0)
+        self.assert_rolled_back("busy", b, res, ("spawn-target",))
+
+    # ---- outdated and many -----------------------------------------------------
+
+    def test_outdated(self):
+        copy = os.path.join(self.tmp, "bin", "qemu-system-x86_64")
+        os.makedirs(os.path.dirname(copy))
+        shutil.copy2(T.QEMU10, copy)
+        self.create_started("od", qemu=copy)
+        self.create_started("fresh")  # on the real path, which nobody touches
+        self.assertEqual(self.ok("list", "--outdated", "--json").json["vms"], [])
+        self.assertIn("No VM", self.ok("list", "--outdated").stdout)
+        r = self.ok("upgrade", "--outdated", "--json")
+        self.assertEqual(r.json, {"committed": 0, "rolledBack": 0, "skipped": 0}, r)
+
+        # The binary's time stamp changes (as when a package rewrites it).
+        st = os.stat(copy)
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1000000000))
+        vms = self.ok("list", "--outdated", "--json").json["vms"]
+        self.assertEqual([v["name"] for v in vms], ["od"], vms)
+        self.assertTrue(vms[0]["outdated"])
+        self.assertTrue(self.status("od")["outdated"])
+        self.assertFalse(self.status("fresh")["outdated"])
+        self.assertIn("yes", [l for l in self.ok("list").stdout.splitlines() if l.startswith("od ")][0])
+
+        b = self.before_upgrade("od")
+        r = self.upgrade_many("--outdated", "--json")
+        self.assertEqual(r.rc, 0, repr(r))
+        results = [d for d in r.json_lines if "outcome" in d]
+        self.assertEqual([x["vm"] for x in results], ["od"], r)
+        self.assertEqual(r.json, {"committed": 1, "rolledBack": 0, "skipped": 0}, r)
+        self.assert_committed_many("od", b, results[0], copy)
+        self.assertFalse(self.status("od")["outdated"])
+        self.assertEqual(self.ok("list", "--outdated", "--json").json["vms"], [])
+
+        # Replaced by another file (as apt does: a new inode renamed over it).
+        tmpcopy = copy + ".new"
+        shutil.copy2(T.QEMU10, tmpcopy)
+        os.rename(tmpcopy, copy)
+        self.assertEqual([v["name"] for v in self.ok("list", "--outdated", "--json").json["vms"]], ["od"])
+        b = self.before_upgrade("od")
+        r = self.upgrade_many("--outdated")
+        self.assertEqual(r.rc, 0, repr(r))
+        self.assertIn("od: upgraded in", r.stdout)
+        self.assertIn("Summary: 1 upgraded", r.stdout)
+        self.assert_committed_many("od", b, {"outcome": "committed", "pid": self.status("od")["pid"]}, copy)
+        self.assertEqual(self.ok("list", "--outdated", "--json").json["vms"], [])
+        # Removed from disk: outdated too.
+        os.unlink(copy)
+        self.assertEqual([v["name"] for v in self.ok("list", "--outdated", "--json").json["vms"]], ["od"])
+        self.assertEqual(self.status("fresh")["upgrades"], [])
+
+    def upgrade_many(self, *args):
+        """cprctl upgrade with several names or --outdated; the counters of
+        every running VM are sampled meanwhile."""
+        names = [v["name"] for v in self.ok("list", "--json").json["vms"] if v["state"] == "running"]
+        samplers = {n: T.Sampler(self.cprd, n) for n in names}
+        for s in samplers.values():
+            s.start()
+        try:
+            r = self.ctl("upgrade", *args, timeout=180)
+        finally:
+            for n, s in samplers.items():
+                self.assert_counter_never_restarted(n, s.stop())
+        return r
+
+    def assert_committed_many(self, name, b, res, binary):
+        self.assertEqual(res["outcome"], "committed", res)
+        self.assertNotEqual(res["pid"], b["pid"])
+        vm = self.status(name)
+        self.assertEqual((vm["state"], vm["pid"], vm["qemu"]), ("running", res["pid"], binary))
+        wait_until(lambda: not T.pid_exists(b["pid"]), 20, what="the old QEMU of %s to be gone" % name)
+        self.assertEqual(self.cprd.memfd_inode(name), b["memfd_inode"])
+        g = self.guest(name)
+        self.assertGreaterEqual(g[1], b["guest"][1])
+        wait_until(lambda: self.cprd.read_guest(name)[1] > g[1], 10, what="%s to keep counting" % name)
+        self.assert_console_continuous(name)
+        self.assertEqual(vm["upgrades"][-1]["outcome"], "committed")
+
+    def test_upgrade_many_parallel(self):
+        self.create_started("pa", ticks=5)
+        self.create_started("pb", ticks=5)
+        ba, bb = self.before_upgrade("pa"), self.before_upgrade("pb")
+        pids = {ba["pid"], bb["pid"]}
+        fd_count = len(self.cprd.held_fds())
+        r = self.upgrade_many("pa", "pb", "--parallel", 2, "--qemu", T.QEMU10)
+        self.assertEqual(r.rc, 0, repr(r))
+        lines = r.stdout.splitlines()
+        self.assertEqual(len([l for l in lines if l.startswith("pa: upgraded in")]), 1, r.stdout)
+        self.assertEqual(len([l for l in lines if l.startswith("pb: upgraded in")]), 1, r.stdout)
+        self.assertEqual(lines[-1], "Summary: 2 upgraded, 0 rolled back or failed, 0 skipped", r.stdout)
+        for n, b in (("pa", ba), ("pb", bb)):
+            vm = self.status(n)
+            self.assert_committed_many(n, b, {"outcome": "committed", "pid": vm["pid"]}, T.QEMU10)
+        new = {self.status("pa")["pid"], self.status("pb")["pid"]}
+        self.assertFalse(new & pids)
+        self.assertEqual(self.running_pids(), new)
+        self.wait_children(new)
+        self.wait_fd_count(fd_count)
+        # With --parallel 2 both were under way at the same time.
+        ra, rb = self.status("pa")["upgrades"][-1], self.status("pb")["upgrades"][-1]
+        self.assertEqual((ra["mode"], rb["mode"]), ("cpr-transfer", "cpr-transfer"))
+        sa, sb = rfc3339_ms(ra["time"]), rfc3339_ms(rb["time"])
+        self.assertTrue(sa <= sb + rb["totalMs"] and sb <= sa + ra["totalMs"],
+                        "the two upgrades did not overlap: %s, %s" % (ra, rb))
+
+        # --json: phases and one result per VM, then the summary; an
+        # unknown name is skipped, not fatal.
+        ba, bb = self.before_upgrade("pa"), self.before_upgrade("pb")
+        r = self.upgrade_many("pa", "nope", "pb", "--parallel", 2, "--json")
+        self.assertEqual(r.rc, 1, repr(r))  # one was skipped
+        docs = r.json_lines
+        self.assertEqual(docs[-1], {"committed": 2, "rolledBack": 0, "skipped": 1}, docs[-1])
+        results = {d["vm"]: d for d in docs if "outcome" in d}
+        self.assertEqual(set(results), {"pa", "pb", "nope"}, docs)
+        self.assertEqual(results["nope"]["outcome"], "refused")
+        self.assert_committed_many("pa", ba, results["pa"], T.QEMU10)
+        self.assert_committed_many("pb", bb, results["pb"], T.QEMU10)
+
+
+if __name__ == "__main__":
+    T.main(qemus=(T.QEMU10,))

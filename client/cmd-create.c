@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cprctl.h"
 #include "macro.h"
@@ -114,10 +115,14 @@ static int create_run(struct ctx *ctx, int argc, char **argv) {
 	_cleanup_json_ struct json_object *final = NULL;
 	if (o.file) {
 		/* The file is the spec; flags and the name override its fields. */
+		if (access(o.file, R_OK) < 0) {
+			fprintf(stderr, "cprctl create: cannot read %s: %s\n", o.file, strerror(errno));
+			return EXIT_INVALID;
+		}
 		final = json_object_from_file(o.file);
 		if (!final || !json_object_is_type(final, json_type_object)) {
-			fprintf(stderr, "cprctl create: %s is not a JSON object: %s\n", o.file,
-				json_util_get_last_err() ? json_util_get_last_err() : "wrong type");
+			fprintf(stderr, "cprctl create: %s does not hold a JSON object (a VM spec as "
+				"'cprctl status NAME --json' shows under \"spec\")\n", o.file);
 			return EXIT_INVALID;
 		}
 		json_object_object_foreach(spec, k, v) json_object_object_add(final, k, json_object_get(v));

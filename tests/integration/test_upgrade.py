@@ -281,8 +281,28 @@ class Upgrade(UpgradeCase):
         self.assert_committed("lm", b, r, "local-migrate", "10.0", "10.0", T.QEMU10)
 
     def test_paused_vm_stays_paused(self):
-        self.skipTest("cprd has no way to pause a guest (no cprctl pause, no Pause method) and the test "
-                      "must not talk QMP behind cprd's back; nothing else makes the test guest pause")
+        """A paused guest is moved paused: its counter stands still across
+        the upgrade and after it, until it is resumed on the new QEMU."""
+        modes = [("cpr-transfer", T.QEMU10, T.QEMU10)]
+        if HAVE_72:
+            modes.insert(0, ("local-migrate", T.QEMU72, T.QEMU10))
+        for mode, src, dst in modes:
+            name = "p-" + mode
+            self.create_started(name, qemu=src, ticks=10)
+            self.assertEqual(self.ok("pause", name, "--json").json["state"], "paused")
+            frozen = self.guest(name)[1]
+            r = self.ctl("upgrade", name, "--qemu", dst, "--mode", mode, "--json", timeout=180)
+            self.assertEqual(r.rc, 0, repr(r))
+            res = r.json_lines[-1]
+            self.assertEqual(res["outcome"], "committed", res)
+            self.assertNotIn("pauseMs", res, "a guest paused throughout has no upgrade pause")
+            vm = self.status(name)
+            self.assertEqual(vm["state"], "paused", vm)
+            self.assertEqual(vm["pid"], res["pid"], vm)
+            T.time.sleep(1.0)  # a running guest would tick ~18 times meanwhile
+            self.assertEqual(self.guest(name)[1], frozen, "the paused guest ran during or after the upgrade")
+            self.assertEqual(self.ok("resume", name, "--json").json["state"], "running")
+            self.wait_guest_ticks(name, frozen + 5)
 
     def test_dry_run(self):
         self.create_started("dry")

@@ -5,6 +5,7 @@
 #include "probe.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <json-c/json.h>
@@ -664,12 +665,17 @@ static void probe_report(struct probe *p) {
 		}
 	}
 
+	bool ran = result && !result->cached;
 	if (done)
 		done(p, error, result, error < 0 ? (p->reason ? p->reason : strerror(-error)) : NULL,
 		     p->userdata);
 	else
 		probe_result_free(result);
 	probe_retire(p);
+	/* A probe parses replies of a few hundred KB (query-qmp-schema); give
+	 * that heap back rather than keep it for the daemon's lifetime. */
+	if (ran || error < 0)
+		malloc_trim(0);
 }
 
 static void probe_set_reason(struct probe *p, int error, const char *fmt, ...) _printf_(3, 4);

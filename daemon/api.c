@@ -156,7 +156,13 @@ static bool param_int(struct json_object *params, const char *key, int64_t *ret)
 
 /* Finds the VM named by the "name" parameter or replies NoSuchVM. */
 static struct vm *lookup(struct manager *m, struct vl_call *c, struct json_object *params) {
+	struct json_object *v = json_object_object_get(params, "name");
 	const char *name = param_str(params, "name");
+	if (v && strlen(name) != (size_t)json_object_get_string_len(v)) {
+		/* "vm1\u0000x" must not act on vm1. */
+		vl_call_error_invalid_parameter(c, "name");
+		return NULL;
+	}
 	struct vm *vm = name ? manager_find(m, name) : NULL;
 	if (!vm)
 		api_error_no_such_vm(c, name ? name : "");
@@ -548,23 +554,23 @@ static int method_upgrade_many(struct vl_call *c, struct json_object *params, vo
 
 /* ---- the interface ------------------------------------------------------- */
 
-static const struct vl_param p_list[] = {{"outdated", VL_BOOL, VL_NULLABLE}, {NULL}};
-static const struct vl_param p_name[] = {{"name", VL_STRING, VL_MANDATORY}, {NULL}};
-static const struct vl_param p_create[] = {{"spec", VL_OBJECT, VL_MANDATORY}, {NULL}};
+static const struct vl_param p_list[] = {{"outdated", VL_BOOL, VL_NULLABLE}, {}};
+static const struct vl_param p_name[] = {{"name", VL_STRING, VL_MANDATORY}, {}};
+static const struct vl_param p_create[] = {{"spec", VL_OBJECT, VL_MANDATORY}, {}};
 static const struct vl_param p_stop[] = {{"name", VL_STRING, VL_MANDATORY},
 					 {"force", VL_BOOL, VL_NULLABLE},
 					 {"timeoutSec", VL_INT, VL_NULLABLE},
-					 {NULL}};
+					 {}};
 static const struct vl_param p_log[] = {{"name", VL_STRING, VL_MANDATORY},
 					{"log", VL_STRING, VL_NULLABLE},
 					{"offset", VL_INT, VL_NULLABLE},
-					{NULL}};
+					{}};
 static const struct vl_param p_upgrade[] = {{"name", VL_STRING, VL_MANDATORY},
 					    {"qemu", VL_STRING, VL_NULLABLE},
 					    {"mode", VL_STRING, VL_NULLABLE},
 					    {"timeoutSec", VL_INT, VL_NULLABLE},
 					    {"dryRun", VL_BOOL, VL_NULLABLE},
-					    {NULL}};
+					    {}};
 static const struct vl_param p_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE},
 						 {"outdated", VL_BOOL, VL_NULLABLE},
 						 {"qemu", VL_STRING, VL_NULLABLE},
@@ -573,7 +579,7 @@ static const struct vl_param p_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE
 						 {"stopOnFailure", VL_BOOL, VL_NULLABLE},
 						 {"timeoutSec", VL_INT, VL_NULLABLE},
 						 {"dryRun", VL_BOOL, VL_NULLABLE},
-						 {NULL}};
+						 {}};
 
 static const struct vl_method manager_methods[] = {
 	{.name = "ListVMs", .fn = method_list_vms, .params = p_list},
@@ -588,7 +594,7 @@ static const struct vl_method manager_methods[] = {
 	{.name = "WatchEvents", .fn = method_watch_events, .flags = VL_METHOD_REQUIRES_MORE},
 	{.name = "Upgrade", .fn = method_upgrade, .params = p_upgrade},
 	{.name = "UpgradeMany", .fn = method_upgrade_many, .params = p_upgrade_many},
-	{NULL},
+	{},
 };
 
 static const struct vl_interface manager_interface = {

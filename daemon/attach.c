@@ -75,11 +75,9 @@ static void history(struct vm *vm, struct json_object *j, const char *outcome, c
 	vm_add_history(vm, h);
 }
 
-static void settle_free(struct settle *s) {
-	_cleanup_free_ char *path = vm_runtime_file(s->vm, "upgrade.json");
-	if (path)
-		unlink(path);
-	const char *dir = json_object_get_string(json_object_object_get(s->journal, "dir"));
+/* The private folder of the upgrade's incoming sockets. */
+static void remove_upgrade_dir(struct json_object *journal) {
+	const char *dir = json_object_get_string(json_object_object_get(journal, "dir"));
 	if (dir) {
 		char p[4096];
 		snprintf(p, sizeof(p), "%s/main.sock", dir);
@@ -88,6 +86,13 @@ static void settle_free(struct settle *s) {
 		unlink(p);
 		rmdir(dir);
 	}
+}
+
+static void settle_free(struct settle *s) {
+	_cleanup_free_ char *path = vm_runtime_file(s->vm, "upgrade.json");
+	if (path)
+		unlink(path);
+	remove_upgrade_dir(s->journal);
 	vm_qemu_free(s->old);
 	vm_qemu_free(s->target);
 	json_object_put(s->journal);
@@ -238,6 +243,7 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 			}
 			safe_close(target_qmp);
 			history(vm, journal, "committed", "finished after cprd restarted");
+			remove_upgrade_dir(journal);
 			json_object_put(journal);
 			unlink(upath);
 			vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");

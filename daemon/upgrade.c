@@ -326,6 +326,9 @@ static void upgrade_finish(struct upgrade *u) {
 	else
 		outcome = "rolled-back";
 
+	/* After a rollback the old QEMU is the VM's again, with its callbacks. */
+	if (!u->refused && !u->target_resumed && !u->old_gone && vm->qemu)
+		vm_watch_main(vm);
 	if (!u->refused) {
 		enum upgrade_phase was = u->phase;
 		u->phase = PHASE_DONE;
@@ -364,6 +367,12 @@ static void rollback_on_status(struct qmp *qmp, struct json_object *ret, const s
 	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
 	if (err) {
 		log_vm(LOG_ERR, u->vm->name, "rollback: old QEMU does not answer: %s", err->desc);
+		if (qmp_get_error(qmp) < 0) {
+			/* Its channel closed: it is probably dying. Its exit ends the
+			 * upgrade (old_exited); the deadline covers the rest. */
+			arm(u->phase_timer, 2000);
+			return;
+		}
 		return upgrade_finish(u);
 	}
 	if (status && (streq(status, "finish-migrate") || streq(status, "inmigrate"))) {
@@ -395,8 +404,8 @@ static void upgrade_rollback(struct upgrade *u) {
 		vm_set_state(vm, VM_CRASHED, "the old QEMU died during the upgrade");
 		return upgrade_finish(u);
 	}
-	/* The old QEMU gets its normal callbacks back. */
-	vm_watch_main(vm);
+	/* The old QEMU keeps the upgrade's callbacks until the rollback is
+	 * over, so its death meanwhile ends the upgrade as failed. */
 	struct qmp *qmp = vm_qemu_qmp(u->old);
 	if (u->migrate_sent)
 		qmp_command(qmp, "migrate_cancel", NULL, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
@@ -458,6 +467,8 @@ static void upgrade_refuse(struct upgrade *u, const char *error, const char *fmt
 
 static void on_phase_timeout(evutil_socket_t fd, short what, void *userdata) {
 	struct upgrade *u = userdata;
+	if (u->phase == PHASE_ROLLBACK)
+		return upgrade_finish(u); /* as far as a rollback can get */
 	if (u->phase == PHASE_RETIRE) {
 		log_vm(LOG_WARNING, u->vm->name, "old QEMU pid %d did not quit; killing it", (int)u->old_pid);
 		if (u->old)
@@ -498,10 +509,18 @@ static void old_exited(struct vm_qemu *q, const char *how, int status, int sig, 
 	struct upgrade *u = userdata;
 	log_vm(LOG_INFO, u->vm->name, "old QEMU pid %d ended (%s)", (int)u->old_pid, how);
 	u->old_gone = true;
+	/* Before the point of no return it is still the VM's QEMU: the VM
+	 * must not keep a pointer to it once it is freed. */
+	if (u->vm->qemu == u->old)
+		vm_adopt_qemu(u->vm, NULL);
 	vm_qemu_free(u->old);
 	u->old = NULL;
 	if (u->phase == PHASE_RETIRE)
 		return upgrade_commit(u);
+	if (u->phase == PHASE_ROLLBACK) {
+		vm_set_state(u->vm, VM_CRASHED, "the old QEMU died during the rollback");
+		return upgrade_finish(u);
+	}
 	if (!u->target_resumed)
 		/* The source died before the target took over: nothing is left
 		 * to roll back to. The target cannot finish either. */
@@ -941,6 +960,13 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 	if (!vm_qemu_qmp(vm->qemu))
 		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
 				      "cprd has no QMP channel to the running QEMU");
+	/* The incoming sockets must fit in a sockaddr_un (108 bytes). */
+	_cleanup_free_ char *rdir = manager_vm_runtime_dir(u->m, vm->name);
+	if (!rdir || strlen(rdir) + strlen("/upgrade-XXXXXX/main.sock") >= 108)
+		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+				      "the runtime folder %s is too long for the upgrade's unix sockets "
+				      "(108 bytes at most); start cprd with a shorter --runtime-dir",
+				      rdir ? rdir : "");
 	const struct probe_result *old = vm_qemu_probe(vm->qemu);
 
 	if (!probe_result_resolve_machine(result, vm->spec->machine) ||

@@ -85,14 +85,14 @@ static int method_get_interface_description(struct vl_call *call, struct json_ob
 
 static const struct vl_param params_get_interface_description[] = {
 	{"interface", VL_STRING, VL_MANDATORY},
-	{NULL},
+	{},
 };
 
 static const struct vl_method service_methods[] = {
 	{.name = "GetInfo", .fn = method_get_info},
 	{.name = "GetInterfaceDescription", .fn = method_get_interface_description,
 	 .params = params_get_interface_description},
-	{NULL},
+	{},
 };
 
 static const struct vl_interface service_interface = {

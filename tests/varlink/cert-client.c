@@ -115,7 +115,7 @@ int main(int argc, char **argv) {
 		return 1;
 	}
 	_cleanup_json_ struct json_object *end = call("End", id, NULL);
-	if (!json_object_get_boolean(field(end, "all_ok"))) {
+	if (!json_object_get_boolean(json_object_object_get(end, "all_ok"))) {
 		fprintf(stderr, "End: all_ok is false\n");
 		return 1;
 	}

@@ -326,29 +326,29 @@ static int cert_end(struct vl_call *c, struct json_object *params, void *u) {
 	return vl_call_reply(c, r);
 }
 
-static const struct vl_param p_id[] = {{"client_id", VL_STRING, VL_MANDATORY}, {NULL}};
+static const struct vl_param p_id[] = {{"client_id", VL_STRING, VL_MANDATORY}, {}};
 static const struct vl_param p_02[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"bool", VL_BOOL, VL_MANDATORY}, {NULL}};
+				       {"bool", VL_BOOL, VL_MANDATORY}, {}};
 static const struct vl_param p_03[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"int", VL_INT, VL_MANDATORY}, {NULL}};
+				       {"int", VL_INT, VL_MANDATORY}, {}};
 static const struct vl_param p_04[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"float", VL_FLOAT, VL_MANDATORY}, {NULL}};
+				       {"float", VL_FLOAT, VL_MANDATORY}, {}};
 static const struct vl_param p_05[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"string", VL_STRING, VL_MANDATORY}, {NULL}};
+				       {"string", VL_STRING, VL_MANDATORY}, {}};
 static const struct vl_param p_06[] = {
 	{"client_id", VL_STRING, VL_MANDATORY}, {"bool", VL_BOOL, VL_MANDATORY},
 	{"int", VL_INT, VL_MANDATORY},          {"float", VL_FLOAT, VL_MANDATORY},
-	{"string", VL_STRING, VL_MANDATORY},    {NULL}};
+	{"string", VL_STRING, VL_MANDATORY},    {}};
 static const struct vl_param p_07[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"struct", VL_OBJECT, VL_MANDATORY}, {NULL}};
+				       {"struct", VL_OBJECT, VL_MANDATORY}, {}};
 static const struct vl_param p_08[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"map", VL_OBJECT, VL_MANDATORY}, {NULL}};
+				       {"map", VL_OBJECT, VL_MANDATORY}, {}};
 static const struct vl_param p_09[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"set", VL_OBJECT, VL_MANDATORY}, {NULL}};
+				       {"set", VL_OBJECT, VL_MANDATORY}, {}};
 static const struct vl_param p_10[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"mytype", VL_OBJECT, VL_MANDATORY}, {NULL}};
+				       {"mytype", VL_OBJECT, VL_MANDATORY}, {}};
 static const struct vl_param p_11[] = {{"client_id", VL_STRING, VL_MANDATORY},
-				       {"last_more_replies", VL_ARRAY, VL_MANDATORY}, {NULL}};
+				       {"last_more_replies", VL_ARRAY, VL_MANDATORY}, {}};
 
 static const struct vl_method cert_methods[] = {
 	{.name = "Start", .fn = cert_start},
@@ -364,7 +364,7 @@ static const struct vl_method cert_methods[] = {
 	{.name = "Test10", .fn = cert_test10, .params = p_10, .flags = VL_METHOD_REQUIRES_MORE},
 	{.name = "Test11", .fn = cert_test11, .params = p_11},
 	{.name = "End", .fn = cert_end, .params = p_id},
-	{NULL},
+	{},
 };
 
 static const struct vl_interface cert_interface = {
@@ -534,12 +534,12 @@ static int test_big(struct vl_call *c, struct json_object *params, void *u) {
 	return vl_call_reply(c, r);
 }
 
-static const struct vl_param p_echo[] = {{"text", VL_STRING, VL_MANDATORY}, {NULL}};
-static const struct vl_param p_count[] = {{"count", VL_INT, VL_MANDATORY}, {NULL}};
-static const struct vl_param p_sleep[] = {{"ms", VL_INT, VL_MANDATORY}, {NULL}};
-static const struct vl_param p_fail[] = {{"reason", VL_STRING, VL_NULLABLE}, {NULL}};
-static const struct vl_param p_note[] = {{"text", VL_STRING, VL_MANDATORY}, {NULL}};
-static const struct vl_param p_big[] = {{"size", VL_INT, VL_MANDATORY}, {NULL}};
+static const struct vl_param p_echo[] = {{"text", VL_STRING, VL_MANDATORY}, {}};
+static const struct vl_param p_count[] = {{"count", VL_INT, VL_MANDATORY}, {}};
+static const struct vl_param p_sleep[] = {{"ms", VL_INT, VL_MANDATORY}, {}};
+static const struct vl_param p_fail[] = {{"reason", VL_STRING, VL_NULLABLE}, {}};
+static const struct vl_param p_note[] = {{"text", VL_STRING, VL_MANDATORY}, {}};
+static const struct vl_param p_big[] = {{"size", VL_INT, VL_MANDATORY}, {}};
 
 static const struct vl_method test_methods[] = {
 	{.name = "Echo", .fn = test_echo, .params = p_echo},
@@ -550,7 +550,7 @@ static const struct vl_method test_methods[] = {
 	{.name = "Stats", .fn = test_stats},
 	{.name = "Big", .fn = test_big, .params = p_big},
 	{.name = "Unimplemented"},
-	{NULL},
+	{},
 };
 
 static const struct vl_interface test_interface = {

@@ -1,0 +1,5 @@
+# Check suites for daemon/ modules without a fragment of their own.
+# test_spec: daemon/spec.c, the VM spec parser (no QEMU needed).
+cprd_check_test(test_spec
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_spec.c
+  LIBS cprd-core)

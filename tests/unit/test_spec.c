@@ -1,0 +1,376 @@
+/* Check suite for daemon/spec.c: a valid spec parses with its defaults and
+ * survives the trip through vm.json; every invalid field is refused with
+ * that field named and a reason a person can act on; the trusted parser
+ * (specs read back from disk) skips only the looks at the host. */
+#include <check.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "spec.h"
+
+/* A binary every Debian machine has, owned by root in root's folders. */
+#define GOOD_BINARY "/bin/sh"
+
+static char tmpdir[64], disk[128], writable_bin[128];
+
+static void setup(void) {
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/cprd-test-spec-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	snprintf(disk, sizeof(disk), "%s/disk.img", tmpdir);
+	FILE *f = fopen(disk, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs("disk", f);
+	fclose(f);
+	/* A binary anyone may rewrite: never to be run by a root daemon. */
+	snprintf(writable_bin, sizeof(writable_bin), "%s/qemu", tmpdir);
+	f = fopen(writable_bin, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs("#!/bin/sh\n", f);
+	fclose(f);
+	ck_assert_int_eq(chmod(writable_bin, 0777), 0);
+}
+
+static void teardown(void) {
+	unlink(disk);
+	unlink(writable_bin);
+	rmdir(tmpdir);
+}
+
+/* A valid spec as cprctl create sends it. */
+static struct json_object *valid(void) {
+	char text[1024];
+	snprintf(text, sizeof(text),
+		 "{\"name\": \"vm-1.test_x\", \"memory\": 64, \"cpus\": 2, \"machine\": \"pc-i440fx-7.2\","
+		 " \"qemu\": \"%s\", \"accel\": \"tcg\", \"hugepages\": false,"
+		 " \"disks\": [{\"path\": \"%s\", \"format\": \"raw\", \"readonly\": true}],"
+		 " \"devices\": []}",
+		 GOOD_BINARY, disk);
+	struct json_object *o = json_tokener_parse(text);
+	ck_assert_ptr_nonnull(o);
+	return o;
+}
+
+/* Sets key (a path like "disks.0.path" for nested fields) to the JSON
+ * text value, or removes it when value is NULL. */
+static void set(struct json_object *o, const char *key, const char *value) {
+	char buf[256];
+	snprintf(buf, sizeof(buf), "%s", key);
+	char *dot = strchr(buf, '.');
+	if (dot) {
+		*dot = '\0';
+		char *rest = dot + 1;
+		struct json_object *arr = json_object_object_get(o, buf);
+		char *dot2 = strchr(rest, '.');
+		ck_assert_ptr_nonnull(dot2);
+		*dot2 = '\0';
+		struct json_object *elem = json_object_array_get_idx(arr, (size_t)atoi(rest));
+		ck_assert_ptr_nonnull(elem);
+		return set(elem, dot2 + 1, value);
+	}
+	if (!value) {
+		json_object_object_del(o, key);
+		return;
+	}
+	struct json_object *v = json_tokener_parse(value);
+	/* "null" parses to NULL, which json-c stores as null. */
+	ck_assert_msg(v || strcmp(value, "null") == 0, "bad JSON in the test: %s", value);
+	json_object_object_add(o, key, v);
+}
+
+/* Expects spec_from_json (and, with trusted_too, the trusted parser) to
+ * refuse o naming field, with words in the reason. Takes o. */
+static void refused(struct json_object *o, bool trusted_too, const char *field, const char *words,
+		    const char *trusted_words) {
+	struct spec_error err;
+	struct vm_spec *s = NULL;
+	memset(&err, 0, sizeof(err));
+	int r = spec_from_json(o, &s, &err);
+	ck_assert_msg(r == -EINVAL, "spec_from_json accepted %s (expected a refusal of %s)",
+		      json_object_to_json_string(o), field);
+	ck_assert_ptr_null(s);
+	ck_assert_str_eq(err.field, field);
+	ck_assert_msg(strstr(err.reason, words), "reason for %s is '%s', expected it to say '%s'", field,
+		      err.reason, words);
+	memset(&err, 0, sizeof(err));
+	r = spec_from_json_trusted(o, &s, &err);
+	if (trusted_too) {
+		ck_assert_int_eq(r, -EINVAL);
+		ck_assert_str_eq(err.field, field);
+		if (trusted_words)
+			ck_assert_msg(strstr(err.reason, trusted_words),
+				      "trusted reason for %s is '%s', expected '%s'", field, err.reason,
+				      trusted_words);
+	} else {
+		ck_assert_msg(r == 0, "the trusted parser refused %s: %s: %s", json_object_to_json_string(o),
+			      err.field, err.reason);
+		spec_free(s);
+	}
+	json_object_put(o);
+}
+
+/* One field set to a bad value, refused by both parsers. */
+static void bad(const char *key, const char *value, const char *field, const char *words) {
+	struct json_object *o = valid();
+	set(o, key, value);
+	refused(o, true, field, words, words);
+}
+
+/* Refused by both, for different reasons: the host check comes first. */
+static void bad2(const char *key, const char *value, const char *field, const char *words,
+		 const char *trusted_words) {
+	struct json_object *o = valid();
+	set(o, key, value);
+	refused(o, true, field, words, trusted_words);
+}
+
+/* One field set to a value only the host check refuses. */
+static void bad_on_host(const char *key, const char *value, const char *field, const char *words) {
+	struct json_object *o = valid();
+	set(o, key, value);
+	refused(o, false, field, words, NULL);
+}
+
+START_TEST(test_valid) {
+	struct json_object *o = valid();
+	struct spec_error err = {0};
+	struct vm_spec *s = NULL;
+	ck_assert_int_eq(spec_from_json(o, &s, &err), 0);
+	ck_assert_str_eq(s->name, "vm-1.test_x");
+	ck_assert_uint_eq(s->memory_mib, 64);
+	ck_assert_uint_eq(s->cpus, 2);
+	ck_assert_str_eq(s->machine, "pc-i440fx-7.2");
+	ck_assert_str_eq(s->qemu, GOOD_BINARY);
+	ck_assert_str_eq(s->accel, "tcg");
+	ck_assert(!s->hugepages);
+	ck_assert_uint_eq(s->n_disks, 1);
+	ck_assert_str_eq(s->disks[0].path, disk);
+	ck_assert_str_eq(s->disks[0].format, "raw");
+	ck_assert(s->disks[0].readonly);
+
+	/* What is written to vm.json reads back as the same spec. */
+	struct json_object *j = spec_to_json(s);
+	struct vm_spec *back = NULL;
+	ck_assert_int_eq(spec_from_json_trusted(j, &back, &err), 0);
+	struct json_object *j2 = spec_to_json(back);
+	ck_assert(json_object_equal(j, j2));
+	json_object_put(j);
+	json_object_put(j2);
+	spec_free(back);
+	spec_free(s);
+	json_object_put(o);
+}
+END_TEST
+
+START_TEST(test_defaults) {
+	char text[256];
+	snprintf(text, sizeof(text), "{\"name\": \"a\", \"memory\": 16, \"qemu\": \"%s\"}", GOOD_BINARY);
+	struct json_object *o = json_tokener_parse(text);
+	struct spec_error err = {0};
+	struct vm_spec *s = NULL;
+	ck_assert_int_eq(spec_from_json(o, &s, &err), 0);
+	ck_assert_uint_eq(s->cpus, 1);
+	ck_assert_str_eq(s->machine, "pc");
+	ck_assert_str_eq(s->accel, "auto");
+	ck_assert_uint_eq(s->n_disks, 0);
+	spec_free(s);
+	json_object_put(o);
+
+	/* null means absent for the optional fields. */
+	o = valid();
+	set(o, "cpus", "null");
+	set(o, "machine", "null");
+	set(o, "disks", "null");
+	ck_assert_int_eq(spec_from_json(o, &s, &err), 0);
+	ck_assert_uint_eq(s->cpus, 1);
+	spec_free(s);
+	json_object_put(o);
+
+	/* The longest name and the most disks allowed. */
+	o = valid();
+	char name[80];
+	memset(name, 'n', 64);
+	name[64] = '\0';
+	char quoted[96];
+	snprintf(quoted, sizeof(quoted), "\"%s\"", name);
+	set(o, "name", quoted);
+	char disks[2048] = "[";
+	for (int i = 0; i < SPEC_DISKS_MAX; i++) {
+		size_t n = strlen(disks);
+		snprintf(disks + n, sizeof(disks) - n, "%s{\"path\": \"%s\"}", i ? ", " : "", disk);
+	}
+	strcat(disks, "]");
+	set(o, "disks", disks);
+	ck_assert_int_eq(spec_from_json(o, &s, &err), 0);
+	ck_assert_uint_eq(s->n_disks, SPEC_DISKS_MAX);
+	spec_free(s);
+	json_object_put(o);
+}
+END_TEST
+
+START_TEST(test_not_an_object) {
+	struct spec_error err = {0};
+	struct vm_spec *s = NULL;
+	ck_assert_int_eq(spec_from_json(NULL, &s, &err), -EINVAL);
+	ck_assert_str_eq(err.field, "spec");
+	struct json_object *a = json_object_new_array();
+	ck_assert_int_eq(spec_from_json_trusted(a, &s, &err), -EINVAL);
+	ck_assert_str_eq(err.field, "spec");
+	json_object_put(a);
+}
+END_TEST
+
+START_TEST(test_name) {
+	bad("name", NULL, "name", "missing");
+	bad("name", "null", "name", "missing");
+	bad("name", "5", "name", "must be a string");
+	bad("name", "\"\"", "name", "1 to 64");
+	bad("name", "\".\"", "name", "not . or ..");
+	bad("name", "\"..\"", "name", "not . or ..");
+	bad("name", "\"../x\"", "name", "A-Z");
+	bad("name", "\"a/b\"", "name", "A-Z");
+	bad("name", "\"/etc\"", "name", "A-Z");
+	bad("name", "\"a b\"", "name", "A-Z");
+	bad("name", "\"vm\\u00e9\"", "name", "A-Z");
+	bad("name", "\"a\\u0000b\"", "name", "NUL");
+	bad("name", "\"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn\"", "name", "1 to 64");
+}
+END_TEST
+
+START_TEST(test_memory) {
+	bad("memory", NULL, "memory", "missing");
+	bad("memory", "15", "memory", "at least 16");
+	bad("memory", "0", "memory", "at least 16");
+	bad("memory", "-1", "memory", "at least 16");
+	bad("memory", "-9223372036854775808", "memory", "at least 16");
+	bad("memory", "\"64\"", "memory", "integer");
+	bad("memory", "64.0", "memory", "integer");
+	bad("memory", "1e3", "memory", "integer");
+	bad("memory", "true", "memory", "integer");
+	bad2("memory", "8589934592", "memory", "host", "too large");
+	bad_on_host("memory", "4294967296", "memory", "host");
+}
+END_TEST
+
+START_TEST(test_cpus) {
+	bad("cpus", "0", "cpus", "between 1 and 255");
+	bad("cpus", "256", "cpus", "between 1 and 255");
+	bad("cpus", "-1", "cpus", "between 1 and 255");
+	bad("cpus", "4294967297", "cpus", "between 1 and 255");
+	bad("cpus", "\"2\"", "cpus", "integer");
+	bad("cpus", "1.5", "cpus", "integer");
+}
+END_TEST
+
+START_TEST(test_machine) {
+	bad("machine", "\"\"", "machine", "not a machine type");
+	bad("machine", "\"pc,accel=kvm\"", "machine", "not a machine type");
+	bad("machine", "\"pc;rm\"", "machine", "not a machine type");
+	bad("machine", "[]", "machine", "string");
+	bad("machine", "\"mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm\"", "machine", "longer");
+}
+END_TEST
+
+START_TEST(test_qemu) {
+	bad("qemu", NULL, "qemu", "missing");
+	bad("qemu", "\"qemu-system-x86_64\"", "qemu", "absolute");
+	bad("qemu", "1", "qemu", "string");
+	bad_on_host("qemu", "\"/nonexistent/qemu\"", "qemu", "does not exist");
+	bad_on_host("qemu", "\"/etc\"", "qemu", "not a regular file");
+	bad_on_host("qemu", "\"/etc/passwd\"", "qemu", "not executable");
+	char v[256];
+	snprintf(v, sizeof(v), "\"%s\"", writable_bin);
+	if (getuid() == 0)
+		bad_on_host("qemu", v, "qemu", "owned by root");
+}
+END_TEST
+
+START_TEST(test_accel_hugepages) {
+	bad("accel", "\"xen\"", "accel", "tcg, kvm or auto");
+	bad("accel", "\"tcgtcgtcg\"", "accel", "longer");
+	bad("accel", "0", "accel", "string");
+	bad("hugepages", "\"yes\"", "hugepages", "true or false");
+	bad("hugepages", "1", "hugepages", "true or false");
+}
+END_TEST
+
+START_TEST(test_disks) {
+	bad("disks", "{}", "disks", "array");
+	bad("disks", "\"/a\"", "disks", "array");
+	bad("disks", "[{\"path\":\"/a\"},{\"path\":\"/a\"},{\"path\":\"/a\"},{\"path\":\"/a\"},{\"path\":\"/a\"},"
+		     "{\"path\":\"/a\"},{\"path\":\"/a\"},{\"path\":\"/a\"},{\"path\":\"/a\"}]",
+	    "disks", "at most 8");
+	bad("disks", "[\"/a\"]", "disks[0]", "object");
+	bad("disks", "[{}]", "disks[0].path", "missing");
+	bad("disks.0.path", "\"disk.img\"", "disks[0].path", "absolute");
+	bad2("disks.0.path", "\"/a,b=c\"", "disks[0].path", "does not exist", "comma");
+	bad("disks.0.path", "\"/a\\u0000b\"", "disks[0].path", "NUL");
+	bad("disks.0.format", "\"vmdk\"", "disks[0].format", "raw or qcow2");
+	bad("disks.0.readonly", "\"no\"", "disks[0].readonly", "true or false");
+	bad("disks.0.cache", "\"none\"", "disks[0].cache", "not a known field");
+	/* A file that exists but whose name QEMU's option syntax would split. */
+	char comma[160], v[200];
+	snprintf(comma, sizeof(comma), "%s/a,b=c", tmpdir);
+	FILE *f = fopen(comma, "w");
+	ck_assert_ptr_nonnull(f);
+	fclose(f);
+	snprintf(v, sizeof(v), "\"%s\"", comma);
+	bad("disks.0.path", v, "disks[0].path", "comma");
+	unlink(comma);
+	bad_on_host("disks.0.path", "\"/nonexistent.img\"", "disks[0].path", "does not exist");
+	bad_on_host("disks.0.path", "\"/etc\"", "disks[0].path", "not a file or block device");
+	bad_on_host("disks.0.path", "\"/dev/null\"", "disks[0].path", "not a file or block device");
+}
+END_TEST
+
+START_TEST(test_devices_and_unknown) {
+	bad("devices", "{}", "devices", "array");
+	bad("devices", "[{\"host\": \"0000:01:00.0\"}]", "devices", "not supported");
+	bad("firmware", "\"/tmp/x\"", "firmware", "not a known field");
+	bad("Name", "\"x\"", "Name", "not a known field");
+}
+END_TEST
+
+START_TEST(test_name_valid) {
+	ck_assert(spec_name_valid("a"));
+	ck_assert(spec_name_valid("vm-1_2.x"));
+	ck_assert(spec_name_valid("..."));
+	ck_assert(!spec_name_valid(""));
+	ck_assert(!spec_name_valid("."));
+	ck_assert(!spec_name_valid(".."));
+	ck_assert(!spec_name_valid("a/b"));
+	ck_assert(!spec_name_valid("a\nb"));
+}
+END_TEST
+
+static Suite *spec_suite(void) {
+	Suite *s = suite_create("spec");
+	TCase *tc = tcase_create("spec");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_valid);
+	tcase_add_test(tc, test_defaults);
+	tcase_add_test(tc, test_not_an_object);
+	tcase_add_test(tc, test_name);
+	tcase_add_test(tc, test_memory);
+	tcase_add_test(tc, test_cpus);
+	tcase_add_test(tc, test_machine);
+	tcase_add_test(tc, test_qemu);
+	tcase_add_test(tc, test_accel_hugepages);
+	tcase_add_test(tc, test_disks);
+	tcase_add_test(tc, test_devices_and_unknown);
+	tcase_add_test(tc, test_name_valid);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void) {
+	SRunner *sr = srunner_create(spec_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

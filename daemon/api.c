@@ -554,24 +554,24 @@ static int method_upgrade_many(struct vl_call *c, struct json_object *params, vo
 
 /* ---- the interface ------------------------------------------------------- */
 
-static const struct vl_param p_list[] = {{"outdated", VL_BOOL, VL_NULLABLE}, {}};
-static const struct vl_param p_name[] = {{"name", VL_STRING, VL_MANDATORY}, {}};
-static const struct vl_param p_create[] = {{"spec", VL_OBJECT, VL_MANDATORY}, {}};
-static const struct vl_param p_stop[] = {{"name", VL_STRING, VL_MANDATORY},
+const struct vl_param api_params_list[] = {{"outdated", VL_BOOL, VL_NULLABLE}, {}};
+const struct vl_param api_params_name[] = {{"name", VL_STRING, VL_MANDATORY}, {}};
+const struct vl_param api_params_create[] = {{"spec", VL_OBJECT, VL_MANDATORY}, {}};
+const struct vl_param api_params_stop[] = {{"name", VL_STRING, VL_MANDATORY},
 					 {"force", VL_BOOL, VL_NULLABLE},
 					 {"timeoutSec", VL_INT, VL_NULLABLE},
 					 {}};
-static const struct vl_param p_log[] = {{"name", VL_STRING, VL_MANDATORY},
+const struct vl_param api_params_log[] = {{"name", VL_STRING, VL_MANDATORY},
 					{"log", VL_STRING, VL_NULLABLE},
 					{"offset", VL_INT, VL_NULLABLE},
 					{}};
-static const struct vl_param p_upgrade[] = {{"name", VL_STRING, VL_MANDATORY},
+const struct vl_param api_params_upgrade[] = {{"name", VL_STRING, VL_MANDATORY},
 					    {"qemu", VL_STRING, VL_NULLABLE},
 					    {"mode", VL_STRING, VL_NULLABLE},
 					    {"timeoutSec", VL_INT, VL_NULLABLE},
 					    {"dryRun", VL_BOOL, VL_NULLABLE},
 					    {}};
-static const struct vl_param p_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE},
+const struct vl_param api_params_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE},
 						 {"outdated", VL_BOOL, VL_NULLABLE},
 						 {"qemu", VL_STRING, VL_NULLABLE},
 						 {"mode", VL_STRING, VL_NULLABLE},
@@ -582,18 +582,18 @@ static const struct vl_param p_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE
 						 {}};
 
 static const struct vl_method manager_methods[] = {
-	{.name = "ListVMs", .fn = method_list_vms, .params = p_list},
-	{.name = "GetVM", .fn = method_get_vm, .params = p_name},
-	{.name = "CreateVM", .fn = method_create_vm, .params = p_create},
-	{.name = "StartVM", .fn = method_start_vm, .params = p_name},
-	{.name = "StopVM", .fn = method_stop_vm, .params = p_stop},
-	{.name = "PauseVM", .fn = method_pause_vm, .params = p_name},
-	{.name = "ResumeVM", .fn = method_resume_vm, .params = p_name},
-	{.name = "DeleteVM", .fn = method_delete_vm, .params = p_name},
-	{.name = "ReadLog", .fn = method_read_log, .params = p_log},
+	{.name = "ListVMs", .fn = method_list_vms, .params = api_params_list},
+	{.name = "GetVM", .fn = method_get_vm, .params = api_params_name},
+	{.name = "CreateVM", .fn = method_create_vm, .params = api_params_create},
+	{.name = "StartVM", .fn = method_start_vm, .params = api_params_name},
+	{.name = "StopVM", .fn = method_stop_vm, .params = api_params_stop},
+	{.name = "PauseVM", .fn = method_pause_vm, .params = api_params_name},
+	{.name = "ResumeVM", .fn = method_resume_vm, .params = api_params_name},
+	{.name = "DeleteVM", .fn = method_delete_vm, .params = api_params_name},
+	{.name = "ReadLog", .fn = method_read_log, .params = api_params_log},
 	{.name = "WatchEvents", .fn = method_watch_events, .flags = VL_METHOD_REQUIRES_MORE},
-	{.name = "Upgrade", .fn = method_upgrade, .params = p_upgrade},
-	{.name = "UpgradeMany", .fn = method_upgrade_many, .params = p_upgrade_many},
+	{.name = "Upgrade", .fn = method_upgrade, .params = api_params_upgrade},
+	{.name = "UpgradeMany", .fn = method_upgrade_many, .params = api_params_upgrade_many},
 	{},
 };
 

@@ -10,6 +10,13 @@ struct json_object;
 
 #define API_ERROR(name) "io.cprd.Manager." name
 
+#include "varlink.h"
+
+/* The parameter tables of io.cprd.Manager's methods (also fed to the fuzz
+ * targets, so they check exactly what cprd accepts). */
+extern const struct vl_param api_params_list[], api_params_name[], api_params_create[],
+	api_params_stop[], api_params_log[], api_params_upgrade[], api_params_upgrade_many[];
+
 #include <sys/types.h>
 
 int api_register(struct manager *m);

@@ -1,31 +1,18 @@
-/* Parameter tables shaped like io.cprd.Manager's (daemon/api.c keeps its
- * own static), shared by the Varlink fuzz targets. */
+/* The parameter tables of io.cprd.Manager (daemon/api.c) plus one with
+ * every type and flag, shared by the Varlink fuzz targets. */
 #pragma once
 
+#include "api.h"
 #include "varlink.h"
 
-static const struct vl_param fz_p_list[] = {{"outdated", VL_BOOL, VL_NULLABLE}, {.name = NULL}};
-static const struct vl_param fz_p_name[] = {{"name", VL_STRING, VL_MANDATORY}, {.name = NULL}};
-static const struct vl_param fz_p_create[] = {{"spec", VL_OBJECT, VL_MANDATORY}, {.name = NULL}};
-static const struct vl_param fz_p_stop[] = {{"name", VL_STRING, VL_MANDATORY},
-					    {"force", VL_BOOL, VL_NULLABLE},
-					    {"timeoutSec", VL_INT, VL_NULLABLE},
-					    {.name = NULL}};
-static const struct vl_param fz_p_upgrade[] = {{"name", VL_STRING, VL_MANDATORY},
-					       {"qemu", VL_STRING, VL_NULLABLE},
-					       {"mode", VL_STRING, VL_NULLABLE},
-					       {"timeoutSec", VL_INT, VL_NULLABLE},
-					       {"dryRun", VL_BOOL, VL_NULLABLE},
-					       {.name = NULL}};
-static const struct vl_param fz_p_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE},
-						    {"outdated", VL_BOOL, VL_NULLABLE},
-						    {"qemu", VL_STRING, VL_NULLABLE},
-						    {"mode", VL_STRING, VL_NULLABLE},
-						    {"parallel", VL_INT, VL_NULLABLE},
-						    {"stopOnFailure", VL_BOOL, VL_NULLABLE},
-						    {"timeoutSec", VL_INT, VL_NULLABLE},
-						    {"dryRun", VL_BOOL, VL_NULLABLE},
-						    {.name = NULL}};
+/* cprd's own tables (daemon/api.c). */
+#define fz_p_list api_params_list
+#define fz_p_name api_params_name
+#define fz_p_create api_params_create
+#define fz_p_stop api_params_stop
+#define fz_p_upgrade api_params_upgrade
+#define fz_p_upgrade_many api_params_upgrade_many
+
 /* Every type and flag once, for the checker's corners. */
 static const struct vl_param fz_p_all[] = {{"any", VL_ANY, 0},
 					   {"float", VL_FLOAT, VL_NULLABLE},

@@ -234,42 +234,40 @@ int fd_cloexec(int fd) {
 	return 0;
 }
 
-int proc_starttime(pid_t pid, uint64_t *ret) {
-	char path[64], buf[1024];
+/* Reads /proc/PID/stat and returns where the fields after the command
+ * name start (field 3, the state). The name may hold spaces and
+ * parentheses, so it ends at the last ')'. */
+static const char *proc_stat_fields(pid_t pid, char *buf, size_t size) {
+	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return -errno;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+		return NULL;
+	ssize_t n = read(fd, buf, size - 1);
 	if (n <= 0)
-		return -EIO;
+		return NULL;
 	buf[n] = '\0';
-	/* The command name may hold spaces and parentheses: skip past the last ')'. */
 	char *p = strrchr(buf, ')');
-	if (!p)
-		return -EIO;
+	return p && p[1] == ' ' ? p + 2 : NULL;
+}
+
+int proc_starttime(pid_t pid, uint64_t *ret) {
+	char buf[1024];
 	unsigned long long start = 0;
-	/* After ")": state is field 3; starttime is field 22. */
-	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
-		   &start) != 1)
-		return -EIO;
+	const char *f = proc_stat_fields(pid, buf, sizeof(buf));
+	/* starttime is field 22. */
+	if (!f || sscanf(f, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+			 &start) != 1)
+		return -ESRCH;
 	*ret = start;
 	return 0;
 }
 
 pid_t proc_parent(pid_t pid) {
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	if (n <= 0)
-		return -1;
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
+	char buf[1024];
 	int ppid;
-	if (!p || sscanf(p + 2, "%*c %d", &ppid) != 1)
+	const char *f = proc_stat_fields(pid, buf, sizeof(buf));
+	if (!f || sscanf(f, "%*c %d", &ppid) != 1) /* ppid is field 4 */
 		return -1;
 	return (pid_t)ppid;
 }

@@ -485,7 +485,7 @@ static int method_read_log(struct vl_call *c, struct json_object *params, void *
 	json_object_object_add(p, "offset", json_object_new_int64(offset + n));
 	if (vl_call_more(c) && streq(which, "console")) {
 		vl_call_notify(c, p);
-		vm_follow_add(vm, c);
+		vl_subscribers_add(&vm->followers, c);
 		return 0;
 	}
 	return vl_call_reply(c, p);

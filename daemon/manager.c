@@ -110,9 +110,7 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 void manager_free(struct manager *m) {
 	if (!m)
 		return;
-	for (size_t i = 0; i < m->n_watchers; i++)
-		vl_call_unref(m->watchers[i]);
-	free(m->watchers);
+	vl_subscribers_clear(&m->watchers);
 	vl_server_free(m->server);
 	for (size_t i = 0; i < m->n_vms; i++)
 		vm_free(m->vms[i]);
@@ -180,7 +178,7 @@ void manager_remove(struct manager *m, struct vm *vm) {
 }
 
 void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message) {
-	if (m->n_watchers == 0)
+	if (vl_subscribers_prune(&m->watchers) == 0)
 		return;
 	char ts[32];
 	format_rfc3339(now_usec(CLOCK_REALTIME), ts);
@@ -194,36 +192,14 @@ void manager_emit(struct manager *m, struct vm *vm, const char *type, const char
 	json_object_object_add(e, "state", json_object_new_string(state));
 	json_object_object_add(e, "message", json_object_new_string(message ? message : ""));
 
-	for (size_t i = 0; i < m->n_watchers;) {
-		struct vl_call *c = m->watchers[i];
-		if (!vl_call_alive(c)) {
-			vl_call_unref(c);
-			m->watchers[i] = m->watchers[--m->n_watchers];
-			continue;
-		}
-		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "event", json_object_get(e));
-		vl_call_notify(c, p);
-		i++;
-	}
-	json_object_put(e);
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "event", e);
+	vl_subscribers_notify(&m->watchers, p);
 }
 
 int manager_watch(struct manager *m, struct vl_call *call) {
-	/* Drop subscribers that left before counting against the limit. */
-	for (size_t i = 0; i < m->n_watchers;) {
-		if (!vl_call_alive(m->watchers[i])) {
-			vl_call_unref(m->watchers[i]);
-			m->watchers[i] = m->watchers[--m->n_watchers];
-		} else
-			i++;
-	}
-	if (m->n_watchers >= MANAGER_WATCHERS_MAX)
+	/* Subscribers that left do not count against the limit. */
+	if (vl_subscribers_prune(&m->watchers) >= MANAGER_WATCHERS_MAX)
 		return -ENOSPC;
-	struct vl_call **n = realloc(m->watchers, (m->n_watchers + 1) * sizeof(*n));
-	if (!n)
-		return -ENOMEM;
-	m->watchers = n;
-	m->watchers[m->n_watchers++] = vl_call_ref(call);
-	return 0;
+	return vl_subscribers_add(&m->watchers, call);
 }

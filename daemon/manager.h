@@ -5,9 +5,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "varlink.h"
+
 struct event_base;
-struct vl_call;
-struct vl_server;
 struct vm;
 
 #define MANAGER_VMS_MAX 1024
@@ -26,8 +26,7 @@ struct manager {
 	struct vl_server *server;
 	struct vm **vms;
 	size_t n_vms;
-	struct vl_call **watchers;
-	size_t n_watchers;
+	struct vl_subscribers watchers; /* WatchEvents calls */
 	unsigned upgrades_running;
 };
 

@@ -92,22 +92,13 @@ static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 	if (n > 0)
 		vm->console_log_size += (uint64_t)n;
 
-	if (vm->n_followers == 0)
+	if (vl_subscribers_prune(&vm->followers) == 0)
 		return;
 	_cleanup_free_ char *text = utf8_sanitize(buf, len);
-	for (size_t i = 0; i < vm->n_followers;) {
-		struct vl_call *c = vm->followers[i];
-		if (!vl_call_alive(c)) {
-			vl_call_unref(c);
-			vm->followers[i] = vm->followers[--vm->n_followers];
-			continue;
-		}
-		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "data", json_object_new_string(text ? text : ""));
-		json_object_object_add(p, "offset", json_object_new_int64((int64_t)vm->console_log_size));
-		vl_call_notify(c, p);
-		i++;
-	}
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "data", json_object_new_string(text ? text : ""));
+	json_object_object_add(p, "offset", json_object_new_int64((int64_t)vm->console_log_size));
+	vl_subscribers_notify(&vm->followers, p);
 }
 
 static void on_console(evutil_socket_t fd, short what, void *userdata) {
@@ -125,13 +116,6 @@ static void on_console(evutil_socket_t fd, short what, void *userdata) {
 	}
 }
 
-void vm_follow_add(struct vm *vm, struct vl_call *call) {
-	struct vl_call **n = realloc(vm->followers, (vm->n_followers + 1) * sizeof(*n));
-	if (!n)
-		return;
-	vm->followers = n;
-	vm->followers[vm->n_followers++] = vl_call_ref(call);
-}
 
 static int vm_open_logs(struct vm *vm) {
 	char path[PATH_MAX];
@@ -1107,9 +1091,7 @@ void vm_free(struct vm *vm) {
 		return;
 	if (vm->pending_call)
 		vl_call_unref(vm->pending_call);
-	for (size_t i = 0; i < vm->n_followers; i++)
-		vl_call_unref(vm->followers[i]);
-	free(vm->followers);
+	vl_subscribers_clear(&vm->followers);
 	vm_qemu_free(vm->qemu);
 	vm_close_custody(vm);
 	safe_close(vm->console_log_fd);

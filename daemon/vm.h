@@ -7,13 +7,14 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "varlink.h"
+
 struct event;
 struct json_object;
 struct manager;
 struct probe_result;
 struct qemu_proc;
 struct qmp;
-struct vl_call;
 struct vm_spec;
 
 #define VM_CONSOLE_LOG_MAX (1024 * 1024)   /* bytes kept per console log file */
@@ -91,8 +92,7 @@ struct vm {
 	struct vl_call *pending_call;
 	struct event *op_timer;
 	bool stop_force;
-	struct vl_call **followers; /* ReadLog with more */
-	size_t n_followers;
+	struct vl_subscribers followers; /* ReadLog calls with more */
 };
 
 int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm **ret);
@@ -165,5 +165,3 @@ int vm_reexec_fds(struct vm *vm, char **list);
 
 /* Appends an upgrade record to the history (capped) and saves. */
 void vm_add_history(struct vm *vm, struct json_object *record);
-/* Streams console data to ReadLog followers. */
-void vm_follow_add(struct vm *vm, struct vl_call *call);

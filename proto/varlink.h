@@ -157,6 +157,21 @@ int vl_call_error_invalid_parameter(struct vl_call *c, const char *parameter);
 typedef void (*vl_disconnect_fn)(struct vl_call *c, void *userdata);
 void vl_call_on_disconnect(struct vl_call *c, vl_disconnect_fn fn, void *userdata);
 
+/* Calls that stream (called with more) and get the same replies, such as
+ * event subscribers. Calls whose peer left are dropped as they are found. */
+struct vl_subscribers {
+	struct vl_call **calls;
+	size_t n;
+};
+
+/* Keeps a reference to call. */
+int vl_subscribers_add(struct vl_subscribers *s, struct vl_call *call);
+/* Drops the calls that ended; returns how many are left. */
+size_t vl_subscribers_prune(struct vl_subscribers *s);
+/* Sends params (taken) to every live call as a reply with continues. */
+void vl_subscribers_notify(struct vl_subscribers *s, struct json_object *params);
+void vl_subscribers_clear(struct vl_subscribers *s);
+
 /* ---- Client -------------------------------------------------------------- */
 
 struct vl_client;

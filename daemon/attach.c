@@ -17,6 +17,7 @@
 #include "manager.h"
 #include "qmp.h"
 #include "systemd.h"
+#include "upgrade.h"
 #include "util.h"
 #include "vm.h"
 
@@ -100,8 +101,6 @@ static void settle_free(struct settle *s) {
 	free(s);
 }
 
-static void ignore(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err, void *u) {}
-
 /* The target has the guest: it becomes the VM's QEMU, the old one goes. */
 static void settle_commit(struct settle *s, const char *why) {
 	struct vm *vm = s->vm;
@@ -110,7 +109,7 @@ static void settle_commit(struct settle *s, const char *why) {
 	vm_watch_main(vm);
 	if (s->old) {
 		if (vm_qemu_qmp(s->old))
-			qmp_command(vm_qemu_qmp(s->old), "quit", NULL, ATTACH_QMP_TIMEOUT_MS, ignore, NULL);
+			qmp_command(vm_qemu_qmp(s->old), "quit", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 		vm_qemu_kill(s->old, SIGTERM);
 	}
 	history(vm, s->journal, "committed", why);
@@ -123,7 +122,7 @@ static void rollback_status(struct qmp *qmp, struct json_object *ret, const stru
 	struct vm *vm = userdata;
 	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
 	if (status && !streq(status, "running") && !streq(status, "paused"))
-		qmp_command(qmp, "cont", NULL, ATTACH_QMP_TIMEOUT_MS, ignore, NULL);
+		qmp_command(qmp, "cont", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	vm_set_state(vm, streq_ptr(status, "paused") ? VM_PAUSED : VM_RUNNING,
 		     "upgrade rolled back after cprd restarted");
 }
@@ -140,10 +139,8 @@ static void settle_rollback(struct settle *s, const char *why) {
 		vm_watch_main(vm);
 		struct qmp *qmp = vm_qemu_qmp(vm->qemu);
 		if (qmp) {
-			qmp_command(qmp, "migrate_cancel", NULL, ATTACH_QMP_TIMEOUT_MS, ignore, NULL);
-			struct json_object *p = json_object_new_object();
-			json_object_object_add(p, "mode", json_object_new_string("normal"));
-			qmp_command(qmp, "migrate-set-parameters", p, ATTACH_QMP_TIMEOUT_MS, ignore, NULL);
+			qmp_command(qmp, "migrate_cancel", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+			upgrade_reset_mode(qmp);
 			qmp_command(qmp, "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, rollback_status, vm);
 		}
 		history(vm, s->journal, "rolled-back", why);

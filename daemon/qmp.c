@@ -442,6 +442,12 @@ int qmp_command_with_fd(struct qmp *q, const char *cmd, struct json_object *args
 	return qmp_command_internal(q, false, cmd, args, fd, timeout_ms, fn, userdata);
 }
 
+void qmp_reply_ignore(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
+		      void *userdata) {
+	if (err)
+		log_vm(LOG_DEBUG, q->label, "QMP command failed: %s", err->desc);
+}
+
 unsigned qmp_cancel(struct qmp *q, void *userdata) {
 	unsigned n = 0;
 

@@ -93,6 +93,11 @@ int qmp_command(struct qmp *q, const char *cmd, struct json_object *args, int ti
 int qmp_command_with_fd(struct qmp *q, const char *cmd, struct json_object *args, int fd,
 			int timeout_ms, qmp_reply_fn fn, void *userdata);
 
+/* A reply handler for commands whose outcome shows elsewhere (an exit, a
+ * later query): a failure is only logged at debug level. */
+void qmp_reply_ignore(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
+		      void *userdata);
+
 /* Forgets every pending callback registered with this userdata, so an object
  * being freed is never called back. The commands themselves still go out;
  * their replies are ignored. Returns how many were cancelled. */

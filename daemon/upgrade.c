@@ -73,6 +73,12 @@ const char *upgrade_mode_to_string(enum upgrade_mode m) {
 	return m < ELEMENTSOF(mode_names) ? mode_names[m] : "unknown";
 }
 
+void upgrade_reset_mode(struct qmp *qmp) {
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "mode", json_object_new_string("normal"));
+	qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+}
+
 struct upgrade;
 typedef void (*upgrade_done_fn)(struct upgrade *u, struct json_object *result, void *userdata);
 typedef void (*upgrade_progress_fn)(struct upgrade *u, const char *phase, const char *message,
@@ -224,54 +230,47 @@ static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *f
 
 /* ---- the result ---------------------------------------------------------- */
 
-static struct json_object *upgrade_result(struct upgrade *u, const char *outcome) {
-	struct json_object *r = json_object_new_object();
-	json_object_object_add(r, "vm", json_object_new_string(u->vm->name));
-	json_object_object_add(r, "outcome", json_object_new_string(outcome));
-	json_object_object_add(r, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
-	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
-		json_object_object_add(r, "pauseMs",
-				       json_new_fixed3((double)(u->resume_ts - u->stop_ts) / 1000.0));
-	json_object_object_add(r, "totalMs", json_new_fixed3(ms_since(u->start_mono)));
-	json_object_object_add(r, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
+/* What the result (UpgradeResult) and the history (UpgradeRecord) share. */
+static struct json_object *upgrade_outcome_json(struct upgrade *u, const char *outcome) {
+	struct json_object *o = json_object_new_object();
 	char v[64] = "";
+	json_object_object_add(o, "outcome", json_object_new_string(outcome));
+	json_object_object_add(o, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
+	json_object_object_add(o, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
 	if (u->probe)
 		snprintf(v, sizeof(v), "%u.%u.%u", u->probe->major, u->probe->minor, u->probe->micro);
-	json_object_object_add(r, "toVersion", json_object_new_string(v));
+	json_object_object_add(o, "toVersion", json_object_new_string(v));
+	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
+		json_object_object_add(o, "pauseMs",
+				       json_new_fixed3((double)(u->resume_ts - u->stop_ts) / 1000.0));
+	json_object_object_add(o, "totalMs", json_new_fixed3(ms_since(u->start_mono)));
+	if (streq(outcome, "rolled-back") || streq(outcome, "failed")) {
+		json_object_object_add(o, "failedPhase", json_object_new_string(phase_names[u->failed_phase]));
+		json_object_object_add(o, "reason", json_object_new_string(u->reason ? u->reason : ""));
+	}
+	return o;
+}
+
+static struct json_object *upgrade_result(struct upgrade *u, const char *outcome) {
+	struct json_object *r = upgrade_outcome_json(u, outcome);
+	json_object_object_add(r, "vm", json_object_new_string(u->vm->name));
 	if (u->vm->qemu)
 		json_object_object_add(r, "pid", json_object_new_int(vm_qemu_pid(u->vm->qemu)));
-	if (streq(outcome, "rolled-back") || streq(outcome, "failed")) {
-		json_object_object_add(r, "failedPhase", json_object_new_string(phase_names[u->failed_phase]));
-		json_object_object_add(r, "reason", json_object_new_string(u->reason ? u->reason : ""));
-	} else if (u->reason)
+	/* A dry run's plan, a refusal's reason, a trouble after commit. */
+	if (u->reason && !json_object_object_get_ex(r, "reason", NULL))
 		json_object_object_add(r, "reason", json_object_new_string(u->reason));
 	return r;
 }
 
 static void upgrade_record(struct upgrade *u, const char *outcome) {
 	char ts[32];
-	struct json_object *h = json_object_new_object();
+	struct json_object *h = upgrade_outcome_json(u, outcome);
 	format_rfc3339(u->start_real, ts);
 	json_object_object_add(h, "time", json_object_new_string(ts));
-	json_object_object_add(h, "outcome", json_object_new_string(outcome));
-	json_object_object_add(h, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
 	json_object_object_add(h, "fromBinary", json_object_new_string(u->from_binary ? u->from_binary : ""));
 	json_object_object_add(h, "toBinary", json_object_new_string(u->binary));
-	json_object_object_add(h, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
-	char v[64] = "";
-	if (u->probe)
-		snprintf(v, sizeof(v), "%u.%u.%u", u->probe->major, u->probe->minor, u->probe->micro);
-	json_object_object_add(h, "toVersion", json_object_new_string(v));
 	json_object_object_add(h, "fromPid", json_object_new_int(u->old_pid));
 	json_object_object_add(h, "toPid", json_object_new_int(u->target_pid));
-	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
-		json_object_object_add(h, "pauseMs",
-				       json_new_fixed3((double)(u->resume_ts - u->stop_ts) / 1000.0));
-	json_object_object_add(h, "totalMs", json_new_fixed3(ms_since(u->start_mono)));
-	if (!streq(outcome, "committed")) {
-		json_object_object_add(h, "failedPhase", json_object_new_string(phase_names[u->failed_phase]));
-		json_object_object_add(h, "reason", json_object_new_string(u->reason ? u->reason : ""));
-	}
 	vm_add_history(u->vm, h);
 }
 
@@ -388,9 +387,6 @@ static void rollback_on_status(struct qmp *qmp, struct json_object *ret, const s
 	upgrade_finish(u);
 }
 
-static void ignore_reply(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
-			 void *userdata) {}
-
 static void upgrade_rollback(struct upgrade *u) {
 	struct vm *vm = u->vm;
 	upgrade_enter(u, PHASE_ROLLBACK, "%s; keeping the guest on QEMU %s (pid %d)",
@@ -408,17 +404,13 @@ static void upgrade_rollback(struct upgrade *u) {
 	 * over, so its death meanwhile ends the upgrade as failed. */
 	struct qmp *qmp = vm_qemu_qmp(u->old);
 	if (u->migrate_sent)
-		qmp_command(qmp, "migrate_cancel", NULL, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
-	struct json_object *p = json_object_new_object();
+		qmp_command(qmp, "migrate_cancel", NULL, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	if (u->old && vm_qemu_probe(u->old) && vm_qemu_probe(u->old)->migration_modes &&
-	    vm_qemu_probe(u->old)->migration_modes[0]) {
-		json_object_object_add(p, "mode", json_object_new_string("normal"));
-		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
-	} else
-		json_object_put(p);
+	    vm_qemu_probe(u->old)->migration_modes[0])
+		upgrade_reset_mode(qmp);
 	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE && u->migrate_sent)
 		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
-			    UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	if (qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u) < 0)
 		upgrade_finish(u);
 }
@@ -544,7 +536,7 @@ static void upgrade_retire(struct upgrade *u) {
 	upgrade_enter(u, PHASE_RETIRE, "quitting the old QEMU pid %d", (int)u->old_pid);
 	if (!u->old)
 		return upgrade_commit(u);
-	if (qmp_command(vm_qemu_qmp(u->old), "quit", NULL, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL) < 0)
+	if (qmp_command(vm_qemu_qmp(u->old), "quit", NULL, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL) < 0)
 		vm_qemu_kill(u->old, SIGTERM);
 }
 
@@ -559,11 +551,11 @@ static void verify_on_status(struct qmp *qmp, struct json_object *ret, const str
 		/* Leave the new QEMU as a fresh one would be: a later cpr-transfer
 		 * from it must not carry x-ignore-shared. */
 		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
-			    UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
 	if (u->was_running && !streq_ptr(status, "running")) {
 		log_vm(LOG_WARNING, u->vm->name, "new QEMU reports %s; resuming the guest", status);
-		qmp_command(qmp, "cont", NULL, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+		qmp_command(qmp, "cont", NULL, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	}
 	upgrade_next(u, "retire", upgrade_retire);
 }
@@ -711,7 +703,7 @@ static void upgrade_send_migrate(struct upgrade *u) {
 		/* A QEMU that arrived by local-migrate may still have it on; the
 		 * cpr target would refuse the stream. */
 		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", caps_ignore_shared_set(false),
-			    UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	upgrade_enter(u, PHASE_TRANSFER, "old QEMU pid %d sends device state (%s)", (int)u->old_pid,
 		      upgrade_mode_to_string(u->mode));
 	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
@@ -879,11 +871,8 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 				 json_object_get_string(json_object_array_get_idx(blocked, i)));
 		}
 		/* Leave the mode as it was. */
-		if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
-			struct json_object *p = json_object_new_object();
-			json_object_object_add(p, "mode", json_object_new_string("normal"));
-			qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
-		}
+		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
+			upgrade_reset_mode(qmp);
 		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "QEMU reports migration blockers: %s", why);
 	}
 
@@ -894,11 +883,8 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 			 "pid %d with %s; guest RAM stays in place",
 			 u->binary, u->probe->major, u->probe->minor, u->probe->micro, u->vm->spec->machine,
 			 u->from_version, (int)u->old_pid, upgrade_mode_to_string(u->mode));
-		if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
-			struct json_object *p = json_object_new_object();
-			json_object_object_add(p, "mode", json_object_new_string("normal"));
-			qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
-		}
+		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
+			upgrade_reset_mode(qmp);
 		free(u->reason);
 		u->reason = strdup(what);
 		evtimer_del(u->phase_timer);
@@ -936,7 +922,7 @@ static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const 
 		struct json_object *p = json_object_new_object();
 		json_object_object_add(p, "mode", json_object_new_string("cpr-transfer"));
 		/* Its failure shows in query-migrate's answer or in the transfer. */
-		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, ignore_reply, NULL);
+		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	}
 	qmp_command(qmp, "query-migrate", NULL, UPGRADE_QMP_TIMEOUT_MS, preflight_on_blockers, u);
 }

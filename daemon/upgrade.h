@@ -29,6 +29,10 @@ struct upgrade_request {
 
 int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret);
 const char *upgrade_mode_to_string(enum upgrade_mode m);
+/* Sets the migration mode back to normal (after cpr-transfer was set or
+ * tried); the reply is not waited for. */
+struct qmp;
+void upgrade_reset_mode(struct qmp *qmp);
 
 /* Upgrade handler for one VM; replies (streaming phases when the call set
  * more) on call. */

@@ -817,12 +817,6 @@ bool vm_outdated(struct vm *vm) {
 
 /* ---- start and stop ------------------------------------------------------ */
 
-/* For commands whose outcome shows in the process's exit instead. */
-static void ignore_reply(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
-			 void *userdata) {
-	if (err)
-		log_debug("%s: QMP command failed: %s", qmp_get_label(qmp), err->desc);
-}
 
 static void vm_reply_pending(struct vm *vm, const char *error, struct json_object *params) {
 	struct vl_call *c = TAKE_PTR(vm->pending_call);
@@ -1012,7 +1006,7 @@ static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {
 	} else if (streq(vm->operation, "stop") && !vm->stop_force) {
 		log_vm(LOG_INFO, vm->name, "guest did not power off in time; quitting QEMU");
 		vm->stop_force = true;
-		qmp_command(vm->qemu->qmp, "quit", NULL, VM_QUIT_TIMEOUT_MS, ignore_reply, NULL);
+		qmp_command(vm->qemu->qmp, "quit", NULL, VM_QUIT_TIMEOUT_MS, qmp_reply_ignore, NULL);
 		struct timeval tv = {VM_QUIT_TIMEOUT_MS / 1000, 0};
 		evtimer_add(vm->op_timer, &tv);
 	} else {
@@ -1056,7 +1050,7 @@ int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call) {
 		return 0;
 	}
 	qmp_command(vm->qemu->qmp, force ? "quit" : "system_powerdown", NULL, VM_QUIT_TIMEOUT_MS,
-		    ignore_reply, NULL);
+		    qmp_reply_ignore, NULL);
 	struct timeval tv = {force ? VM_QUIT_TIMEOUT_MS / 1000 : timeout_sec, 0};
 	evtimer_add(vm->op_timer, &tv);
 	return 0;

@@ -182,12 +182,6 @@ static struct vm *lookup_for_change(struct manager *m, struct vl_call *c, struct
 	return vm;
 }
 
-static int reply_vm(struct vl_call *c, struct vm *vm) {
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "vm", vm_to_json(vm));
-	return vl_call_reply(c, p);
-}
-
 /* ---- methods ------------------------------------------------------------- */
 
 static int method_list_vms(struct vl_call *c, struct json_object *params, void *userdata) {
@@ -207,7 +201,7 @@ static int method_list_vms(struct vl_call *c, struct json_object *params, void *
 
 static int method_get_vm(struct vl_call *c, struct json_object *params, void *userdata) {
 	struct vm *vm = lookup(userdata, c, params);
-	return vm ? reply_vm(c, vm) : 0;
+	return vm ? vm_reply(c, vm) : 0;
 }
 
 struct create {
@@ -267,7 +261,7 @@ static void create_on_probe(struct probe *p, int error, struct probe_result *res
 	       (unsigned long long)vm->spec->memory_mib, vm->spec->cpus, vm->spec->machine,
 	       vm->spec->qemu);
 	manager_emit(cr->m, vm, "created", "VM defined");
-	reply_vm(cr->call, vm);
+	vm_reply(cr->call, vm);
 	vl_call_unref(cr->call);
 	free(cr);
 }
@@ -351,7 +345,7 @@ static int method_stop_vm(struct vl_call *c, struct json_object *params, void *u
 		/* Nothing runs; stopping on purpose lets go of the held RAM. */
 		vm_release_custody(vm);
 		vm_set_state(vm, VM_STOPPED, "stopped after a crash; guest RAM released");
-		return reply_vm(c, vm);
+		return vm_reply(c, vm);
 	}
 	if (vm->state != VM_RUNNING && vm->state != VM_PAUSED)
 		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
@@ -376,7 +370,7 @@ static void on_pause_reply(struct qmp *qmp, struct json_object *ret, const struc
 				 err->desc);
 	else {
 		vm_set_state(vm, pc->pause ? VM_PAUSED : VM_RUNNING, pc->pause ? "guest paused" : "guest resumed");
-		reply_vm(pc->call, vm);
+		vm_reply(pc->call, vm);
 	}
 	vl_call_unref(pc->call);
 	free(pc);

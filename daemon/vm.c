@@ -831,10 +831,18 @@ static void vm_reply_pending(struct vm *vm, const char *error, struct json_objec
 	vl_call_unref(c);
 }
 
-static void vm_reply_vm(struct vm *vm) {
+int vm_reply(struct vl_call *c, struct vm *vm) {
 	struct json_object *p = json_object_new_object();
 	json_object_object_add(p, "vm", vm_to_json(vm));
-	vm_reply_pending(vm, NULL, p);
+	return vl_call_reply(c, p);
+}
+
+static void vm_reply_vm(struct vm *vm) {
+	struct vl_call *c = TAKE_PTR(vm->pending_call);
+	if (c) {
+		vm_reply(c, vm);
+		vl_call_unref(c);
+	}
 }
 
 static void vm_op_done(struct vm *vm) {

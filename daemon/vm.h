@@ -114,6 +114,8 @@ int vm_restore_custody(struct vm *vm, int ram_fd, int console_fd, int console_pe
 void vm_release_custody(struct vm *vm);
 
 struct json_object *vm_to_json(struct vm *vm);
+/* Replies {"vm": VM} on call. */
+int vm_reply(struct vl_call *c, struct vm *vm);
 /* True when the binary the running QEMU came from changed on disk. */
 bool vm_outdated(struct vm *vm);
 

@@ -156,13 +156,7 @@ static bool param_int(struct json_object *params, const char *key, int64_t *ret)
 
 /* Finds the VM named by the "name" parameter or replies NoSuchVM. */
 static struct vm *lookup(struct manager *m, struct vl_call *c, struct json_object *params) {
-	struct json_object *v = json_object_object_get(params, "name");
-	const char *name = param_str(params, "name");
-	if (v && strlen(name) != (size_t)json_object_get_string_len(v)) {
-		/* "vm1\u0000x" must not act on vm1. */
-		vl_call_error_invalid_parameter(c, "name");
-		return NULL;
-	}
+	const char *name = param_str(params, "name"); /* no NUL: VL_NO_NUL */
 	struct vm *vm = name ? manager_find(m, name) : NULL;
 	if (!vm)
 		api_error_no_such_vm(c, name ? name : "");
@@ -539,9 +533,12 @@ static int method_upgrade_many(struct vl_call *c, struct json_object *params, vo
 	if (!names && !outdated)
 		return vl_call_error_invalid_parameter(c, "names");
 	if (names)
-		for (size_t i = 0; i < json_object_array_length(names); i++)
-			if (!json_object_is_type(json_object_array_get_idx(names, i), json_type_string))
+		for (size_t i = 0; i < json_object_array_length(names); i++) {
+			struct json_object *n = json_object_array_get_idx(names, i);
+			if (!json_object_is_type(n, json_type_string) ||
+			    strlen(json_object_get_string(n)) != (size_t)json_object_get_string_len(n))
 				return vl_call_error_invalid_parameter(c, "names");
+		}
 	return upgrade_many_call(m, c, names, outdated, &req, (int)parallel,
 				 param_bool(params, "stopOnFailure"));
 }
@@ -549,26 +546,26 @@ static int method_upgrade_many(struct vl_call *c, struct json_object *params, vo
 /* ---- the interface ------------------------------------------------------- */
 
 const struct vl_param api_params_list[] = {{"outdated", VL_BOOL, VL_NULLABLE}, {}};
-const struct vl_param api_params_name[] = {{"name", VL_STRING, VL_MANDATORY}, {}};
+const struct vl_param api_params_name[] = {{"name", VL_STRING, VL_MANDATORY | VL_NO_NUL}, {}};
 const struct vl_param api_params_create[] = {{"spec", VL_OBJECT, VL_MANDATORY}, {}};
-const struct vl_param api_params_stop[] = {{"name", VL_STRING, VL_MANDATORY},
+const struct vl_param api_params_stop[] = {{"name", VL_STRING, VL_MANDATORY | VL_NO_NUL},
 					 {"force", VL_BOOL, VL_NULLABLE},
 					 {"timeoutSec", VL_INT, VL_NULLABLE},
 					 {}};
-const struct vl_param api_params_log[] = {{"name", VL_STRING, VL_MANDATORY},
-					{"log", VL_STRING, VL_NULLABLE},
+const struct vl_param api_params_log[] = {{"name", VL_STRING, VL_MANDATORY | VL_NO_NUL},
+					{"log", VL_STRING, VL_NULLABLE | VL_NO_NUL},
 					{"offset", VL_INT, VL_NULLABLE},
 					{}};
-const struct vl_param api_params_upgrade[] = {{"name", VL_STRING, VL_MANDATORY},
-					    {"qemu", VL_STRING, VL_NULLABLE},
-					    {"mode", VL_STRING, VL_NULLABLE},
+const struct vl_param api_params_upgrade[] = {{"name", VL_STRING, VL_MANDATORY | VL_NO_NUL},
+					    {"qemu", VL_STRING, VL_NULLABLE | VL_NO_NUL},
+					    {"mode", VL_STRING, VL_NULLABLE | VL_NO_NUL},
 					    {"timeoutSec", VL_INT, VL_NULLABLE},
 					    {"dryRun", VL_BOOL, VL_NULLABLE},
 					    {}};
 const struct vl_param api_params_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE},
 						 {"outdated", VL_BOOL, VL_NULLABLE},
-						 {"qemu", VL_STRING, VL_NULLABLE},
-						 {"mode", VL_STRING, VL_NULLABLE},
+						 {"qemu", VL_STRING, VL_NULLABLE | VL_NO_NUL},
+						 {"mode", VL_STRING, VL_NULLABLE | VL_NO_NUL},
 						 {"parallel", VL_INT, VL_NULLABLE},
 						 {"stopOnFailure", VL_BOOL, VL_NULLABLE},
 						 {"timeoutSec", VL_INT, VL_NULLABLE},

@@ -142,6 +142,12 @@ int vl_params_check(struct json_object *params, const struct vl_param *table,
 				bad = key;
 				goto fail;
 			}
+			/* "vm1\u0000x" must not be taken for "vm1" by C code. */
+			if ((p->flags & VL_NO_NUL) && json_object_is_type(val, json_type_string) &&
+			    strlen(json_object_get_string(val)) != (size_t)json_object_get_string_len(val)) {
+				bad = key;
+				goto fail;
+			}
 		}
 	}
 

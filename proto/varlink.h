@@ -52,6 +52,7 @@ enum vl_type {
 enum {
 	VL_MANDATORY = 1 << 0, /* must be present and not null */
 	VL_NULLABLE = 1 << 1,  /* null is accepted (as if absent) */
+	VL_NO_NUL = 1 << 2,    /* a string that names something: no \u0000 inside */
 };
 
 struct vl_param {

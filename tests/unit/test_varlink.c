@@ -595,6 +595,12 @@ START_TEST(params_table) {
 	CHECK_OK("{}", NULL);
 	CHECK_BAD("{\"x\":1}", NULL, "x"); /* a method without parameters */
 
+	/* a NUL inside: fine in a string, refused where the table says VL_NO_NUL */
+	static const struct vl_param named[] = {{"name", VL_STRING, VL_MANDATORY | VL_NO_NUL}, {NULL}};
+	CHECK_OK("{\"name\":\"a\\u0000b\"}", t);
+	CHECK_OK("{\"name\":\"ab\"}", named);
+	CHECK_BAD("{\"name\":\"a\\u0000b\"}", named, "name");
+
 	/* parameters that are not an object */
 	CHECK_BAD("[]", optional, "parameters");
 	CHECK_BAD("\"s\"", optional, "parameters");

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "macro.h"
+#include "varlink.h"
 
 uint64_t now_usec(clockid_t clock) {
 	struct timespec ts;
@@ -181,14 +182,9 @@ char *utf8_sanitize(const char *buf, size_t len) {
 	const unsigned char *s = (const unsigned char *)buf;
 	size_t i = 0;
 	while (i < len) {
-		unsigned char c = s[i];
-		size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-		bool ok = n > 0 && i + n <= len && c != 0;
-		for (size_t k = 1; ok && k < n; k++)
-			ok = (s[i + k] & 0xc0) == 0x80;
-		if (ok && n == 2 && c < 0xc2)
-			ok = false; /* overlong */
-		if (ok) {
+		/* The protocol's own rule, so the text passes every client's check. */
+		size_t n = s[i] ? vl_utf8_sequence(s + i, len - i) : 0;
+		if (n) {
 			memcpy(o, s + i, n);
 			o += n;
 			i += n;

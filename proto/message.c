@@ -10,44 +10,46 @@
 /* Deep nesting costs stack in json-c and means nothing to us. */
 #define VL_JSON_DEPTH_MAX 64
 
-/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past
- * U+10FFFF. json-c's own check lets some of these through, and a string we
+size_t vl_utf8_sequence(const unsigned char *s, size_t len) {
+	if (len == 0)
+		return 0;
+	unsigned char c = s[0];
+	if (c < 0x80)
+		return 1;
+	size_t n;
+	unsigned char lo = 0x80, hi = 0xbf;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 1;
+	else if (c >= 0xe0 && c <= 0xef) {
+		n = 2;
+		if (c == 0xe0)
+			lo = 0xa0; /* overlong */
+		if (c == 0xed)
+			hi = 0x9f; /* surrogates */
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 3;
+		if (c == 0xf0)
+			lo = 0x90; /* overlong */
+		if (c == 0xf4)
+			hi = 0x8f; /* past U+10FFFF */
+	} else
+		return 0;
+	if (n >= len) /* truncated sequence */
+		return 0;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t k = 2; k <= n; k++)
+		if ((s[k] & 0xc0) != 0x80)
+			return 0;
+	return n + 1;
+}
+
+/* json-c's own UTF-8 check lets some invalid forms through, and a string we
  * echo back must be valid for every client. */
 static bool utf8_valid(const unsigned char *s, size_t len) {
-	size_t i = 0;
-	while (i < len) {
-		unsigned char c = s[i];
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		size_t n;
-		unsigned char lo = 0x80, hi = 0xbf;
-		if (c >= 0xc2 && c <= 0xdf)
-			n = 1;
-		else if (c >= 0xe0 && c <= 0xef) {
-			n = 2;
-			if (c == 0xe0)
-				lo = 0xa0; /* overlong */
-			if (c == 0xed)
-				hi = 0x9f; /* surrogates */
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			n = 3;
-			if (c == 0xf0)
-				lo = 0x90; /* overlong */
-			if (c == 0xf4)
-				hi = 0x8f; /* past U+10FFFF */
-		} else
+	for (size_t i = 0, n; i < len; i += n)
+		if (!(n = vl_utf8_sequence(s + i, len - i)))
 			return false;
-		if (i + n >= len) /* truncated sequence */
-			return false;
-		if (s[i + 1] < lo || s[i + 1] > hi)
-			return false;
-		for (size_t k = 2; k <= n; k++)
-			if ((s[i + k] & 0xc0) != 0x80)
-				return false;
-		i += n + 1;
-	}
 	return true;
 }
 

@@ -212,5 +212,10 @@ int vl_client_call_oneway(struct vl_client *c, const char *method, struct json_o
  * valid JSON, has trailing data or is not an object. */
 int vl_message_parse(const char *buf, size_t len, struct json_object **ret);
 
+/* The length of the strict UTF-8 (RFC 3629) sequence at s: no overlong
+ * forms, no surrogates, nothing past U+10FFFF; 0 when there is none. Every
+ * message is checked with it, so text put into replies must pass it too. */
+size_t vl_utf8_sequence(const unsigned char *s, size_t len);
+
 /* The org.varlink.service IDL, for GetInterfaceDescription. */
 extern const char vl_service_description[];

@@ -832,7 +832,9 @@ static int qmp_parse_event(struct json_object *root, struct json_object *event,
 	struct json_object *ts, *sec, *usec, *data = NULL;
 	int64_t s, us;
 
-	if (!json_object_is_type(event, json_type_string) || json_object_get_string_len(event) == 0)
+	/* A name with a NUL inside would be read as a shorter (or empty) one. */
+	if (!json_object_is_type(event, json_type_string) || json_object_get_string_len(event) == 0 ||
+	    strlen(json_object_get_string(event)) != (size_t)json_object_get_string_len(event))
 		return -EBADMSG;
 	m->event = json_object_get_string(event);
 

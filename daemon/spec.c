@@ -29,7 +29,7 @@ void spec_free(struct vm_spec *s) {
 	free(s);
 }
 
-static int fail(struct spec_error *err, const char *field, const char *fmt, ...) {
+static _printf_(3, 4) int fail(struct spec_error *err, const char *field, const char *fmt, ...) {
 	va_list ap;
 	snprintf(err->field, sizeof(err->field), "%s", field);
 	va_start(ap, fmt);

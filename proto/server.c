@@ -275,7 +275,7 @@ static int conn_dispatch(struct vl_conn *conn, struct json_object *msg) {
 	conn->current = c;
 	/* Keep our own reference while the handler runs: it may end the call
 	 * or even the connection. */
-	_cleanup_(vl_call_unrefp) struct vl_call *hold = vl_call_ref(c);
+	_cleanup_(vl_call_unrefp) _unused_ struct vl_call *hold = vl_call_ref(c);
 
 	bool more, oneway, upgrade;
 	if (!get_flag(msg, "more", &more))

@@ -12,6 +12,12 @@ static void on_loop_timeout(evutil_socket_t fd, short what, void *arg) {
 	loop_timed_out = true;
 }
 
+/* How long a test waits for something that should happen soon: generous,
+ * because the suites also run under valgrind on a shared 2-core machine, and
+ * RUN_UNTIL returns as soon as the condition holds, so it costs nothing when
+ * the code works. Deadlines a test means to see expire stay short. */
+#define PATIENCE_MS 30000
+
 /* Turns the loop until cond holds or timeout_ms passed; yields cond. */
 #define RUN_UNTIL(cond, timeout_ms)                                                      \
 	({                                                                               \

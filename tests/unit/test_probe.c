@@ -76,7 +76,7 @@ static void probe_and_wait(const char *path, int fd, const struct probe_options 
 	ck_assert_int_eq(probe_run(base, path, fd, opts, on_done, o, &p), 0);
 	ck_assert_ptr_nonnull(p);
 	ck_assert_int_eq(o->n_calls, 0); /* never from inside probe_run() */
-	ck_assert(RUN_UNTIL(o->n_calls == 1, 20000));
+	ck_assert(RUN_UNTIL(o->n_calls == 1, PATIENCE_MS));
 	ck_assert(RUN_UNTIL(loop_idle(), 5000));
 	ck_assert_int_eq(o->n_calls, 1);
 }

@@ -211,7 +211,7 @@ static void connect_ready(void) {
 
 	ck_assert_int_eq(qmp_new(base, fd, &callbacks, &owner, "test", &owner.q), 0);
 	fake_greet();
-	ck_assert(RUN_UNTIL(owner.n_ready == 1, 2000));
+	ck_assert(RUN_UNTIL(owner.n_ready == 1, PATIENCE_MS));
 	ck_assert(qmp_is_ready(owner.q));
 }
 
@@ -320,19 +320,19 @@ START_TEST(test_handshake_and_queueing) {
 	ck_assert_ptr_null(qmp_get_version(owner.q));
 
 	/* Issued before the greeting: held back until the handshake is done. */
-	ck_assert_int_eq(qmp_command(owner.q, "query-status", NULL, 2000, on_reply, &r), 0);
+	ck_assert_int_eq(qmp_command(owner.q, "query-status", NULL, PATIENCE_MS, on_reply, &r), 0);
 	run_for(50);
 	ck_assert_int_eq(fake.n_msgs, 0);
 
 	fake_greet();
-	ck_assert(RUN_UNTIL(fake.n_msgs == 1, 2000));
+	ck_assert(RUN_UNTIL(fake.n_msgs == 1, PATIENCE_MS));
 	ck_assert_str_eq(msg_execute(fake.msgs[0]), "qmp_capabilities");
 	run_for(50);
 	ck_assert_int_eq(fake.n_msgs, 1); /* still held: capabilities not answered */
 	ck_assert_int_eq(owner.n_ready, 0);
 
 	fake_send("{\"return\": {}, \"id\": %lld}", (long long)msg_id(fake.msgs[0]));
-	ck_assert(RUN_UNTIL(fake.n_msgs == 2, 2000));
+	ck_assert(RUN_UNTIL(fake.n_msgs == 2, PATIENCE_MS));
 	ck_assert_int_eq(owner.n_ready, 1);
 	ck_assert_str_eq(msg_execute(fake.msgs[1]), "query-status");
 	ck_assert_int_ne(msg_id(fake.msgs[0]), msg_id(fake.msgs[1]));
@@ -346,7 +346,7 @@ START_TEST(test_handshake_and_queueing) {
 
 	fake_send("{\"return\": {\"status\": \"paused\"}, \"id\": %lld}",
 		  (long long)msg_id(fake.msgs[1]));
-	ck_assert(RUN_UNTIL(r.n_calls == 1, 2000));
+	ck_assert(RUN_UNTIL(r.n_calls == 1, PATIENCE_MS));
 	ck_assert_int_eq(r.error, 0);
 	ck_assert_str_eq(json_object_get_string(json_object_object_get(r.ret, "status")), "paused");
 	reply_done(&r);
@@ -361,9 +361,9 @@ START_TEST(test_out_of_order_replies) {
 	for (int i = 0; i < 3; i++) {
 		struct json_object *args = json_object_new_object();
 		json_object_object_add(args, "n", json_object_new_int(i));
-		ck_assert_int_eq(qmp_command(owner.q, "echo", args, 2000, on_reply, &r[i]), 0);
+		ck_assert_int_eq(qmp_command(owner.q, "echo", args, PATIENCE_MS, on_reply, &r[i]), 0);
 	}
-	ck_assert(RUN_UNTIL(fake.n_msgs == 4, 2000));
+	ck_assert(RUN_UNTIL(fake.n_msgs == 4, PATIENCE_MS));
 
 	/* Answer last to first, echoing each command's argument. */
 	for (int i = 3; i >= 1; i--) {
@@ -372,7 +372,7 @@ START_TEST(test_out_of_order_replies) {
 			  json_object_get_int(json_object_object_get(args, "n")),
 			  (long long)msg_id(fake.msgs[i]));
 	}
-	ck_assert(RUN_UNTIL(r[0].n_calls && r[1].n_calls && r[2].n_calls, 2000));
+	ck_assert(RUN_UNTIL(r[0].n_calls && r[1].n_calls && r[2].n_calls, PATIENCE_MS));
 	for (int i = 0; i < 3; i++) {
 		ck_assert_int_eq(r[i].n_calls, 1);
 		ck_assert_int_eq(r[i].error, 0);
@@ -387,14 +387,14 @@ START_TEST(test_events) {
 
 	fake_send("{\"timestamp\": {\"seconds\": 1700000000, \"microseconds\": 123456}, "
 		  "\"event\": \"STOP\"}");
-	ck_assert(RUN_UNTIL(owner.n_events == 1, 2000));
+	ck_assert(RUN_UNTIL(owner.n_events == 1, PATIENCE_MS));
 	ck_assert_str_eq(owner.event_name, "STOP");
 	ck_assert_int_eq(owner.event_ts, 1700000000123456LL);
 	ck_assert_ptr_null(owner.event_data);
 
 	fake_send("{\"timestamp\": {\"seconds\": 1700000001, \"microseconds\": 5}, "
 		  "\"event\": \"SHUTDOWN\", \"data\": {\"guest\": false, \"reason\": \"host-qmp-quit\"}}");
-	ck_assert(RUN_UNTIL(owner.n_events == 2, 2000));
+	ck_assert(RUN_UNTIL(owner.n_events == 2, PATIENCE_MS));
 	ck_assert_str_eq(owner.event_name, "SHUTDOWN");
 	ck_assert_int_eq(owner.event_ts, 1700000001000005LL);
 	ck_assert_str_eq(json_object_get_string(json_object_object_get(owner.event_data, "reason")),
@@ -407,12 +407,12 @@ START_TEST(test_error_reply) {
 	struct reply r = {};
 
 	connect_ready();
-	ck_assert_int_eq(qmp_command(owner.q, "no-such-command", NULL, 2000, on_reply, &r), 0);
-	ck_assert(RUN_UNTIL(fake.n_msgs == 2, 2000));
+	ck_assert_int_eq(qmp_command(owner.q, "no-such-command", NULL, PATIENCE_MS, on_reply, &r), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 2, PATIENCE_MS));
 	fake_send("{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command "
 		  "no-such-command has not been found\"}, \"id\": %lld}",
 		  (long long)msg_id(fake.msgs[1]));
-	ck_assert(RUN_UNTIL(r.n_calls == 1, 2000));
+	ck_assert(RUN_UNTIL(r.n_calls == 1, PATIENCE_MS));
 	ck_assert_int_eq(r.error, -EREMOTEIO);
 	ck_assert_str_eq(r.class, "CommandNotFound");
 	ck_assert_str_eq(r.desc, "The command no-such-command has not been found");
@@ -432,18 +432,18 @@ START_TEST(test_timeout) {
 
 	connect_ready();
 	ck_assert_int_eq(qmp_command(owner.q, "slow", NULL, 100, on_reply, &slow), 0);
-	ck_assert(RUN_UNTIL(slow.n_calls == 1, 2000));
+	ck_assert(RUN_UNTIL(slow.n_calls == 1, PATIENCE_MS));
 	ck_assert_int_eq(slow.error, -ETIMEDOUT);
 	ck_assert_ptr_nonnull(strstr(slow.desc, "slow"));
 	ck_assert_int_eq(fake.n_msgs, 2);
 	slow_id = msg_id(fake.msgs[1]);
 
 	/* The late reply is ignored; the channel still works. */
-	ck_assert_int_eq(qmp_command(owner.q, "fast", NULL, 2000, on_reply, &fast), 0);
-	ck_assert(RUN_UNTIL(fake.n_msgs == 3, 2000));
+	ck_assert_int_eq(qmp_command(owner.q, "fast", NULL, PATIENCE_MS, on_reply, &fast), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 3, PATIENCE_MS));
 	fake_send("{\"return\": {}, \"id\": %lld}", (long long)slow_id);
 	fake_send("{\"return\": {\"ok\": true}, \"id\": %lld}", (long long)msg_id(fake.msgs[2]));
-	ck_assert(RUN_UNTIL(fast.n_calls == 1, 2000));
+	ck_assert(RUN_UNTIL(fast.n_calls == 1, PATIENCE_MS));
 	ck_assert_int_eq(fast.error, 0);
 	ck_assert_int_eq(slow.n_calls, 1);
 	ck_assert_int_eq(owner.n_closed, 0);
@@ -468,13 +468,13 @@ START_TEST(test_oversize_reply) {
 	connect_ready();
 
 	/* 3 MiB is within the cap. */
-	ck_assert_int_eq(qmp_command(owner.q, "a", NULL, 5000, on_reply, &ok), 0);
-	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, 5000, on_reply, &big), 0);
-	ck_assert(RUN_UNTIL(fake.n_msgs == 3, 2000));
+	ck_assert_int_eq(qmp_command(owner.q, "a", NULL, PATIENCE_MS, on_reply, &ok), 0);
+	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, PATIENCE_MS, on_reply, &big), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 3, PATIENCE_MS));
 	s = big_reply(3u << 20, msg_id(fake.msgs[1]));
 	fake_send("%s", s);
 	free(s);
-	ck_assert(RUN_UNTIL(ok.n_calls == 1, 5000));
+	ck_assert(RUN_UNTIL(ok.n_calls == 1, PATIENCE_MS));
 	ck_assert_int_eq(ok.error, 0);
 	ck_assert_uint_eq(strlen(json_object_get_string(ok.ret)), 3u << 20);
 	reply_done(&ok);
@@ -483,7 +483,7 @@ START_TEST(test_oversize_reply) {
 	s = big_reply(QMP_MESSAGE_MAX + 10, msg_id(fake.msgs[2]));
 	fake_send("%s", s);
 	free(s);
-	ck_assert(RUN_UNTIL(owner.n_closed == 1, 5000));
+	ck_assert(RUN_UNTIL(owner.n_closed == 1, PATIENCE_MS));
 	ck_assert_int_eq(owner.closed_error, -EMSGSIZE);
 	ck_assert_int_eq(big.n_calls, 1);
 	ck_assert_int_eq(big.error, -EMSGSIZE);
@@ -499,10 +499,10 @@ START_TEST(test_garbage) {
 	struct reply r = {};
 
 	connect_ready();
-	ck_assert_int_eq(qmp_command(owner.q, "x", NULL, 2000, on_reply, &r), 0);
-	ck_assert(RUN_UNTIL(fake.n_msgs == 2, 2000));
+	ck_assert_int_eq(qmp_command(owner.q, "x", NULL, PATIENCE_MS, on_reply, &r), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 2, PATIENCE_MS));
 	fake_send("this is not JSON");
-	ck_assert(RUN_UNTIL(owner.n_closed == 1, 2000));
+	ck_assert(RUN_UNTIL(owner.n_closed == 1, PATIENCE_MS));
 	ck_assert_int_eq(owner.closed_error, -EBADMSG);
 	ck_assert_int_eq(r.n_calls, 1);
 	ck_assert_int_eq(r.error, -EBADMSG);
@@ -516,7 +516,7 @@ START_TEST(test_not_greeting_first) {
 
 	ck_assert_int_eq(qmp_new(base, fd, &callbacks, &owner, "test", &owner.q), 0);
 	fake_send("{\"return\": {}, \"id\": 1}");
-	ck_assert(RUN_UNTIL(owner.n_closed == 1, 2000));
+	ck_assert(RUN_UNTIL(owner.n_closed == 1, PATIENCE_MS));
 	ck_assert_int_eq(owner.closed_error, -EPROTO);
 	ck_assert_int_eq(owner.n_ready, 0);
 }
@@ -526,11 +526,11 @@ START_TEST(test_peer_closes) {
 	struct reply a = {}, b = {}, c = {};
 
 	connect_ready();
-	ck_assert_int_eq(qmp_command(owner.q, "a", NULL, 2000, on_reply, &a), 0);
-	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, 2000, on_reply, &b), 0);
-	ck_assert(RUN_UNTIL(fake.n_msgs == 3, 2000));
+	ck_assert_int_eq(qmp_command(owner.q, "a", NULL, PATIENCE_MS, on_reply, &a), 0);
+	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, PATIENCE_MS, on_reply, &b), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 3, PATIENCE_MS));
 	fake_close();
-	ck_assert(RUN_UNTIL(owner.n_closed == 1, 2000));
+	ck_assert(RUN_UNTIL(owner.n_closed == 1, PATIENCE_MS));
 	ck_assert_int_eq(owner.closed_error, -ECONNRESET);
 	ck_assert_int_eq(a.n_calls, 1);
 	ck_assert_int_eq(a.error, -ECONNRESET);
@@ -550,7 +550,7 @@ START_TEST(test_greeting_timeout) {
 	ck_assert_int_eq(qmp_new(base, fd, &callbacks, &owner, "test", &owner.q), 0);
 	ck_assert_int_eq(qmp_set_greeting_timeout(owner.q, 100), 0);
 	ck_assert_int_eq(qmp_command(owner.q, "held", NULL, 0, on_reply, &r), 0);
-	ck_assert(RUN_UNTIL(owner.n_closed == 1, 2000));
+	ck_assert(RUN_UNTIL(owner.n_closed == 1, PATIENCE_MS));
 	ck_assert_int_eq(owner.closed_error, -ETIMEDOUT);
 	ck_assert_int_eq(r.n_calls, 1);
 	ck_assert_int_eq(r.error, -ETIMEDOUT);
@@ -563,15 +563,15 @@ START_TEST(test_cancel) {
 	struct reply a = {}, b = {};
 
 	connect_ready();
-	ck_assert_int_eq(qmp_command(owner.q, "a", NULL, 2000, on_reply, &a), 0);
-	ck_assert_int_eq(qmp_command(owner.q, "a2", NULL, 2000, on_reply, &a), 0);
-	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, 2000, on_reply, &b), 0);
+	ck_assert_int_eq(qmp_command(owner.q, "a", NULL, PATIENCE_MS, on_reply, &a), 0);
+	ck_assert_int_eq(qmp_command(owner.q, "a2", NULL, PATIENCE_MS, on_reply, &a), 0);
+	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, PATIENCE_MS, on_reply, &b), 0);
 	ck_assert_uint_eq(qmp_cancel(owner.q, &a), 2);
 	ck_assert_uint_eq(qmp_cancel(owner.q, &a), 0);
-	ck_assert(RUN_UNTIL(fake.n_msgs == 4, 2000)); /* cancelled commands still go out */
+	ck_assert(RUN_UNTIL(fake.n_msgs == 4, PATIENCE_MS)); /* cancelled commands still go out */
 	for (int i = 1; i <= 3; i++)
 		fake_send("{\"return\": {}, \"id\": %lld}", (long long)msg_id(fake.msgs[i]));
-	ck_assert(RUN_UNTIL(b.n_calls == 1, 2000));
+	ck_assert(RUN_UNTIL(b.n_calls == 1, PATIENCE_MS));
 	run_for(50);
 	ck_assert_int_eq(a.n_calls, 0);
 	reply_done(&b);
@@ -583,12 +583,12 @@ START_TEST(test_free_inside_callbacks) {
 
 	/* Freed by a reply while the next reply sits in the same read. */
 	connect_ready();
-	ck_assert_int_eq(qmp_command(owner.q, "a", NULL, 2000, on_reply, &a), 0);
-	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, 2000, on_reply, &b), 0);
-	ck_assert(RUN_UNTIL(fake.n_msgs == 3, 2000));
+	ck_assert_int_eq(qmp_command(owner.q, "a", NULL, PATIENCE_MS, on_reply, &a), 0);
+	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, PATIENCE_MS, on_reply, &b), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 3, PATIENCE_MS));
 	fake_send("{\"return\": {}, \"id\": %lld}\r\n{\"return\": {}, \"id\": %lld}",
 		  (long long)msg_id(fake.msgs[1]), (long long)msg_id(fake.msgs[2]));
-	ck_assert(RUN_UNTIL(a.n_calls == 1, 2000));
+	ck_assert(RUN_UNTIL(a.n_calls == 1, PATIENCE_MS));
 	run_for(50);
 	ck_assert_ptr_null(owner.q);
 	ck_assert_int_eq(b.n_calls, 0); /* qmp_free() calls nothing back */
@@ -603,10 +603,10 @@ START_TEST(test_free_inside_callbacks) {
 	owner = (struct owner){ .free_on_closed = true };
 	b = (struct reply){};
 	connect_ready();
-	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, 2000, on_reply, &b), 0);
-	ck_assert(RUN_UNTIL(fake.n_msgs == 2, 2000));
+	ck_assert_int_eq(qmp_command(owner.q, "b", NULL, PATIENCE_MS, on_reply, &b), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 2, PATIENCE_MS));
 	fake_close();
-	ck_assert(RUN_UNTIL(owner.n_closed == 1, 2000));
+	ck_assert(RUN_UNTIL(owner.n_closed == 1, PATIENCE_MS));
 	ck_assert_ptr_null(owner.q);
 	ck_assert_int_eq(b.error, -ECONNRESET);
 }
@@ -669,8 +669,8 @@ START_TEST(test_real_qemu) {
 	pid_t pid = spawn_qemu(QEMU_10, &fd);
 
 	ck_assert_int_eq(qmp_new(base, fd, &callbacks, &owner, "qemu-10", &owner.q), 0);
-	ck_assert_int_eq(qmp_command(owner.q, "query-version", NULL, 5000, on_reply, &ver), 0);
-	ck_assert(RUN_UNTIL(ver.n_calls == 1, 10000));
+	ck_assert_int_eq(qmp_command(owner.q, "query-version", NULL, PATIENCE_MS, on_reply, &ver), 0);
+	ck_assert(RUN_UNTIL(ver.n_calls == 1, PATIENCE_MS));
 	ck_assert_int_eq(owner.n_ready, 1);
 	ck_assert_int_eq(ver.error, 0);
 	v = qmp_get_version(owner.q);
@@ -681,18 +681,18 @@ START_TEST(test_real_qemu) {
 
 	/* Events carry QEMU's wall-clock time. */
 	before = realtime_usec();
-	ck_assert_int_eq(qmp_command(owner.q, "cont", NULL, 5000, on_reply, &cont), 0);
-	ck_assert(RUN_UNTIL(cont.n_calls == 1 && owner.n_events >= 1, 5000));
+	ck_assert_int_eq(qmp_command(owner.q, "cont", NULL, PATIENCE_MS, on_reply, &cont), 0);
+	ck_assert(RUN_UNTIL(cont.n_calls == 1 && owner.n_events >= 1, PATIENCE_MS));
 	ck_assert_int_eq(cont.error, 0);
 	ck_assert_str_eq(owner.event_name, "RESUME");
 	ck_assert_int_ge(owner.event_ts, before - 1000000);
 	ck_assert_int_le(owner.event_ts, realtime_usec() + 1000000);
 
-	ck_assert_int_eq(qmp_command(owner.q, "stop", NULL, 5000, on_reply, &stop), 0);
-	ck_assert(RUN_UNTIL(stop.n_calls == 1 && owner.n_events >= 2, 5000));
+	ck_assert_int_eq(qmp_command(owner.q, "stop", NULL, PATIENCE_MS, on_reply, &stop), 0);
+	ck_assert(RUN_UNTIL(stop.n_calls == 1 && owner.n_events >= 2, PATIENCE_MS));
 	ck_assert_str_eq(owner.event_name, "STOP");
-	ck_assert_int_eq(qmp_command(owner.q, "query-status", NULL, 5000, on_reply, &status), 0);
-	ck_assert(RUN_UNTIL(status.n_calls == 1, 5000));
+	ck_assert_int_eq(qmp_command(owner.q, "query-status", NULL, PATIENCE_MS, on_reply, &status), 0);
+	ck_assert(RUN_UNTIL(status.n_calls == 1, PATIENCE_MS));
 	ck_assert_str_eq(json_object_get_string(json_object_object_get(status.ret, "status")),
 			 "paused");
 
@@ -700,27 +700,27 @@ START_TEST(test_real_qemu) {
 	ck_assert_int_eq(pipe2(pipefd, O_CLOEXEC), 0);
 	args = json_object_new_object();
 	json_object_object_add(args, "fdname", json_object_new_string("testfd"));
-	ck_assert_int_eq(qmp_command_with_fd(owner.q, "getfd", args, pipefd[0], 5000, on_reply,
+	ck_assert_int_eq(qmp_command_with_fd(owner.q, "getfd", args, pipefd[0], PATIENCE_MS, on_reply,
 					     &getfd), 0);
 	close(pipefd[0]); /* qmp kept its own copy */
-	ck_assert(RUN_UNTIL(getfd.n_calls == 1, 5000));
+	ck_assert(RUN_UNTIL(getfd.n_calls == 1, PATIENCE_MS));
 	ck_assert_msg(getfd.error == 0, "getfd: %s", getfd.desc);
 	args = json_object_new_object();
 	json_object_object_add(args, "fdname", json_object_new_string("testfd"));
-	ck_assert_int_eq(qmp_command(owner.q, "closefd", args, 5000, on_reply, &closefd), 0);
-	ck_assert(RUN_UNTIL(closefd.n_calls == 1, 5000));
+	ck_assert_int_eq(qmp_command(owner.q, "closefd", args, PATIENCE_MS, on_reply, &closefd), 0);
+	ck_assert(RUN_UNTIL(closefd.n_calls == 1, PATIENCE_MS));
 	ck_assert_msg(closefd.error == 0, "closefd: %s", closefd.desc);
 	close(pipefd[1]);
 
 	/* A real error reply. */
-	ck_assert_int_eq(qmp_command(owner.q, "no-such-command", NULL, 5000, on_reply, &nocmd), 0);
-	ck_assert(RUN_UNTIL(nocmd.n_calls == 1, 5000));
+	ck_assert_int_eq(qmp_command(owner.q, "no-such-command", NULL, PATIENCE_MS, on_reply, &nocmd), 0);
+	ck_assert(RUN_UNTIL(nocmd.n_calls == 1, PATIENCE_MS));
 	ck_assert_int_eq(nocmd.error, -EREMOTEIO);
 	ck_assert_str_eq(nocmd.class, "CommandNotFound");
 
 	/* quit: SHUTDOWN, the reply, then QEMU hangs up. */
-	ck_assert_int_eq(qmp_command(owner.q, "quit", NULL, 5000, on_reply, &quit), 0);
-	ck_assert(RUN_UNTIL(owner.n_closed == 1, 5000));
+	ck_assert_int_eq(qmp_command(owner.q, "quit", NULL, PATIENCE_MS, on_reply, &quit), 0);
+	ck_assert(RUN_UNTIL(owner.n_closed == 1, PATIENCE_MS));
 	ck_assert_int_eq(quit.n_calls, 1);
 	ck_assert_int_eq(quit.error, 0);
 	ck_assert_str_eq(owner.event_name, "SHUTDOWN");

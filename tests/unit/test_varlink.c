@@ -556,9 +556,9 @@ START_TEST(params_table) {
 		{"list", VL_ARRAY, VL_NULLABLE},
 		{"obj", VL_OBJECT, 0},
 		{"any", VL_ANY, 0},
-		{NULL},
+		{},
 	};
-	static const struct vl_param optional[] = {{"x", VL_INT, 0}, {NULL}};
+	static const struct vl_param optional[] = {{"x", VL_INT, 0}, {}};
 
 	CHECK_OK("{\"name\":\"n\"}", t);
 	CHECK_OK("{\"name\":\"n\",\"count\":1,\"ratio\":1.5,\"flag\":true,\"opt\":\"o\","
@@ -596,7 +596,7 @@ START_TEST(params_table) {
 	CHECK_BAD("{\"x\":1}", NULL, "x"); /* a method without parameters */
 
 	/* a NUL inside: fine in a string, refused where the table says VL_NO_NUL */
-	static const struct vl_param named[] = {{"name", VL_STRING, VL_MANDATORY | VL_NO_NUL}, {NULL}};
+	static const struct vl_param named[] = {{"name", VL_STRING, VL_MANDATORY | VL_NO_NUL}, {}};
 	CHECK_OK("{\"name\":\"a\\u0000b\"}", t);
 	CHECK_OK("{\"name\":\"ab\"}", named);
 	CHECK_BAD("{\"name\":\"a\\u0000b\"}", named, "name");

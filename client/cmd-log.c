@@ -95,7 +95,14 @@ static int log_run(struct ctx *ctx, int argc, char **argv) {
 	_cleanup_json_ struct json_object *p = json_object_new_object();
 	json_object_object_add(p, "name", json_object_new_string(argv[optind]));
 	json_object_object_add(p, "log", json_object_new_string(o.qemu ? "qemu" : "console"));
-	if (o.tail >= 0)
+	if (o.tail == 0) {
+		/* -0 would read from the start: ask where the log ends now. */
+		json_object_object_add(p, "offset", json_object_new_int64(-1));
+		_cleanup_json_ struct json_object *end = ctx_call(ctx, "ReadLog", p, &r);
+		if (!end)
+			return r;
+		json_object_object_add(p, "offset", json_object_new_int64(jint(end, "offset", 0)));
+	} else if (o.tail > 0)
 		json_object_object_add(p, "offset", json_object_new_int64(-o.tail));
 	else if (o.follow)
 		json_object_object_add(p, "offset", json_object_new_int64(-4096));

@@ -7,6 +7,7 @@ Run: /usr/bin/python3 test_lifecycle.py [TestClass.test_name ...]
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -220,6 +221,28 @@ class Lifecycle(T.CprdTestCase):
         self.assertEqual(r.json["offset"], len(r.json["data"].encode()))
         r = self.ok("log", "b2", "--tail", 10)
         self.assertEqual(len(r.stdout.encode()), 10, r)
+        r = self.ok("log", "b2", "--tail", 0)
+        self.assertEqual(r.stdout, "")
+        size0 = len(self.cprd.console("b2").encode())
+        r = self.ok("log", "b2", "--tail", 0, "--json")
+        self.assertEqual(r.json["data"], "")
+        self.assertTrue(size0 <= r.json["offset"] <= len(self.cprd.console("b2").encode()), r.json)
+
+        # --follow --tail 0: only lines written after it started.
+        before = self.cprd.console("b2")
+        last = max(int(n) for n in re.findall(r"^cprd-guest: line (\d+) ", before, re.M))
+        p = self.cprd.ctl_bg("log", "b2", "--follow", "--tail", 0)
+        seen = ""
+        while not re.search(r"^cprd-guest: line \d+ ", seen, re.M):
+            line = p.stdout.readline()  # the guest writes a line about every second
+            if not line:
+                self.fail("cprctl log --follow ended: %s" % p.stderr.read())
+            seen += line
+        self.assertNotIn("booted", seen)
+        n = int(re.search(r"^cprd-guest: line (\d+) ", seen, re.M).group(1))
+        self.assertGreaterEqual(n, last, seen)
+        T.kill_pid(p.pid, signal.SIGTERM)
+        p.wait(10)
         r = self.ok("log", "b2", "--qemu")
         self.assertIn("cprd: starting " + T.QEMU10, r.stdout)
         self.assertIn("-machine pc-i440fx-10.0", r.stdout)

@@ -291,9 +291,12 @@ static void help(void) {
 	       "Controls cprd, which keeps QEMU guests and upgrades QEMU under them without a reboot.\n\n"
 	       "Commands:\n");
 	for (size_t i = 0; i < ELEMENTSOF(commands); i++) {
-		char left[64];
+		char left[256];
 		snprintf(left, sizeof(left), "%s %s", commands[i]->name, commands[i]->args);
-		printf("  %-44.44s %s\n", left, commands[i]->summary);
+		if (strlen(left) > 44) /* a long synopsis gets a line of its own */
+			printf("  %s\n  %-44s %s\n", left, "", commands[i]->summary);
+		else
+			printf("  %-44s %s\n", left, commands[i]->summary);
 	}
 	printf("\n'cprctl COMMAND --help' tells more. The address also comes from $CPRD_ADDRESS\n"
 	       "(default %s).\n\n"

@@ -337,6 +337,21 @@ class Lifecycle(T.CprdTestCase):
         self.assertEqual(p.returncode, 5, p)
         self.assertEqual(self.status("x1")["state"], "defined")
 
+    def test_help(self):
+        """cprctl --help lists every command with its whole synopsis, the
+        same one 'cprctl COMMAND --help' starts with."""
+        top = self.ok("--help").stdout
+        commands = re.findall(r"^  ([a-z]+) ", top.split("Commands:\n")[1].split("\n\n")[0], re.M)
+        self.assertGreaterEqual(len(commands), 10, top)
+        for cmd in commands:
+            with self.subTest(command=cmd):
+                r = self.ok(cmd, "--help")
+                usage = r.stdout.splitlines()[0]
+                self.assertTrue(usage.startswith("Usage: cprctl " + cmd), usage)
+                synopsis = usage[len("Usage: cprctl "):].split(" | ")[0]
+                self.assertIn("  " + synopsis, top)
+        self.assertIn("  upgrade ", top)
+
 
 if __name__ == "__main__":
     T.main(qemus=(T.QEMU10,))

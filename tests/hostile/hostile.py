@@ -850,10 +850,12 @@ def slow_loris(h):
         for c in lorises:
             c.send(msg[i:i + 1])
         t = time.monotonic()
-        h.list_vms(timeout=2)
+        h.list_vms(timeout=10)
         worst = max(worst, time.monotonic() - t)
         time.sleep(0.1)
-    check(worst < 1.0, "a ListVMs took %.2f s while slow writers were connected" % worst)
+    # Served while the writers were still connected: a server that waited for
+    # their messages would have answered only once their deadline closed them.
+    check(worst < TEST_TIMEOUT_MS / 1000, "a ListVMs took %.2f s while slow writers were connected" % worst)
     closed = 0
     for c in lorises:
         if c.closed(TEST_TIMEOUT_MS / 1000 + 3):
@@ -886,10 +888,11 @@ def never_reads_replies(h):
             break
         if int((time.monotonic() - t0) * 10) % 3 == 0:
             t = time.monotonic()
-            h.list_vms(timeout=3)
+            h.list_vms(timeout=10)
             worst = max(worst, time.monotonic() - t)
     rss1 = h.rss_kb()
-    check(worst < 2.0, "a ListVMs took %.2f s beside the reader that never reads" % worst)
+    # Served before the reply deadline could have freed anything.
+    check(worst < TEST_TIMEOUT_MS / 1000, "a ListVMs took %.2f s beside the reader that never reads" % worst)
     check(rss1 - rss0 < 64 * 1024, "cprd's RSS grew from %d to %d KB" % (rss0, rss1))
     # Dropped once its replies sat unread past the deadline.
     c.s.setblocking(True)

@@ -45,6 +45,7 @@ static void help(void) {
 	       "                      root-owned binary in root-owned folders)\n"
 	       "  --allow-uid UID     let this uid change VMs too (repeatable; default root only)\n"
 	       "  --allow-group GROUP let this group change VMs too (repeatable)\n"
+	       "  --qemu-user USER    run QEMU as USER with its groups, not as root\n"
 	       "  --version           print the version\n"
 	       "  -h, --help          this text\n",
 	       DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_RUNTIME_DIR);
@@ -130,6 +131,7 @@ int main(int argc, char **argv) {
 		{"qemu-dir", required_argument, NULL, 'Q'},
 		{"allow-uid", required_argument, NULL, 'U'},
 		{"allow-group", required_argument, NULL, 'G'},
+		{"qemu-user", required_argument, NULL, 'u'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{},
@@ -177,6 +179,17 @@ int main(int argc, char **argv) {
 				return 2;
 			}
 			break;
+		case 'u': {
+			int r = qemu_set_user(optarg);
+			if (r < 0) {
+				fprintf(stderr, "cprd: --qemu-user %s: %s\n", optarg,
+					r == -ENOENT  ? "no such user"
+					: r == -EPERM ? "that is root, whom QEMU runs as without the option"
+						      : "too many groups");
+				return 2;
+			}
+			break;
+		}
 		case 'U': {
 			struct passwd *pw = getpwnam(optarg);
 			char *end;
@@ -263,6 +276,10 @@ int main(int argc, char **argv) {
 
 	log_info("cprd %s listening on %s (state %s, runtime %s)", CPRD_VERSION, cfg.socket_path,
 		 cfg.state_dir, cfg.runtime_dir);
+	uid_t quid;
+	gid_t qgid;
+	if (qemu_get_user(&quid, &qgid))
+		log_info("QEMU runs as uid %u gid %u, not as root", (unsigned)quid, (unsigned)qgid);
 	systemd_ready();
 	update_status(-1, 0, NULL);
 	systemd_watchdog_start(base);

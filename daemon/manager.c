@@ -10,11 +10,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api.h"
 #include "spec.h"
 #include "log.h"
 #include "macro.h"
+#include "qemu.h"
 #include "util.h"
 #include "varlink.h"
 #include "vm.h"
@@ -35,6 +37,24 @@ char *manager_vm_runtime_dir(struct manager *m, const char *name) {
 	if (asprintf(&p, "%s/vms/%s", m->runtime_dir, name) < 0)
 		return NULL;
 	return p;
+}
+
+int manager_vm_runtime_dir_make(struct manager *m, const char *name, char **ret) {
+	_cleanup_free_ char *p = manager_vm_runtime_dir(m, name);
+	if (!p)
+		return -ENOMEM;
+	int r = mkdir_p(p, 0700);
+	if (r < 0)
+		return r;
+	/* QEMU binds its recovery monitor and an upgrade's incoming sockets
+	 * here: with --qemu-user the folder is that user's. */
+	uid_t uid = 0;
+	gid_t gid = 0;
+	qemu_get_user(&uid, &gid);
+	if (chown(p, uid, gid) < 0 || chmod(p, 0700) < 0)
+		return -errno;
+	*ret = TAKE_PTR(p);
+	return 0;
 }
 
 int manager_new(struct event_base *base, const struct manager_config *cfg, struct manager **ret) {
@@ -63,8 +83,10 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	}
 	snprintf(path, sizeof(path), "%s/vms", m->runtime_dir);
 	/* The runtime folder holds the socket, so the socket's group must be
-	 * able to pass through it; what is below it stays private. */
-	if ((r = mkdir_p(path, 0700)) < 0 || chmod(m->runtime_dir, 0755) < 0) {
+	 * able to pass through it; what is below it stays private (with
+	 * --qemu-user, vms/ lets QEMU's user pass to its own folders). */
+	if ((r = mkdir_p(path, 0700)) < 0 || chmod(m->runtime_dir, 0755) < 0 ||
+	    chmod(path, qemu_get_user(NULL, NULL) ? 0711 : 0700) < 0) {
 		r = r < 0 ? r : -errno;
 		log_error_errno(r, "cannot create runtime directory %s: %m", m->runtime_dir);
 		manager_free(m);

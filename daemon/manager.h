@@ -45,3 +45,5 @@ int manager_watch(struct manager *m, struct vl_call *call);
 /* Folders: <state>/vms/NAME and <runtime>/vms/NAME (0700). */
 char *manager_vm_state_dir(struct manager *m, const char *name);
 char *manager_vm_runtime_dir(struct manager *m, const char *name);
+/* Creates (or fixes) a VM's runtime folder: 0700, owned by QEMU's user. */
+int manager_vm_runtime_dir_make(struct manager *m, const char *name, char **ret);

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -67,6 +69,54 @@ static void on_pidfd(evutil_socket_t fd, short what, void *userdata) {
 		p->on_exit(p, &e, p->userdata);
 }
 
+/* Whom every QEMU runs as: root (the default) or --qemu-user's user, with
+ * that user's groups (kvm, say) and nothing of cprd's. */
+#define QEMU_USER_GROUPS_MAX 64
+static struct {
+	bool set;
+	uid_t uid;
+	gid_t gid;
+	gid_t groups[QEMU_USER_GROUPS_MAX];
+	int n_groups;
+} qemu_user;
+
+int qemu_set_user(const char *name) {
+	struct passwd *pw = getpwnam(name);
+	if (!pw)
+		return -ENOENT;
+	if (pw->pw_uid == 0)
+		return -EPERM; /* root is what QEMU runs as without the option */
+	int n = QEMU_USER_GROUPS_MAX;
+	if (getgrouplist(pw->pw_name, pw->pw_gid, qemu_user.groups, &n) < 0)
+		return -E2BIG;
+	qemu_user.uid = pw->pw_uid;
+	qemu_user.gid = pw->pw_gid;
+	qemu_user.n_groups = n;
+	qemu_user.set = true;
+	return 0;
+}
+
+bool qemu_get_user(uid_t *uid, gid_t *gid) {
+	if (qemu_user.set) {
+		if (uid)
+			*uid = qemu_user.uid;
+		if (gid)
+			*gid = qemu_user.gid;
+	}
+	return qemu_user.set;
+}
+
+/* In the child: says why it cannot go on, on the QEMU log, and ends. */
+static _noreturn_ void child_fail(const char *what) {
+	static const char prefix[] = "cprd: cannot start QEMU: ";
+	int e = errno;
+	(void)!write(STDERR_FILENO, prefix, sizeof(prefix) - 1);
+	(void)!write(STDERR_FILENO, what, strlen(what));
+	const char *why = e == EPERM || e == EACCES ? ": permission denied\n" : ": failed\n";
+	(void)!write(STDERR_FILENO, why, strlen(why));
+	_exit(127);
+}
+
 /* In the child, between fork and exec: async-signal-safe calls only. */
 static _noreturn_ void child_exec(int binary_fd, char *const *argv, const struct qemu_fd *fds,
 				  size_t n_fds, int log_fd) {
@@ -103,6 +153,15 @@ static _noreturn_ void child_exec(int binary_fd, char *const *argv, const struct
 		if (fds[i].target > maxfd)
 			maxfd = fds[i].target;
 	}
+	/* Drop root for good: groups first, while we may still set them. */
+	if (qemu_user.set) {
+		if (setgroups((size_t)qemu_user.n_groups, qemu_user.groups) < 0)
+			child_fail("setgroups");
+		if (setresgid(qemu_user.gid, qemu_user.gid, qemu_user.gid) < 0)
+			child_fail("setresgid");
+		if (setresuid(qemu_user.uid, qemu_user.uid, qemu_user.uid) < 0)
+			child_fail("setresuid");
+	}
 	/* Everything else closes at exec; binary_fd too, unless it is a script
 	 * (see below). */
 	syscall(SYS_close_range, (unsigned)maxfd + 1, ~0U, CLOSE_RANGE_CLOEXEC);
@@ -114,7 +173,7 @@ static _noreturn_ void child_exec(int binary_fd, char *const *argv, const struct
 		fcntl(binary_fd, F_SETFD, 0);
 		syscall(SYS_execveat, binary_fd, "", argv, environ, AT_EMPTY_PATH);
 	}
-	_exit(127);
+	child_fail("exec");
 }
 
 int qemu_spawn(struct event_base *base, int binary_fd, char *const *argv,

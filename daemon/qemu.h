@@ -23,6 +23,12 @@ struct qemu_exit {
 
 typedef void (*qemu_exit_fn)(struct qemu_proc *p, const struct qemu_exit *e, void *userdata);
 
+/* From now on every QEMU runs as this user (not root) with its groups.
+ * -ENOENT: no such user; -EPERM: uid 0. */
+int qemu_set_user(const char *name);
+/* Whether QEMU runs as a user of its own, and which. */
+bool qemu_get_user(uid_t *uid, gid_t *gid);
+
 /* Starts the file open as binary_fd (O_PATH; see binary.h) with argv
  * (argv[0] included). The child gets the fds in
  * `fds` at their target numbers and nothing else but stdin from /dev/null

@@ -23,6 +23,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "probe.h"
+#include "qemu.h"
 #include "qmp.h"
 #include "spec.h"
 #include "util.h"
@@ -810,16 +811,21 @@ static void upgrade_spawn(struct upgrade *u) {
 	upgrade_enter(u, PHASE_SPAWN, "starting %s (QEMU %u.%u.%u) with the held fds", u->binary,
 		      u->probe->major, u->probe->minor, u->probe->micro);
 
-	/* The incoming sockets live in a private folder: only root reaches
-	 * them. QEMU 10.0 accepts only a unix path for the cpr channel, so
-	 * QEMU binds them itself inside this folder. */
-	_cleanup_free_ char *rdir = manager_vm_runtime_dir(u->m, vm->name);
-	if (!rdir || (r = mkdir_p(rdir, 0700)) < 0)
-		return upgrade_fail(u, "cannot create %s", rdir ? rdir : "runtime folder");
+	/* The incoming sockets live in a private folder: only root (and with
+	 * --qemu-user, QEMU's user) reaches them. QEMU 10.0 accepts only a
+	 * unix path for the cpr channel, so QEMU binds them itself inside
+	 * this folder. */
+	_cleanup_free_ char *rdir = NULL;
+	if ((r = manager_vm_runtime_dir_make(u->m, vm->name, &rdir)) < 0)
+		return upgrade_fail(u, "cannot create the VM's runtime folder: %s", strerror(-r));
 	snprintf(buf, sizeof(buf), "%s/upgrade-XXXXXX", rdir);
 	if (!mkdtemp(buf))
 		return upgrade_fail(u, "cannot create a private folder in %s: %s", rdir, strerror(errno));
 	u->dir = strdup(buf);
+	uid_t uid;
+	gid_t gid;
+	if (qemu_get_user(&uid, &gid) && chown(buf, uid, gid) < 0)
+		return upgrade_fail(u, "cannot give %s to QEMU's user: %s", buf, strerror(errno));
 	if (asprintf(&u->main_path, "%s/main.sock", u->dir) < 0 ||
 	    asprintf(&u->cpr_path, "%s/cpr.sock", u->dir) < 0)
 		return upgrade_fail(u, "out of memory");

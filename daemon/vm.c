@@ -432,9 +432,9 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		return r;
 	/* One recovery socket per QEMU process, so an upgrade's target never
 	 * takes the old QEMU's path away. */
-	_cleanup_free_ char *rdir = manager_vm_runtime_dir(vm->manager, vm->name);
+	_cleanup_free_ char *rdir = NULL;
 	_cleanup_free_ char *qmp_path = NULL;
-	if (rdir && mkdir_p(rdir, 0700) >= 0 &&
+	if (manager_vm_runtime_dir_make(vm->manager, vm->name, &rdir) >= 0 &&
 	    asprintf(&qmp_path, "%s/qmp-%llx.sock", rdir,
 		     (unsigned long long)(now_usec(CLOCK_MONOTONIC) & 0xffffffffffffULL)) >= 0 &&
 	    strlen(qmp_path) >= 108) {

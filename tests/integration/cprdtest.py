@@ -297,6 +297,7 @@ class Cprd:
         self.address = "unix:" + self.socket
         self.log_path = os.path.join(root, "cprd.log")
         self.proc = None
+        self.extra_args = []    # more cprd options (--qemu-user, say)
         self.seen_pids = {}     # pid: argv of what this cprd ran, to stop at teardown
         self.spawned = []       # other processes a test started (Popen)
 
@@ -308,7 +309,7 @@ class Cprd:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [CPRD, "--state-dir", self.state_dir, "--runtime-dir", self.runtime_dir,
-             "--log-level", "debug"],
+             "--log-level", "debug"] + self.extra_args,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, close_fds=True)
         deadline = time.monotonic() + 15
         while not os.path.exists(self.socket):

@@ -12,7 +12,9 @@ Run: /usr/bin/python3 test_upgrade.py [TestClass.test_name ...]
 
 import calendar
 import os
+import pwd
 import shutil
+import subprocess
 import time
 import unittest
 
@@ -550,6 +552,77 @@ class Upgrade(UpgradeCase):
         self.assertEqual(results["nope"]["outcome"], "refused")
         self.assert_committed_many("pa", ba, results["pa"], T.QEMU10)
         self.assert_committed_many("pb", bb, results["pb"], T.QEMU10)
+
+
+class QemuUser(UpgradeCase):
+    """cprd --qemu-user nobody: every QEMU, the upgraded ones too, runs as
+    nobody, and the upgrades work from the folders cprd gives that user."""
+
+    def setUp(self):
+        # QEMU binds its sockets under the runtime folder, so nobody must
+        # be able to pass through the test's own folder.
+        os.chmod(self.tmp, 0o711)
+        self.image = os.path.join(self.tmp, "guest.img")
+        shutil.copyfile(T.GUEST_IMAGE, self.image)
+        os.chmod(self.image, 0o644)
+        self.cprd = T.Cprd(self.tmp)
+        self.cprd.extra_args = ["--qemu-user", "nobody"]
+        self.cprd.start()
+        self.addCleanup(self.cprd.stop)
+
+    def create_as_nobody(self, name, qemu):
+        self.ok("create", name, "--memory", 64, "--qemu", qemu, "--accel", "tcg",
+                "--disk", self.image + ",readonly")
+        self.start_vm(name)
+        self.wait_guest_ticks(name, 5)
+
+    def assert_nobody(self, pid):
+        with open("/proc/%d/status" % pid) as f:
+            st = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+        nobody = pwd.getpwnam("nobody")
+        self.assertEqual(st["Uid"].split(), [str(nobody.pw_uid)] * 4, st["Uid"])
+        self.assertEqual(st["Gid"].split(), [str(nobody.pw_gid)] * 4, st["Gid"])
+        self.assertNotIn("0", st["Groups"].split(), "QEMU kept root's groups: %s" % st["Groups"])
+
+    def test_runs_and_upgrades_as_nobody(self):
+        self.create_as_nobody("u1", T.QEMU10)
+        self.assert_nobody(self.status("u1")["pid"])
+        vms = os.path.join(self.cprd.runtime_dir, "vms")
+        self.assertEqual(os.stat(vms).st_mode & 0o777, 0o711)
+        st = os.stat(os.path.join(vms, "u1"))
+        self.assertEqual((st.st_uid, st.st_mode & 0o777), (pwd.getpwnam("nobody").pw_uid, 0o700))
+
+        b = self.before_upgrade("u1")
+        r = self.upgrade("u1", "--qemu", T.QEMU10, "--mode", "cpr-transfer")
+        self.assert_committed("u1", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+        self.assert_nobody(self.status("u1")["pid"])
+
+        if HAVE_72:
+            self.create_as_nobody("u2", T.QEMU72)
+            self.assert_nobody(self.status("u2")["pid"])
+            b = self.before_upgrade("u2")
+            r = self.upgrade("u2", "--qemu", T.QEMU10)
+            self.assert_committed("u2", b, r, "local-migrate", "7.2", "10.0", T.QEMU10)
+            self.assert_nobody(self.status("u2")["pid"])
+
+    def test_disk_nobody_cannot_read(self):
+        """QEMU's own refusal reaches the caller, and the VM stays stopped."""
+        private = os.path.join(self.tmp, "private")
+        os.mkdir(private, 0o700)
+        disk = os.path.join(private, "guest.img")
+        shutil.copyfile(T.GUEST_IMAGE, disk)
+        self.ok("create", "u3", "--memory", 64, "--qemu", T.QEMU10, "--accel", "tcg", "--disk", disk)
+        r = self.ctl("start", "u3")
+        self.assertEqual(r.rc, 1, repr(r))
+        self.assertIn("Permission denied", r.stderr)
+        self.assertNotIn(self.status("u3")["state"], ("running", "starting"))
+
+    def test_bad_user(self):
+        """An unknown user or root is refused at start with the reason."""
+        for user, why in (("no-such-user-here", "no such user"), ("root", "that is root")):
+            p = subprocess.run([T.CPRD, "--qemu-user", user], capture_output=True, text=True, timeout=30)
+            self.assertEqual(p.returncode, 2, p)
+            self.assertIn(why, p.stderr)
 
 
 if __name__ == "__main__":

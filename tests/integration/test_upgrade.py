@@ -597,6 +597,25 @@ class QemuUser(UpgradeCase):
         self.assert_committed("u1", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
         self.assert_nobody(self.status("u1")["pid"])
 
+        # A cprd restart (no fd store here) finds nobody's QEMU again: the
+        # memfd through pidfd_getfd, QMP through the recovery socket in the
+        # folder that is nobody's; then it upgrades once more.
+        pid = self.status("u1")["pid"]
+        ticks = self.wait_guest_ticks("u1", 1)[1]
+        self.cprd.proc.send_signal(T.signal.SIGTERM)
+        self.cprd.proc.wait(30)
+        self.cprd.start()
+        wait_until(lambda: self.status("u1")["state"] == "running", 30, what="u1 running after the restart")
+        self.assertEqual(self.status("u1")["pid"], pid)
+        self.wait_guest_ticks("u1", ticks + 1)
+        # (The QEMU is no longer cprd's child, which before_upgrade expects.)
+        r = self.upgrade("u1", "--mode", "cpr-transfer")
+        self.assertEqual(r.json["outcome"], "committed", r.json)
+        self.assertNotEqual(r.json["pid"], pid)
+        self.assertEqual(self.status("u1")["pid"], r.json["pid"])
+        self.assert_nobody(r.json["pid"])
+        self.wait_guest_ticks("u1", self.wait_guest_ticks("u1", 1)[1] + 1)
+
         if HAVE_72:
             self.create_as_nobody("u2", T.QEMU72)
             self.assert_nobody(self.status("u2")["pid"])

@@ -215,6 +215,28 @@ struct json_object *json_new_fixed3(double v) {
 	return json_object_new_double_s(v, buf);
 }
 
+static int frozen_print(struct json_object *o, struct printbuf *pb, int level, int flags) {
+	const char *text = json_object_get_userdata(o);
+	return printbuf_memappend(pb, text, (int)strlen(text));
+}
+
+static void frozen_free(struct json_object *o, void *userdata) {
+	free(userdata);
+}
+
+struct json_object *json_frozen(struct json_object *src) {
+	char *text = strdup(json_object_to_json_string_ext(src, JSON_C_TO_STRING_PLAIN));
+	struct json_object *o = json_object_is_type(src, json_type_array) ? json_object_new_array()
+								       : json_object_new_object();
+	if (!text || !o) {
+		free(text);
+		json_object_put(o);
+		return NULL;
+	}
+	json_object_set_serializer(o, frozen_print, text, frozen_free);
+	return o;
+}
+
 void strv_free(char **v) {
 	if (!v)
 		return;

@@ -39,6 +39,13 @@ const char *signal_name(int sig);
  * reads 5.537 rather than 5.5369999999999999. */
 struct json_object *json_new_fixed3(double v);
 
+/* A JSON value that prints as src prints now (JSON_C_TO_STRING_PLAIN),
+ * without walking src again: for parts of replies that are sent many times
+ * and change rarely (a VM's spec in ListVMs). Later changes to src do not
+ * show. The copy is empty inside (same type, no members): use it only for
+ * printing. NULL when out of memory. */
+struct json_object *json_frozen(struct json_object *src);
+
 /* NULL-terminated string arrays. */
 void strv_free(char **v);
 static inline void strv_freep(char ***v) { strv_free(*v); }

@@ -1102,6 +1102,7 @@ void vm_free(struct vm *vm) {
 		event_free(vm->op_timer);
 	json_object_put(vm->last_exit);
 	json_object_put(vm->history);
+	json_object_put(vm->history_json);
 	json_object_put(vm->spec_json);
 	spec_free(vm->spec);
 	free(vm->name);
@@ -1162,6 +1163,8 @@ int vm_load(struct manager *m, const char *dir, struct vm **ret) {
 
 void vm_add_history(struct vm *vm, struct json_object *record) {
 	json_object_array_add(vm->history, record);
+	json_object_put(vm->history_json);
+	vm->history_json = NULL;
 	size_t n = json_object_array_length(vm->history);
 	if (n > VM_HISTORY_MAX)
 		json_object_array_del_idx(vm->history, 0, n - VM_HISTORY_MAX);
@@ -1187,10 +1190,15 @@ struct json_object *vm_to_json(struct vm *vm) {
 		state = "upgrading";
 	json_object_object_add(o, "name", json_object_new_string(vm->name));
 	json_object_object_add(o, "state", json_object_new_string(state));
-	/* The spec rarely changes; ListVMs of many VMs should not rebuild it. */
-	if (!vm->spec_json)
-		vm->spec_json = spec_to_json(vm->spec);
-	json_object_object_add(o, "spec", json_object_get(vm->spec_json));
+	/* The spec and the history rarely change: ListVMs of many VMs prints
+	 * them from text kept since the last change. */
+	if (!vm->spec_json) {
+		_cleanup_json_ struct json_object *spec = spec_to_json(vm->spec);
+		vm->spec_json = json_frozen(spec);
+	}
+	if (!vm->history_json)
+		vm->history_json = json_frozen(vm->history);
+	json_object_object_add(o, "spec", vm->spec_json ? json_object_get(vm->spec_json) : spec_to_json(vm->spec));
 	json_object_object_add(o, "machine", json_object_new_string(vm->spec->machine));
 	json_object_object_add(o, "qemu", json_object_new_string(vm->qemu ? vm->qemu->binary : vm->spec->qemu));
 	if (vm->qemu) {
@@ -1211,6 +1219,6 @@ struct json_object *vm_to_json(struct vm *vm) {
 	json_object_object_add(o, "fds", fds);
 	if (vm->last_exit)
 		json_object_object_add(o, "lastExit", json_object_get(vm->last_exit));
-	json_object_object_add(o, "upgrades", json_object_get(vm->history));
+	json_object_object_add(o, "upgrades", json_object_get(vm->history_json ? vm->history_json : vm->history));
 	return o;
 }

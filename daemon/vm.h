@@ -85,7 +85,8 @@ struct vm {
 	const char *accel;     /* the accelerator the guest runs with */
 
 	struct json_object *last_exit; /* Exit, or NULL */
-	struct json_object *spec_json; /* spec_to_json(spec), cached */
+	struct json_object *spec_json;    /* json_frozen(spec_to_json(spec)), cached */
+	struct json_object *history_json; /* json_frozen(history), cached */
 	struct json_object *history;   /* []UpgradeRecord */
 
 	/* Calls waiting for start or stop to finish. */

@@ -3,3 +3,8 @@
 cprd_check_test(test_spec
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_spec.c
   LIBS cprd-core)
+
+# test_util: daemon/util.c, helpers whose output clients see.
+cprd_check_test(test_util
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_util.c
+  LIBS cprd-core)

@@ -31,7 +31,8 @@
 #include "vm.h"
 
 #define UPGRADE_PHASE_TIMEOUT_MS 15000 /* each phase, within --timeout */
-#define UPGRADE_POLL_MS 5              /* query-migrate / socket polling */
+#define UPGRADE_POLL_MS 5              /* query-migrate / query-status polling */
+#define UPGRADE_SOCKET_POLL_MS 1       /* waiting for the cpr socket: a stat() */
 #define UPGRADE_QMP_TIMEOUT_MS 5000
 
 enum upgrade_phase {
@@ -786,7 +787,7 @@ static void on_poll(evutil_socket_t fd, short what, void *userdata) {
 		 * old QEMU's connect is refused. */
 		if (stat(u->cpr_path, &st) == 0 && S_ISSOCK(st.st_mode) && unix_socket_listening(u->cpr_path))
 			return upgrade_next(u, "transfer", upgrade_send_migrate);
-		arm(u->poll_timer, UPGRADE_POLL_MS);
+		arm(u->poll_timer, UPGRADE_SOCKET_POLL_MS);
 		return;
 	case PHASE_TRANSFER:
 		qmp_command(vm_qemu_qmp(u->old), "query-migrate", NULL, UPGRADE_QMP_TIMEOUT_MS, poll_source, u);

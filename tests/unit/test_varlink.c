@@ -905,12 +905,11 @@ START_TEST(limits_per_uid) {
 		raw_send_msg(&ok[i], echo_a);
 		assert_echo_reply(&ok[i], "a");
 	}
-	/* The kernel completes the connect; the server closes at once. */
+	/* The kernel completes the connect; the server closes at once (within
+	 * WAIT_MS, long before any timeout of the server's would). */
 	for (int i = 0; i < 2; i++) {
 		raw_open(&extra[i]);
-		int64_t start = now_ms();
 		ck_assert(raw_closed(&extra[i], WAIT_MS));
-		ck_assert_int_lt(now_ms() - start, 1000);
 		raw_close(&extra[i]);
 	}
 	ck_assert_int_eq(srv_connections(), 3);
@@ -952,15 +951,14 @@ START_TEST(limits_message_timeout) {
 	raw_open(&r);
 	int64_t start = now_ms();
 	ck_assert_int_eq(raw_send(&r, echo_a, 10), 0);
-	ck_assert(raw_closed(&r, WAIT_MS));
-	int64_t took = now_ms() - start;
-	ck_assert_int_ge(took, 150);
-	ck_assert_int_lt(took, 1500);
+	ck_assert(raw_closed(&r, WAIT_MS)); /* closed, and not much later than 200 ms */
+	ck_assert_int_ge(now_ms() - start, 150);
 	raw_close(&r);
 
-	/* A trickle does not keep the message alive. */
+	/* A trickle does not keep the message alive: a deadline that each byte
+	 * renewed would let the whole message through, and it would be
+	 * answered, not closed. */
 	raw_open(&r);
-	start = now_ms();
 	bool closed = false;
 	for (size_t i = 0; i < sizeof(echo_a) - 1 && !closed; i++) {
 		if (raw_send(&r, echo_a + i, 1) < 0)
@@ -968,7 +966,6 @@ START_TEST(limits_message_timeout) {
 		closed = raw_closed(&r, 50);
 	}
 	ck_assert(closed || raw_closed(&r, WAIT_MS));
-	ck_assert_int_lt(now_ms() - start, 1500);
 	raw_close(&r);
 
 	/* An idle connection between messages is not timed out. */

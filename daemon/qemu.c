@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -104,6 +105,26 @@ bool qemu_get_user(uid_t *uid, gid_t *gid) {
 			*gid = qemu_user.gid;
 	}
 	return qemu_user.set;
+}
+
+bool qemu_may_open_rw(const char *path) {
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	struct stat st;
+	int r = fstat(fd, &st);
+	close(fd);
+	if (!qemu_user.set)
+		return true;
+	if (r < 0)
+		return false;
+	/* The mode bits as the kernel would apply them to QEMU's user (ACLs
+	 * are not looked at). */
+	bool in_group = qemu_user.gid == st.st_gid;
+	for (int i = 0; i < qemu_user.n_groups; i++)
+		in_group = in_group || qemu_user.groups[i] == st.st_gid;
+	unsigned shift = st.st_uid == qemu_user.uid ? 6 : in_group ? 3 : 0;
+	return ((st.st_mode >> shift) & 06) == 06;
 }
 
 /* In the child: says why it cannot go on, on the QEMU log, and ends. */

@@ -28,6 +28,9 @@ typedef void (*qemu_exit_fn)(struct qemu_proc *p, const struct qemu_exit *e, voi
 int qemu_set_user(const char *name);
 /* Whether QEMU runs as a user of its own, and which. */
 bool qemu_get_user(uid_t *uid, gid_t *gid);
+/* Whether QEMU, as the user it runs as, could open path read-write
+ * (/dev/kvm for --accel auto). */
+bool qemu_may_open_rw(const char *path);
 
 /* Starts the file open as binary_fd (O_PATH; see binary.h) with argv
  * (argv[0] included). The child gets the fds in

@@ -636,6 +636,31 @@ class QemuUser(UpgradeCase):
         self.assertIn("Permission denied", r.stderr)
         self.assertNotIn(self.status("u3")["state"], ("running", "starting"))
 
+    def test_accel_auto(self):
+        """--accel auto picks kvm only when nobody may open /dev/kvm (here
+        it is root's alone, so tcg), not when cprd, as root, may."""
+        self.ok("create", "u4", "--memory", 64, "--qemu", T.QEMU10, "--accel", "auto",
+                "--disk", self.image + ",readonly")
+        vm = self.start_vm("u4")
+        self.assert_nobody(vm["pid"])
+        self.wait_guest_ticks("u4", 1)
+        with open("/proc/%d/cmdline" % vm["pid"], "rb") as f:
+            argv = f.read().split(b"\0")
+        nobody = pwd.getpwnam("nobody")
+        try:
+            st = os.stat("/dev/kvm")
+            bits = st.st_mode & 0o7
+            if st.st_uid == nobody.pw_uid:
+                bits = (st.st_mode >> 6) & 0o7
+            elif st.st_gid in os.getgrouplist("nobody", nobody.pw_gid):
+                bits = (st.st_mode >> 3) & 0o7
+            kvm_for_nobody = bits & 0o6 == 0o6
+        except OSError:
+            kvm_for_nobody = False
+        accel = [a for a in argv if a.startswith(b"kvm") or a.startswith(b"tcg") or b"accel=" in a]
+        self.assertTrue(accel, argv)
+        self.assertIn(b"kvm" if kvm_for_nobody else b"tcg", b" ".join(accel), argv)
+
     def test_bad_user(self):
         """An unknown user or root is refused at start with the reason."""
         for user, why in (("no-such-user-here", "no such user"), ("root", "that is root")):

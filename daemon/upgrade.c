@@ -413,8 +413,13 @@ static void upgrade_rollback(struct upgrade *u) {
 	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE && u->migrate_sent)
 		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
 			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-	if (qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u) < 0)
-		upgrade_finish(u);
+	if (qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u) < 0) {
+		/* Its channel is already closed: it is probably dying, and its
+		 * pidfd has not said so yet. Its exit ends the upgrade as failed
+		 * (old_exited); if it does not come, the deadline ends it. */
+		log_vm(LOG_WARNING, vm->name, "rollback: the old QEMU's QMP channel is closed; waiting for its exit");
+		arm(u->phase_timer, 2000);
+	}
 }
 
 static void upgrade_fail(struct upgrade *u, const char *fmt, ...) {

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "api.h"
 #include "spec.h"
@@ -48,10 +47,9 @@ int manager_vm_runtime_dir_make(struct manager *m, const char *name, char **ret)
 		return r;
 	/* QEMU binds its recovery monitor and an upgrade's incoming sockets
 	 * here: with --qemu-user the folder is that user's. */
-	uid_t uid = 0;
-	gid_t gid = 0;
-	qemu_get_user(&uid, &gid);
-	if (chown(p, uid, gid) < 0 || chmod(p, 0700) < 0)
+	if ((r = qemu_user_chown(p)) < 0)
+		return r;
+	if (chmod(p, 0700) < 0)
 		return -errno;
 	*ret = TAKE_PTR(p);
 	return 0;

@@ -107,6 +107,12 @@ bool qemu_get_user(uid_t *uid, gid_t *gid) {
 	return qemu_user.set;
 }
 
+int qemu_user_chown(const char *path) {
+	uid_t uid = qemu_user.set ? qemu_user.uid : 0;
+	gid_t gid = qemu_user.set ? qemu_user.gid : 0;
+	return chown(path, uid, gid) < 0 ? -errno : 0;
+}
+
 bool qemu_may_open_rw(const char *path) {
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
@@ -119,8 +125,8 @@ bool qemu_may_open_rw(const char *path) {
 	if (r < 0)
 		return false;
 	/* The mode bits as the kernel would apply them to QEMU's user (ACLs
-	 * are not looked at). */
-	bool in_group = qemu_user.gid == st.st_gid;
+	 * are not looked at). The groups include the primary one. */
+	bool in_group = false;
 	for (int i = 0; i < qemu_user.n_groups; i++)
 		in_group = in_group || qemu_user.groups[i] == st.st_gid;
 	unsigned shift = st.st_uid == qemu_user.uid ? 6 : in_group ? 3 : 0;

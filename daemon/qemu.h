@@ -28,6 +28,8 @@ typedef void (*qemu_exit_fn)(struct qemu_proc *p, const struct qemu_exit *e, voi
 int qemu_set_user(const char *name);
 /* Whether QEMU runs as a user of its own, and which. */
 bool qemu_get_user(uid_t *uid, gid_t *gid);
+/* Gives path to QEMU's user (root without --qemu-user). */
+int qemu_user_chown(const char *path);
 /* Whether QEMU, as the user it runs as, could open path read-write
  * (/dev/kvm for --accel auto). */
 bool qemu_may_open_rw(const char *path);

@@ -34,6 +34,7 @@
 #define UPGRADE_POLL_MS 5              /* query-migrate / query-status polling */
 #define UPGRADE_SOCKET_POLL_MS 1       /* waiting for the cpr socket: a stat() */
 #define UPGRADE_QMP_TIMEOUT_MS 5000
+#define UPGRADE_EXIT_WAIT_MS 2000 /* for a QEMU whose QMP channel closed */
 
 enum upgrade_phase {
 	PHASE_PREFLIGHT,
@@ -362,18 +363,22 @@ static void rollback_on_cont(struct qmp *qmp, struct json_object *ret, const str
 	upgrade_finish(u);
 }
 
+/* The old QEMU's QMP channel closed: it is probably dying, and its pidfd
+ * has not said so yet. Its exit ends the upgrade as failed (old_exited);
+ * if it does not come, the deadline ends the rollback. */
+static void rollback_await_exit(struct upgrade *u) {
+	log_vm(LOG_WARNING, u->vm->name, "rollback: the old QEMU's QMP channel is closed; waiting for its exit");
+	arm(u->phase_timer, UPGRADE_EXIT_WAIT_MS);
+}
+
 static void rollback_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
 			       void *userdata) {
 	struct upgrade *u = userdata;
 	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
 	if (err) {
 		log_vm(LOG_ERR, u->vm->name, "rollback: old QEMU does not answer: %s", err->desc);
-		if (qmp_get_error(qmp) < 0) {
-			/* Its channel closed: it is probably dying. Its exit ends the
-			 * upgrade (old_exited); the deadline covers the rest. */
-			arm(u->phase_timer, 2000);
-			return;
-		}
+		if (qmp_get_error(qmp) < 0)
+			return rollback_await_exit(u);
 		return upgrade_finish(u);
 	}
 	if (status && (streq(status, "finish-migrate") || streq(status, "inmigrate"))) {
@@ -413,13 +418,8 @@ static void upgrade_rollback(struct upgrade *u) {
 	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE && u->migrate_sent)
 		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
 			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-	if (qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u) < 0) {
-		/* Its channel is already closed: it is probably dying, and its
-		 * pidfd has not said so yet. Its exit ends the upgrade as failed
-		 * (old_exited); if it does not come, the deadline ends it. */
-		log_vm(LOG_WARNING, vm->name, "rollback: the old QEMU's QMP channel is closed; waiting for its exit");
-		arm(u->phase_timer, 2000);
-	}
+	if (qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u) < 0)
+		rollback_await_exit(u);
 }
 
 static void upgrade_fail(struct upgrade *u, const char *fmt, ...) {
@@ -828,10 +828,8 @@ static void upgrade_spawn(struct upgrade *u) {
 	if (!mkdtemp(buf))
 		return upgrade_fail(u, "cannot create a private folder in %s: %s", rdir, strerror(errno));
 	u->dir = strdup(buf);
-	uid_t uid;
-	gid_t gid;
-	if (qemu_get_user(&uid, &gid) && chown(buf, uid, gid) < 0)
-		return upgrade_fail(u, "cannot give %s to QEMU's user: %s", buf, strerror(errno));
+	if ((r = qemu_user_chown(buf)) < 0)
+		return upgrade_fail(u, "cannot give %s to QEMU's user: %s", buf, strerror(-r));
 	if (asprintf(&u->main_path, "%s/main.sock", u->dir) < 0 ||
 	    asprintf(&u->cpr_path, "%s/cpr.sock", u->dir) < 0)
 		return upgrade_fail(u, "out of memory");

@@ -16,6 +16,7 @@
 #                             sanitized build (tests/fuzz/build-and-run.sh)
 #   CPRD_ASAN_EXTRA           more ASAN_OPTIONS, e.g. fast_unwind_on_malloc=0
 #                             for whole stacks through json-c in leak reports
+#   CPRD_TEST_SLOWDOWN        the tests' factor for wall-clock bounds, default 3
 set -uo pipefail
 src=$(cd "${1:?usage: sanitize.sh SRC [CTEST ARGS...]}" && pwd)
 shift
@@ -32,6 +33,9 @@ chmod 0777 "$reports" # tests call cprd as uid 65534 too
 export ASAN_OPTIONS="abort_on_error=1:halt_on_error=1:detect_leaks=1:log_path=$reports/asan:${CPRD_ASAN_EXTRA:-}"
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path=$reports/ubsan"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-}"
+# The few wall-clock bounds in the tests scale with this (everything runs
+# two to three times slower instrumented).
+export CPRD_TEST_SLOWDOWN=${CPRD_TEST_SLOWDOWN:-3}
 # Check forks each test by default; keep that (a crash fails one test).
 
 start=$(date +%s)

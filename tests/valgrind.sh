@@ -6,8 +6,11 @@
 #   BUILD_DIR  a normal (not sanitized) build: its tests/unit/test_* run
 #   TEST       only these (default: every test_* there)
 # Check runs every test in one process (CK_FORK=no), so a leak anywhere in
-# a suite is seen when the process exits.
+# a suite is seen when the process exits. With CI=true a skipped suite fails
+# the run unless tests/ci-skips.txt lists it (area "valgrind").
 set -uo pipefail
+# shellcheck source=ci-skips.sh
+. "$(dirname "$0")/ci-skips.sh"
 build=$(cd "${1:?usage: valgrind.sh BUILD_DIR [TEST...]}" && pwd)
 shift
 unit=$build/tests/unit
@@ -37,14 +40,26 @@ fi
 
 export CK_FORK=no
 export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-300}
+# Everything runs 10-50 times slower under memcheck: the few wall-clock
+# bounds in the suites scale with this.
+export CPRD_TEST_SLOWDOWN=${CPRD_TEST_SLOWDOWN:-10}
 export CPRD_BUILD_DIR=$build
 export CPRD_SOURCE_DIR=$(cd "$(dirname "$0")/.." && pwd)
 passed=0 failed=0 skipped=0
+# skip NAME REASON: a skip, or in CI a failure unless the allowlist has it.
+skip() {
+	if ci_skip_allowed valgrind "$1"; then
+		echo "SKIP $1: $2"
+		skipped=$((skipped + 1))
+	else
+		echo "FAIL $1: skipped, and CI accepts only the skips in tests/ci-skips.txt: $2"
+		failed=$((failed + 1))
+	fi
+}
 start=$(date +%s)
 for t in "${tests[@]}"; do
 	if [ "$t" = test_probe ] && [ $pidfd_ok = 0 ]; then
-		echo "SKIP: $t: $(valgrind --version) does not know pidfd_open (syscall 434: ENOSYS under it), which the probe needs"
-		skipped=$((skipped + 1))
+		skip "$t" "$(valgrind --version) does not know pidfd_open (syscall 434: ENOSYS under it), which the probe needs"
 		continue
 	fi
 	log=$(mktemp /tmp/cprd-valgrind-$t.XXXXXX)
@@ -56,14 +71,13 @@ for t in "${tests[@]}"; do
 	took=$(( $(date +%s) - t0 ))
 	summary=$(grep -E "ERROR SUMMARY|definitely lost|Checks:" "$log" | tr '\n' ' ')
 	if [ $rc -eq 77 ]; then
-		echo "SKIP: $t (exit 77: $(tail -n 1 "$log"))"
-		skipped=$((skipped + 1))
+		skip "$t" "exit 77: $(tail -n 1 "$log")"
 	elif [ $rc -ne 0 ]; then
-		echo "FAIL: $t (exit $rc, ${took} s): $summary"
+		echo "FAIL $t (exit $rc, ${took} s): $summary"
 		grep -vE "^==[0-9]+== *$" "$log" | grep -E "^==[0-9]+==|Checks:|:F:|:E:" | head -n 80
 		failed=$((failed + 1))
 	else
-		echo "PASS: $t (${took} s): $summary"
+		echo "PASS $t (${took} s): $summary"
 		passed=$((passed + 1))
 	fi
 	rm -f "$log"

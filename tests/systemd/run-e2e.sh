@@ -19,9 +19,14 @@
 # Prints "PASS name", "FAIL name: why" or "SKIP name: why" per check, then
 # "N passed, M failed, K skipped". Exit 0 all passed, 1 a check failed,
 # 77 the container cannot run here (the reason is printed): never a pass.
+# With CI=true a skip, of one check or of the whole run, is a failure
+# unless tests/ci-skips.txt lists it.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../ci-skips.sh
+. "$HERE/../ci-skips.sh"
+AREA=systemd_e2e
 ROOTFS=${CPRD_TEST_ROOTFS:-/var/cache/cprd-test/rootfs-bookworm}
 VM=vm1
 GUEST_DIR=/var/lib/cprd-test
@@ -53,17 +58,33 @@ flush_deferred() {
 	done
 	DEFERRED=()
 }
-skip() { SKIPPED=$((SKIPPED + 1)); echo "SKIP $1${2:+: $2}"; }
+skip() {
+	if ci_skip_allowed "$AREA" "$1"; then
+		SKIPPED=$((SKIPPED + 1))
+		echo "SKIP $1${2:+: $2}"
+	else
+		fail "$1" "skipped, and CI accepts only the skips in tests/ci-skips.txt: ${2:-}"
+	fi
+}
 note() { echo "# $*"; }
 # check NAME COND-RESULT DETAIL: pass when the status is 0.
 verdict() { if [ "$2" -eq 0 ]; then pass "$1" "$3"; else fail "$1" "$3"; fi; }
+# ticks_kept BEFORE AFTER: both were read (integers) and the counter did not
+# go back. A failed read is never a pass.
+is_int() { [[ ${1:-} =~ ^[0-9]+$ ]]; }
+ticks_kept() { is_int "${1:-}" && is_int "${2:-}" && [ "$2" -ge "$1" ]; }
 
 skip_all() {
 	local i
 	for ((i = 0; i < ${#DEFERRED[@]}; i += 3)); do
 		echo "# not counted (the container did not run): ${DEFERRED[$i]} ${DEFERRED[$((i + 1))]}: ${DEFERRED[$((i + 2))]}"
 	done
-	echo "SKIP systemd_e2e: $*"
+	if ! ci_skip_allowed "$AREA" '*'; then
+		echo "FAIL $AREA: skipped, and CI accepts only the skips in tests/ci-skips.txt: $*"
+		echo "$PASSED passed, $((FAILED + 1)) failed, $SKIPPED skipped"
+		exit 1
+	fi
+	echo "SKIP $AREA: $*"
 	echo "$PASSED passed, $FAILED failed, $((SKIPPED + 1)) skipped"
 	exit 77
 }
@@ -411,7 +432,7 @@ fi
 verdict restart_qemu_alive "$(alive "$QPID" && echo 0 || echo 1)" "QEMU pid $QPID"
 after=$(ram "$CPRD")
 if [ -n "$after" ] && [ "$(echo "$after" | J 'd["magic"]')" = CPRDGST1 ] &&
-	[ "$(echo "$after" | J 'd["ticks"]')" -ge "${ticks_before:-0}" ] &&
+	ticks_kept "$ticks_before" "$(echo "$after" | J 'd["ticks"]')" &&
 	[ "$(echo "$after" | J 'd["inode"]')" = "$(ram "$QPID" | J 'd["inode"]')" ]; then
 	pass restart_fdstore_memfd "new cprd $CPRD holds /memfd:cprd:$VM:ram0 (fd $(echo "$after" | J 'd["fd"]'), the same inode as QEMU's, ticks $ticks_before -> $(echo "$after" | J 'd["ticks"]'))"
 else
@@ -439,7 +460,7 @@ do_upgrade() {
 	nq=$(status_field "$st" 'd["pid"]')
 	if [ $rc -eq 0 ] && [ "$outcome" = committed ] && [ -n "$nq" ] && [ "$nq" != "$QPID" ]; then
 		t=$(ram "$nq" | J 'd["ticks"]')
-		if [ "${t:-0}" -ge "${ticks:-0}" ]; then
+		if ticks_kept "$ticks" "$t"; then
 			pass "$name" "committed, QEMU pid $QPID -> $nq, pause $(echo "$out" | J 'd.get("pauseMs")') ms, ticks $ticks -> $t (no reboot)"
 		else
 			fail "$name" "committed, but ticks went $ticks -> $t: the guest rebooted"
@@ -626,7 +647,7 @@ NEW=$(main_pid)
 note "cprd after kill -9: main pid $KILLED -> $NEW; $VM '$(status_field "$st" 'd["state"]')', settled: $settled"
 outcome=$(status_field "$st" '(d.get("upgrades") or [{}])[-1].get("outcome")')
 hist_after=$(status_field "$st" 'len(d.get("upgrades") or [])')
-if [ "$settled" = yes ] && [ "${hist_after:-0}" -gt "${hist_before:-0}" ] &&
+if [ "$settled" = yes ] && is_int "$hist_before" && is_int "$hist_after" && [ "$hist_after" -gt "$hist_before" ] &&
 	{ [ "$outcome" = committed ] || [ "$outcome" = rolled-back ]; }; then
 	pass kill9_upgrade_resolved "the interrupted upgrade ended '$outcome': $(status_field "$st" '(d.get("upgrades") or [{}])[-1].get("reason")')"
 else
@@ -636,7 +657,7 @@ QPID2=$(status_field "$st" 'd["pid"]')
 if [ "$(status_field "$st" 'd["state"]')" = running ] && [ -n "$QPID2" ] && alive "$QPID2"; then
 	pass kill9_guest_running "$VM running on QEMU pid $QPID2 (was $QPID)"
 	t=$(ram "$QPID2" | J 'd["ticks"]')
-	verdict kill9_guest_kept "$([ "${t:-0}" -ge "${ticks_before:-0}" ] && echo 0 || echo 1)" "ticks $ticks_before before the upgrade, $t now (no reboot)"
+	verdict kill9_guest_kept "$(ticks_kept "$ticks_before" "$t" && echo 0 || echo 1)" "ticks '$ticks_before' before the upgrade, '$t' now (no reboot)"
 	guest_progress kill9_guest_counter "$QPID2"
 	console_progress kill9_guest_console "$lines_before"
 	QPID=$QPID2

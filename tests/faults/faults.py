@@ -26,12 +26,19 @@ After every case the guarantee is checked:
   - cprd's state matches reality: status pid == the live QEMU, the state
     (running / crashed), the upgrade's outcome in the history;
   - nothing leaks: cprd's children are exactly the live QEMU (no target, no
-    probe, no zombie), cprd holds as many fds as before the upgrade, the
-    private upgrade folder and the journal are gone.
+    probe, no zombie), cprd holds the same fds as before the upgrade, kind
+    by kind (the VM's memfd, pidfds, sockets, pipes, files by path), also
+    after a cprd restart, which re-attaches the VM with fds of the same
+    kinds (fewer when the VM's QEMU is gone), and again after the next
+    upgrade; the private upgrade folder and the journal are gone;
+  - cprd exits 0 on SIGTERM at the end of the case.
 
 Run as root: /usr/bin/python3 tests/faults/faults.py [CASE ...]
 Prints a table (case | expected | result | pass/fail) at the end and
-"N passed, M failed". Environment as in tests/integration/cprdtest.py.
+"N passed, M failed" (", K skipped"). A case that cannot run (no tmpfs) is
+a skip, and with CI=true a failure unless tests/ci-skips.txt lists it
+(area "faults", the case's function name). Environment as in
+tests/integration/cprdtest.py.
 """
 
 import errno
@@ -47,8 +54,12 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
+import ci_skips  # noqa: E402
 import cprdtest as T  # noqa: E402
+
+AREA = "faults"  # ctest's name for this runner (tests/ci-skips.txt)
 
 HOLD_MS = 2500
 VM_FD_RAM = 5  # the guest RAM memfd's number inside QEMU (daemon/vm.h)
@@ -60,13 +71,6 @@ class Fail(Exception):
 
 class Skip(Exception):
     pass
-
-
-class Known(Exception):
-    """The guarantee held, but a check failed because of a reported bug."""
-
-
-STRICT = os.environ.get("CPRD_TEST_STRICT") == "1"
 
 
 def check(cond, what):
@@ -118,6 +122,7 @@ class Run:
         self.upgrade_proc = None
         self.stopped = []  # pids we SIGSTOPped, continued at teardown
         self.restarted = False
+        self.killed = False  # the current cprd was killed by the case
         self.state_tmpfs = state_tmpfs
 
     def mount_state_tmpfs(self):
@@ -154,6 +159,7 @@ class Run:
                      what="cprd to answer")
 
     def kill_cprd(self):
+        self.killed = True
         self.cprd.proc.kill()
         self.cprd.proc.wait(10)
         self.cprd._log.close()
@@ -161,6 +167,7 @@ class Run:
     def restart_cprd(self):
         """A new cprd on the same folders, without the hold."""
         self.restarted = True
+        self.killed = False
         self.start_cprd(hold=False)
 
     # -- the VM ---------------------------------------------------------------------
@@ -186,10 +193,45 @@ class Run:
         T.wait_until(lambda: set(self.cprd.children()) == {self.old_pid}, 20,
                      what="the probe to be gone")
         self.memfd_ino = self.cprd.memfd_inode(self.name)
-        # Not counting a cprctl connection cprd has not seen closed yet.
-        time.sleep(0.3)
-        self.fd_count = len(self.cprd.fds())
+        self.fd_kinds = self.held_fd_kinds()
         return vm
+
+    def held_fd_kinds(self):
+        """{kind: count} of the fds cprd holds (client connections to its
+        Varlink socket not counted): the memfd by name, sockets, pipes,
+        anon inodes by type (pidfd, eventpoll, ...), files by path. Another
+        cprd with the same VMs holds the same kinds, at other numbers."""
+        out = {}
+        for t in self.cprd.held_fds().values():
+            if t.startswith("socket:"):
+                k = "socket"
+            elif t.startswith("pipe:"):
+                k = "pipe"
+            elif t.startswith("/memfd:"):
+                k = t[:-len(" (deleted)")] if t.endswith(" (deleted)") else t
+            else:
+                k = t
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    def wait_fd_kinds(self, want, fewer=False, what="before the upgrade"):
+        """Waits until cprd holds the fds want (with fewer: no kind more
+        often, some less); returns the note for the summary."""
+        def ok():
+            now = self.held_fd_kinds()
+            if not fewer:
+                return now == want
+            return all(now.get(k, 0) <= want.get(k, 0) for k in set(now) | set(want))
+        try:
+            T.wait_until(ok, 10, what="fds")
+        except AssertionError:
+            now = self.held_fd_kinds()
+            diff = {k: "%d->%d" % (want.get(k, 0), now.get(k, 0))
+                    for k in sorted(set(now) | set(want)) if now.get(k, 0) != want.get(k, 0)}
+            raise Fail("cprd's fds differ from %s (%s): %s; it holds %s" % (
+                what, "no kind more often" if fewer else "the same kinds and counts", diff,
+                self.cprd.held_fds()))
+        return sum(self.held_fd_kinds().values())
 
     # -- the upgrade ------------------------------------------------------------------
 
@@ -246,6 +288,7 @@ class Run:
     def upgrade_again(self, qpid):
         """After the fault, the VM is fit for the next upgrade: it commits
         and the guest moves on, with the same RAM."""
+        before = self.held_fd_kinds()
         r = self.ctl("upgrade", self.name, "--qemu", T.QEMU10, "--json", timeout=90)
         check(r.rc == 0, "the next upgrade failed: %r" % r)
         vm = self.status()
@@ -254,16 +297,15 @@ class Run:
         check(qemus_by_marker(self.name) == [vm["pid"]],
               "after the next upgrade QEMUs %s run the guest" % qemus_by_marker(self.name))
         check(self.cprd.memfd_inode(self.name) == self.memfd_ino, "the next upgrade changed the memfd")
+        self.wait_fd_kinds(before, what="before the next upgrade")
         return "next upgrade ok"
 
-    def verify(self, outcome, on, state="running", memfd="held", fds=True, known=None, again=True):
+    def verify(self, outcome, on, state="running", memfd="held", again=True):
         """Checks the guarantee; returns a one-line summary of what is.
         outcome: the last history record's outcome ("none": no record);
-        on: "old", "new" or None (no QEMU may run the guest);
-        known: {outcome: bug} outcomes reported wrongly by a known bug."""
+        on: "old", "new" or None (no QEMU may run the guest)."""
         got = self.history_outcome()
-        bug = (known or {}).get(got)
-        check(got == outcome or bug, "upgrade outcome %r, expected %r" % (got, outcome))
+        check(got == outcome, "upgrade outcome %r, expected %r" % (got, outcome))
 
         # Exactly the QEMU expected, and nothing else of this VM.
         def settled():
@@ -322,19 +364,13 @@ class Run:
             T.wait_until(children_ok, 20, what="cprd's children")
         except AssertionError:
             raise Fail("cprd's children are %s, expected %s" % (self.cprd.children(), expect_children))
-        fd_note = ""
-        if fds and not self.restarted:
-            # As many as before; fewer when the VM's QEMU is gone (its QMP
-            # channel and pidfd are closed, the RAM and console stay).
-            def fds_ok():
-                n = len(self.cprd.fds())
-                return n == self.fd_count or (qpid is None and n < self.fd_count)
-            try:
-                T.wait_until(fds_ok, 10, what="fds")
-            except AssertionError:
-                raise Fail("cprd holds %d fds, %d before the upgrade: %s" % (len(self.cprd.fds()),
-                                                                           self.fd_count, self.cprd.fds()))
-            fd_note = ", fds %d->%d" % (self.fd_count, len(self.cprd.fds()))
+        # The same fds as before, kind by kind; after a restart too, as
+        # the new cprd re-attached the VM with fds of the same kinds. Fewer
+        # when the VM's QEMU is gone (its QMP channel and pidfd are closed,
+        # the RAM and console stay).
+        n = self.wait_fd_kinds(self.fd_kinds, fewer=qpid is None,
+                               what="before the upgrade" + (" (cprd restarted since)" if self.restarted else ""))
+        fd_note = ", fds %d->%d%s" % (sum(self.fd_kinds.values()), n, " (new cprd)" if self.restarted else "")
         rdir = os.path.join(self.cprd.runtime_dir, "vms", self.name)
         leftovers = [n for n in (os.listdir(rdir) if os.path.isdir(rdir) else [])
                      if n.startswith("upgrade")]
@@ -342,13 +378,14 @@ class Run:
         summary = "%s; %s; %s%s" % (got, runs, mem, fd_note)
         if qpid is not None and again:
             summary += "; " + self.upgrade_again(qpid)
-        if bug:
-            raise Known("%s -- KNOWN BUG: outcome %r instead of %r: %s" % (summary, got, outcome, bug))
         return summary
 
     # -- teardown ------------------------------------------------------------------------
 
     def teardown(self, failed):
+        """Cleans up; returns why the case fails after all (cprd did not
+        exit 0 on SIGTERM, or exited by itself), or None."""
+        trouble = None
         for pid in self.stopped:
             T.kill_pid(pid, signal.SIGCONT)
         if self.upgrade_proc and self.upgrade_proc.poll() is None:
@@ -360,13 +397,20 @@ class Run:
             for l in lines[-60:]:
                 if "QMP <-" not in l and "QMP ->" not in l:
                     T.log("  | " + l)
-        try:
-            if self.cprd.proc and self.cprd.proc.poll() is None:
+        proc = self.cprd.proc
+        if proc and proc.poll() is None:
+            try:
                 self.cprd.stop()
-            elif self.cprd.proc and not self.cprd._log.closed:
+            except Exception as e:  # AssertionError: not exit 0 on SIGTERM
+                trouble = "teardown: %s" % e
+        elif proc:
+            if not self.killed:
+                trouble = "teardown: cprd exited by itself with status %s" % proc.returncode
+            if not self.cprd._log.closed:
                 self.cprd._log.close()
-        except Exception as e:
-            T.log("teardown: %r" % (e,))
+        if trouble:
+            failed = True
+            T.log(trouble)
         for pid in qemus_by_marker(self.name):
             T.log("teardown: killing leftover QEMU pid %d" % pid)
             T.kill_pid(pid, signal.SIGKILL)
@@ -376,6 +420,7 @@ class Run:
             T.log("  kept %s" % self.tmp)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        return trouble
 
 
 def fill(path):
@@ -602,8 +647,9 @@ def disk_full_create(r):
     res = r.ctl("create", r.name, "--memory", 64, "--qemu", T.QEMU10, "--accel", "tcg",
                 "--disk", T.GUEST_IMAGE + ",readonly")
     check(res.rc != 0, "create succeeded on a full disk: %r" % res)
-    check("No space left on device" in res.stderr or "space" in res.stderr,
-          "the error does not say the disk is full: %r" % res.stderr)
+    # cprd's words (daemon/api.c): "cannot store the VM in DIR: " + strerror.
+    want = "cannot store the VM in %s: No space left on device" % r.cprd.vm_dir(r.name)
+    check(want in res.stderr, "the error does not say %r: %r" % (want, res.stderr))
     after = T.tree_snapshot(r.cprd.state_dir)
     check(set(after) == set(before), "files changed: %s" % sorted(set(after) ^ set(before)))
     check(r.ctl("list", "--json").json["vms"] == [], "a VM was registered")
@@ -622,7 +668,8 @@ def disk_full_commit(r):
     rc, doc, err = r.upgrade_result()
     check(rc == 0, "cprctl: rc %d, %s" % (rc, err))
     summary = r.verify("committed", "new")
-    check("cannot save" in r.cprd.read_log(), "cprd did not log that it could not save")
+    saving = "cannot save %s: No space left on device" % os.path.join(r.cprd.vm_dir(r.name), "vm.json")
+    check(saving in r.cprd.read_log(), "cprd did not log %r" % saving)
     vmdir = r.cprd.vm_dir(r.name)
     names = os.listdir(vmdir)
     check(not [n for n in names if ".tmp." in n], "temporary files left: %s" % names)
@@ -666,8 +713,7 @@ def client_gone_after_resume(r):
 
 def main():
     if os.geteuid() != 0:
-        print("SKIP: the fault matrix needs root (it starts cprd and QEMU, mounts a tmpfs)")
-        sys.exit(T.SKIP)
+        ci_skips.skip_all(AREA, "the fault matrix needs root (it starts cprd and QEMU, mounts a tmpfs)")
     T.require_binaries(T.QEMU10)
     names = sys.argv[1:]
     cases = [c for c in CASES if not names or c["fn"].__name__ in names]
@@ -684,18 +730,18 @@ def main():
             run.start_cprd()
             result, verdict = c["fn"](run), "PASS"
         except Skip as e:
-            result, verdict = "skipped: %s" % e, "SKIP"
-        except Known as e:
-            result, verdict = str(e), ("FAIL" if STRICT else "KNOWN")
-            failed = STRICT
+            # Counted as a skip; with CI=true a failure unless allowed.
+            verdict, text = ci_skips.skip(AREA, c["fn"].__name__, str(e))
+            result, failed = "skipped: %s" % text, verdict == "FAIL"
         except Fail as e:
             result, verdict, failed = str(e), "FAIL", True
         except Exception as e:
             result, verdict, failed = "%s: %s" % (type(e).__name__, e), "FAIL", True
             T.log(traceback.format_exc())
         finally:
-            if run:
-                run.teardown(failed)
+            trouble = run.teardown(failed) if run else None
+        if trouble:
+            result, verdict = "%s; %s" % (result, trouble.splitlines()[0]), "FAIL"
         took = time.monotonic() - t0
         T.log("%s: %s (%.1f s) -- %s" % (verdict, c["name"], took, result))
         rows.append((c["name"], c["expected"], result, verdict, took))
@@ -710,12 +756,9 @@ def main():
     passed = sum(1 for r in rows if r[3] == "PASS")
     failed = sum(1 for r in rows if r[3] == "FAIL")
     skipped = sum(1 for r in rows if r[3] == "SKIP")
-    known = sum(1 for r in rows if r[3] == "KNOWN")
     T.log("")
     T.log("took %.1f s" % (time.monotonic() - t_all))
-    T.log("%d passed, %d failed%s%s" % (passed, failed, ", %d skipped" % skipped if skipped else "",
-                                        ", %d known bugs (guarantee held; CPRD_TEST_STRICT=1 fails them)" % known
-                                        if known else ""))
+    T.log("%d passed, %d failed%s" % (passed, failed, ", %d skipped" % skipped if skipped else ""))
     sys.exit(1 if failed else (T.SKIP if rows and skipped == len(rows) else 0))
 
 

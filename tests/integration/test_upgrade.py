@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """QEMU upgrades under a running guest (issue 4): cpr-transfer 10.0 -> 10.0,
 local-migrate 7.2 -> 10.0 and then cpr-transfer, rollbacks when the target
-fails after preflight, refusals that touch nothing, --dry-run, --outdated,
-and UpgradeMany in parallel.
+fails after preflight (cpr-transfer, and local-migrate from 7.2, after which
+x-ignore-shared must be off again on the old QEMU), refusals that touch
+nothing, --dry-run, --outdated, and UpgradeMany in parallel. The QEMU 7.2
+tests are separate tests, skipped (and failed in CI) without QEMU 7.2.
 
 The guest shows it kept running: its tick counter (read through the memfd
 cprd holds) never goes back, and its console lines keep their numbering.
@@ -282,29 +284,32 @@ class Upgrade(UpgradeCase):
         r = self.upgrade("lm", "--qemu", T.QEMU10, "--mode", "local-migrate")
         self.assert_committed("lm", b, r, "local-migrate", "10.0", "10.0", T.QEMU10)
 
-    def test_paused_vm_stays_paused(self):
+    def paused_case(self, mode, src, dst):
         """A paused guest is moved paused: its counter stands still across
         the upgrade and after it, until it is resumed on the new QEMU."""
-        modes = [("cpr-transfer", T.QEMU10, T.QEMU10)]
-        if HAVE_72:
-            modes.insert(0, ("local-migrate", T.QEMU72, T.QEMU10))
-        for mode, src, dst in modes:
-            name = "p-" + mode
-            self.create_started(name, qemu=src, ticks=10)
-            self.assertEqual(self.ok("pause", name, "--json").json["state"], "paused")
-            frozen = self.guest(name)[1]
-            r = self.ctl("upgrade", name, "--qemu", dst, "--mode", mode, "--json", timeout=180)
-            self.assertEqual(r.rc, 0, repr(r))
-            res = r.json_lines[-1]
-            self.assertEqual(res["outcome"], "committed", res)
-            self.assertNotIn("pauseMs", res, "a guest paused throughout has no upgrade pause")
-            vm = self.status(name)
-            self.assertEqual(vm["state"], "paused", vm)
-            self.assertEqual(vm["pid"], res["pid"], vm)
-            T.time.sleep(1.0)  # a running guest would tick ~18 times meanwhile
-            self.assertEqual(self.guest(name)[1], frozen, "the paused guest ran during or after the upgrade")
-            self.assertEqual(self.ok("resume", name, "--json").json["state"], "running")
-            self.wait_guest_ticks(name, frozen + 5)
+        name = "p-" + mode
+        self.create_started(name, qemu=src, ticks=10)
+        self.assertEqual(self.ok("pause", name, "--json").json["state"], "paused")
+        frozen = self.guest(name)[1]
+        r = self.ctl("upgrade", name, "--qemu", dst, "--mode", mode, "--json", timeout=180)
+        self.assertEqual(r.rc, 0, repr(r))
+        res = r.json_lines[-1]
+        self.assertEqual(res["outcome"], "committed", res)
+        self.assertNotIn("pauseMs", res, "a guest paused throughout has no upgrade pause")
+        vm = self.status(name)
+        self.assertEqual(vm["state"], "paused", vm)
+        self.assertEqual(vm["pid"], res["pid"], vm)
+        T.time.sleep(1.0)  # a running guest would tick ~18 times meanwhile
+        self.assertEqual(self.guest(name)[1], frozen, "the paused guest ran during or after the upgrade")
+        self.assertEqual(self.ok("resume", name, "--json").json["state"], "running")
+        self.wait_guest_ticks(name, frozen + 5)
+
+    def test_paused_vm_stays_paused(self):
+        self.paused_case("cpr-transfer", T.QEMU10, T.QEMU10)
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_paused_vm_stays_paused_local_migrate(self):
+        self.paused_case("local-migrate", T.QEMU72, T.QEMU10)
 
     def test_dry_run(self):
         self.create_started("dry")
@@ -324,12 +329,14 @@ class Upgrade(UpgradeCase):
         b = self.before_upgrade("dry")
         r = self.upgrade("dry", "--qemu", T.QEMU10)
         self.assert_committed("dry", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
-        if HAVE_72:
-            self.create_started("dry72", qemu=T.QEMU72)
-            b = self.before_upgrade("dry72")
-            r = self.upgrade("dry72", "--qemu", T.QEMU10, "--dry-run")
-            self.assertEqual((r.json["outcome"], r.json["mode"]), ("dry-run", "local-migrate"), r.json)
-            self.assert_untouched("dry72", b)
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_dry_run_qemu72(self):
+        self.create_started("dry72", qemu=T.QEMU72)
+        b = self.before_upgrade("dry72")
+        r = self.upgrade("dry72", "--qemu", T.QEMU10, "--dry-run")
+        self.assertEqual((r.json["outcome"], r.json["mode"]), ("dry-run", "local-migrate"), r.json)
+        self.assert_untouched("dry72", b)
 
     # ---- rollback --------------------------------------------------------------
 
@@ -340,11 +347,12 @@ class Upgrade(UpgradeCase):
         args = ["--qemu", w] + (["--timeout", timeout] if timeout else [])
         r = self.upgrade("rb", *args, expect_rc=1)
         self.assert_rolled_back("rb", b, r, phases)
+        failed = r
         # The guest can still be upgraded for real afterwards.
         b = self.before_upgrade("rb")
         r = self.upgrade("rb", "--qemu", T.QEMU10)
         self.assert_committed("rb", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
-        return r
+        return failed
 
     def test_rollback_target_exits(self):
         """The target exits with status 1 as soon as it is started."""
@@ -352,9 +360,10 @@ class Upgrade(UpgradeCase):
 
     def test_rollback_target_hangs(self):
         """The target stops itself (SIGSTOP): --timeout 5 rolls back."""
-        t0 = time.monotonic()
-        self.rollback_case("hang", ("spawn-target", "transfer"), timeout=5)
-        self.assertLess(time.monotonic() - t0, 60)
+        failed = self.rollback_case("hang", ("spawn-target", "transfer"), timeout=5)
+        # Only a hang fails this: the 5 s, then a rollback given much
+        # more than it needs (slower under the sanitizers).
+        self.assertLess(failed.seconds, 5 + 45 * T.SLOWDOWN, repr(failed))
 
     def test_rollback_target_killed_mid_transfer(self):
         """The target is killed with SIGKILL in the middle of the transfer."""
@@ -364,6 +373,39 @@ class Upgrade(UpgradeCase):
         """The target lacks the serial port: loading the device state fails
         in the middle of the transfer; the old QEMU takes the guest back."""
         self.rollback_case("noserial", ("transfer", "resume"))
+
+    def local_migrate_rollback_case(self, kind, phases):
+        """local-migrate from QEMU 7.2 to a failing QEMU 10.0: rolled back,
+        and x-ignore-shared, which the old QEMU gets for the transfer, is
+        off again there (asked of that QEMU itself, not of cprd); then a
+        real upgrade commits."""
+        self.create_started("lmrb", qemu=T.QEMU72, ticks=10)
+        w = T.write_wrapper(os.path.join(self.tmp, "qemu-" + kind), kind)
+        b = self.before_upgrade("lmrb")
+        self.assertTrue(b["vm"]["qemuVersion"].startswith("7.2."), b["vm"])
+        caps = T.migrate_capabilities(b["pid"])
+        self.assertIs(caps.get("x-ignore-shared"), False, "x-ignore-shared before the upgrade: %s" % caps)
+        r = self.upgrade("lmrb", "--qemu", w, "--mode", "local-migrate", expect_rc=1)
+        self.assertEqual(r.json["mode"], "local-migrate", r.json)
+        self.assert_rolled_back("lmrb", b, r, phases)
+        caps = T.migrate_capabilities(b["pid"])
+        self.assertIs(caps.get("x-ignore-shared"), False,
+                      "the rollback left x-ignore-shared on the old QEMU %d: %s" % (b["pid"], caps))
+        # The guest can still be upgraded for real afterwards.
+        b = self.before_upgrade("lmrb")
+        r = self.upgrade("lmrb", "--qemu", T.QEMU10, "--mode", "local-migrate")
+        self.assert_committed("lmrb", b, r, "local-migrate", "7.2", "10.0", T.QEMU10)
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_rollback_local_migrate_target_exits(self):
+        """local-migrate 7.2 -> 10.0: the target exits with status 1 at once."""
+        self.local_migrate_rollback_case("exit1", ("spawn-target",))
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_rollback_local_migrate_target_killed_mid_transfer(self):
+        """local-migrate 7.2 -> 10.0: the target is killed with SIGKILL once
+        the old QEMU connected to it, in the middle of the transfer."""
+        self.local_migrate_rollback_case("killmid", ("transfer", "resume"))
 
     # ---- refusals --------------------------------------------------------------
 
@@ -616,13 +658,14 @@ class QemuUser(UpgradeCase):
         self.assert_nobody(r.json["pid"])
         self.wait_guest_ticks("u1", self.wait_guest_ticks("u1", 1)[1] + 1)
 
-        if HAVE_72:
-            self.create_as_nobody("u2", T.QEMU72)
-            self.assert_nobody(self.status("u2")["pid"])
-            b = self.before_upgrade("u2")
-            r = self.upgrade("u2", "--qemu", T.QEMU10)
-            self.assert_committed("u2", b, r, "local-migrate", "7.2", "10.0", T.QEMU10)
-            self.assert_nobody(self.status("u2")["pid"])
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_runs_and_upgrades_as_nobody_qemu72(self):
+        self.create_as_nobody("u2", T.QEMU72)
+        self.assert_nobody(self.status("u2")["pid"])
+        b = self.before_upgrade("u2")
+        r = self.upgrade("u2", "--qemu", T.QEMU10)
+        self.assert_committed("u2", b, r, "local-migrate", "7.2", "10.0", T.QEMU10)
+        self.assert_nobody(self.status("u2")["pid"])
 
     def test_disk_nobody_cannot_read(self):
         """QEMU's own refusal reaches the caller, and the VM stays stopped."""

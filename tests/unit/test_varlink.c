@@ -27,7 +27,17 @@
 #include "test-service.h"
 #include "varlink.h"
 
-#define WAIT_MS 3000 /* the longest any single step may take */
+/* Wall-clock upper bounds here only catch a hang. Under valgrind or the
+ * sanitizers everything runs slower, so they are scaled by one factor,
+ * CPRD_TEST_SLOWDOWN (default 1; tests/valgrind.sh and tests/sanitize.sh set
+ * it), read once by main(). Lower bounds, which check that a deadline did
+ * not fire early, are never scaled. */
+static double slowdown = 1;
+#define SLOW(ms) ((int)((ms) * slowdown))
+
+#define SLOWDOWN_MAX 100 /* keeps SLOW() far from overflowing an int */
+
+#define WAIT_MS SLOW(3000) /* the longest any single step may take */
 
 /* ---- the server under test ------------------------------------------------ */
 
@@ -513,7 +523,7 @@ START_TEST(framing_limit_real) {
 	ck_assert_msg(k == -EPIPE || k == -ECONNRESET, "sending %zu bytes: %s", n, strerror(-k));
 	ck_assert(raw_closed(&r, WAIT_MS));
 	raw_close(&r);
-	ck_assert_int_lt(now_ms() - start, 20000);
+	ck_assert_int_lt(now_ms() - start, SLOW(20000));
 	assert_serving();
 }
 END_TEST
@@ -989,7 +999,8 @@ START_TEST(limits_slow_reader) {
 	/* A client asks for 1 MiB replies and never reads them. The server must
 	 * stop taking its calls once enough is queued, keep serving others, and
 	 * drop the connection when it makes no progress. */
-	srv_restart(&(struct vl_server_limits){.message_max = 256 * 1024, .message_timeout_ms = 1000});
+	srv_restart(&(struct vl_server_limits){.message_max = 256 * 1024,
+					       .message_timeout_ms = SLOW(1000)});
 	enum { CALLS = 128, PAD = 64 * 1024 };
 	_cleanup_free_ char *req = malloc(PAD + 1);
 	int h = sprintf(req, "{\"method\":\"io.cprd.Test.Big\",\"parameters\":{\"size\":1048576}}");
@@ -1012,13 +1023,14 @@ START_TEST(limits_slow_reader) {
 	}
 	ck_assert_msg(sent < CALLS, "the server took all %d calls", sent);
 
-	/* Others are served meanwhile. */
+	/* Others are served meanwhile: sooner than the message timeout would
+	 * have freed a server stuck on the non-reader (both scale alike). */
 	int64_t start = now_ms();
 	assert_serving();
-	ck_assert_int_lt(now_ms() - start, 1000);
+	ck_assert_int_lt(now_ms() - start, SLOW(1000));
 
 	/* And the stuck connection goes away. */
-	ck_assert_msg(srv_wait_connections(0, 5000), "the non-reader was never closed");
+	ck_assert_msg(srv_wait_connections(0, SLOW(5000)), "the non-reader was never closed");
 	ck_assert(raw_closed(&r, WAIT_MS));
 	raw_close(&r);
 	assert_serving();
@@ -1032,7 +1044,7 @@ START_TEST(limits_slow_stream_reader) {
 	raw_open(&r);
 	raw_send_msg(&r, "{\"method\":\"io.cprd.Test.Count\",\"parameters\":{\"count\":1000000},\"more\":true}");
 	assert_serving();
-	ck_assert_msg(srv_wait_connections(0, 10000), "the non-reader was never closed");
+	ck_assert_msg(srv_wait_connections(0, SLOW(10000)), "the non-reader was never closed");
 	_cleanup_json_ struct json_object *s = stats();
 	ck_assert_int_eq(get_int(s, "disconnects"), 1); /* the stream's owner was told */
 	ck_assert(raw_closed(&r, WAIT_MS));
@@ -1201,8 +1213,8 @@ START_TEST(client_deadline) {
 	int64_t start = now_ms();
 	ck_assert_int_eq(vl_client_call(c, "io.cprd.Test.Sleep", p, 200, &reply, &err), -ETIMEDOUT);
 	int64_t took = now_ms() - start;
-	ck_assert_int_ge(took, 190);
-	ck_assert_int_lt(took, 700);
+	ck_assert_int_ge(took, 190);       /* the deadline did not fire early */
+	ck_assert_int_lt(took, SLOW(700)); /* nor hang */
 	ck_assert_ptr_null(reply);
 	ck_assert_ptr_null(err);
 	/* The late reply would answer the wrong call: the client stays failed. */
@@ -1330,7 +1342,7 @@ END_TEST
 static TCase *new_tcase(const char *name) {
 	TCase *tc = tcase_create(name);
 	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 30);
+	tcase_set_timeout(tc, 30 * slowdown);
 	return tc;
 }
 
@@ -1406,7 +1418,24 @@ static int remove_entry(const char *path, const struct stat *st, int type, struc
 	return remove(path) < 0 ? -1 : 0;
 }
 
+/* CPRD_TEST_SLOWDOWN: a number from 1 to SLOWDOWN_MAX, default 1. */
+static int read_slowdown(void) {
+	const char *v = getenv("CPRD_TEST_SLOWDOWN");
+	char *end;
+	if (!v || !*v)
+		return 0;
+	errno = 0;
+	slowdown = strtod(v, &end);
+	if (errno || *end || !(slowdown >= 1 && slowdown <= SLOWDOWN_MAX)) {
+		fprintf(stderr, "CPRD_TEST_SLOWDOWN=%s: wants a number from 1 to %d\n", v, SLOWDOWN_MAX);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int main(void) {
+	if (read_slowdown() < 0)
+		return EXIT_FAILURE;
 	/* Writes to a peer that left must fail with EPIPE, not kill us. */
 	signal(SIGPIPE, SIG_IGN);
 	log_set_max_level(LOG_WARNING);

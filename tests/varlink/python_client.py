@@ -2,7 +2,8 @@
 # Drives our Varlink test server with python3-varlink, a client written by
 # other people: its CLI (info, help, call, call --more, an error), its
 # library (Interface parsing, Client calls) and a raw socket for pipelining.
-# Usage: python_client.py VL-TEST-SERVER MANAGER-IDL. Exit 77: skipped.
+# Usage: python_client.py VL-TEST-SERVER MANAGER-IDL. Exit 77: skipped
+# (python3-varlink missing); with CI=true that fails instead (tests/ci_skips.py).
 import json
 import os
 import shutil
@@ -13,38 +14,28 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from checks import Checks, expect  # noqa: E402
+
 PYTHON = "/usr/bin/python3"  # Debian's, which has python3-varlink
 TIMEOUT = 20  # seconds for any one step
+AREA = "varlink_python_client"  # the ctest test
+
+checks = Checks(AREA)
+check = checks.check
 
 try:
     import varlink
 except ImportError as e:
-    print(f"SKIP: python3-varlink is not installed for {sys.executable} ({e})")
-    sys.exit(77)
-
-results = []
-
-
-def check(name, fn):
-    try:
-        fn()
-    except Exception as e:  # a check fails, the others still run
-        results.append(False)
-        print(f"FAIL {name}: {type(e).__name__}: {e}")
-        return
-    results.append(True)
-    print(f"PASS {name}")
+    checks.skip_all("python3-varlink is not installed for %s (%s): apt-get install python3-varlink"
+                    % (sys.executable, e))
+    sys.exit(checks.finish())
 
 
 def cli(*args):
     p = subprocess.run([PYTHON, "-m", "varlink.cli", *args], capture_output=True,
                        text=True, timeout=TIMEOUT)
     return p.returncode, p.stdout, p.stderr
-
-
-def expect(cond, what):
-    if not cond:
-        raise AssertionError(what)
 
 
 def start_server(binary, path):
@@ -245,16 +236,12 @@ def main():
         run_checks(path, manager_idl)
         check("server still running", lambda: expect(server.poll() is None, "it exited"))
     except Exception as e:
-        results.append(False)
-        print(f"FAIL setup: {type(e).__name__}: {e}")
+        checks.fail("setup", f"{type(e).__name__}: {e}")
     finally:
         if server:
             stop_server(server)
         shutil.rmtree(tmp, ignore_errors=True)
-    passed = results.count(True)
-    failed = results.count(False)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed or not passed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

@@ -79,13 +79,21 @@ static const char cert_idl[] =
 	"error CertificationError (wants: object, got: object)\n";
 
 #define CERT_CLIENTS_MAX 64
+#define CERT_STEPS 11 /* Test01 .. Test11 */
 
-struct cert_state {
-	char clients[CERT_CLIENTS_MAX][40];
-	unsigned next;
+/* One certification run, from Start to End: the steps it passed. End
+ * answers all_ok only when every step passed, Test11 included: Test11 is
+ * oneway, so End is where a client learns whether it arrived right, and
+ * where the test script (via this server's log) learns it too. */
+struct cert_client {
+	char id[40];
+	unsigned passed; /* bit n set: Test<n> passed */
 };
 
-static struct cert_state cert;
+static struct {
+	struct cert_client clients[CERT_CLIENTS_MAX];
+	unsigned next;
+} cert;
 
 static struct json_object *get(struct json_object *o, const char *key) {
 	struct json_object *v = NULL;
@@ -94,14 +102,14 @@ static struct json_object *get(struct json_object *o, const char *key) {
 	return v;
 }
 
-static bool known_client(struct json_object *params) {
+static struct cert_client *cert_client(struct json_object *params) {
 	const char *id = json_object_get_string(get(params, "client_id"));
 	if (!id || !*id)
-		return false;
+		return NULL;
 	for (unsigned i = 0; i < CERT_CLIENTS_MAX; i++)
-		if (streq(cert.clients[i], id))
-			return true;
-	return false;
+		if (streq(cert.clients[i].id, id))
+			return &cert.clients[i];
+	return NULL;
 }
 
 static int cert_fail(struct vl_call *c, struct json_object *params, const char *what) {
@@ -111,53 +119,59 @@ static int cert_fail(struct vl_call *c, struct json_object *params, const char *
 	return vl_call_error(c, "org.varlink.certification.CertificationError", p);
 }
 
-#define CHECK_CLIENT(c, params)                                                            \
-	do {                                                                               \
-		if (!known_client(params))                                                 \
-			return vl_call_error(c, "org.varlink.certification.ClientIdError", NULL); \
-	} while (0)
+/* Declares k, the caller's run; an unknown client_id gets ClientIdError. */
+#define CERT_CLIENT(k, c, params)                                                          \
+	struct cert_client *k = cert_client(params);                                       \
+	if (!k)                                                                            \
+		return vl_call_error(c, "org.varlink.certification.ClientIdError", NULL)
+
+/* Test<n> passed: records it and sends its reply. */
+static int cert_pass(struct vl_call *c, struct cert_client *k, int n, struct json_object *reply) {
+	k->passed |= 1u << n;
+	return vl_call_reply(c, reply);
+}
 
 static int cert_start(struct vl_call *c, struct json_object *params, void *u) {
-	unsigned n = cert.next++ % CERT_CLIENTS_MAX;
-	snprintf(cert.clients[n], sizeof(cert.clients[n]), "cprd-cert-%u-%ld", cert.next,
-		 (long)getpid());
+	struct cert_client *k = &cert.clients[cert.next++ % CERT_CLIENTS_MAX];
+	*k = (struct cert_client){0};
+	snprintf(k->id, sizeof(k->id), "cprd-cert-%u-%ld", cert.next, (long)getpid());
 	struct json_object *r = json_object_new_object();
-	json_object_object_add(r, "client_id", json_object_new_string(cert.clients[n]));
+	json_object_object_add(r, "client_id", json_object_new_string(k->id));
 	return vl_call_reply(c, r);
 }
 
 static int cert_test01(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	struct json_object *r = json_object_new_object();
 	json_object_object_add(r, "bool", json_object_new_boolean(true));
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 1, r);
 }
 
 static int cert_test02(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (!json_object_get_boolean(get(params, "bool")))
 		return cert_fail(c, params, "bool: true");
 	struct json_object *r = json_object_new_object();
 	json_object_object_add(r, "int", json_object_new_int(1));
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 2, r);
 }
 
 static int cert_test03(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (json_object_get_int64(get(params, "int")) != 1)
 		return cert_fail(c, params, "int: 1");
 	struct json_object *r = json_object_new_object();
 	json_object_object_add(r, "float", json_object_new_double(1.0));
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 3, r);
 }
 
 static int cert_test04(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (json_object_get_double(get(params, "float")) != 1.0)
 		return cert_fail(c, params, "float: 1.0");
 	struct json_object *r = json_object_new_object();
 	json_object_object_add(r, "string", json_object_new_string("ping"));
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 4, r);
 }
 
 static void add_test05_values(struct json_object *r) {
@@ -176,33 +190,33 @@ static bool is_test05_values(struct json_object *o) {
 }
 
 static int cert_test05(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (!streq_ptr(json_object_get_string(get(params, "string")), "ping"))
 		return cert_fail(c, params, "string: ping");
 	struct json_object *r = json_object_new_object();
 	add_test05_values(r);
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 5, r);
 }
 
 static int cert_test06(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (!is_test05_values(params))
 		return cert_fail(c, params, "the values of Test05");
 	struct json_object *s = json_object_new_object(), *r = json_object_new_object();
 	add_test05_values(s);
 	json_object_object_add(r, "struct", s);
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 6, r);
 }
 
 static int cert_test07(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (!is_test05_values(get(params, "struct")))
 		return cert_fail(c, params, "struct with the values of Test05");
 	struct json_object *m = json_object_new_object(), *r = json_object_new_object();
 	json_object_object_add(m, "bar", json_object_new_string("Bar"));
 	json_object_object_add(m, "foo", json_object_new_string("Foo"));
 	json_object_object_add(r, "map", m);
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 7, r);
 }
 
 static bool is_foo_bar_map(struct json_object *m) {
@@ -225,12 +239,12 @@ static struct json_object *new_set(void) {
 }
 
 static int cert_test08(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (!is_foo_bar_map(get(params, "map")))
 		return cert_fail(c, params, "map: {foo: Foo, bar: Bar}");
 	struct json_object *r = json_object_new_object();
 	json_object_object_add(r, "set", new_set());
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 8, r);
 }
 
 static struct json_object *new_mytype(void) {
@@ -254,12 +268,36 @@ static struct json_object *new_mytype(void) {
 }
 
 static int cert_test09(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (!is_one_two_three_set(get(params, "set")))
 		return cert_fail(c, params, "set: {one, two, three}");
 	struct json_object *r = json_object_new_object();
 	json_object_object_add(r, "mytype", new_mytype());
-	return vl_call_reply(c, r);
+	return cert_pass(c, k, 9, r);
+}
+
+static bool is_string_map(struct json_object *m, const char *k1, const char *v1, const char *k2,
+			  const char *v2) {
+	return json_object_is_type(m, json_type_object) && json_object_object_length(m) == 2 &&
+	       streq_ptr(json_object_get_string(get(m, k1)), v1) &&
+	       streq_ptr(json_object_get_string(get(m, k2)), v2);
+}
+
+/* MyType's interface field, as new_mytype() sends it. */
+static bool is_mytype_interface(struct json_object *i) {
+	struct json_object *foo = get(i, "foo"), *anon = get(i, "anon");
+	if (!json_object_is_type(i, json_type_object) || json_object_object_length(i) != 2 ||
+	    !json_object_is_type(foo, json_type_array) || json_object_array_length(foo) != 4)
+		return false;
+	return json_object_is_type(json_object_array_get_idx(foo, 0), json_type_null) &&
+	       is_string_map(json_object_array_get_idx(foo, 1), "foo", "foo", "bar", "bar") &&
+	       json_object_is_type(json_object_array_get_idx(foo, 2), json_type_null) &&
+	       is_string_map(json_object_array_get_idx(foo, 3), "one", "foo", "two", "bar") &&
+	       json_object_is_type(anon, json_type_object) && json_object_object_length(anon) == 2 &&
+	       json_object_is_type(get(anon, "foo"), json_type_boolean) &&
+	       json_object_get_boolean(get(anon, "foo")) &&
+	       json_object_is_type(get(anon, "bar"), json_type_boolean) &&
+	       !json_object_get_boolean(get(anon, "bar"));
 }
 
 static bool is_mytype(struct json_object *t) {
@@ -278,11 +316,16 @@ static bool is_mytype(struct json_object *t) {
 	    !streq_ptr(json_object_get_string(json_object_array_get_idx(a, 1)), "two") ||
 	    !streq_ptr(json_object_get_string(json_object_array_get_idx(a, 2)), "three"))
 		return false;
-	return is_foo_bar_map(get(t, "dictionary")) && is_one_two_three_set(get(t, "stringset"));
+	/* The nullable fields: null or absent (get() gives NULL for both). */
+	if (!json_object_is_type(get(t, "nullable"), json_type_null) ||
+	    !json_object_is_type(get(t, "nullable_array_struct"), json_type_null))
+		return false;
+	return is_foo_bar_map(get(t, "dictionary")) && is_one_two_three_set(get(t, "stringset")) &&
+	       is_mytype_interface(get(t, "interface"));
 }
 
 static int cert_test10(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	if (!is_mytype(get(params, "mytype")))
 		return cert_fail(c, params, "the MyType of Test09");
 	if (!vl_call_more(c))
@@ -292,37 +335,50 @@ static int cert_test10(struct vl_call *c, struct json_object *params, void *u) {
 		snprintf(buf, sizeof(buf), "Reply number %d", i);
 		struct json_object *r = json_object_new_object();
 		json_object_object_add(r, "string", json_object_new_string(buf));
-		int k = i < 10 ? vl_call_notify(c, r) : vl_call_reply(c, r);
-		if (k < 0)
-			return k;
+		int e = i < 10 ? vl_call_notify(c, r) : vl_call_reply(c, r);
+		if (e < 0)
+			return e;
 	}
+	k->passed |= 1u << 10;
 	return 0;
 }
 
+/* Test11 is oneway: nothing reaches the client, so what it finds is logged
+ * (the certification script reads it) and kept for End. */
 static int cert_test11(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
+	CERT_CLIENT(k, c, params);
 	struct json_object *a = get(params, "last_more_replies");
-	bool ok = vl_call_oneway(c) && json_object_array_length(a) == 10;
-	for (size_t i = 0; ok && i < 10; i++) {
+	bool replies_ok = json_object_array_length(a) == 10;
+	for (size_t i = 0; replies_ok && i < 10; i++) {
 		char buf[32];
 		snprintf(buf, sizeof(buf), "Reply number %zu", i + 1);
-		ok = streq_ptr(json_object_get_string(json_object_array_get_idx(a, i)), buf);
+		replies_ok = streq_ptr(json_object_get_string(json_object_array_get_idx(a, i)), buf);
 	}
-	if (!ok)
-		fprintf(stderr, "cert-server: Test11 got wrong replies or no oneway\n");
-	test_service_stats.test11_ok = ok;
-	return vl_call_reply(c, NULL);
+	fprintf(stderr, "cert-server: Test11 from %s: %s, %s\n", k->id,
+		vl_call_oneway(c) ? "oneway" : "NOT oneway",
+		replies_ok ? "the 10 replies of Test10" : "WRONG last_more_replies");
+	if (!vl_call_oneway(c))
+		return cert_fail(c, params, "a oneway call");
+	if (!replies_ok)
+		return cert_fail(c, params, "last_more_replies: the 10 replies of Test10");
+	test_service_stats.test11_oneway++;
+	return cert_pass(c, k, 11, NULL);
 }
 
 static int cert_end(struct vl_call *c, struct json_object *params, void *u) {
-	CHECK_CLIENT(c, params);
-	const char *id = json_object_get_string(get(params, "client_id"));
-	for (unsigned i = 0; i < CERT_CLIENTS_MAX; i++)
-		if (streq(cert.clients[i], id))
-			cert.clients[i][0] = '\0';
+	CERT_CLIENT(k, c, params);
+	char missing[CERT_STEPS * 8] = "";
+	for (int n = 1; n <= CERT_STEPS; n++)
+		if (!(k->passed & (1u << n)))
+			snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), " Test%02d", n);
+	bool all_ok = !*missing;
+	fprintf(stderr, "cert-server: End from %s: all_ok %s%s%s\n", k->id, all_ok ? "true" : "false",
+		all_ok ? "" : "; did not pass:", missing);
+	*k = (struct cert_client){0};
 	struct json_object *r = json_object_new_object();
-	json_object_object_add(r, "all_ok", json_object_new_boolean(test_service_stats.test11_ok));
-	test_service_stats.certified++;
+	json_object_object_add(r, "all_ok", json_object_new_boolean(all_ok));
+	if (all_ok)
+		test_service_stats.certified++;
 	return vl_call_reply(c, r);
 }
 

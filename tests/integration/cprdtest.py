@@ -7,7 +7,8 @@ files in its state folder. Everything a test starts is stopped by pid at
 teardown, never by name: other tests and sessions run QEMUs on this host.
 
 Paths come from the environment (ctest sets them, see CMakeLists.txt):
-  CPRD_BIN, CPRCTL_BIN, CPRD_GUEST_IMAGE, CPRD_QEMU10, CPRD_QEMU72
+  CPRD_BIN, CPRCTL_BIN, CPRD_GUEST_IMAGE, CPRD_QEMU10, CPRD_QEMU72,
+  CPRD_QEMU111
   CPRD_TEST_KEEP=1     keep the temporary folders
   CPRD_TEST_SLOWDOWN   a factor for the few wall-clock bounds (default 1;
                        the sanitizer stage sets it, see tests/sanitize.sh)
@@ -51,6 +52,7 @@ CPRCTL = _default("CPRCTL_BIN", os.path.join(SOURCE_DIR, "build/client/cprctl"))
 GUEST_IMAGE = _default("CPRD_GUEST_IMAGE", os.path.join(SOURCE_DIR, "build/tests/guest/cprd-guest.img"))
 QEMU10 = os.environ.get("CPRD_QEMU10") or "/usr/bin/qemu-system-x86_64"
 QEMU72 = os.environ.get("CPRD_QEMU72") or "/opt/cprd/qemu-system-x86_64-7.2"
+QEMU111 = os.environ.get("CPRD_QEMU111") or "/opt/cprd/qemu-system-x86_64-11.1"
 KEEP = os.environ.get("CPRD_TEST_KEEP") == "1"
 # Wall-clock bounds in the tests only catch hangs; under the sanitizers
 # everything runs a few times slower, and this factor says by how much.

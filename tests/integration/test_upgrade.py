@@ -3,8 +3,11 @@
 local-migrate 7.2 -> 10.0 and then cpr-transfer, rollbacks when the target
 fails after preflight (cpr-transfer, and local-migrate from 7.2, after which
 x-ignore-shared must be off again on the old QEMU), refusals that touch
-nothing, --dry-run, --outdated, and UpgradeMany in parallel. The QEMU 7.2
-tests are separate tests, skipped (and failed in CI) without QEMU 7.2.
+nothing, --dry-run, --outdated, and UpgradeMany in parallel. With QEMU 11.1
+(trixie-backports, from scripts/install-deps.sh): cpr-transfer 10.0 -> 11.1
+and 11.1 -> 11.1, local-migrate 11.1 -> 10.0 and 7.2 -> 11.1, and the known
+failure of cpr-transfer 11.1 -> 10.0, which rolls back. The QEMU 7.2 and
+11.1 tests are separate tests, skipped (and failed in CI) without them.
 
 The guest shows it kept running: its tick counter (read through the memfd
 cprd holds) never goes back, and its console lines keep their numbering.
@@ -25,6 +28,21 @@ from cprdtest import wait_until
 
 HAVE_72 = T.qemu_usable(T.QEMU72)
 NEED_72 = "QEMU 7.2 (%s) is missing" % T.QEMU72
+HAVE_111 = T.qemu_usable(T.QEMU111)
+NEED_111 = "QEMU 11.1 (%s) is missing; scripts/install-deps.sh provides it" % T.QEMU111
+
+
+def exe_of(binary):
+    """The file that a QEMU started as binary runs (/proc/PID/exe): the
+    binary itself or, for a wrapper script (QEMU 7.2, 11.1), the first word
+    of its exec line (for 11.1 its own loader, ld-linux-x86-64.so.2)."""
+    with open(binary, "rb") as f:
+        text = f.read(4096)
+    if text.startswith(b"#!"):
+        for line in text.decode().splitlines():
+            if line.startswith("exec "):
+                return os.path.realpath(line.split()[1])
+    return os.path.realpath(binary)
 
 
 def rfc3339_ms(s):
@@ -119,8 +137,7 @@ class UpgradeCase(T.CprdTestCase):
         self.assertEqual(vm["qemu"], to_binary)
         self.assertEqual(vm["qemuVersion"], res["toVersion"])
         self.assertEqual(vm["machine"], b["vm"]["machine"], "the machine type changed")
-        self.assertEqual(os.path.realpath("/proc/%d/exe" % new_pid),
-                         os.path.realpath(T.QEMU72 if to_version == "7.2" else T.QEMU10))
+        self.assertEqual(os.path.realpath("/proc/%d/exe" % new_pid), exe_of(to_binary))
         # The old QEMU is gone and reaped; the new one took its place among
         # cprd's children.
         wait_until(lambda: not T.pid_exists(b["pid"]), 20, what="the old QEMU pid %d to be gone" % b["pid"])
@@ -407,6 +424,67 @@ class Upgrade(UpgradeCase):
         the old QEMU connected to it, in the middle of the transfer."""
         self.local_migrate_rollback_case("killmid", ("transfer", "resume"))
 
+    # ---- QEMU 11.1 (trixie-backports, beside 10.0) -----------------------------
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_cpr_transfer_10_to_111(self):
+        vm = self.create_started("up", ticks=10)
+        self.assertEqual(vm["machine"], "pc-i440fx-10.0")
+        b = self.before_upgrade("up")
+        r = self.upgrade("up", "--qemu", T.QEMU111)
+        vm = self.assert_committed("up", b, r, "cpr-transfer", "10.0", "11.1", T.QEMU111)
+        self.assertEqual(vm["spec"]["qemu"], T.QEMU111)
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_cpr_transfer_111_to_111(self):
+        vm = self.create("new", qemu=T.QEMU111, machine="pc")
+        self.assertEqual(vm["machine"], "pc-i440fx-11.1", "pc on QEMU 11.1 is pinned to pc-i440fx-11.1")
+        self.start_vm("new")
+        self.wait_guest_ticks("new", 10)
+        b = self.before_upgrade("new")
+        self.assertTrue(b["vm"]["qemuVersion"].startswith("11.1."), b["vm"])
+        r = self.upgrade("new", "--qemu", T.QEMU111, "--mode", "cpr-transfer")
+        self.assert_committed("new", b, r, "cpr-transfer", "11.1", "11.1", T.QEMU111)
+        # QEMU 10.0 lacks pc-i440fx-11.1: no way back for this guest.
+        self.refused("new", ["--qemu", T.QEMU10], 1, "pc-i440fx-11.1")
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_local_migrate_111_to_10_on_machine_10_0(self):
+        """A guest created on 11.1 with pc-i440fx-10.0 goes back to 10.0."""
+        self.create_started("down", qemu=T.QEMU111, machine="pc-i440fx-10.0", ticks=10)
+        b = self.before_upgrade("down")
+        r = self.upgrade("down", "--qemu", T.QEMU10, "--mode", "local-migrate")
+        vm = self.assert_committed("down", b, r, "local-migrate", "11.1", "10.0", T.QEMU10)
+        self.assertEqual(vm["machine"], "pc-i440fx-10.0")
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_cpr_transfer_111_to_10_fails_in_transfer_and_rolls_back(self):
+        """Documents a known failure (issue 10): cpr-transfer from 11.1 back
+        to 10.0 fails in the transfer (the new QEMU 10.0 exits with
+        vmstate_load_state error -2), even on a machine type both have. cprd
+        rolls back; the guest stays on 11.1 and local-migrate then works."""
+        self.create_started("cd", qemu=T.QEMU111, machine="pc-i440fx-10.0", ticks=10)
+        b = self.before_upgrade("cd")
+        r = self.upgrade("cd", "--qemu", T.QEMU10, "--mode", "cpr-transfer", expect_rc=1)
+        self.assertEqual(r.json["mode"], "cpr-transfer", r.json)
+        self.assertIn("vmstate_load_state error", r.json["reason"], r.json)
+        vm = self.assert_rolled_back("cd", b, r, ("transfer",))
+        self.assertTrue(vm["qemuVersion"].startswith("11.1."), vm)
+        b = self.before_upgrade("cd")
+        r = self.upgrade("cd", "--qemu", T.QEMU10, "--mode", "local-migrate")
+        self.assert_committed("cd", b, r, "local-migrate", "11.1", "10.0", T.QEMU10)
+
+    @unittest.skipUnless(HAVE_72 and HAVE_111, NEED_72 if not HAVE_72 else NEED_111)
+    def test_local_migrate_72_to_111(self):
+        vm = self.create("old", qemu=T.QEMU72, machine="pc")
+        self.assertEqual(vm["machine"], "pc-i440fx-7.2")
+        self.start_vm("old")
+        self.wait_guest_ticks("old", 10)
+        b = self.before_upgrade("old")
+        r = self.upgrade("old", "--qemu", T.QEMU111)
+        vm = self.assert_committed("old", b, r, "local-migrate", "7.2", "11.1", T.QEMU111)
+        self.assertEqual(vm["machine"], "pc-i440fx-7.2")
+
     # ---- refusals --------------------------------------------------------------
 
     def test_refusals(self):
@@ -666,6 +744,15 @@ class QemuUser(UpgradeCase):
         r = self.upgrade("u2", "--qemu", T.QEMU10)
         self.assert_committed("u2", b, r, "local-migrate", "7.2", "10.0", T.QEMU10)
         self.assert_nobody(self.status("u2")["pid"])
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_runs_and_upgrades_as_nobody_qemu111(self):
+        """QEMU 11.1 (a wrapper running it through its own loader) as nobody."""
+        self.create_as_nobody("u5", T.QEMU10)
+        b = self.before_upgrade("u5")
+        r = self.upgrade("u5", "--qemu", T.QEMU111)
+        self.assert_committed("u5", b, r, "cpr-transfer", "10.0", "11.1", T.QEMU111)
+        self.assert_nobody(self.status("u5")["pid"])
 
     def test_disk_nobody_cannot_read(self):
         """QEMU's own refusal reaches the caller, and the VM stays stopped."""

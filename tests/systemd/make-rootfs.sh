@@ -5,7 +5,8 @@
 # Usage (as root): tests/systemd/make-rootfs.sh [DIR]
 #   DIR  default $CPRD_TEST_ROOTFS or /var/cache/cprd-test/rootfs-bookworm
 # Environment:
-#   CPRD_TEST_MIRROR   Debian mirror (default http://deb.debian.org/debian)
+#   CPRD_TEST_MIRROR   Debian mirror (default: the one apt uses for bookworm,
+#                      see scripts/debian-mirror.sh)
 #
 # What is in it: debootstrap --variant=minbase plus what cprd needs at run
 # time (systemd as PID 1, dbus, libevent, json-c, libsystemd, python3 to read
@@ -27,13 +28,13 @@ set -euo pipefail
 RECIPE=2
 SUITE=bookworm
 ROOTFS=${1:-${CPRD_TEST_ROOTFS:-/var/cache/cprd-test/rootfs-bookworm}}
-MIRROR=${CPRD_TEST_MIRROR:-http://deb.debian.org/debian}
 STAMP_NAME=.cprd-rootfs-stamp
 # man-db: systemd-analyze verify runs man for each Documentation=man: entry.
 PACKAGES=systemd,systemd-sysv,dbus,libevent-core-2.1-7,libjson-c5,libsystemd0,python3,procps,man-db
 
 say() { echo "make-rootfs: $*" >&2; }
 cannot() { say "cannot build the root file system: $*"; exit 77; }
+MIRROR=$("$(dirname "$0")/../../scripts/debian-mirror.sh") || cannot "no Debian mirror known to apt"
 
 [ "$(id -u)" -eq 0 ] || cannot "needs root (debootstrap, chroot, mounts)"
 command -v debootstrap >/dev/null || cannot "debootstrap is not installed (apt-get install debootstrap)"

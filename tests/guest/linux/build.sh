@@ -1,0 +1,200 @@
+#!/bin/bash
+# Builds cprd's Linux test guest from Debian 12's own packages:
+#
+#   build.sh OUTDIR
+#
+# writes OUTDIR/cprd-linux.img, a FAT boot disk with syslinux, Debian's
+# kernel (linux-image-6.1.*-amd64, the version linux-image-amd64 names) and
+# an initramfs of busybox-static and six virtio modules whose /init is
+# ./init (next to this script). SeaBIOS boots the disk from virtio-blk; the
+# kernel talks on ttyS0. See ../README.md.
+#
+# The .debs are kept in $CPRD_TEST_DEB_CACHE (default /var/cache/cprd-test/debs),
+# so a rebuild needs no network. A stamp (OUTDIR/cprd-linux.stamp) holds a
+# digest of everything the image is made of: when nothing changed, the
+# script does nothing.
+#
+# Needs: dpkg, apt (for the first download, as root), cpio, gzip,
+# dosfstools (mkfs.vfat), mtools (mcopy), syslinux and syslinux-common
+# (scripts/install-deps.sh installs them).
+
+set -euo pipefail
+export LC_ALL=C
+
+die() {
+	echo "cprd-linux-guest: error: $*" >&2
+	exit 1
+}
+note() { echo "cprd-linux-guest: $*"; }
+
+[ $# -eq 1 ] || die "usage: $0 OUTDIR"
+OUT=$1
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${CPRD_TEST_DEB_CACHE:-/var/cache/cprd-test/debs}
+IMG=$OUT/cprd-linux.img
+STAMP=$OUT/cprd-linux.stamp
+# Fixed timestamps for everything that goes into the images (2000-01-01).
+export SOURCE_DATE_EPOCH=946684800
+MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk"
+APPLETS="sh mount insmod sleep sha256sum dd blockdev head cat printf echo"
+CMDLINE="console=ttyS0 quiet"
+SYSLINUX_BIOS=/usr/lib/syslinux/modules/bios
+
+for tool in dpkg-deb tar cpio gzip mkfs.vfat mcopy syslinux sha256sum flock; do
+	command -v $tool >/dev/null ||
+		die "$tool is missing; run scripts/install-deps.sh (packages dosfstools mtools syslinux syslinux-common cpio)"
+done
+[ -f $SYSLINUX_BIOS/ldlinux.c32 ] || die "$SYSLINUX_BIOS/ldlinux.c32 is missing; install syslinux-common"
+
+mkdir -p "$OUT"
+exec 9>"$OUT/.cprd-linux.lock"
+flock 9
+
+# ---- the packages -------------------------------------------------------------
+
+# candidate PACKAGE: the version apt would install, or nothing.
+candidate() {
+	apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v '(none)' || true
+}
+
+# newest_cached PATTERN: the cached .deb of the highest version matching the
+# glob PATTERN (package part of the name), or nothing.
+newest_cached() {
+	local best= bestver= f v
+	for f in "$CACHE"/$1_*_amd64.deb; do
+		[ -f "$f" ] || continue
+		v=$(dpkg-deb -f "$f" Version) || continue
+		if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$bestver"; then
+			best=$f bestver=$v
+		fi
+	done
+	echo "$best"
+}
+
+# fetch PACKAGE: prints the path of PACKAGE's .deb in the cache, downloading
+# the candidate version when the cache lacks it; without network (or root)
+# falls back to the newest cached copy.
+fetch() {
+	local pkg=$1 ver f
+	ver=$(candidate "$pkg")
+	if [ -n "$ver" ]; then
+		f=$CACHE/${pkg}_${ver//:/%3a}_amd64.deb
+		if [ -f "$f" ]; then
+			echo "$f"
+			return
+		fi
+		if [ "$(id -u)" = 0 ]; then
+			mkdir -p "$CACHE"
+			note "downloading $pkg $ver into $CACHE" >&2
+			# Into a folder of its own, then renamed: a build running
+			# beside this one never reads a half-written .deb.
+			dl=$(mktemp -d "$CACHE/.download.XXXXXX")
+			if (cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$ver" >&2) &&
+				[ -f "$dl/$(basename "$f")" ]; then
+				mv -f "$dl/$(basename "$f")" "$f"
+				rm -rf "$dl"
+				echo "$f"
+				return
+			fi
+			rm -rf "$dl"
+			note "apt-get download $pkg=$ver failed (no network?)" >&2
+		else
+			note "$pkg $ver is not in $CACHE and only root may download it there" >&2
+		fi
+	fi
+	f=$(newest_cached "$pkg")
+	if [ -n "$f" ]; then
+		note "using the cached $(basename "$f")" >&2
+		echo "$f"
+		return
+	fi
+	die "no .deb of $pkg in $CACHE, and it cannot be downloaded now: run this once as root with access to Debian's mirrors (apt-get update first), or set CPRD_TEST_DEB_CACHE to a folder that has it"
+}
+
+kpkg=
+if dep=$(apt-cache depends linux-image-amd64 2>/dev/null); then
+	kpkg=$(echo "$dep" | sed -n 's/^ *Depends: \(linux-image-6\.1\.[^ ]*-amd64\)$/\1/p' | head -n1)
+fi
+if [ -z "$kpkg" ]; then
+	# No apt lists (or a metapackage that names no 6.1 kernel): the newest
+	# 6.1 kernel in the cache.
+	f=$(newest_cached 'linux-image-6.1.*-amd64')
+	[ -n "$f" ] || die "apt-cache names no linux-image-6.1.*-amd64 for linux-image-amd64 and $CACHE has none; run apt-get update (as root)"
+	kpkg=$(dpkg-deb -f "$f" Package)
+fi
+KDEB=$(fetch "$kpkg")
+BDEB=$(fetch busybox-static)
+
+# ---- up to date? --------------------------------------------------------------
+
+syslinux_ver=$(dpkg-query -W -f '${Version}' syslinux syslinux-common 2>/dev/null || true)
+key=$( {
+	echo "cmdline $CMDLINE"
+	echo "modules $MODULES"
+	echo "applets $APPLETS"
+	echo "syslinux $syslinux_ver"
+	sha256sum "$HERE/build.sh" "$HERE/init" | cut -d' ' -f1
+	echo "$(basename "$KDEB") $(stat -c %s "$KDEB")"
+	echo "$(basename "$BDEB") $(stat -c %s "$BDEB")"
+} | sha256sum | cut -d' ' -f1)
+if [ -f "$IMG" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ]; then
+	note "$IMG is up to date"
+	exit 0
+fi
+
+# ---- the initramfs ------------------------------------------------------------
+
+note "building $IMG from $(basename "$KDEB") and $(basename "$BDEB")"
+WORK=$(mktemp -d "$OUT/.cprd-linux.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+kver=$(dpkg-deb -f "$KDEB" Package)
+kver=${kver#linux-image-}
+members=(./boot/vmlinuz-$kver)
+for m in $MODULES; do
+	members+=("./lib/modules/$kver/kernel/drivers/*/$m.ko")
+done
+mkdir "$WORK/deb"
+dpkg-deb --fsys-tarfile "$KDEB" | tar -x -C "$WORK/deb" --wildcards "${members[@]}"
+dpkg-deb --fsys-tarfile "$BDEB" | tar -x -C "$WORK/deb" ./bin/busybox
+
+R=$WORK/root
+mkdir -p "$R"/{bin,dev,proc,sys,tmp,lib/modules}
+install -m 0755 "$HERE/init" "$R/init"
+install -m 0755 "$WORK/deb/bin/busybox" "$R/bin/busybox"
+for a in $APPLETS; do
+	ln -s busybox "$R/bin/$a"
+done
+for m in $MODULES; do
+	f=$(find "$WORK/deb/lib/modules/$kver" -name "$m.ko")
+	[ -n "$f" ] || die "$m.ko is not in $(basename "$KDEB")"
+	install -m 0644 "$f" "$R/lib/modules/$m.ko"
+done
+find "$R" -exec touch -h -d @$SOURCE_DATE_EPOCH {} +
+(cd "$R" && find . -mindepth 1 | sort | cpio --quiet -o -H newc -R 0:0 --reproducible) |
+	gzip -9 -n >"$WORK/initrd.gz"
+install -m 0644 "$WORK/deb/boot/vmlinuz-$kver" "$WORK/vmlinuz"
+
+# ---- the boot disk --------------------------------------------------------------
+
+cat >"$WORK/syslinux.cfg" <<EOF
+DEFAULT cprd
+PROMPT 0
+TIMEOUT 0
+LABEL cprd
+  KERNEL vmlinuz
+  INITRD initrd.gz
+  APPEND $CMDLINE
+EOF
+touch -d @$SOURCE_DATE_EPOCH "$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg"
+# 32 MiB: the kernel (about 8 MiB), the initramfs, syslinux; a FAT16 volume.
+mkfs.vfat -C --invariant -n CPRDLINUX -i 43505244 "$WORK/disk.img" 32768 >/dev/null
+syslinux --install "$WORK/disk.img"
+mcopy -m -i "$WORK/disk.img" "$WORK/syslinux.cfg" "$WORK/vmlinuz" "$WORK/initrd.gz" ::
+chmod 0644 "$WORK/disk.img"
+
+mv -f "$WORK/vmlinuz" "$OUT/cprd-linux.vmlinuz"
+mv -f "$WORK/initrd.gz" "$OUT/cprd-linux.initrd.gz"
+mv -f "$WORK/disk.img" "$IMG"
+echo "$key" >"$STAMP"
+note "wrote $IMG ($kpkg $(dpkg-deb -f "$KDEB" Version), busybox $(dpkg-deb -f "$BDEB" Version))"

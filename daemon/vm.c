@@ -486,8 +486,15 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, binary_fd, vm->name, "refusing to run %s: %s", binary, why);
 	}
-	r = qemu_spawn(vm->manager->base, binary_fd, argv, fds, n_fds, vm->qemu_log_fd, vm->name,
-		       vm_qemu_on_exit, q, &q->proc);
+	const struct qemu_spawn_options so = {
+		.binary_fd = binary_fd,
+		.argv = argv,
+		.fds = fds,
+		.n_fds = n_fds,
+		.log_fd = vm->qemu_log_fd,
+		.exec_error_fd = -1,
+	};
+	r = qemu_spawn(vm->manager->base, &so, vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot start %s: %m", binary);

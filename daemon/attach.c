@@ -97,7 +97,7 @@ static void settle_free(struct settle *s) {
 	vm_qemu_free(s->old);
 	vm_qemu_free(s->target);
 	json_object_put(s->journal);
-	s->vm->operation = NULL;
+	s->vm->operation = VM_OP_NONE;
 	free(s);
 }
 
@@ -171,7 +171,7 @@ static void settle_upgrade(struct vm *vm, struct json_object *journal, struct vm
 	s->vm = vm;
 	s->journal = journal;
 	s->old = old;
-	vm->operation = "upgrade";
+	vm->operation = VM_OP_UPGRADE;
 
 	struct json_object *trec = json_object_object_get(journal, "target");
 	if (trec && vm_qemu_attach(vm, trec, target_qmp_fd, NULL, NULL, &s->target) < 0)
@@ -247,7 +247,7 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 			qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 			return;
 		}
-		vm->state = VM_RUNNING;
+		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted, settling an upgrade");
 		return settle_upgrade(vm, journal, q, target_qmp);
 	}
 	safe_close(target_qmp);
@@ -255,7 +255,7 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	if (q) {
 		vm->qemu = q;
 		vm_watch_main(vm);
-		vm->state = VM_RUNNING;
+		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
 		log_vm(LOG_INFO, vm->name, "re-attached to QEMU pid %d%s", (int)vm_qemu_pid(q),
 		       vm_qemu_qmp(q) ? "" : " (its QMP channel was lost: only stop works)");
 		if (vm_qemu_qmp(q))
@@ -274,7 +274,7 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 		json_object_object_add(e, "stderr", json_object_new_array());
 		json_object_put(vm->last_exit);
 		vm->last_exit = e;
-		vm->state = VM_CRASHED;
+		vm_set_state(vm, VM_CRASHED, "its QEMU is gone");
 		vm_save(vm);
 	}
 }

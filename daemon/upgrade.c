@@ -17,7 +17,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "api.h"
 #include "binary.h"
 #include "log.h"
 #include "macro.h"
@@ -82,11 +81,6 @@ void upgrade_reset_mode(struct qmp *qmp) {
 	qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 }
 
-struct upgrade;
-typedef void (*upgrade_done_fn)(struct upgrade *u, struct json_object *result, void *userdata);
-typedef void (*upgrade_progress_fn)(struct upgrade *u, const char *phase, const char *message,
-				    void *userdata);
-
 struct upgrade {
 	struct manager *m;
 	struct vm *vm;
@@ -98,9 +92,7 @@ struct upgrade {
 	enum upgrade_phase phase;
 	enum upgrade_phase failed_phase;
 	char *reason;       /* why it failed */
-	bool refused;       /* preflight said no: nothing was touched */
-	const char *refusal; /* the named error of a refusal */
-	bool error_named;   /* refusal error is QEMUProbeFailed */
+	enum upgrade_refusal refusal; /* preflight said no: nothing was touched */
 
 	struct probe_result *probe; /* of the new binary */
 	struct vm_qemu *old, *target;
@@ -319,7 +311,7 @@ static void upgrade_finish(struct upgrade *u) {
 	evtimer_del(u->total_timer);
 	evtimer_del(u->poll_timer);
 
-	if (u->refused)
+	if (u->refusal != UPGRADE_NOT_REFUSED)
 		outcome = "refused";
 	else if (u->target_resumed)
 		outcome = "committed";
@@ -329,23 +321,23 @@ static void upgrade_finish(struct upgrade *u) {
 		outcome = "rolled-back";
 
 	/* After a rollback the old QEMU is the VM's again, with its callbacks. */
-	if (!u->refused && !u->target_resumed && !u->old_gone && vm->qemu)
+	if (u->refusal == UPGRADE_NOT_REFUSED && !u->target_resumed && !u->old_gone && vm->qemu)
 		vm_watch_main(vm);
-	if (!u->refused) {
+	if (u->refusal == UPGRADE_NOT_REFUSED) {
 		enum upgrade_phase was = u->phase;
 		u->phase = PHASE_DONE;
 		upgrade_journal(u);
 		u->phase = was;
 		upgrade_record(u, outcome);
-		vm->operation = NULL;
+		vm->operation = VM_OP_NONE;
 		if (u->counted)
 			u->m->upgrades_running--;
 		u->counted = false;
 		char msg[256];
 		snprintf(msg, sizeof(msg), "upgrade %s (%s)", outcome, upgrade_mode_to_string(u->mode));
 		manager_emit(u->m, vm, "upgrade", msg);
-	} else if (vm->operation && streq(vm->operation, "upgrade-preflight"))
-		vm->operation = NULL;
+	} else if (vm->operation == VM_OP_UPGRADE_PREFLIGHT)
+		vm->operation = VM_OP_NONE;
 
 	struct json_object *result = upgrade_result(u, outcome);
 	log_vm(streq(outcome, "committed") || streq(outcome, "dry-run") ? LOG_INFO : LOG_WARNING,
@@ -447,15 +439,15 @@ static void upgrade_fail(struct upgrade *u, const char *fmt, ...) {
 	upgrade_rollback(u);
 }
 
-static void upgrade_refuse(struct upgrade *u, const char *error, const char *fmt, ...) _printf_(3, 4);
-static void upgrade_refuse(struct upgrade *u, const char *error, const char *fmt, ...) {
+static void upgrade_refuse(struct upgrade *u, enum upgrade_refusal why, const char *fmt, ...)
+	_printf_(3, 4);
+static void upgrade_refuse(struct upgrade *u, enum upgrade_refusal why, const char *fmt, ...) {
 	char msg[768];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	u->refused = true;
-	u->refusal = error;
+	u->refusal = why;
 	free(u->reason);
 	u->reason = strdup(msg);
 	u->failed_phase = PHASE_PREFLIGHT;
@@ -822,7 +814,7 @@ static void upgrade_spawn(struct upgrade *u) {
 	 * unix path for the cpr channel, so QEMU binds them itself inside
 	 * this folder. */
 	_cleanup_free_ char *rdir = NULL;
-	if ((r = manager_vm_runtime_dir_make(u->m, vm->name, &rdir)) < 0)
+	if ((r = vm_runtime_dir_make(vm, &rdir)) < 0)
 		return upgrade_fail(u, "cannot create the VM's runtime folder: %s", strerror(-r));
 	snprintf(buf, sizeof(buf), "%s/upgrade-XXXXXX", rdir);
 	if (!mkdtemp(buf))
@@ -868,10 +860,10 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 				  const struct qmp_error *err, void *userdata) {
 	struct upgrade *u = userdata;
 	if (err)
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "query-migrate failed: %s", err->desc);
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "query-migrate failed: %s", err->desc);
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
 	if (status && (streq(status, "active") || streq(status, "setup") || streq(status, "device")))
-		return upgrade_refuse(u, API_ERROR("Busy"), "a migration is already under way (%s)", status);
+		return upgrade_refuse(u, UPGRADE_REFUSED_BUSY, "a migration is already under way (%s)", status);
 	struct json_object *blocked = json_object_object_get(ret, "blocked-reasons");
 	if (blocked && json_object_array_length(blocked) > 0) {
 		char why[512] = "";
@@ -883,7 +875,7 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 		/* Leave the mode as it was. */
 		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
 			upgrade_reset_mode(qmp);
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "QEMU reports migration blockers: %s", why);
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "QEMU reports migration blockers: %s", why);
 	}
 
 	if (u->dry_run) {
@@ -899,15 +891,15 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 		u->reason = strdup(what);
 		evtimer_del(u->phase_timer);
 		evtimer_del(u->total_timer);
-		if (u->vm->operation && streq(u->vm->operation, "upgrade-preflight"))
-			u->vm->operation = NULL;
+		if (u->vm->operation == VM_OP_UPGRADE_PREFLIGHT)
+			u->vm->operation = VM_OP_NONE;
 		u->done(u, upgrade_result(u, "dry-run"), u->userdata);
 		upgrade_free(u);
 		return;
 	}
 
 	/* Preflight passed: from here on the VM is ours to move. */
-	u->vm->operation = "upgrade";
+	u->vm->operation = VM_OP_UPGRADE;
 	u->m->upgrades_running++;
 	u->counted = true;
 	manager_emit(u->m, u->vm, "upgrade", "upgrade started");
@@ -920,12 +912,12 @@ static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const 
 				void *userdata) {
 	struct upgrade *u = userdata;
 	if (err)
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "the running QEMU does not answer: %s",
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "the running QEMU does not answer: %s",
 				      err->desc);
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
 	u->was_running = streq_ptr(status, "running");
 	if (!u->was_running && !streq_ptr(status, "paused"))
-		return upgrade_refuse(u, API_ERROR("BadState"), "the guest is %s, not running or paused",
+		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the guest is %s, not running or paused",
 				      status ? status : "in an unknown state");
 	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
 		/* Blockers are per mode: ask with the mode we will use. */
@@ -942,24 +934,23 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 	struct upgrade *u = userdata;
 	struct vm *vm = u->vm;
 	if (error < 0) {
-		u->error_named = true;
-		return upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s",
+		return upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "%s",
 				      reason ? reason : strerror(-error));
 	}
 	u->probe = result;
 	if (!vm->qemu || !vm_qemu_running(vm->qemu))
-		return upgrade_refuse(u, API_ERROR("BadState"), "the VM is not running");
+		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the VM is not running");
 	if (vm->ram_fd < 0)
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "cprd does not hold the guest RAM memfd of this VM (it was lost "
 				      "with cprd's fd store); restart the VM to put it back in custody");
 	if (!vm_qemu_qmp(vm->qemu))
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "cprd has no QMP channel to the running QEMU");
 	/* The incoming sockets must fit in a sockaddr_un (108 bytes). */
-	_cleanup_free_ char *rdir = manager_vm_runtime_dir(u->m, vm->name);
+	_cleanup_free_ char *rdir = vm_runtime_dir(vm);
 	if (!rdir || strlen(rdir) + strlen("/upgrade-XXXXXX/main.sock") >= 108)
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "the runtime folder %s is too long for the upgrade's unix sockets "
 				      "(108 bytes at most); start cprd with a shorter --runtime-dir",
 				      rdir ? rdir : "");
@@ -967,7 +958,7 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 
 	if (!probe_result_resolve_machine(result, vm->spec->machine) ||
 	    !streq(probe_result_resolve_machine(result, vm->spec->machine), vm->spec->machine))
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "QEMU %u.%u.%u at %s has no machine type %s, which this guest was "
 				      "created with",
 				      result->major, result->minor, result->micro, u->binary,
@@ -982,14 +973,14 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 		else if (local)
 			u->mode = UPGRADE_MODE_LOCAL_MIGRATE;
 		else
-			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+			return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 					      "neither cpr-transfer nor local-migrate is supported by both "
 					      "QEMU %s and QEMU %u.%u.%u",
 					      u->from_version, result->major, result->minor, result->micro);
 		break;
 	case UPGRADE_MODE_CPR_TRANSFER:
 		if (!cpr)
-			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+			return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 					      "cpr-transfer needs QEMU 10.0 or later on both sides; the "
 					      "guest runs on QEMU %s and the target is QEMU %u.%u.%u (use "
 					      "--mode local-migrate or auto)",
@@ -997,7 +988,7 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 		break;
 	case UPGRADE_MODE_LOCAL_MIGRATE:
 		if (!local)
-			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+			return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 					      "local-migrate needs the x-ignore-shared capability on both "
 					      "QEMUs");
 		break;
@@ -1006,12 +997,10 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 		      result->major, result->minor, result->micro, upgrade_mode_to_string(u->mode));
 	if (qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
 			preflight_on_status, u) < 0)
-		upgrade_refuse(u, API_ERROR("NotUpgradable"), "the running QEMU's QMP channel is closed");
+		upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "the running QEMU's QMP channel is closed");
 }
 
-/* Starts an upgrade. Synchronous refusals (unknown state, busy) are
- * reported through done as well. */
-static int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request *req,
+int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request *req,
 			 upgrade_progress_fn progress, upgrade_done_fn done, void *userdata) {
 	struct upgrade *u = calloc(1, sizeof(*u));
 	if (!u)
@@ -1041,19 +1030,18 @@ static int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_
 		u->from_binary = strdup(vm_qemu_binary(vm->qemu));
 	}
 
-	if (vm->operation)
-		return upgrade_refuse(u, API_ERROR("Busy"), "%s of %s is under way", vm->operation,
-				      vm->name), 0;
+	if (vm->operation != VM_OP_NONE)
+		return upgrade_refuse(u, UPGRADE_REFUSED_BUSY, "%s of %s is under way",
+				      vm_operation_to_string(vm->operation), vm->name), 0;
 	if (vm->state != VM_RUNNING && vm->state != VM_PAUSED)
-		return upgrade_refuse(u, API_ERROR("BadState"), "the VM is %s; only a running or paused "
+		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the VM is %s; only a running or paused "
 				      "VM can be upgraded (start it with cprctl start)",
 				      vm_state_to_string(vm->state)), 0;
 	struct spec_error err;
 	if (spec_check_binary(u->binary, &err, "qemu") < 0) {
-		u->error_named = true;
-		return upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s", err.reason), 0;
+		return upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "%s", err.reason), 0;
 	}
-	vm->operation = "upgrade-preflight";
+	vm->operation = VM_OP_UPGRADE_PREFLIGHT;
 	u->phase = PHASE_PREFLIGHT;
 	if (progress)
 		progress(u, "preflight", "probing the new binary", userdata);
@@ -1061,226 +1049,15 @@ static int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_
 	char why[512];
 	_cleanup_close_ int bfd = binary_open(u->binary, why, sizeof(why));
 	if (bfd < 0) {
-		upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s", why);
+		upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "%s", why);
 		return 0;
 	}
 	int r = probe_run(m->base, u->binary, bfd, NULL, preflight_on_probe, u, NULL);
 	if (r < 0)
-		upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "cannot run %s: %s", u->binary, strerror(-r));
+		upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "cannot run %s: %s", u->binary, strerror(-r));
 	return 0;
 }
 
-/* ---- Upgrade over Varlink ------------------------------------------------ */
-
-static void reply_refusal_or_failure(struct vl_call *c, struct upgrade *u, struct json_object *result) {
-	const char *outcome = json_object_get_string(json_object_object_get(result, "outcome"));
-	const char *reason = json_object_get_string(json_object_object_get(result, "reason"));
-	if (streq(outcome, "refused")) {
-		const char *e = u->refusal;
-		if (streq(e, API_ERROR("QEMUProbeFailed")))
-			api_error_probe_failed(c, u->binary, reason);
-		else if (streq(e, API_ERROR("Busy")))
-			api_error_busy(c, u->vm->name, u->vm->operation ? u->vm->operation : reason);
-		else if (streq(e, API_ERROR("BadState")))
-			api_error_bad_state(c, u->vm->name, vm_state_to_string(u->vm->state), reason);
-		else
-			api_error_not_upgradable(c, u->vm->name, reason);
-		return;
-	}
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "name", json_object_new_string(u->vm->name));
-	json_object_object_add(p, "phase", json_object_get(json_object_object_get(result, "failedPhase")));
-	json_object_object_add(p, "rolledBack", json_object_new_boolean(streq(outcome, "rolled-back")));
-	json_object_object_add(p, "reason", json_object_new_string(reason ? reason : ""));
-	json_object_object_add(p, "result", json_object_get(result));
-	vl_call_error(c, API_ERROR("UpgradeFailed"), p);
-}
-
-static bool result_ok(struct json_object *result) {
-	const char *o = json_object_get_string(json_object_object_get(result, "outcome"));
-	return streq(o, "committed") || streq(o, "dry-run");
-}
-
-static void one_progress(struct upgrade *u, const char *phase, const char *message, void *userdata) {
-	struct vl_call *c = userdata;
-	if (!vl_call_more(c) || !vl_call_alive(c))
-		return;
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
-	json_object_object_add(p, "phase", json_object_new_string(phase));
-	json_object_object_add(p, "message", json_object_new_string(message));
-	vl_call_notify(c, p);
-}
-
-static void one_done(struct upgrade *u, struct json_object *result, void *userdata) {
-	struct vl_call *c = userdata;
-	if (vl_call_alive(c)) {
-		if (result_ok(result)) {
-			struct json_object *p = json_object_new_object();
-			json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
-			json_object_object_add(p, "phase", json_object_new_string("done"));
-			json_object_object_add(p, "message", json_object_new_string(
-				json_object_get_string(json_object_object_get(result, "outcome"))));
-			json_object_object_add(p, "result", json_object_get(result));
-			vl_call_reply(c, p);
-		} else
-			reply_refusal_or_failure(c, u, result);
-	}
-	/* A caller that left does not stop the upgrade; the result is in the
-	 * VM's history. */
-	json_object_put(result);
-	vl_call_unref(c);
-}
-
-int upgrade_vm_call(struct manager *m, struct vl_call *call, struct vm *vm,
-		    const struct upgrade_request *req) {
-	vl_call_ref(call);
-	int r = upgrade_start(m, vm, req, one_progress, one_done, call);
-	if (r < 0)
-		vl_call_unref(call);
-	return r;
-}
-
-/* ---- UpgradeMany --------------------------------------------------------- */
-
-struct many {
-	struct manager *m;
-	struct vl_call *call;
-	struct upgrade_request req;
-	char *qemu;
-	char **names;
-	size_t n, next, running;
-	int parallel;
-	bool stop_on_failure, stopping;
-	bool stepping; /* many_step is on the stack */
-	int committed, rolled_back, skipped;
-};
-
-static void many_step(struct many *k);
-
-static void many_progress(struct upgrade *u, const char *phase, const char *message, void *userdata) {
-	struct many *k = userdata;
-	if (!vl_call_more(k->call) || !vl_call_alive(k->call))
-		return;
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
-	json_object_object_add(p, "phase", json_object_new_string(phase));
-	json_object_object_add(p, "message", json_object_new_string(message));
-	vl_call_notify(k->call, p);
-}
-
-static void many_result(struct many *k, const char *name, struct json_object *result) {
-	if (vl_call_more(k->call) && vl_call_alive(k->call)) {
-		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "vm", json_object_new_string(name));
-		json_object_object_add(p, "phase", json_object_new_string("done"));
-		json_object_object_add(p, "message", json_object_new_string(
-			json_object_get_string(json_object_object_get(result, "outcome"))));
-		json_object_object_add(p, "result", json_object_get(result));
-		vl_call_notify(k->call, p);
-	}
-}
-
-static void many_done(struct upgrade *u, struct json_object *result, void *userdata) {
-	struct many *k = userdata;
-	const char *o = json_object_get_string(json_object_object_get(result, "outcome"));
-	if (streq(o, "committed") || streq(o, "dry-run"))
-		k->committed++;
-	else if (streq(o, "refused"))
-		k->skipped++;
-	else
-		k->rolled_back++;
-	if (!result_ok(result) && k->stop_on_failure)
-		k->stopping = true;
-	many_result(k, u->vm->name, result);
-	json_object_put(result);
-	k->running--;
-	many_step(k);
-}
-
-static void many_free(struct many *k) {
-	for (size_t i = 0; i < k->n; i++)
-		free(k->names[i]);
-	free(k->names);
-	free(k->qemu);
-	vl_call_unref(k->call);
-	free(k);
-}
-
-static void many_step(struct many *k) {
-	/* An upgrade refused at once (a VM not running, busy) reports through
-	 * many_done from inside upgrade_start below: the loop here carries
-	 * on, and must be the only one to finish k. */
-	if (k->stepping)
-		return;
-	k->stepping = true;
-	while (!k->stopping && k->next < k->n && (int)k->running < k->parallel) {
-		const char *name = k->names[k->next++];
-		struct vm *vm = manager_find(k->m, name);
-		if (!vm) {
-			struct json_object *r = json_object_new_object();
-			json_object_object_add(r, "vm", json_object_new_string(name));
-			json_object_object_add(r, "outcome", json_object_new_string("refused"));
-			json_object_object_add(r, "mode", json_object_new_string(upgrade_mode_to_string(k->req.mode)));
-			json_object_object_add(r, "totalMs", json_object_new_double(0));
-			json_object_object_add(r, "fromVersion", json_object_new_string(""));
-			json_object_object_add(r, "toVersion", json_object_new_string(""));
-			json_object_object_add(r, "reason", json_object_new_string("no such VM"));
-			k->skipped++;
-			many_result(k, name, r);
-			json_object_put(r);
-			continue;
-		}
-		k->running++;
-		if (upgrade_start(k->m, vm, &k->req, many_progress, many_done, k) < 0) {
-			k->running--;
-			k->skipped++;
-		}
-	}
-	k->stepping = false;
-	if (k->running > 0)
-		return;
-	if (k->stopping)
-		k->skipped += (int)(k->n - k->next);
-	if (vl_call_alive(k->call)) {
-		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "committed", json_object_new_int(k->committed));
-		json_object_object_add(p, "rolledBack", json_object_new_int(k->rolled_back));
-		json_object_object_add(p, "skipped", json_object_new_int(k->skipped));
-		vl_call_reply(k->call, p);
-	}
-	many_free(k);
-}
-
-int upgrade_many_call(struct manager *m, struct vl_call *call, struct json_object *names,
-		      bool outdated, const struct upgrade_request *req, int parallel,
-		      bool stop_on_failure) {
-	struct many *k = calloc(1, sizeof(*k));
-	if (!k)
-		return -ENOMEM;
-	k->m = m;
-	k->call = vl_call_ref(call);
-	k->req = *req;
-	if (req->qemu) {
-		k->qemu = strdup(req->qemu);
-		k->req.qemu = k->qemu;
-	}
-	k->parallel = parallel;
-	k->stop_on_failure = stop_on_failure;
-	size_t cap = names ? json_object_array_length(names) : m->n_vms;
-	k->names = calloc(cap ? cap : 1, sizeof(char *));
-	if (!k->names) {
-		many_free(k);
-		return -ENOMEM;
-	}
-	if (names) {
-		for (size_t i = 0; i < cap; i++)
-			k->names[k->n++] = strdup(json_object_get_string(json_object_array_get_idx(names, i)));
-	} else {
-		for (size_t i = 0; i < m->n_vms; i++)
-			if (m->vms[i]->qemu && vm_outdated(m->vms[i]))
-				k->names[k->n++] = strdup(m->vms[i]->name);
-	}
-	many_step(k);
-	return 0;
-}
+struct vm *upgrade_get_vm(const struct upgrade *u) { return u->vm; }
+const char *upgrade_get_binary(const struct upgrade *u) { return u->binary; }
+enum upgrade_refusal upgrade_get_refusal(const struct upgrade *u) { return u->refusal; }

@@ -18,11 +18,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "api.h"
 #include "binary.h"
 #include "log.h"
 #include "macro.h"
-#include "manager.h"
 #include "probe.h"
 #include "qemu.h"
 #include "qmp.h"
@@ -57,13 +55,27 @@ const char *vm_state_to_string(enum vm_state s) {
 	return s < _VM_STATE_MAX ? state_names[s] : "unknown";
 }
 
+static const char *const operation_names[_VM_OP_MAX] = {
+	[VM_OP_CREATE] = "create",  [VM_OP_START] = "start",   [VM_OP_STOP] = "stop",
+	[VM_OP_PAUSE] = "pause",    [VM_OP_RESUME] = "resume",
+	[VM_OP_UPGRADE_PREFLIGHT] = "upgrade-preflight",        [VM_OP_UPGRADE] = "upgrade",
+};
+
+const char *vm_operation_to_string(enum vm_operation op) {
+	return op < _VM_OP_MAX ? operation_names[op] : NULL;
+}
+
+const char *vm_state_name(const struct vm *vm) {
+	return vm->operation == VM_OP_UPGRADE ? "upgrading" : vm_state_to_string(vm->state);
+}
+
 void vm_set_state(struct vm *vm, enum vm_state s, const char *why) {
 	if (vm->state == s)
 		return;
 	log_vm(LOG_INFO, vm->name, "state %s -> %s%s%s", vm_state_to_string(vm->state),
 	       vm_state_to_string(s), why ? ": " : "", why ? why : "");
 	vm->state = s;
-	manager_emit(vm->manager, vm, "state", why ? why : vm_state_to_string(s));
+	vm->host->emit(vm->host, vm, "state", why ? why : vm_state_to_string(s));
 }
 
 bool vm_is_active(const struct vm *vm) {
@@ -160,7 +172,7 @@ void vm_unstore_fd(struct vm *vm, const char *what) {
 void vm_watch_console(struct vm *vm) {
 	if (vm->console_ev || vm->console_fd < 0)
 		return;
-	vm->console_ev = event_new(vm->manager->base, vm->console_fd, EV_READ | EV_PERSIST, on_console, vm);
+	vm->console_ev = event_new(vm->host->base, vm->console_fd, EV_READ | EV_PERSIST, on_console, vm);
 	event_add(vm->console_ev, NULL);
 }
 
@@ -431,7 +443,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	 * takes the old QEMU's path away. */
 	_cleanup_free_ char *rdir = NULL;
 	_cleanup_free_ char *qmp_path = NULL;
-	if (manager_vm_runtime_dir_make(vm->manager, vm->name, &rdir) >= 0 &&
+	if (vm_runtime_dir_make(vm, &rdir) >= 0 &&
 	    asprintf(&qmp_path, "%s/qmp-%llx.sock", rdir,
 		     (unsigned long long)(now_usec(CLOCK_MONOTONIC) & 0xffffffffffffULL)) >= 0 &&
 	    strlen(qmp_path) >= 108) {
@@ -494,7 +506,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		.log_fd = vm->qemu_log_fd,
 		.exec_error_fd = -1,
 	};
-	r = qemu_spawn(vm->manager->base, &so, vm->name, vm_qemu_on_exit, q, &q->proc);
+	r = qemu_spawn(vm->host->base, &so, vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot start %s: %m", binary);
@@ -507,7 +519,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	vm_store_fd(vm, incoming ? "qmp-target" : "qmp", qmp_ours);
 
 	q->qmp_fd = qmp_ours;
-	r = qmp_new(vm->manager->base, TAKE_FD(qmp_ours), &vm_qmp_callbacks, q, vm->name, &q->qmp);
+	r = qmp_new(vm->host->base, TAKE_FD(qmp_ours), &vm_qmp_callbacks, q, vm->name, &q->qmp);
 	if (r < 0) {
 		qemu_proc_kill(q->proc, SIGKILL);
 		vm_qemu_free(q);
@@ -626,9 +638,33 @@ int vm_reexec_fds(struct vm *vm, char **list) {
 
 char *vm_runtime_file(struct vm *vm, const char *file) {
 	char *p = NULL;
-	if (asprintf(&p, "%s/vms/%s/%s", vm->manager->runtime_dir, vm->name, file) < 0)
+	if (asprintf(&p, "%s/vms/%s/%s", vm->host->runtime_dir, vm->name, file) < 0)
 		return NULL;
 	return p;
+}
+
+char *vm_runtime_dir(struct vm *vm) {
+	char *p = NULL;
+	if (asprintf(&p, "%s/vms/%s", vm->host->runtime_dir, vm->name) < 0)
+		return NULL;
+	return p;
+}
+
+int vm_runtime_dir_make(struct vm *vm, char **ret) {
+	_cleanup_free_ char *p = vm_runtime_dir(vm);
+	if (!p)
+		return -ENOMEM;
+	int r = mkdir_p(p, 0700);
+	if (r < 0)
+		return r;
+	/* QEMU binds its recovery monitor and an upgrade's incoming sockets
+	 * here: with --qemu-user the folder is that user's. */
+	if ((r = qemu_user_chown(p)) < 0)
+		return r;
+	if (chmod(p, 0700) < 0)
+		return -errno;
+	*ret = TAKE_PTR(p);
+	return 0;
 }
 
 struct json_object *vm_qemu_record(struct vm_qemu *q) {
@@ -653,7 +689,7 @@ struct json_object *vm_qemu_record(struct vm_qemu *q) {
 }
 
 int vm_save_runtime(struct vm *vm) {
-	_cleanup_free_ char *dir = manager_vm_runtime_dir(vm->manager, vm->name);
+	_cleanup_free_ char *dir = vm_runtime_dir(vm);
 	_cleanup_free_ char *path = vm_runtime_file(vm, "qemu.json");
 	if (!dir || !path)
 		return -ENOMEM;
@@ -773,7 +809,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 			safe_close(theirs);
 		}
 	}
-	int r = qemu_adopt(vm->manager->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
+	int r = qemu_adopt(vm->host->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
 		return r;
@@ -785,7 +821,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
 			q->qmp_fd = fd;
-			r = qmp_new(vm->manager->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp);
+			r = qmp_new(vm->host->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp);
 			if (r < 0)
 				q->qmp_fd = -1;
 			else {
@@ -800,7 +836,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 	}
 	if (qfd >= 0) {
 		q->qmp_fd = qfd;
-		r = qmp_new_attached(vm->manager->base, TAKE_FD(qfd), &vm_qmp_callbacks, q, vm->name, &q->qmp);
+		r = qmp_new_attached(vm->host->base, TAKE_FD(qfd), &vm_qmp_callbacks, q, vm->name, &q->qmp);
 		if (r < 0)
 			q->qmp_fd = -1;
 	}
@@ -822,35 +858,19 @@ bool vm_outdated(struct vm *vm) {
 /* ---- start and stop ------------------------------------------------------ */
 
 
-static void vm_reply_pending(struct vm *vm, const char *error, struct json_object *params) {
-	struct vl_call *c = TAKE_PTR(vm->pending_call);
-	if (!c) {
-		json_object_put(params);
-		return;
-	}
-	if (error)
-		vl_call_error(c, error, params);
-	else
-		vl_call_reply(c, params);
-	vl_call_unref(c);
+/* Tells whoever waits for the start or stop how it ended (once). */
+static void vm_done(struct vm *vm, const struct vm_outcome *o) {
+	vm_done_fn done = TAKE_PTR(vm->done);
+	if (done)
+		done(vm, o, TAKE_PTR(vm->done_userdata));
 }
 
-int vm_reply(struct vl_call *c, struct vm *vm) {
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "vm", vm_to_json(vm));
-	return vl_call_reply(c, p);
-}
-
-static void vm_reply_vm(struct vm *vm) {
-	struct vl_call *c = TAKE_PTR(vm->pending_call);
-	if (c) {
-		vm_reply(c, vm);
-		vl_call_unref(c);
-	}
+static void vm_fail(struct vm *vm, enum vm_error error, const char *reason) {
+	vm_done(vm, &(struct vm_outcome){.error = error, .state = vm->state, .reason = reason});
 }
 
 static void vm_op_done(struct vm *vm) {
-	vm->operation = NULL;
+	vm->operation = VM_OP_NONE;
 	if (vm->op_timer)
 		evtimer_del(vm->op_timer);
 }
@@ -875,7 +895,7 @@ static void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, in
 
 static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int sig, void *userdata) {
 	struct vm *vm = userdata;
-	bool requested = vm->operation && streq(vm->operation, "stop");
+	bool requested = vm->operation == VM_OP_STOP;
 	char why[160];
 
 	if (streq(how, "exited"))
@@ -896,22 +916,20 @@ static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int s
 		vm_release_custody(vm);
 		vm->started_usec = 0;
 		vm_set_state(vm, VM_STOPPED, why);
-		manager_emit(vm->manager, vm, "stopped", why);
-		vm_reply_vm(vm);
+		vm->host->emit(vm->host, vm, "stopped", why);
+		vm_done(vm, &(struct vm_outcome){.error = VM_OK});
 		return;
 	}
-	if (vm->operation && streq(vm->operation, "start")) {
+	if (vm->operation == VM_OP_START) {
 		vm_op_done(vm);
 		vm_set_state(vm, VM_CRASHED, why);
 		struct json_object *tail = json_object_object_get(vm->last_exit, "stderr");
 		size_t n = json_object_array_length(tail);
 		const char *last = n ? json_object_get_string(json_object_array_get_idx(tail, n - 1)) : "";
-		struct json_object *p = json_object_new_object();
 		char reason[1024];
 		snprintf(reason, sizeof(reason), "%s while starting: %s (see cprctl log %s --qemu)", why,
 			 last, vm->name);
-		json_object_object_add(p, "reason", json_object_new_string(reason));
-		vm_reply_pending(vm, API_ERROR("Failed"), p);
+		vm_fail(vm, VM_ERROR_FAILED, reason);
 		return;
 	}
 	/* Nobody asked for this: the guest crashed or QEMU was killed. Guest
@@ -919,14 +937,14 @@ static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int s
 	log_vm(LOG_WARNING, vm->name, "%s unexpectedly; guest RAM stays held", why);
 	vm->started_usec = 0;
 	vm_set_state(vm, VM_CRASHED, why);
-	manager_emit(vm->manager, vm, "exited", why);
+	vm->host->emit(vm->host, vm, "exited", why);
 }
 
 static void vm_main_event(struct vm_qemu *q, const char *name, struct json_object *data,
 			  int64_t ts, void *userdata) {
 	struct vm *vm = userdata;
 	log_vm(LOG_DEBUG, vm->name, "QMP event %s", name);
-	if (vm->operation && !streq(vm->operation, "stop"))
+	if (vm->operation != VM_OP_NONE && vm->operation != VM_OP_STOP)
 		return; /* start and upgrade follow the run state themselves */
 	if (streq(name, "STOP") && vm->state == VM_RUNNING)
 		vm_set_state(vm, VM_PAUSED, "guest paused");
@@ -948,13 +966,13 @@ static void vm_on_cont(struct qmp *qmp, struct json_object *ret, const struct qm
 	vm->started_usec = now_usec(CLOCK_REALTIME);
 	vm_save_runtime(vm);
 	vm_set_state(vm, VM_RUNNING, "guest started");
-	manager_emit(vm->manager, vm, "started", "guest started");
-	vm_reply_vm(vm);
+	vm->host->emit(vm->host, vm, "started", "guest started");
+	vm_done(vm, &(struct vm_outcome){.error = VM_OK});
 }
 
 static void vm_main_ready(struct vm_qemu *q, void *userdata) {
 	struct vm *vm = userdata;
-	if (vm->operation && streq(vm->operation, "start"))
+	if (vm->operation == VM_OP_START)
 		qmp_command(q->qmp, "cont", NULL, QMP_COMMAND_TIMEOUT_MS, vm_on_cont, vm);
 }
 
@@ -969,53 +987,51 @@ void vm_watch_main(struct vm *vm) {
 		vm_qemu_set_callbacks(vm->qemu, &vm_main_callbacks, vm);
 }
 
-static void vm_start_fail(struct vm *vm, const char *error, struct json_object *params) {
+/* The start ended before a QEMU ran: back to where the VM was. */
+static void vm_start_fail(struct vm *vm, const struct vm_outcome *o) {
 	vm_op_done(vm);
 	vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED, "start failed");
-	vm_reply_pending(vm, error, params);
+	vm_done(vm, o);
 }
 
 static void vm_on_start_probe(struct probe *p, int error, struct probe_result *result,
 			      const char *reason, void *userdata) {
 	struct vm *vm = userdata;
-	if (error < 0) {
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "binary", json_object_new_string(vm->spec->qemu));
-		json_object_object_add(e, "reason", json_object_new_string(reason ? reason : strerror(-error)));
-		return vm_start_fail(vm, API_ERROR("QEMUProbeFailed"), e);
-	}
+	if (error < 0)
+		return vm_start_fail(vm, &(struct vm_outcome){
+			.error = VM_ERROR_PROBE_FAILED,
+			.state = vm->state,
+			.binary = vm->spec->qemu,
+			.reason = reason ? reason : strerror(-error),
+		});
 	if (!probe_result_resolve_machine(result, vm->spec->machine)) {
 		char why[256];
 		snprintf(why, sizeof(why), "QEMU %u.%u.%u at %s has no machine type %s", result->major,
 			 result->minor, result->micro, vm->spec->qemu, vm->spec->machine);
 		probe_result_free(result);
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "name", json_object_new_string(vm->name));
-		json_object_object_add(e, "state", json_object_new_string(vm_state_to_string(vm->state)));
-		json_object_object_add(e, "reason", json_object_new_string(why));
-		return vm_start_fail(vm, API_ERROR("BadState"), e);
+		return vm_start_fail(vm, &(struct vm_outcome){
+			.error = VM_ERROR_BAD_STATE, .state = vm->state, .reason = why});
 	}
 
 	int r = vm_qemu_spawn(vm, vm->spec->qemu, result, NULL, &vm_main_callbacks, vm, &vm->qemu);
 	probe_result_free(result);
 	if (r < 0) {
-		struct json_object *e = json_object_new_object();
 		char why[256];
 		snprintf(why, sizeof(why), "cannot start QEMU: %s", strerror(-r));
-		json_object_object_add(e, "reason", json_object_new_string(why));
-		return vm_start_fail(vm, API_ERROR("Failed"), e);
+		return vm_start_fail(vm, &(struct vm_outcome){
+			.error = VM_ERROR_FAILED, .state = vm->state, .reason = why});
 	}
 }
 
 static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {
 	struct vm *vm = userdata;
-	if (!vm->operation || !vm->qemu)
+	if (vm->operation == VM_OP_NONE || !vm->qemu)
 		return;
-	if (streq(vm->operation, "start")) {
+	if (vm->operation == VM_OP_START) {
 		log_vm(LOG_ERR, vm->name, "QEMU did not start the guest within %d s; killing it",
 		       VM_START_TIMEOUT_MS / 1000);
 		vm_qemu_kill(vm->qemu, SIGKILL);
-	} else if (streq(vm->operation, "stop") && !vm->stop_force) {
+	} else if (vm->operation == VM_OP_STOP && !vm->stop_force) {
 		log_vm(LOG_INFO, vm->name, "guest did not power off in time; quitting QEMU");
 		vm->stop_force = true;
 		qmp_command(vm->qemu->qmp, "quit", NULL, VM_QUIT_TIMEOUT_MS, qmp_reply_ignore, NULL);
@@ -1027,32 +1043,34 @@ static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {
 	}
 }
 
-int vm_start(struct vm *vm, struct vl_call *call) {
-	vm->operation = "start";
+int vm_start(struct vm *vm, vm_done_fn done, void *userdata) {
+	vm->operation = VM_OP_START;
 	vm->accel = NULL; /* a new boot may pick anew */
-	vm->pending_call = call ? vl_call_ref(call) : NULL;
+	vm->done = done;
+	vm->done_userdata = userdata;
 	vm_set_state(vm, VM_STARTING, NULL);
 	struct timeval tv = {VM_START_TIMEOUT_MS / 1000, 0};
 	evtimer_add(vm->op_timer, &tv);
 	char why[512];
 	_cleanup_close_ int bfd = binary_open(vm->spec->qemu, why, sizeof(why));
-	int r = bfd < 0 ? bfd : probe_run(vm->manager->base, vm->spec->qemu, bfd, NULL, vm_on_start_probe, vm, NULL);
+	int r = bfd < 0 ? bfd : probe_run(vm->host->base, vm->spec->qemu, bfd, NULL, vm_on_start_probe, vm, NULL);
 	if (r < 0) {
 		if (bfd < 0)
 			log_vm(LOG_ERR, vm->name, "refusing to run %s: %s", vm->spec->qemu, why);
 		vm_op_done(vm);
 		vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED, "start failed");
-		if (vm->pending_call)
-			vl_call_unref(TAKE_PTR(vm->pending_call));
+		vm->done = NULL;
+		vm->done_userdata = NULL;
 		return r;
 	}
 	return 0;
 }
 
-int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call) {
-	vm->operation = "stop";
+int vm_stop(struct vm *vm, bool force, int timeout_sec, vm_done_fn done, void *userdata) {
+	vm->operation = VM_OP_STOP;
 	vm->stop_force = force;
-	vm->pending_call = call ? vl_call_ref(call) : NULL;
+	vm->done = done;
+	vm->done_userdata = userdata;
 	vm_set_state(vm, VM_STOPPING, force ? "quitting QEMU" : "ACPI power-down requested");
 	if (!vm->qemu || qmp_get_error(vm->qemu->qmp) < 0) {
 		vm_qemu_kill(vm->qemu, SIGTERM);
@@ -1070,11 +1088,11 @@ int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call) {
 
 /* ---- life cycle and persistence ------------------------------------------ */
 
-int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm **ret) {
+int vm_new(struct vm_host *host, struct vm_spec *spec, const char *dir, struct vm **ret) {
 	struct vm *vm = calloc(1, sizeof(*vm));
 	if (!vm)
 		return -ENOMEM;
-	vm->manager = m;
+	vm->host = host;
 	vm->spec = spec;
 	vm->name = strdup(spec->name);
 	vm->dir = strdup(dir);
@@ -1082,7 +1100,7 @@ int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm *
 	vm->ram_fd = vm->console_fd = vm->console_peer_fd = -1;
 	vm->console_log_fd = vm->qemu_log_fd = -1;
 	vm->history = json_object_new_array();
-	vm->op_timer = evtimer_new(m->base, vm_on_op_timeout, vm);
+	vm->op_timer = evtimer_new(host->base, vm_on_op_timeout, vm);
 	if (!vm->name || !vm->dir || !vm->history || !vm->op_timer) {
 		vm->spec = NULL;
 		vm_free(vm);
@@ -1095,8 +1113,8 @@ int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm *
 void vm_free(struct vm *vm) {
 	if (!vm)
 		return;
-	if (vm->pending_call)
-		vl_call_unref(vm->pending_call);
+	/* Only when cprd exits: whoever waits learns it, so nothing it holds leaks. */
+	vm_fail(vm, VM_ERROR_FAILED, "cprd exited before the operation finished");
 	vl_subscribers_clear(&vm->followers);
 	vm_qemu_free(vm->qemu);
 	vm_close_custody(vm);
@@ -1131,7 +1149,7 @@ int vm_save(struct vm *vm) {
 	return r;
 }
 
-int vm_load(struct manager *m, const char *dir, struct vm **ret) {
+int vm_load(struct vm_host *host, const char *dir, struct vm **ret) {
 	char path[PATH_MAX];
 	_cleanup_free_ char *text = NULL;
 	struct spec_error err;
@@ -1149,7 +1167,7 @@ int vm_load(struct manager *m, const char *dir, struct vm **ret) {
 	if (r < 0)
 		return log_error_errno(r, "%s: %s %s", path, err.field, err.reason);
 	struct vm *vm;
-	r = vm_new(m, spec, dir, &vm);
+	r = vm_new(host, spec, dir, &vm);
 	if (r < 0) {
 		spec_free(spec);
 		return r;
@@ -1189,11 +1207,8 @@ static void add_fd(struct json_object *a, const char *kind, int fd, const char *
 
 struct json_object *vm_to_json(struct vm *vm) {
 	struct json_object *o = json_object_new_object();
-	const char *state = vm_state_to_string(vm->state);
-	if (vm->operation && streq(vm->operation, "upgrade"))
-		state = "upgrading";
 	json_object_object_add(o, "name", json_object_new_string(vm->name));
-	json_object_object_add(o, "state", json_object_new_string(state));
+	json_object_object_add(o, "state", json_object_new_string(vm_state_name(vm)));
 	/* The spec and the history rarely change: ListVMs of many VMs prints
 	 * them from text kept since the last change. */
 	if (!vm->spec_json) {

@@ -10,11 +10,12 @@
 #include "varlink.h"
 
 struct event;
+struct event_base;
 struct json_object;
-struct manager;
 struct probe_result;
 struct qemu_proc;
 struct qmp;
+struct vm;
 struct vm_spec;
 
 #define VM_CONSOLE_LOG_MAX (1024 * 1024)   /* bytes kept per console log file */
@@ -46,6 +47,42 @@ enum vm_state {
 
 const char *vm_state_to_string(enum vm_state s);
 
+/* What runs on a VM; only one operation at a time. The names are the
+ * Busy error's `operation`. */
+enum vm_operation {
+	VM_OP_NONE,
+	VM_OP_CREATE,
+	VM_OP_START,
+	VM_OP_STOP,
+	VM_OP_PAUSE,
+	VM_OP_RESUME,
+	VM_OP_UPGRADE_PREFLIGHT, /* the VM is not touched yet */
+	VM_OP_UPGRADE,           /* past preflight: the state reads "upgrading" */
+	_VM_OP_MAX,
+};
+
+/* NULL for VM_OP_NONE. */
+const char *vm_operation_to_string(enum vm_operation op);
+
+/* How a start or a stop failed. The domain code says what went wrong;
+ * api.c picks the io.cprd.Manager error for it. */
+enum vm_error {
+	VM_OK,
+	VM_ERROR_FAILED,       /* Failed */
+	VM_ERROR_PROBE_FAILED, /* QEMUProbeFailed: the binary could not be probed */
+	VM_ERROR_BAD_STATE,    /* BadState: the VM cannot do it as it is */
+};
+
+/* How a start or a stop ended, for whoever asked. */
+struct vm_outcome {
+	enum vm_error error;
+	enum vm_state state; /* the state the failure was met in */
+	const char *binary;  /* the binary a probe failed on */
+	const char *reason;  /* a sentence, for every failure */
+};
+
+typedef void (*vm_done_fn)(struct vm *vm, const struct vm_outcome *o, void *userdata);
+
 /* One QEMU process serving a VM (the current one, or an upgrade's target)
  * with its QMP channel. */
 struct vm_qemu;
@@ -62,13 +99,22 @@ struct vm_incoming {
 	const char *const *args; /* appended to the command line, NULL-ended */
 };
 
+/* What a VM needs from the registry that holds it (manager.c, a layer
+ * above): the event loop, the runtime folder, and where its events go. */
+struct vm_host {
+	struct event_base *base;
+	const char *runtime_dir;
+	/* Tells WatchEvents subscribers and the log. */
+	void (*emit)(struct vm_host *h, struct vm *vm, const char *type, const char *message);
+};
+
 struct vm {
-	struct manager *manager;
+	struct vm_host *host;
 	char *name;
 	struct vm_spec *spec; /* spec->machine is the pinned versioned type */
 	char *dir;            /* its folder under the state directory */
 	enum vm_state state;
-	const char *operation; /* "start", "stop", "upgrade" while one runs */
+	enum vm_operation operation;
 
 	/* Custody. */
 	int ram_fd;
@@ -89,34 +135,38 @@ struct vm {
 	struct json_object *history_json; /* json_frozen(history), cached */
 	struct json_object *history;   /* []UpgradeRecord */
 
-	/* Calls waiting for start or stop to finish. */
-	struct vl_call *pending_call;
+	/* Whoever waits for start or stop to finish. */
+	vm_done_fn done;
+	void *done_userdata;
 	struct event *op_timer;
 	bool stop_force;
 	struct vl_subscribers followers; /* ReadLog calls with more */
 };
 
-int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm **ret);
+int vm_new(struct vm_host *host, struct vm_spec *spec, const char *dir, struct vm **ret);
 void vm_free(struct vm *vm);
 /* Writes vm.json (spec, history, last exit) atomically. */
 int vm_save(struct vm *vm);
-int vm_load(struct manager *m, const char *dir, struct vm **ret);
+int vm_load(struct vm_host *host, const char *dir, struct vm **ret);
 
 bool vm_is_active(const struct vm *vm); /* a QEMU runs or is being started */
+/* The state clients see: vm_state_to_string(), or "upgrading". */
+const char *vm_state_name(const struct vm *vm);
 void vm_set_state(struct vm *vm, enum vm_state s, const char *why);
 
-/* Starts the VM; the call (referenced) gets the reply when the guest runs
- * or the start failed. */
-int vm_start(struct vm *vm, struct vl_call *call);
-int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call);
+/* Starts the VM; done (may be NULL) runs once, from the event loop, when the
+ * guest runs or the start failed, or when the VM is freed first. A negative
+ * errno return means nothing started and done will not run. */
+int vm_start(struct vm *vm, vm_done_fn done, void *userdata);
+/* Stops the VM: ACPI power-down (quit when force), then quit, then SIGKILL;
+ * done as for vm_start. */
+int vm_stop(struct vm *vm, bool force, int timeout_sec, vm_done_fn done, void *userdata);
 /* Takes back fds a previous cprd held (from the fd store); each may be -1. */
 int vm_restore_custody(struct vm *vm, int ram_fd, int console_fd, int console_peer_fd);
 /* Releases the fds held for the VM (stopped on purpose or deleted). */
 void vm_release_custody(struct vm *vm);
 
 struct json_object *vm_to_json(struct vm *vm);
-/* Replies {"vm": VM} on call. */
-int vm_reply(struct vl_call *c, struct vm *vm);
 /* True when the binary the running QEMU came from changed on disk. */
 bool vm_outdated(struct vm *vm);
 
@@ -156,6 +206,10 @@ void vm_watch_console(struct vm *vm);
 /* The runtime record (runtime dir, vms/NAME/qemu.json) that lets a
  * restarted cprd find the VM's QEMU again: pid, its start time, binary. */
 char *vm_runtime_file(struct vm *vm, const char *file);
+/* <runtime>/vms/NAME, and the same created (or fixed): 0700, owned by
+ * QEMU's user, who binds its recovery monitor and incoming sockets there. */
+char *vm_runtime_dir(struct vm *vm);
+int vm_runtime_dir_make(struct vm *vm, char **ret);
 int vm_save_runtime(struct vm *vm);
 struct json_object *vm_qemu_record(struct vm_qemu *q);
 /* Re-attaches to a running QEMU described by rec (pid checked against its

@@ -349,7 +349,7 @@ static int method_start_vm(struct vl_call *c, struct json_object *params, void *
 
 static int method_stop_vm(struct vl_call *c, struct json_object *params, void *userdata) {
 	int64_t timeout = VM_STOP_TIMEOUT_SEC;
-	if (api_param_int(params, "timeoutSec", &timeout) && (timeout < 0 || timeout > 3600))
+	if (api_param_int(params, "timeoutSec", &timeout) && (timeout < 0 || timeout > CPRD_TIMEOUT_SEC_MAX))
 		return vl_call_error_invalid_parameter(c, "timeoutSec");
 	struct vm *vm = lookup_for_change(userdata, c, params);
 	if (!vm)

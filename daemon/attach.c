@@ -15,6 +15,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "migration.h"
 #include "qmp.h"
 #include "systemd.h"
 #include "upgrade.h"
@@ -56,37 +57,9 @@ static void on_status(struct qmp *qmp, struct json_object *ret, const struct qmp
 		vm_set_state(vm, VM_PAUSED, "re-attached after cprd restarted; guest paused");
 }
 
-static void history(struct vm *vm, struct json_object *j, const char *outcome, const char *reason) {
-	struct json_object *h = json_object_new_object();
-	struct json_object *old = json_object_object_get(j, "old"), *target = json_object_object_get(j, "target");
-	json_object_object_add(h, "time", json_object_get(json_object_object_get(j, "time")));
-	json_object_object_add(h, "outcome", json_object_new_string(outcome));
-	json_object_object_add(h, "mode", json_object_get(json_object_object_get(j, "mode")));
-	json_object_object_add(h, "fromBinary", json_object_get(json_object_object_get(j, "fromBinary")));
-	json_object_object_add(h, "toBinary", json_object_get(json_object_object_get(j, "binary")));
-	json_object_object_add(h, "fromVersion", json_object_get(json_object_object_get(j, "fromVersion")));
-	json_object_object_add(h, "toVersion",
-			       json_object_new_string(json_object_get_string(json_object_object_get(target, "version")) ?: ""));
-	json_object_object_add(h, "fromPid", json_object_new_int(json_object_get_int(json_object_object_get(old, "pid"))));
-	json_object_object_add(h, "toPid", json_object_new_int(json_object_get_int(json_object_object_get(target, "pid"))));
-	json_object_object_add(h, "totalMs", json_new_fixed3(0));
-	if (!streq(outcome, "committed"))
-		json_object_object_add(h, "failedPhase", json_object_get(json_object_object_get(j, "phase")));
-	json_object_object_add(h, "reason", json_object_new_string(reason));
-	vm_add_history(vm, h);
-}
-
 /* The private folder of the upgrade's incoming sockets. */
 static void remove_upgrade_dir(struct json_object *journal) {
-	const char *dir = json_object_get_string(json_object_object_get(journal, "dir"));
-	if (dir) {
-		char p[4096];
-		snprintf(p, sizeof(p), "%s/main.sock", dir);
-		unlink(p);
-		snprintf(p, sizeof(p), "%s/cpr.sock", dir);
-		unlink(p);
-		rmdir(dir);
-	}
+	upgrade_dir_remove(json_object_get_string(json_object_object_get(journal, "dir")));
 }
 
 static void settle_free(struct settle *s) {
@@ -112,18 +85,15 @@ static void settle_commit(struct settle *s, const char *why) {
 			qmp_command(vm_qemu_qmp(s->old), "quit", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 		vm_qemu_kill(s->old, SIGTERM);
 	}
-	history(vm, s->journal, "committed", why);
+	upgrade_record_settled(vm, s->journal, "committed", why);
 	qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 	settle_free(s);
 }
 
-static void rollback_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
-			    void *userdata) {
-	struct vm *vm = userdata;
-	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
-	if (status && !streq(status, "running") && !streq(status, "paused"))
-		qmp_command(qmp, "cont", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-	vm_set_state(vm, streq_ptr(status, "paused") ? VM_PAUSED : VM_RUNNING,
+static void settle_on_rollback(struct migration_rollback *r, int error, const char *status) {
+	struct vm *vm = container_of(r, struct vm, settle_rollback);
+	/* Without an answer, it is taken to run, as it did when cprd died. */
+	vm_set_state(vm, status && !streq(status, "running") ? VM_PAUSED : VM_RUNNING,
 		     "upgrade rolled back after cprd restarted");
 }
 
@@ -137,16 +107,23 @@ static void settle_rollback(struct settle *s, const char *why) {
 	if (s->old) {
 		vm_adopt_qemu(vm, TAKE_PTR(s->old));
 		vm_watch_main(vm);
-		struct qmp *qmp = vm_qemu_qmp(vm->qemu);
-		if (qmp) {
-			qmp_command(qmp, "migrate_cancel", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-			upgrade_reset_mode(qmp);
-			qmp_command(qmp, "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, rollback_status, vm);
-		}
-		history(vm, s->journal, "rolled-back", why);
+		/* The same rollback as an upgrade's; whether migrate was sent is
+		 * not known, and cancelling none is harmless. */
+		struct json_object *ran = NULL;
+		const char *mode = json_object_get_string(json_object_object_get(s->journal, "mode"));
+		json_object_object_get_ex(s->journal, "wasRunning", &ran);
+		vm->settle_rollback = (struct migration_rollback){
+			.cancel = true,
+			.reset_mode = vm_qemu_has_migration_modes(vm->qemu),
+			.clear_ignore_shared = streq_ptr(mode, "local-migrate"),
+			.resume = !ran || json_object_get_boolean(ran),
+			.done = settle_on_rollback,
+		};
+		migration_rollback_start(&vm->settle_rollback, vm_qemu_qmp(vm->qemu));
+		upgrade_record_settled(vm, s->journal, "rolled-back", why);
 	} else {
 		vm_set_state(vm, VM_CRASHED, "both QEMUs of an interrupted upgrade are gone");
-		history(vm, s->journal, "failed", why);
+		upgrade_record_settled(vm, s->journal, "failed", why);
 	}
 	settle_free(s);
 }
@@ -239,7 +216,7 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 				vm_qemu_free(old);
 			}
 			safe_close(target_qmp);
-			history(vm, journal, "committed", "finished after cprd restarted");
+			upgrade_record_settled(vm, journal, "committed", "finished after cprd restarted");
 			remove_upgrade_dir(journal);
 			json_object_put(journal);
 			unlink(upath);
@@ -265,17 +242,8 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	}
 	if (rec) {
 		unlink(qpath);
-		struct json_object *e = json_object_new_object();
-		char ts[32];
-		format_rfc3339(now_usec(CLOCK_REALTIME), ts);
-		json_object_object_add(e, "time", json_object_new_string(ts));
-		json_object_object_add(e, "how", json_object_new_string("unknown"));
-		json_object_object_add(e, "requested", json_object_new_boolean(false));
-		json_object_object_add(e, "stderr", json_object_new_array());
-		json_object_put(vm->last_exit);
-		vm->last_exit = e;
 		vm_set_state(vm, VM_CRASHED, "its QEMU is gone");
-		vm_save(vm);
+		vm_record_exit(vm, NULL, "unknown", 0, 0, false);
 	}
 }
 

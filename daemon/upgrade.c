@@ -21,6 +21,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "migration.h"
 #include "probe.h"
 #include "qemu.h"
 #include "qmp.h"
@@ -34,6 +35,9 @@
 #define UPGRADE_SOCKET_POLL_MS 1       /* waiting for the cpr socket: a stat() */
 #define UPGRADE_QMP_TIMEOUT_MS 5000
 #define UPGRADE_EXIT_WAIT_MS 2000 /* for a QEMU whose QMP channel closed */
+/* The incoming sockets the target binds in the upgrade's private folder. */
+#define UPGRADE_MAIN_SOCK "main.sock"
+#define UPGRADE_CPR_SOCK "cpr.sock"
 
 enum upgrade_phase {
 	PHASE_PREFLIGHT,
@@ -56,15 +60,12 @@ static const char *const phase_names[_PHASE_MAX] = {
 	[PHASE_ROLLBACK] = "rollback",
 };
 
-static const char *const mode_names[] = {
-	[UPGRADE_MODE_AUTO] = "auto",
-	[UPGRADE_MODE_CPR_TRANSFER] = "cpr-transfer",
-	[UPGRADE_MODE_LOCAL_MIGRATE] = "local-migrate",
-};
+_Static_assert(ELEMENTSOF(cprd_upgrade_modes) == _UPGRADE_MODE_MAX,
+	       "cprd_upgrade_modes names every upgrade mode");
 
 int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret) {
-	for (size_t i = 0; i < ELEMENTSOF(mode_names); i++)
-		if (streq(s, mode_names[i])) {
+	for (size_t i = 0; i < ELEMENTSOF(cprd_upgrade_modes); i++)
+		if (streq(s, cprd_upgrade_modes[i])) {
 			*ret = (enum upgrade_mode)i;
 			return 0;
 		}
@@ -72,13 +73,7 @@ int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret) {
 }
 
 const char *upgrade_mode_to_string(enum upgrade_mode m) {
-	return m < ELEMENTSOF(mode_names) ? mode_names[m] : "unknown";
-}
-
-void upgrade_reset_mode(struct qmp *qmp) {
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "mode", json_object_new_string("normal"));
-	qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+	return m < _UPGRADE_MODE_MAX ? cprd_upgrade_modes[m] : "unknown";
 }
 
 struct upgrade {
@@ -112,6 +107,7 @@ struct upgrade {
 	upgrade_progress_fn progress;
 	upgrade_done_fn done;
 	void *userdata;
+	struct migration_rollback rollback;
 	struct hold *held; /* the test hook's pending delay */
 	bool counted;      /* in manager->upgrades_running */
 };
@@ -119,7 +115,7 @@ struct upgrade {
 static void upgrade_fail(struct upgrade *u, const char *fmt, ...) _printf_(2, 3);
 static void arm(struct event *ev, int ms);
 
-/* A test hook, read from the environment at the first upgrade: with
+/* A test hook, read from the environment before each phase: with
  * CPRD_TEST_HOLD_PHASE=transfer and CPRD_TEST_HOLD_MS=3000, cprd waits 3 s
  * before starting that phase (spawn-target, transfer, retire or commit), so
  * the fault tests can kill a process in a known phase. Unset in
@@ -157,7 +153,6 @@ static void upgrade_next(struct upgrade *u, const char *phase, void (*fn)(struct
 	u->held = h;
 	arm(h->ev, delay);
 }
-static struct json_object *caps_ignore_shared_set(bool on);
 static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *fmt, ...) _printf_(3, 4);
 static void upgrade_finish(struct upgrade *u);
 static void upgrade_spawn(struct upgrade *u);
@@ -171,6 +166,7 @@ static void upgrade_free(struct upgrade *u) {
 	for (size_t i = 0; i < ELEMENTSOF(qs); i++)
 		if (qs[i] && vm_qemu_qmp(qs[i]))
 			qmp_cancel(vm_qemu_qmp(qs[i]), u);
+	migration_rollback_cancel(&u->rollback);
 	if (u->held) {
 		event_free(u->held->ev);
 		free(u->held);
@@ -183,12 +179,7 @@ static void upgrade_free(struct upgrade *u) {
 		event_free(u->poll_timer);
 	if (u->target)
 		vm_qemu_free(u->target);
-	if (u->main_path)
-		unlink(u->main_path);
-	if (u->cpr_path)
-		unlink(u->cpr_path);
-	if (u->dir)
-		rmdir(u->dir);
+	upgrade_dir_remove(u->dir);
 	probe_result_free(u->probe);
 	free(u->binary);
 	free(u->reason);
@@ -198,6 +189,17 @@ static void upgrade_free(struct upgrade *u) {
 	free(u->main_path);
 	free(u->cpr_path);
 	free(u);
+}
+
+void upgrade_dir_remove(const char *dir) {
+	if (!dir)
+		return;
+	_cleanup_free_ char *main_sock = NULL, *cpr_sock = NULL;
+	if (asprintf(&main_sock, "%s/" UPGRADE_MAIN_SOCK, dir) >= 0)
+		unlink(main_sock);
+	if (asprintf(&cpr_sock, "%s/" UPGRADE_CPR_SOCK, dir) >= 0)
+		unlink(cpr_sock);
+	rmdir(dir);
 }
 
 static double ms_since(uint64_t start_mono) {
@@ -225,29 +227,84 @@ static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *f
 
 /* ---- the result ---------------------------------------------------------- */
 
-/* What the result (UpgradeResult) and the history (UpgradeRecord) share. */
-static struct json_object *upgrade_outcome_json(struct upgrade *u, const char *outcome) {
+/* What an upgrade's result (UpgradeResult) and its history record
+ * (UpgradeRecord) say, taken from a running upgrade or, after a restart,
+ * from its journal. */
+struct account {
+	const char *time; /* RFC 3339 */
+	const char *outcome, *mode;
+	const char *from_binary, *to_binary, *from_version, *to_version;
+	int from_pid, to_pid;
+	double pause_ms; /* < 0: not measured */
+	double total_ms;
+	const char *failed_phase, *reason; /* NULL: not said */
+};
+
+static struct json_object *json_string_or_null(const char *s) {
+	return s ? json_object_new_string(s) : NULL;
+}
+
+/* The fields the result and the record share. */
+static struct json_object *account_outcome_json(const struct account *a) {
 	struct json_object *o = json_object_new_object();
-	char v[64] = "";
-	json_object_object_add(o, "outcome", json_object_new_string(outcome));
-	json_object_object_add(o, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
-	json_object_object_add(o, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
-	if (u->probe)
-		snprintf(v, sizeof(v), "%u.%u.%u", u->probe->major, u->probe->minor, u->probe->micro);
-	json_object_object_add(o, "toVersion", json_object_new_string(v));
-	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
-		json_object_object_add(o, "pauseMs",
-				       json_new_fixed3((double)(u->resume_ts - u->stop_ts) / 1000.0));
-	json_object_object_add(o, "totalMs", json_new_fixed3(ms_since(u->start_mono)));
-	if (streq(outcome, "rolled-back") || streq(outcome, "failed")) {
-		json_object_object_add(o, "failedPhase", json_object_new_string(phase_names[u->failed_phase]));
-		json_object_object_add(o, "reason", json_object_new_string(u->reason ? u->reason : ""));
-	}
+	json_object_object_add(o, "outcome", json_object_new_string(a->outcome));
+	json_object_object_add(o, "mode", json_string_or_null(a->mode));
+	json_object_object_add(o, "fromVersion", json_string_or_null(a->from_version));
+	json_object_object_add(o, "toVersion", json_string_or_null(a->to_version));
+	if (a->pause_ms >= 0)
+		json_object_object_add(o, "pauseMs", json_new_fixed3(a->pause_ms));
+	json_object_object_add(o, "totalMs", json_new_fixed3(a->total_ms));
+	if (a->failed_phase)
+		json_object_object_add(o, "failedPhase", json_object_new_string(a->failed_phase));
+	if (a->reason)
+		json_object_object_add(o, "reason", json_object_new_string(a->reason));
 	return o;
 }
 
+/* Appends the account to the VM's upgrade history (and saves). */
+static void account_record(struct vm *vm, const struct account *a) {
+	struct json_object *h = account_outcome_json(a);
+	json_object_object_add(h, "time", json_string_or_null(a->time));
+	json_object_object_add(h, "fromBinary", json_string_or_null(a->from_binary));
+	json_object_object_add(h, "toBinary", json_string_or_null(a->to_binary));
+	json_object_object_add(h, "fromPid", json_object_new_int(a->from_pid));
+	json_object_object_add(h, "toPid", json_object_new_int(a->to_pid));
+	vm_add_history(vm, h);
+}
+
+/* The account of u as it ends with outcome; to_version and time are the
+ * caller's buffers. */
+static struct account upgrade_account(struct upgrade *u, const char *outcome, char *to_version,
+				      size_t to_version_size, char *time) {
+	to_version[0] = '\0';
+	if (u->probe)
+		snprintf(to_version, to_version_size, "%u.%u.%u", u->probe->major, u->probe->minor,
+			 u->probe->micro);
+	format_rfc3339(u->start_real, time);
+	bool failed = streq(outcome, "rolled-back") || streq(outcome, "failed");
+	return (struct account){
+		.time = time,
+		.outcome = outcome,
+		.mode = upgrade_mode_to_string(u->mode),
+		.from_binary = u->from_binary ? u->from_binary : "",
+		.to_binary = u->binary,
+		.from_version = u->from_version ? u->from_version : "",
+		.to_version = to_version,
+		.from_pid = u->old_pid,
+		.to_pid = u->target_pid,
+		.pause_ms = u->stop_ts > 0 && u->resume_ts > u->stop_ts
+				    ? (double)(u->resume_ts - u->stop_ts) / 1000.0
+				    : -1,
+		.total_ms = ms_since(u->start_mono),
+		.failed_phase = failed ? phase_names[u->failed_phase] : NULL,
+		.reason = failed ? (u->reason ? u->reason : "") : NULL,
+	};
+}
+
 static struct json_object *upgrade_result(struct upgrade *u, const char *outcome) {
-	struct json_object *r = upgrade_outcome_json(u, outcome);
+	char v[64], ts[32];
+	struct account a = upgrade_account(u, outcome, v, sizeof(v), ts);
+	struct json_object *r = account_outcome_json(&a);
 	json_object_object_add(r, "vm", json_object_new_string(u->vm->name));
 	if (u->vm->qemu)
 		json_object_object_add(r, "pid", json_object_new_int(vm_qemu_pid(u->vm->qemu)));
@@ -258,15 +315,34 @@ static struct json_object *upgrade_result(struct upgrade *u, const char *outcome
 }
 
 static void upgrade_record(struct upgrade *u, const char *outcome) {
-	char ts[32];
-	struct json_object *h = upgrade_outcome_json(u, outcome);
-	format_rfc3339(u->start_real, ts);
-	json_object_object_add(h, "time", json_object_new_string(ts));
-	json_object_object_add(h, "fromBinary", json_object_new_string(u->from_binary ? u->from_binary : ""));
-	json_object_object_add(h, "toBinary", json_object_new_string(u->binary));
-	json_object_object_add(h, "fromPid", json_object_new_int(u->old_pid));
-	json_object_object_add(h, "toPid", json_object_new_int(u->target_pid));
-	vm_add_history(u->vm, h);
+	char v[64], ts[32];
+	struct account a = upgrade_account(u, outcome, v, sizeof(v), ts);
+	account_record(u->vm, &a);
+}
+
+void upgrade_record_settled(struct vm *vm, struct json_object *journal, const char *outcome,
+			    const char *reason) {
+	struct json_object *old = json_object_object_get(journal, "old");
+	struct json_object *target = json_object_object_get(journal, "target");
+#define J(o, key) json_object_get_string(json_object_object_get(o, key))
+	const char *to_version = J(target, "version");
+	struct account a = {
+		.time = J(journal, "time"),
+		.outcome = outcome,
+		.mode = J(journal, "mode"),
+		.from_binary = J(journal, "fromBinary"),
+		.to_binary = J(journal, "binary"),
+		.from_version = J(journal, "fromVersion"),
+		.to_version = to_version ? to_version : "",
+		.from_pid = json_object_get_int(json_object_object_get(old, "pid")),
+		.to_pid = json_object_get_int(json_object_object_get(target, "pid")),
+		.pause_ms = -1,
+		.total_ms = 0,
+		.failed_phase = streq(outcome, "committed") ? NULL : J(journal, "phase"),
+		.reason = reason,
+	};
+#undef J
+	account_record(vm, &a);
 }
 
 /* ---- the journal a restarted cprd reads (see attach.c) -------------------- */
@@ -346,15 +422,6 @@ static void upgrade_finish(struct upgrade *u) {
 	upgrade_free(u);
 }
 
-/* Puts the guest back on the old QEMU as it was. */
-static void rollback_on_cont(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
-			     void *userdata) {
-	struct upgrade *u = userdata;
-	if (err)
-		log_vm(LOG_ERR, u->vm->name, "rollback: cont on the old QEMU failed: %s", err->desc);
-	upgrade_finish(u);
-}
-
 /* The old QEMU's QMP channel closed: it is probably dying, and its pidfd
  * has not said so yet. Its exit ends the upgrade as failed (old_exited);
  * if it does not come, the deadline ends the rollback. */
@@ -363,29 +430,14 @@ static void rollback_await_exit(struct upgrade *u) {
 	arm(u->phase_timer, UPGRADE_EXIT_WAIT_MS);
 }
 
-static void rollback_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
-			       void *userdata) {
-	struct upgrade *u = userdata;
-	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
-	if (err) {
-		log_vm(LOG_ERR, u->vm->name, "rollback: old QEMU does not answer: %s", err->desc);
-		if (qmp_get_error(qmp) < 0)
-			return rollback_await_exit(u);
-		return upgrade_finish(u);
-	}
-	if (status && (streq(status, "finish-migrate") || streq(status, "inmigrate"))) {
-		/* The cancel is still settling; ask again shortly. */
-		qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u);
-		return;
-	}
-	if (u->was_running && status && !streq(status, "running")) {
-		log_vm(LOG_INFO, u->vm->name, "rollback: old QEMU is %s; resuming the guest", status);
-		qmp_command(qmp, "cont", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_cont, u);
-		return;
-	}
+static void upgrade_on_rollback(struct migration_rollback *r, int error, const char *status) {
+	struct upgrade *u = container_of(r, struct upgrade, rollback);
+	if (error == -EPIPE)
+		return rollback_await_exit(u);
 	upgrade_finish(u);
 }
 
+/* Puts the guest back on the old QEMU as it was. */
 static void upgrade_rollback(struct upgrade *u) {
 	struct vm *vm = u->vm;
 	upgrade_enter(u, PHASE_ROLLBACK, "%s; keeping the guest on QEMU %s (pid %d)",
@@ -401,16 +453,14 @@ static void upgrade_rollback(struct upgrade *u) {
 	}
 	/* The old QEMU keeps the upgrade's callbacks until the rollback is
 	 * over, so its death meanwhile ends the upgrade as failed. */
-	struct qmp *qmp = vm_qemu_qmp(u->old);
-	if (u->migrate_sent)
-		qmp_command(qmp, "migrate_cancel", NULL, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-	if (u->old && vm_qemu_probe(u->old) && vm_qemu_probe(u->old)->migration_modes &&
-	    vm_qemu_probe(u->old)->migration_modes[0])
-		upgrade_reset_mode(qmp);
-	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE && u->migrate_sent)
-		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
-			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-	if (qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u) < 0)
+	u->rollback = (struct migration_rollback){
+		.cancel = u->migrate_sent,
+		.reset_mode = vm_qemu_has_migration_modes(u->old),
+		.clear_ignore_shared = u->mode == UPGRADE_MODE_LOCAL_MIGRATE && u->migrate_sent,
+		.resume = u->was_running,
+		.done = upgrade_on_rollback,
+	};
+	if (migration_rollback_start(&u->rollback, u->old ? vm_qemu_qmp(u->old) : NULL) < 0)
 		rollback_await_exit(u);
 }
 
@@ -549,7 +599,7 @@ static void verify_on_status(struct qmp *qmp, struct json_object *ret, const str
 	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE)
 		/* Leave the new QEMU as a fresh one would be: a later cpr-transfer
 		 * from it must not carry x-ignore-shared. */
-		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
+		qmp_command(qmp, "migrate-set-capabilities", migration_caps_ignore_shared(false),
 			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
 	if (u->was_running && !streq_ptr(status, "running")) {
@@ -701,7 +751,7 @@ static void upgrade_send_migrate(struct upgrade *u) {
 	    vm_qemu_probe(u->old)->x_ignore_shared)
 		/* A QEMU that arrived by local-migrate may still have it on; the
 		 * cpr target would refuse the stream. */
-		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", caps_ignore_shared_set(false),
+		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", migration_caps_ignore_shared(false),
 			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	upgrade_enter(u, PHASE_TRANSFER, "old QEMU pid %d sends device state (%s)", (int)u->old_pid,
 		      upgrade_mode_to_string(u->mode));
@@ -721,18 +771,6 @@ static void upgrade_send_migrate(struct upgrade *u) {
 		upgrade_fail(u, "the old QEMU's QMP channel failed");
 }
 
-static struct json_object *caps_ignore_shared_set(bool on) {
-	struct json_object *caps = json_object_new_object(), *a = json_object_new_array(),
-			   *c = json_object_new_object();
-	json_object_object_add(c, "capability", json_object_new_string("x-ignore-shared"));
-	json_object_object_add(c, "state", json_object_new_boolean(on));
-	json_object_array_add(a, c);
-	json_object_object_add(caps, "capabilities", a);
-	return caps;
-}
-
-static struct json_object *caps_ignore_shared(void) { return caps_ignore_shared_set(true); }
-
 static void check_reply(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
 			void *userdata) {
 	struct upgrade *u = userdata;
@@ -748,7 +786,7 @@ static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 		return upgrade_fail(u, "migrate-incoming on the new QEMU failed: %s", err->desc);
 	if (u->phase != PHASE_SPAWN)
 		return;
-	qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", caps_ignore_shared(),
+	qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", migration_caps_ignore_shared(true),
 		    UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
 	upgrade_next(u, "transfer", upgrade_send_migrate);
 }
@@ -762,7 +800,7 @@ static void target_ready(struct vm_qemu *q, void *userdata) {
 	struct json_object *a = json_object_new_object();
 	json_object_object_add(a, "uri", json_object_new_string(uri));
 	struct qmp *qmp = vm_qemu_qmp(q);
-	qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared(), UPGRADE_QMP_TIMEOUT_MS,
+	qmp_command(qmp, "migrate-set-capabilities", migration_caps_ignore_shared(true), UPGRADE_QMP_TIMEOUT_MS,
 		    check_reply, u);
 	qmp_command(qmp, "migrate-incoming", a, UPGRADE_QMP_TIMEOUT_MS, target_incoming_ready, u);
 }
@@ -822,8 +860,8 @@ static void upgrade_spawn(struct upgrade *u) {
 	u->dir = strdup(buf);
 	if ((r = qemu_user_chown(buf)) < 0)
 		return upgrade_fail(u, "cannot give %s to QEMU's user: %s", buf, strerror(-r));
-	if (asprintf(&u->main_path, "%s/main.sock", u->dir) < 0 ||
-	    asprintf(&u->cpr_path, "%s/cpr.sock", u->dir) < 0)
+	if (asprintf(&u->main_path, "%s/" UPGRADE_MAIN_SOCK, u->dir) < 0 ||
+	    asprintf(&u->cpr_path, "%s/" UPGRADE_CPR_SOCK, u->dir) < 0)
 		return upgrade_fail(u, "out of memory");
 
 	char main_arg[PATH_MAX + 128], cpr_arg[PATH_MAX + 128];
@@ -874,7 +912,7 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 		}
 		/* Leave the mode as it was. */
 		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
-			upgrade_reset_mode(qmp);
+			migration_reset_mode(qmp);
 		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "QEMU reports migration blockers: %s", why);
 	}
 
@@ -886,7 +924,7 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 			 u->binary, u->probe->major, u->probe->minor, u->probe->micro, u->vm->spec->machine,
 			 u->from_version, (int)u->old_pid, upgrade_mode_to_string(u->mode));
 		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
-			upgrade_reset_mode(qmp);
+			migration_reset_mode(qmp);
 		free(u->reason);
 		u->reason = strdup(what);
 		evtimer_del(u->phase_timer);
@@ -949,7 +987,7 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 				      "cprd has no QMP channel to the running QEMU");
 	/* The incoming sockets must fit in a sockaddr_un (108 bytes). */
 	_cleanup_free_ char *rdir = vm_runtime_dir(vm);
-	if (!rdir || strlen(rdir) + strlen("/upgrade-XXXXXX/main.sock") >= 108)
+	if (!rdir || strlen(rdir) + strlen("/upgrade-XXXXXX/" UPGRADE_MAIN_SOCK) >= 108)
 		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "the runtime folder %s is too long for the upgrade's unix sockets "
 				      "(108 bytes at most); start cprd with a shorter --runtime-dir",
@@ -992,6 +1030,8 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 					      "local-migrate needs the x-ignore-shared capability on both "
 					      "QEMUs");
 		break;
+	case _UPGRADE_MODE_MAX:
+		break; /* upgrade_mode_from_string() gives no such mode */
 	}
 	upgrade_enter(u, PHASE_PREFLIGHT, "target %s is QEMU %u.%u.%u; mode %s", u->binary,
 		      result->major, result->minor, result->micro, upgrade_mode_to_string(u->mode));

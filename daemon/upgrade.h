@@ -9,14 +9,18 @@ struct json_object;
 struct manager;
 struct vm;
 
-#define UPGRADE_TIMEOUT_SEC_DEFAULT 60
-#define UPGRADE_TIMEOUT_SEC_MAX 3600
-#define UPGRADE_PARALLEL_MAX 64
+#include "idl.h"
 
+#define UPGRADE_TIMEOUT_SEC_DEFAULT 60
+#define UPGRADE_TIMEOUT_SEC_MAX CPRD_TIMEOUT_SEC_MAX
+#define UPGRADE_PARALLEL_MAX CPRD_UPGRADE_PARALLEL_MAX
+
+/* Named by cprd_upgrade_modes (idl.h), in this order. */
 enum upgrade_mode {
 	UPGRADE_MODE_AUTO,
 	UPGRADE_MODE_CPR_TRANSFER,
 	UPGRADE_MODE_LOCAL_MIGRATE,
+	_UPGRADE_MODE_MAX,
 };
 
 struct upgrade_request {
@@ -28,10 +32,13 @@ struct upgrade_request {
 
 int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret);
 const char *upgrade_mode_to_string(enum upgrade_mode m);
-/* Sets the migration mode back to normal (after cpr-transfer was set or
- * tried); the reply is not waited for. */
-struct qmp;
-void upgrade_reset_mode(struct qmp *qmp);
+/* Records in the VM's history how an upgrade found in its journal after a
+ * restart (see attach.c) was settled. */
+void upgrade_record_settled(struct vm *vm, struct json_object *journal, const char *outcome,
+			    const char *reason);
+/* Removes an upgrade's private folder and the incoming sockets in it (dir
+ * may be NULL). */
+void upgrade_dir_remove(const char *dir);
 
 /* Why preflight refused an upgrade (nothing was touched). api-upgrade.c
  * picks the io.cprd.Manager error for each. */

@@ -317,8 +317,10 @@ static _printf_(2, 3) void strv_addf(struct strv *s, const char *fmt, ...) {
 	s->v[s->n] = NULL;
 }
 
-int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, const char *qmp_path, char ***ret) {
+/* The command line of every QEMU of the VM, a start's and an upgrade target's
+ * (with incoming) alike, so both build the same virtual hardware. */
+static int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
+			 const struct vm_incoming *incoming, const char *qmp_path, char ***ret) {
 	struct strv a = {0};
 	const struct vm_spec *s = vm->spec;
 
@@ -554,6 +556,10 @@ bool vm_qemu_running(const struct vm_qemu *q) { return q->proc && qemu_proc_runn
 const char *vm_qemu_binary(const struct vm_qemu *q) { return q->binary; }
 const char *vm_qemu_version(const struct vm_qemu *q) { return q->version ? q->version : "unknown"; }
 const struct probe_result *vm_qemu_probe(const struct vm_qemu *q) { return q->probe; }
+
+bool vm_qemu_has_migration_modes(const struct vm_qemu *q) {
+	return q && q->probe && q->probe->migration_modes && q->probe->migration_modes[0];
+}
 int vm_qemu_kill(struct vm_qemu *q, int sig) { return q->proc ? qemu_proc_kill(q->proc, sig) : -ESRCH; }
 
 /* The last lines QEMU wrote, from where this process started writing. */
@@ -875,8 +881,8 @@ static void vm_op_done(struct vm *vm) {
 		evtimer_del(vm->op_timer);
 }
 
-static void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, int status, int sig,
-			   bool requested) {
+void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, int status, int sig,
+		    bool requested) {
 	char ts[32];
 	struct json_object *e = json_object_new_object();
 	format_rfc3339(now_usec(CLOCK_REALTIME), ts);
@@ -887,7 +893,7 @@ static void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, in
 	if (streq(how, "killed") || streq(how, "dumped"))
 		json_object_object_add(e, "signal", json_object_new_string(signal_name(sig)));
 	json_object_object_add(e, "requested", json_object_new_boolean(requested));
-	json_object_object_add(e, "stderr", vm_qemu_stderr_tail(q));
+	json_object_object_add(e, "stderr", q ? vm_qemu_stderr_tail(q) : json_object_new_array());
 	json_object_put(vm->last_exit);
 	vm->last_exit = e;
 	vm_save(vm);

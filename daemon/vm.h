@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "migration.h"
 #include "varlink.h"
 
 struct event;
@@ -141,6 +142,10 @@ struct vm {
 	struct event *op_timer;
 	bool stop_force;
 	struct vl_subscribers followers; /* ReadLog calls with more */
+	/* The rollback of an upgrade a restart interrupted (attach.c). It
+	 * lives as long as the VM: the QMP replies it waits for may outlive
+	 * the settlement, and go when the QEMU does. */
+	struct migration_rollback settle_rollback;
 };
 
 int vm_new(struct vm_host *host, struct vm_spec *spec, const char *dir, struct vm **ret);
@@ -185,6 +190,8 @@ bool vm_qemu_running(const struct vm_qemu *q);
 const char *vm_qemu_binary(const struct vm_qemu *q);
 const char *vm_qemu_version(const struct vm_qemu *q);
 const struct probe_result *vm_qemu_probe(const struct vm_qemu *q);
+/* Whether q's QEMU has migration modes (QEMU >= 8.2); false for NULL. */
+bool vm_qemu_has_migration_modes(const struct vm_qemu *q);
 int vm_qemu_kill(struct vm_qemu *q, int sig);
 /* The last lines this QEMU wrote on stderr, joined, for error messages. */
 void vm_qemu_stderr_summary(struct vm_qemu *q, char *buf, size_t size);
@@ -193,9 +200,6 @@ void vm_qemu_stderr_summary(struct vm_qemu *q, char *buf, size_t size);
 struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q);
 /* Gives the VM's current QEMU the callbacks of a VM not being upgraded. */
 void vm_watch_main(struct vm *vm);
-/* Builds the QEMU command line (for tests and --dry-run). */
-int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, const char *qmp_path, char ***ret);
 
 
 /* Custody in systemd's fd store under NAME.what. */
@@ -220,5 +224,10 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 /* Lists the VM's fds for CPRD_REEXEC_FDS and keeps them across exec. */
 int vm_reexec_fds(struct vm *vm, char **list);
 
+/* Records how the VM's QEMU ended as lastExit (how: "exited", "killed",
+ * "dumped" or "unknown"), with the last lines q wrote on stderr (q may be
+ * NULL: none known), and saves. */
+void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, int status, int sig,
+		    bool requested);
 /* Appends an upgrade record to the history (capped) and saves. */
 void vm_add_history(struct vm *vm, struct json_object *record);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "binary.h"
+#include "cmdline.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -864,23 +865,12 @@ static void upgrade_spawn(struct upgrade *u) {
 	    asprintf(&u->cpr_path, "%s/" UPGRADE_CPR_SOCK, u->dir) < 0)
 		return upgrade_fail(u, "out of memory");
 
-	char main_arg[PATH_MAX + 128], cpr_arg[PATH_MAX + 128];
-	const char *args[5] = {NULL};
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
-		snprintf(main_arg, sizeof(main_arg), "unix:%s", u->main_path);
-		snprintf(cpr_arg, sizeof(cpr_arg),
-			 "{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\"socket\",\"type\":\"unix\","
-			 "\"path\":\"%s\"}}",
-			 u->cpr_path);
-		args[0] = "-incoming";
-		args[1] = main_arg;
-		args[2] = "-incoming";
-		args[3] = cpr_arg;
-	} else {
-		args[0] = "-incoming";
-		args[1] = "defer";
-	}
-	struct vm_incoming in = {.args = args};
+	const struct cmdline_incoming in = {
+		.kind = u->mode == UPGRADE_MODE_CPR_TRANSFER ? CMDLINE_INCOMING_CPR_TRANSFER
+							     : CMDLINE_INCOMING_DEFER,
+		.main_path = u->main_path,
+		.cpr_path = u->cpr_path,
+	};
 	r = vm_qemu_spawn(vm, u->binary, u->probe, &in, &target_callbacks, u, &u->target);
 	if (r < 0)
 		return upgrade_fail(u, "cannot start %s: %s", u->binary, strerror(-r));

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "binary.h"
+#include "cmdline.h"
 #include "log.h"
 #include "macro.h"
 #include "probe.h"
@@ -293,103 +294,6 @@ static const char *vm_accel(struct vm *vm) {
 	return vm->accel = qemu_may_open_rw("/dev/kvm") ? "kvm" : "tcg";
 }
 
-struct strv {
-	char **v;
-	size_t n;
-	bool oom;
-};
-
-static _printf_(2, 3) void strv_addf(struct strv *s, const char *fmt, ...) {
-	va_list ap;
-	char *str = NULL;
-	va_start(ap, fmt);
-	if (vasprintf(&str, fmt, ap) < 0)
-		str = NULL;
-	va_end(ap);
-	char **n = str ? realloc(s->v, (s->n + 2) * sizeof(char *)) : NULL;
-	if (!n) {
-		free(str);
-		s->oom = true;
-		return;
-	}
-	s->v = n;
-	s->v[s->n++] = str;
-	s->v[s->n] = NULL;
-}
-
-/* The command line of every QEMU of the VM, a start's and an upgrade target's
- * (with incoming) alike, so both build the same virtual hardware. */
-static int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
-			 const struct vm_incoming *incoming, const char *qmp_path, char ***ret) {
-	struct strv a = {0};
-	const struct vm_spec *s = vm->spec;
-
-	strv_addf(&a, "%s", binary);
-	strv_addf(&a, "-name");
-	strv_addf(&a, "guest=%s,debug-threads=on", s->name);
-	strv_addf(&a, "-nodefaults");
-	strv_addf(&a, "-no-user-config");
-	strv_addf(&a, "-display");
-	strv_addf(&a, "none");
-	strv_addf(&a, "-msg");
-	strv_addf(&a, "timestamp=on");
-	/* QEMU needs no new processes, privileges or obsolete system calls;
-	 * cpr-transfer and local-migrate work under this filter. */
-	strv_addf(&a, "-sandbox");
-	strv_addf(&a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
-	if (!incoming)
-		strv_addf(&a, "-S"); /* cprd resumes it once QMP is up */
-	strv_addf(&a, "-machine");
-	strv_addf(&a, "%s,memory-backend=ram0%s", s->machine,
-		  probe && probe->aux_ram_share ? ",aux-ram-share=on" : "");
-	strv_addf(&a, "-accel");
-	strv_addf(&a, "%s", vm_accel(vm));
-	strv_addf(&a, "-m");
-	strv_addf(&a, "%lluM", (unsigned long long)s->memory_mib);
-	strv_addf(&a, "-smp");
-	strv_addf(&a, "%u", s->cpus);
-	/* Guest RAM is the memfd cprd holds, reached through our fd number. */
-	strv_addf(&a, "-object");
-	strv_addf(&a, "memory-backend-file,id=ram0,size=%lluM,share=on,mem-path=/proc/self/fd/%d",
-		  (unsigned long long)s->memory_mib, VM_FD_RAM);
-	strv_addf(&a, "-chardev");
-	strv_addf(&a, "socket,id=qmp,fd=%d", VM_FD_QMP);
-	strv_addf(&a, "-mon");
-	strv_addf(&a, "chardev=qmp,mode=control");
-	if (qmp_path) {
-		/* A second monitor on a socket in the VM's private runtime folder:
-		 * the way back in when the socketpair above was lost (cprd was
-		 * stopped and systemd emptied its fd store). */
-		strv_addf(&a, "-chardev");
-		strv_addf(&a, "socket,id=qmp-recovery,path=%s,server=on,wait=off", qmp_path);
-		strv_addf(&a, "-mon");
-		strv_addf(&a, "chardev=qmp-recovery,mode=control");
-	}
-	strv_addf(&a, "-chardev");
-	strv_addf(&a, "socket,id=console,fd=%d", VM_FD_CONSOLE);
-	strv_addf(&a, "-serial");
-	strv_addf(&a, "chardev:console");
-	strv_addf(&a, "-nic");
-	strv_addf(&a, "none");
-	for (size_t i = 0; i < s->n_disks; i++) {
-		const struct spec_disk *d = &s->disks[i];
-		strv_addf(&a, "-drive");
-		/* virtio-blk: IDE cannot attach a read-only hard disk. */
-		strv_addf(&a, "file=%s,format=%s,if=virtio,index=%zu,media=disk%s", d->path,
-			  d->format, i, d->readonly ? ",readonly=on" : "");
-	}
-	if (incoming && incoming->args)
-		for (const char *const *i = incoming->args; *i; i++)
-			strv_addf(&a, "%s", *i);
-
-	if (a.oom) {
-		strv_free(a.v);
-		return -ENOMEM;
-	}
-	*ret = a.v;
-	return 0;
-}
-
 /* ---- QEMU processes ------------------------------------------------------ */
 
 static void vm_qemu_on_ready(struct qmp *qmp, void *userdata) {
@@ -428,7 +332,7 @@ static void vm_qemu_on_exit(struct qemu_proc *p, const struct qemu_exit *e, void
 }
 
 int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, const struct vm_qemu_callbacks *cb,
+		  const struct cmdline_incoming *incoming, const struct vm_qemu_callbacks *cb,
 		  void *userdata, struct vm_qemu **ret) {
 	_cleanup_(strv_freep) char **argv = NULL;
 	int sv[2];
@@ -452,7 +356,15 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		log_vm(LOG_WARNING, vm->name, "runtime folder path too long for a recovery monitor socket");
 		qmp_path = mfree(qmp_path);
 	}
-	r = vm_build_argv(vm, binary, probe, incoming, qmp_path, &argv);
+	const struct cmdline cl = {
+		.binary = binary,
+		.spec = vm->spec,
+		.probe = probe,
+		.accel = vm_accel(vm),
+		.qmp_path = qmp_path,
+		.incoming = incoming,
+	};
+	r = cmdline_build(&cl, &argv);
 	if (r < 0)
 		return r;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
@@ -476,10 +388,10 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	q->userdata = userdata;
 
 	struct qemu_fd fds[] = {
-		{qmp_theirs, VM_FD_QMP},
-		{vm->console_peer_fd, VM_FD_CONSOLE},
-		{vm->ram_fd, VM_FD_RAM},
-		{vm->console_fd, VM_FD_CONSOLE_CPRD},
+		{qmp_theirs, CMDLINE_FD_QMP},
+		{vm->console_peer_fd, CMDLINE_FD_CONSOLE},
+		{vm->ram_fd, CMDLINE_FD_RAM},
+		{vm->console_fd, CMDLINE_FD_CONSOLE_CPRD},
 	};
 	size_t n_fds = ELEMENTSOF(fds);
 
@@ -777,7 +689,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 		q->qmp_path = strdup(qpath);
 	/* Guest RAM lost with the fd store: QEMU still holds it as fd 5. */
 	if (vm->ram_fd < 0) {
-		int ram = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_RAM, 0);
+		int ram = (int)syscall(SYS_pidfd_getfd, pidfd, CMDLINE_FD_RAM, 0);
 		char link[256] = "", memfd_name[128];
 		char self[64];
 		snprintf(self, sizeof(self), "/proc/self/fd/%d", ram);
@@ -799,8 +711,8 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 	}
 	/* The console too: QEMU holds both ends of the socketpair. */
 	if (vm->console_fd < 0) {
-		int ours = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_CONSOLE_CPRD, 0);
-		int theirs = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_CONSOLE, 0);
+		int ours = (int)syscall(SYS_pidfd_getfd, pidfd, CMDLINE_FD_CONSOLE_CPRD, 0);
+		int theirs = (int)syscall(SYS_pidfd_getfd, pidfd, CMDLINE_FD_CONSOLE, 0);
 		struct stat a, b;
 		if (ours >= 0 && theirs >= 0 && fstat(ours, &a) == 0 && fstat(theirs, &b) == 0 &&
 		    S_ISSOCK(a.st_mode) && S_ISSOCK(b.st_mode)) {

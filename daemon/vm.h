@@ -13,6 +13,7 @@
 struct event;
 struct event_base;
 struct json_object;
+struct cmdline_incoming;
 struct probe_result;
 struct qemu_proc;
 struct qmp;
@@ -26,14 +27,6 @@ struct vm_spec;
 #define VM_QUIT_TIMEOUT_MS 5000            /* from quit to exit, then SIGKILL */
 #define VM_STOP_TIMEOUT_SEC 30             /* ACPI power-down, then quit */
 #define VM_HISTORY_MAX 100                 /* upgrade records kept */
-
-/* Fixed fd numbers inside QEMU. */
-#define VM_FD_QMP 3
-#define VM_FD_CONSOLE 4
-#define VM_FD_RAM 5
-/* QEMU also keeps a copy of cprd's own console end, unused by QEMU, so a
- * cprd that lost its fds (no fd store) can fetch it back (pidfd_getfd). */
-#define VM_FD_CONSOLE_CPRD 6
 
 enum vm_state {
 	VM_DEFINED,
@@ -95,10 +88,6 @@ struct vm_qemu_callbacks {
 	void (*exited)(struct vm_qemu *q, const char *how, int status, int sig, void *userdata);
 };
 
-/* Extra arguments for an upgrade's target. */
-struct vm_incoming {
-	const char *const *args; /* appended to the command line, NULL-ended */
-};
 
 /* What a VM needs from the registry that holds it (manager.c, a layer
  * above): the event loop, the runtime folder, and where its events go. */
@@ -180,7 +169,7 @@ bool vm_outdated(struct vm *vm);
 /* Spawns a QEMU for vm from binary (probed as probe) with the VM's held fds
  * and a fresh QMP channel. incoming may be NULL. */
 int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, const struct vm_qemu_callbacks *cb,
+		  const struct cmdline_incoming *incoming, const struct vm_qemu_callbacks *cb,
 		  void *userdata, struct vm_qemu **ret);
 void vm_qemu_free(struct vm_qemu *q);
 void vm_qemu_set_callbacks(struct vm_qemu *q, const struct vm_qemu_callbacks *cb, void *userdata);

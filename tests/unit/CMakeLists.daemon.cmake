@@ -8,3 +8,8 @@ cprd_check_test(test_spec
 cprd_check_test(test_util
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_util.c
   LIBS cprd-core)
+
+# test_cmdline: daemon/cmdline.c, the QEMU command line (pure, no QEMU run).
+cprd_check_test(test_cmdline
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cmdline.c
+  LIBS cprd-core)

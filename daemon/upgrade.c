@@ -23,6 +23,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "migration.h"
+#include "mode.h"
 #include "probe.h"
 #include "qemu.h"
 #include "qmp.h"
@@ -82,6 +83,7 @@ struct upgrade {
 	struct vm *vm;
 	char *binary;
 	enum upgrade_mode mode;
+	const struct mode_ops *ops; /* the mode chosen at preflight */
 	int timeout_sec;
 	bool dry_run;
 
@@ -457,7 +459,7 @@ static void upgrade_rollback(struct upgrade *u) {
 	u->rollback = (struct migration_rollback){
 		.cancel = u->migrate_sent,
 		.reset_mode = vm_qemu_has_migration_modes(u->old),
-		.clear_ignore_shared = u->mode == UPGRADE_MODE_LOCAL_MIGRATE && u->migrate_sent,
+		.clear_ignore_shared = u->ops->ignore_shared && u->migrate_sent,
 		.resume = u->was_running,
 		.done = upgrade_on_rollback,
 	};
@@ -597,7 +599,7 @@ static void verify_on_status(struct qmp *qmp, struct json_object *ret, const str
 		upgrade_fail(u, "the new QEMU does not answer query-status: %s", err->desc);
 		return upgrade_next(u, "retire", upgrade_retire); /* no way back */
 	}
-	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE)
+	if (u->ops->ignore_shared)
 		/* Leave the new QEMU as a fresh one would be: a later cpr-transfer
 		 * from it must not carry x-ignore-shared. */
 		qmp_command(qmp, "migrate-set-capabilities", migration_caps_ignore_shared(false),
@@ -731,41 +733,15 @@ static void on_migrate_sent(struct qmp *qmp, struct json_object *ret, const stru
 	arm(u->poll_timer, UPGRADE_POLL_MS);
 }
 
-static struct json_object *unix_addr(const char *path) {
-	struct json_object *a = json_object_new_object();
-	json_object_object_add(a, "transport", json_object_new_string("socket"));
-	json_object_object_add(a, "type", json_object_new_string("unix"));
-	json_object_object_add(a, "path", json_object_new_string(path));
-	return a;
-}
-
-static struct json_object *channel(const char *type, const char *path) {
-	struct json_object *c = json_object_new_object();
-	json_object_object_add(c, "channel-type", json_object_new_string(type));
-	json_object_object_add(c, "addr", unix_addr(path));
-	return c;
-}
-
 static void upgrade_send_migrate(struct upgrade *u) {
-	struct json_object *args = json_object_new_object();
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER && vm_qemu_probe(u->old) &&
-	    vm_qemu_probe(u->old)->x_ignore_shared)
-		/* A QEMU that arrived by local-migrate may still have it on; the
-		 * cpr target would refuse the stream. */
+	if (!u->ops->ignore_shared && vm_qemu_probe(u->old) && vm_qemu_probe(u->old)->x_ignore_shared)
+		/* A QEMU that arrived by local-migrate may still have it on; a
+		 * target that expects all of the state would refuse the stream. */
 		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", migration_caps_ignore_shared(false),
 			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	upgrade_enter(u, PHASE_TRANSFER, "old QEMU pid %d sends device state (%s)", (int)u->old_pid,
 		      upgrade_mode_to_string(u->mode));
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
-		struct json_object *chans = json_object_new_array();
-		json_object_array_add(chans, channel("main", u->main_path));
-		json_object_array_add(chans, channel("cpr", u->cpr_path));
-		json_object_object_add(args, "channels", chans);
-	} else {
-		char uri[PATH_MAX + 8];
-		snprintf(uri, sizeof(uri), "unix:%s", u->main_path);
-		json_object_object_add(args, "uri", json_object_new_string(uri));
-	}
+	struct json_object *args = u->ops->migrate_args(u->main_path, u->cpr_path);
 	u->migrate_sent = true;
 	upgrade_journal(u);
 	if (qmp_command(vm_qemu_qmp(u->old), "migrate", args, UPGRADE_QMP_TIMEOUT_MS, on_migrate_sent, u) < 0)
@@ -779,7 +755,7 @@ static void check_reply(struct qmp *qmp, struct json_object *ret, const struct q
 		upgrade_fail(u, "%s: %s", qmp_get_label(qmp), err->desc);
 }
 
-/* local-migrate: the target listens (migrate-incoming) once its QMP is up. */
+/* -incoming defer: the target listens (migrate-incoming) once its QMP is up. */
 static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 				  const struct qmp_error *err, void *userdata) {
 	struct upgrade *u = userdata;
@@ -787,22 +763,24 @@ static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 		return upgrade_fail(u, "migrate-incoming on the new QEMU failed: %s", err->desc);
 	if (u->phase != PHASE_SPAWN)
 		return;
-	qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", migration_caps_ignore_shared(true),
-		    UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
+	if (u->ops->ignore_shared)
+		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities",
+			    migration_caps_ignore_shared(true), UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
 	upgrade_next(u, "transfer", upgrade_send_migrate);
 }
 
 static void target_ready(struct vm_qemu *q, void *userdata) {
 	struct upgrade *u = userdata;
-	if (u->mode != UPGRADE_MODE_LOCAL_MIGRATE || u->phase != PHASE_SPAWN)
+	if (u->ops->incoming != CMDLINE_INCOMING_DEFER || u->phase != PHASE_SPAWN)
 		return; /* cpr-transfer: its QMP comes up only after migrate */
 	char uri[PATH_MAX + 8];
 	snprintf(uri, sizeof(uri), "unix:%s", u->main_path);
 	struct json_object *a = json_object_new_object();
 	json_object_object_add(a, "uri", json_object_new_string(uri));
 	struct qmp *qmp = vm_qemu_qmp(q);
-	qmp_command(qmp, "migrate-set-capabilities", migration_caps_ignore_shared(true), UPGRADE_QMP_TIMEOUT_MS,
-		    check_reply, u);
+	if (u->ops->ignore_shared)
+		qmp_command(qmp, "migrate-set-capabilities", migration_caps_ignore_shared(true),
+			    UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
 	qmp_command(qmp, "migrate-incoming", a, UPGRADE_QMP_TIMEOUT_MS, target_incoming_ready, u);
 }
 
@@ -866,8 +844,7 @@ static void upgrade_spawn(struct upgrade *u) {
 		return upgrade_fail(u, "out of memory");
 
 	const struct cmdline_incoming in = {
-		.kind = u->mode == UPGRADE_MODE_CPR_TRANSFER ? CMDLINE_INCOMING_CPR_TRANSFER
-							     : CMDLINE_INCOMING_DEFER,
+		.kind = u->ops->incoming,
 		.main_path = u->main_path,
 		.cpr_path = u->cpr_path,
 	};
@@ -878,8 +855,8 @@ static void upgrade_spawn(struct upgrade *u) {
 	upgrade_journal(u);
 	/* The target greets on QMP only after it received the cpr state. */
 	qmp_set_greeting_timeout(vm_qemu_qmp(u->target), u->timeout_sec * 1000);
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
-		arm(u->poll_timer, 0);
+	if (u->ops->incoming == CMDLINE_INCOMING_CPR_TRANSFER)
+		arm(u->poll_timer, 0); /* migrate once its cpr socket listens */
 }
 
 /* ---- preflight ----------------------------------------------------------- */
@@ -901,7 +878,7 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 				 json_object_get_string(json_object_array_get_idx(blocked, i)));
 		}
 		/* Leave the mode as it was. */
-		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
+		if (u->ops->qmp_mode)
 			migration_reset_mode(qmp);
 		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "QEMU reports migration blockers: %s", why);
 	}
@@ -913,7 +890,7 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 			 "pid %d with %s; guest RAM stays in place",
 			 u->binary, u->probe->major, u->probe->minor, u->probe->micro, u->vm->spec->machine,
 			 u->from_version, (int)u->old_pid, upgrade_mode_to_string(u->mode));
-		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
+		if (u->ops->qmp_mode)
 			migration_reset_mode(qmp);
 		free(u->reason);
 		u->reason = strdup(what);
@@ -947,10 +924,10 @@ static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const 
 	if (!u->was_running && !streq_ptr(status, "paused"))
 		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the guest is %s, not running or paused",
 				      status ? status : "in an unknown state");
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
+	if (u->ops->qmp_mode) {
 		/* Blockers are per mode: ask with the mode we will use. */
 		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "mode", json_object_new_string("cpr-transfer"));
+		json_object_object_add(p, "mode", json_object_new_string(u->ops->qmp_mode));
 		/* Its failure shows in query-migrate's answer or in the transfer. */
 		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	}
@@ -992,37 +969,12 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 				      result->major, result->minor, result->micro, u->binary,
 				      vm->spec->machine);
 
-	bool cpr = result->cpr_transfer && old && old->cpr_transfer && old->aux_ram_share;
-	bool local = result->x_ignore_shared && old && old->x_ignore_shared;
-	switch (u->mode) {
-	case UPGRADE_MODE_AUTO:
-		if (cpr)
-			u->mode = UPGRADE_MODE_CPR_TRANSFER;
-		else if (local)
-			u->mode = UPGRADE_MODE_LOCAL_MIGRATE;
-		else
-			return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
-					      "neither cpr-transfer nor local-migrate is supported by both "
-					      "QEMU %s and QEMU %u.%u.%u",
-					      u->from_version, result->major, result->minor, result->micro);
-		break;
-	case UPGRADE_MODE_CPR_TRANSFER:
-		if (!cpr)
-			return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
-					      "cpr-transfer needs QEMU 10.0 or later on both sides; the "
-					      "guest runs on QEMU %s and the target is QEMU %u.%u.%u (use "
-					      "--mode local-migrate or auto)",
-					      u->from_version, result->major, result->minor, result->micro);
-		break;
-	case UPGRADE_MODE_LOCAL_MIGRATE:
-		if (!local)
-			return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
-					      "local-migrate needs the x-ignore-shared capability on both "
-					      "QEMUs");
-		break;
-	case _UPGRADE_MODE_MAX:
-		break; /* upgrade_mode_from_string() gives no such mode */
-	}
+	char why[512];
+	u->ops = mode_pick(upgrade_mode_to_string(u->mode), old, u->from_version, result, why,
+			   sizeof(why));
+	if (!u->ops)
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "%s", why);
+	(void)upgrade_mode_from_string(u->ops->name, &u->mode);
 	upgrade_enter(u, PHASE_PREFLIGHT, "target %s is QEMU %u.%u.%u; mode %s", u->binary,
 		      result->major, result->minor, result->micro, upgrade_mode_to_string(u->mode));
 	if (qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,

@@ -13,3 +13,8 @@ cprd_check_test(test_util
 cprd_check_test(test_cmdline
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cmdline.c
   LIBS cprd-core)
+
+# test_mode: daemon/mode*.c, the upgrade modes and the choice auto makes.
+cprd_check_test(test_mode
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_mode.c
+  LIBS cprd-core)

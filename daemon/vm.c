@@ -23,6 +23,7 @@
 #include "log.h"
 #include "macro.h"
 #include "probe.h"
+#include "qemu-record.h"
 #include "qemu.h"
 #include "qmp.h"
 #include "spec.h"
@@ -586,24 +587,22 @@ int vm_runtime_dir_make(struct vm *vm, char **ret) {
 }
 
 struct json_object *vm_qemu_record(struct vm_qemu *q) {
-	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "pid", json_object_new_int(vm_qemu_pid(q)));
-	json_object_object_add(o, "starttime", json_object_new_int64((int64_t)q->starttime));
-	json_object_object_add(o, "binary", json_object_new_string(q->binary));
-	json_object_object_add(o, "dev", json_object_new_int64((int64_t)q->binary_st.st_dev));
-	json_object_object_add(o, "ino", json_object_new_int64((int64_t)q->binary_st.st_ino));
-	json_object_object_add(o, "mtimeSec", json_object_new_int64((int64_t)q->binary_st.st_mtim.tv_sec));
-	json_object_object_add(o, "mtimeNsec", json_object_new_int64((int64_t)q->binary_st.st_mtim.tv_nsec));
-	json_object_object_add(o, "version", json_object_new_string(vm_qemu_version(q)));
-	if (q->qmp_path)
-		json_object_object_add(o, "qmpPath", json_object_new_string(q->qmp_path));
 	const struct probe_result *p = q->probe;
-	json_object_object_add(o, "cprTransfer", json_object_new_boolean(p && p->cpr_transfer));
-	json_object_object_add(o, "xIgnoreShared", json_object_new_boolean(p && p->x_ignore_shared));
-	json_object_object_add(o, "auxRamShare", json_object_new_boolean(p && p->aux_ram_share));
-	json_object_object_add(o, "hasModes", json_object_new_boolean(p && p->migration_modes &&
-									  p->migration_modes[0]));
-	return o;
+	const struct qemu_record r = {
+		.pid = vm_qemu_pid(q),
+		.starttime = q->starttime,
+		.binary = q->binary,
+		.dev = (uint64_t)q->binary_st.st_dev,
+		.ino = (uint64_t)q->binary_st.st_ino,
+		.mtime = q->binary_st.st_mtim,
+		.version = q->version, /* NULL: "unknown" */
+		.qmp_path = q->qmp_path,
+		.cpr_transfer = p && p->cpr_transfer,
+		.x_ignore_shared = p && p->x_ignore_shared,
+		.aux_ram_share = p && p->aux_ram_share,
+		.has_modes = vm_qemu_has_migration_modes(q),
+	};
+	return qemu_record_to_json(&r);
 }
 
 int vm_save_runtime(struct vm *vm) {
@@ -627,22 +626,22 @@ int vm_save_runtime(struct vm *vm) {
 
 /* Rebuilds what we knew about a QEMU's binary from its record, since the
  * file on disk may have changed since it started. */
-static struct probe_result *probe_from_record(struct json_object *rec) {
+static struct probe_result *probe_from_record(const struct qemu_record *rec) {
 	struct probe_result *p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
 	unsigned a = 0, b = 0, c = 0;
-	sscanf(json_object_get_string(json_object_object_get(rec, "version")) ?: "", "%u.%u.%u", &a, &b, &c);
+	sscanf(rec->version, "%u.%u.%u", &a, &b, &c);
 	p->major = a;
 	p->minor = b;
 	p->micro = c;
-	p->path = strdup(json_object_get_string(json_object_object_get(rec, "binary")) ?: "");
+	p->path = strdup(rec->binary);
 	p->package = strdup("");
-	p->cpr_transfer = json_object_get_boolean(json_object_object_get(rec, "cprTransfer"));
-	p->x_ignore_shared = json_object_get_boolean(json_object_object_get(rec, "xIgnoreShared"));
-	p->aux_ram_share = json_object_get_boolean(json_object_object_get(rec, "auxRamShare"));
+	p->cpr_transfer = rec->cpr_transfer;
+	p->x_ignore_shared = rec->x_ignore_shared;
+	p->aux_ram_share = rec->aux_ram_share;
 	p->migration_modes = calloc(3, sizeof(char *));
-	if (p->migration_modes && json_object_get_boolean(json_object_object_get(rec, "hasModes"))) {
+	if (p->migration_modes && rec->has_modes) {
 		p->migration_modes[0] = strdup("normal");
 		if (p->cpr_transfer)
 			p->migration_modes[1] = strdup("cpr-transfer");
@@ -650,15 +649,19 @@ static struct probe_result *probe_from_record(struct json_object *rec) {
 	return p;
 }
 
-int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
+int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 		   const struct vm_qemu_callbacks *cb, void *userdata, struct vm_qemu **ret) {
 	_cleanup_close_ int qfd = qmp_fd;
-	pid_t pid = (pid_t)json_object_get_int(json_object_object_get(rec, "pid"));
-	uint64_t want = (uint64_t)json_object_get_int64(json_object_object_get(rec, "starttime"));
+	_cleanup_(qemu_record_done) struct qemu_record rec = {0};
+	char why[256];
+	int r = qemu_record_from_json(json, &rec, why, sizeof(why));
+	if (r < 0)
+		return log_vm_errno(LOG_WARNING, r, vm->name, "ignoring a corrupt QEMU record: %s",
+				    r == -EBADMSG ? why : strerror(-r));
+	pid_t pid = rec.pid;
+	uint64_t want = rec.starttime;
 	uint64_t now = 0;
 
-	if (pid <= 0)
-		return -EINVAL;
 	/* Open the pidfd first, then check it is the same process: once the
 	 * pidfd exists, the pid cannot be reused under it. */
 	_cleanup_close_ int pidfd = pidfd_open_pid(pid);
@@ -671,22 +674,19 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 	if (!q)
 		return -ENOMEM;
 	q->vm = vm;
-	q->binary = strdup(json_object_get_string(json_object_object_get(rec, "binary")) ?: "");
-	q->version = strdup(json_object_get_string(json_object_object_get(rec, "version")) ?: "unknown");
-	q->probe = probe_from_record(rec);
+	q->probe = probe_from_record(&rec);
+	q->binary = TAKE_PTR(rec.binary);
+	q->version = TAKE_PTR(rec.version);
 	q->starttime = want;
-	q->binary_st.st_dev = (dev_t)json_object_get_int64(json_object_object_get(rec, "dev"));
-	q->binary_st.st_ino = (ino_t)json_object_get_int64(json_object_object_get(rec, "ino"));
-	q->binary_st.st_mtim.tv_sec = json_object_get_int64(json_object_object_get(rec, "mtimeSec"));
-	q->binary_st.st_mtim.tv_nsec = json_object_get_int64(json_object_object_get(rec, "mtimeNsec"));
+	q->binary_st.st_dev = (dev_t)rec.dev;
+	q->binary_st.st_ino = (ino_t)rec.ino;
+	q->binary_st.st_mtim = rec.mtime;
 	q->log_offset = vm->qemu_log_fd >= 0 ? lseek(vm->qemu_log_fd, 0, SEEK_END) : 0;
 	q->qmp_fd = -1;
 	if (cb)
 		q->cb = *cb;
 	q->userdata = userdata;
-	const char *qpath = json_object_get_string(json_object_object_get(rec, "qmpPath"));
-	if (qpath)
-		q->qmp_path = strdup(qpath);
+	q->qmp_path = TAKE_PTR(rec.qmp_path);
 	/* Guest RAM lost with the fd store: QEMU still holds it as fd 5. */
 	if (vm->ram_fd < 0) {
 		int ram = (int)syscall(SYS_pidfd_getfd, pidfd, CMDLINE_FD_RAM, 0);
@@ -727,7 +727,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 			safe_close(theirs);
 		}
 	}
-	int r = qemu_adopt(vm->host->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
+	r = qemu_adopt(vm->host->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
 		return r;

@@ -18,3 +18,8 @@ cprd_check_test(test_cmdline
 cprd_check_test(test_mode
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_mode.c
   LIBS cprd-core)
+
+# test_qemu_record: daemon/qemu-record.c, the QEMU record in qemu.json.
+cprd_check_test(test_qemu_record
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_qemu_record.c
+  LIBS cprd-core)

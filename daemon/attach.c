@@ -16,6 +16,8 @@
 #include "macro.h"
 #include "manager.h"
 #include "migration.h"
+#include "mode.h"
+#include "upgrade-journal.h"
 #include "qmp.h"
 #include "systemd.h"
 #include "upgrade.h"
@@ -27,7 +29,7 @@
 /* An upgrade found half-done, being settled. */
 struct settle {
 	struct vm *vm;
-	struct json_object *journal;
+	struct upgrade_journal journal;
 	struct vm_qemu *old, *target;
 };
 
@@ -57,19 +59,14 @@ static void on_status(struct qmp *qmp, struct json_object *ret, const struct qmp
 		vm_set_state(vm, VM_PAUSED, "re-attached after cprd restarted; guest paused");
 }
 
-/* The private folder of the upgrade's incoming sockets. */
-static void remove_upgrade_dir(struct json_object *journal) {
-	upgrade_dir_remove(json_object_get_string(json_object_object_get(journal, "dir")));
-}
-
 static void settle_free(struct settle *s) {
 	_cleanup_free_ char *path = vm_runtime_file(s->vm, "upgrade.json");
 	if (path)
 		unlink(path);
-	remove_upgrade_dir(s->journal);
+	upgrade_dir_remove(s->journal.dir);
 	vm_qemu_free(s->old);
 	vm_qemu_free(s->target);
-	json_object_put(s->journal);
+	upgrade_journal_done(&s->journal);
 	s->vm->operation = VM_OP_NONE;
 	free(s);
 }
@@ -85,7 +82,7 @@ static void settle_commit(struct settle *s, const char *why) {
 			qmp_command(vm_qemu_qmp(s->old), "quit", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 		vm_qemu_kill(s->old, SIGTERM);
 	}
-	upgrade_record_settled(vm, s->journal, "committed", why);
+	upgrade_record_settled(vm, &s->journal, "committed", why);
 	qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 	settle_free(s);
 }
@@ -109,21 +106,19 @@ static void settle_rollback(struct settle *s, const char *why) {
 		vm_watch_main(vm);
 		/* The same rollback as an upgrade's; whether migrate was sent is
 		 * not known, and cancelling none is harmless. */
-		struct json_object *ran = NULL;
-		const char *mode = json_object_get_string(json_object_object_get(s->journal, "mode"));
-		json_object_object_get_ex(s->journal, "wasRunning", &ran);
+		const struct mode_ops *mode = mode_find(s->journal.mode);
 		vm->settle_rollback = (struct migration_rollback){
 			.cancel = true,
 			.reset_mode = vm_qemu_has_migration_modes(vm->qemu),
-			.clear_ignore_shared = streq_ptr(mode, "local-migrate"),
-			.resume = !ran || json_object_get_boolean(ran),
+			.clear_ignore_shared = mode && mode->ignore_shared,
+			.resume = s->journal.was_running,
 			.done = settle_on_rollback,
 		};
 		migration_rollback_start(&vm->settle_rollback, vm_qemu_qmp(vm->qemu));
-		upgrade_record_settled(vm, s->journal, "rolled-back", why);
+		upgrade_record_settled(vm, &s->journal, "rolled-back", why);
 	} else {
 		vm_set_state(vm, VM_CRASHED, "both QEMUs of an interrupted upgrade are gone");
-		upgrade_record_settled(vm, s->journal, "failed", why);
+		upgrade_record_settled(vm, &s->journal, "failed", why);
 	}
 	settle_free(s);
 }
@@ -138,7 +133,8 @@ static void settle_on_old_status(struct qmp *qmp, struct json_object *ret, const
 	settle_rollback(s, "cprd restarted before the new QEMU took over");
 }
 
-static void settle_upgrade(struct vm *vm, struct json_object *journal, struct vm_qemu *old,
+/* Settles the upgrade journal tells of; takes journal. */
+static void settle_upgrade(struct vm *vm, struct upgrade_journal *journal, struct vm_qemu *old,
 			   int target_qmp_fd) {
 	struct settle *s = calloc(1, sizeof(*s));
 	if (!s) {
@@ -146,17 +142,18 @@ static void settle_upgrade(struct vm *vm, struct json_object *journal, struct vm
 		return;
 	}
 	s->vm = vm;
-	s->journal = journal;
+	s->journal = *journal;
+	*journal = (struct upgrade_journal){0};
 	s->old = old;
 	vm->operation = VM_OP_UPGRADE;
 
-	struct json_object *trec = json_object_object_get(journal, "target");
+	struct json_object *trec = s->journal.target;
 	if (trec && vm_qemu_attach(vm, trec, target_qmp_fd, NULL, NULL, &s->target) < 0)
 		s->target = NULL;
 	else if (!trec)
 		safe_close(target_qmp_fd);
 
-	if (json_object_get_boolean(json_object_object_get(journal, "resumed"))) {
+	if (s->journal.resumed) {
 		/* Past the point of no return before cprd died. */
 		if (s->target)
 			return settle_commit(s, "the new QEMU had resumed the guest");
@@ -181,7 +178,19 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	_cleanup_free_ char *qpath = vm_runtime_file(vm, "qemu.json");
 	_cleanup_free_ char *upath = vm_runtime_file(vm, "upgrade.json");
 	_cleanup_json_ struct json_object *rec = read_json(qpath);
-	struct json_object *journal = read_json(upath);
+	_cleanup_json_ struct json_object *journal_json = read_json(upath);
+	_cleanup_(upgrade_journal_done) struct upgrade_journal journal = {0};
+	bool in_upgrade = false;
+	if (journal_json) {
+		char why[256];
+		int r = upgrade_journal_from_json(journal_json, &journal, why, sizeof(why));
+		if (r < 0) {
+			log_vm(LOG_WARNING, vm->name, "ignoring a corrupt upgrade journal %s: %s", upath,
+			       r == -EBADMSG ? why : strerror(-r));
+			unlink(upath);
+		}
+		in_upgrade = r >= 0;
+	}
 
 	/* During an upgrade before the point of no return, qemu.json names the
 	 * old QEMU; after it, the new one. */
@@ -202,30 +211,27 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	}
 	safe_close(qmp_fd);
 
-	if (journal) {
-		bool resumed = json_object_get_boolean(json_object_object_get(journal, "resumed"));
+	if (in_upgrade) {
 		/* After the point of no return qemu.json already names the target,
 		 * and the old QEMU is described in the journal. */
-		if (resumed && q) {
+		if (journal.resumed && q) {
 			vm->qemu = q;
 			vm_watch_main(vm);
 			struct vm_qemu *old = NULL;
-			struct json_object *orec = json_object_object_get(journal, "old");
-			if (orec && vm_qemu_attach(vm, orec, -1, NULL, NULL, &old) == 0) {
+			if (journal.old && vm_qemu_attach(vm, journal.old, -1, NULL, NULL, &old) == 0) {
 				vm_qemu_kill(old, SIGTERM);
 				vm_qemu_free(old);
 			}
 			safe_close(target_qmp);
-			upgrade_record_settled(vm, journal, "committed", "finished after cprd restarted");
-			remove_upgrade_dir(journal);
-			json_object_put(journal);
+			upgrade_record_settled(vm, &journal, "committed", "finished after cprd restarted");
+			upgrade_dir_remove(journal.dir);
 			unlink(upath);
 			vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
 			qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 			return;
 		}
 		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted, settling an upgrade");
-		return settle_upgrade(vm, journal, q, target_qmp);
+		return settle_upgrade(vm, &journal, q, target_qmp);
 	}
 	safe_close(target_qmp);
 

@@ -5,12 +5,12 @@
 
 #include <errno.h>
 #include <json-c/json.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/un.h>
 
 #include "macro.h"
+#include "util.h"
 
 struct json_object *qemu_record_to_json(const struct qemu_record *r) {
 	struct json_object *o = json_object_new_object();
@@ -31,88 +31,36 @@ struct json_object *qemu_record_to_json(const struct qemu_record *r) {
 	return o;
 }
 
-static _printf_(3, 4) int refuse(char *why, size_t size, const char *fmt, ...) {
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, size, fmt, ap);
-	va_end(ap);
-	return -EBADMSG;
-}
-
-/* The field key of o as an integer in [min, max]; absent gives def (or, with
- * def < min, a refusal). */
-static int get_int(struct json_object *o, const char *key, int64_t min, int64_t max, int64_t def,
-		   int64_t *ret, char *why, size_t size) {
-	struct json_object *v;
-	if (!json_object_object_get_ex(o, key, &v) || !v) {
-		if (def < min)
-			return refuse(why, size, "no %s", key);
-		*ret = def;
-		return 0;
-	}
-	if (!json_object_is_type(v, json_type_int))
-		return refuse(why, size, "%s is not a number", key);
-	int64_t n = json_object_get_int64(v);
-	if (n < min || n > max)
-		return refuse(why, size, "%s %lld is out of range", key, (long long)n);
-	*ret = n;
-	return 0;
-}
-
-static int get_string(struct json_object *o, const char *key, bool required, char **ret, char *why,
-		      size_t size) {
-	struct json_object *v;
-	if (!json_object_object_get_ex(o, key, &v) || !v) {
-		*ret = NULL;
-		return required ? refuse(why, size, "no %s", key) : 0;
-	}
-	if (!json_object_is_type(v, json_type_string))
-		return refuse(why, size, "%s is not a string", key);
-	*ret = strdup(json_object_get_string(v));
-	return *ret ? 0 : -ENOMEM;
-}
-
-static int get_bool(struct json_object *o, const char *key, bool *ret, char *why, size_t size) {
-	struct json_object *v;
-	*ret = false;
-	if (!json_object_object_get_ex(o, key, &v) || !v)
-		return 0;
-	if (!json_object_is_type(v, json_type_boolean))
-		return refuse(why, size, "%s is not true or false", key);
-	*ret = json_object_get_boolean(v);
-	return 0;
-}
-
 int qemu_record_from_json(struct json_object *o, struct qemu_record *ret, char *why, size_t size) {
 	struct qemu_record r = {0};
-	int64_t pid, starttime, dev, ino, sec, nsec;
+	int64_t pid = 0, starttime = 0, dev = 0, ino = 0, sec = 0, nsec = 0;
 	int e;
 
 	if (!o || !json_object_is_type(o, json_type_object))
-		return refuse(why, size, "not a JSON object");
-	if ((e = get_int(o, "pid", 1, INT32_MAX, 0, &pid, why, size)) < 0 ||
-	    (e = get_int(o, "starttime", 1, INT64_MAX, 0, &starttime, why, size)) < 0 ||
-	    (e = get_int(o, "dev", 0, INT64_MAX, 0, &dev, why, size)) < 0 ||
-	    (e = get_int(o, "ino", 0, INT64_MAX, 0, &ino, why, size)) < 0 ||
-	    (e = get_int(o, "mtimeSec", 0, INT64_MAX, 0, &sec, why, size)) < 0 ||
-	    (e = get_int(o, "mtimeNsec", 0, 999999999, 0, &nsec, why, size)) < 0 ||
-	    (e = get_bool(o, "cprTransfer", &r.cpr_transfer, why, size)) < 0 ||
-	    (e = get_bool(o, "xIgnoreShared", &r.x_ignore_shared, why, size)) < 0 ||
-	    (e = get_bool(o, "auxRamShare", &r.aux_ram_share, why, size)) < 0 ||
-	    (e = get_bool(o, "hasModes", &r.has_modes, why, size)) < 0)
+		return json_refuse(why, size, "not a JSON object");
+	if ((e = json_field_int(o, "pid", true, 1, INT32_MAX, &pid, why, size)) < 0 ||
+	    (e = json_field_int(o, "starttime", true, 1, INT64_MAX, &starttime, why, size)) < 0 ||
+	    (e = json_field_int(o, "dev", false, 0, INT64_MAX, &dev, why, size)) < 0 ||
+	    (e = json_field_int(o, "ino", false, 0, INT64_MAX, &ino, why, size)) < 0 ||
+	    (e = json_field_int(o, "mtimeSec", false, 0, INT64_MAX, &sec, why, size)) < 0 ||
+	    (e = json_field_int(o, "mtimeNsec", false, 0, 999999999, &nsec, why, size)) < 0 ||
+	    (e = json_field_bool(o, "cprTransfer", false, &r.cpr_transfer, why, size)) < 0 ||
+	    (e = json_field_bool(o, "xIgnoreShared", false, &r.x_ignore_shared, why, size)) < 0 ||
+	    (e = json_field_bool(o, "auxRamShare", false, &r.aux_ram_share, why, size)) < 0 ||
+	    (e = json_field_bool(o, "hasModes", false, &r.has_modes, why, size)) < 0)
 		return e;
-	if ((e = get_string(o, "binary", true, &r.binary, why, size)) < 0 ||
-	    (e = get_string(o, "version", false, &r.version, why, size)) < 0 ||
-	    (e = get_string(o, "qmpPath", false, &r.qmp_path, why, size)) < 0)
+	if ((e = json_field_string(o, "binary", true, &r.binary, why, size)) < 0 ||
+	    (e = json_field_string(o, "version", false, &r.version, why, size)) < 0 ||
+	    (e = json_field_string(o, "qmpPath", false, &r.qmp_path, why, size)) < 0)
 		goto fail;
 	if (!r.binary[0] || r.binary[0] != '/') {
-		e = refuse(why, size, "binary \"%s\" is not an absolute path", r.binary);
+		e = json_refuse(why, size, "binary \"%s\" is not an absolute path", r.binary);
 		goto fail;
 	}
 	/* cprd connects to it as root: only a socket path it could have made. */
 	size_t sun_path_size = sizeof(((struct sockaddr_un *)0)->sun_path);
 	if (r.qmp_path && (r.qmp_path[0] != '/' || strlen(r.qmp_path) >= sun_path_size)) {
-		e = refuse(why, size, "qmpPath \"%s\" is not an absolute socket path", r.qmp_path);
+		e = json_refuse(why, size, "qmpPath \"%s\" is not an absolute socket path", r.qmp_path);
 		goto fail;
 	}
 	if (!r.version && !(r.version = strdup("unknown"))) {

@@ -24,6 +24,7 @@
 #include "manager.h"
 #include "migration.h"
 #include "mode.h"
+#include "upgrade-journal.h"
 #include "probe.h"
 #include "qemu.h"
 #include "qmp.h"
@@ -323,28 +324,24 @@ static void upgrade_record(struct upgrade *u, const char *outcome) {
 	account_record(u->vm, &a);
 }
 
-void upgrade_record_settled(struct vm *vm, struct json_object *journal, const char *outcome,
+void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
 			    const char *reason) {
-	struct json_object *old = json_object_object_get(journal, "old");
-	struct json_object *target = json_object_object_get(journal, "target");
-#define J(o, key) json_object_get_string(json_object_object_get(o, key))
-	const char *to_version = J(target, "version");
+	const char *to_version = json_object_get_string(json_object_object_get(j->target, "version"));
 	struct account a = {
-		.time = J(journal, "time"),
+		.time = j->time,
 		.outcome = outcome,
-		.mode = J(journal, "mode"),
-		.from_binary = J(journal, "fromBinary"),
-		.to_binary = J(journal, "binary"),
-		.from_version = J(journal, "fromVersion"),
+		.mode = j->mode,
+		.from_binary = j->from_binary,
+		.to_binary = j->binary,
+		.from_version = j->from_version,
 		.to_version = to_version ? to_version : "",
-		.from_pid = json_object_get_int(json_object_object_get(old, "pid")),
-		.to_pid = json_object_get_int(json_object_object_get(target, "pid")),
+		.from_pid = json_object_get_int(json_object_object_get(j->old, "pid")),
+		.to_pid = json_object_get_int(json_object_object_get(j->target, "pid")),
 		.pause_ms = -1,
 		.total_ms = 0,
-		.failed_phase = streq(outcome, "committed") ? NULL : J(journal, "phase"),
+		.failed_phase = streq(outcome, "committed") ? NULL : j->phase,
 		.reason = reason,
 	};
-#undef J
 	account_record(vm, &a);
 }
 
@@ -358,25 +355,26 @@ static void upgrade_journal(struct upgrade *u) {
 		unlink(path);
 		return;
 	}
-	_cleanup_json_ struct json_object *o = json_object_new_object();
 	char ts[32];
 	format_rfc3339(u->start_real, ts);
-	json_object_object_add(o, "time", json_object_new_string(ts));
-	json_object_object_add(o, "phase", json_object_new_string(phase_names[u->phase]));
-	json_object_object_add(o, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
-	json_object_object_add(o, "binary", json_object_new_string(u->binary));
-	json_object_object_add(o, "fromBinary", json_object_new_string(u->from_binary ? u->from_binary : ""));
-	json_object_object_add(o, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
-	json_object_object_add(o, "wasRunning", json_object_new_boolean(u->was_running));
-	json_object_object_add(o, "resumed", json_object_new_boolean(u->target_resumed));
-	json_object_object_add(o, "startMono", json_object_new_int64((int64_t)u->start_mono));
-	if (u->old)
-		json_object_object_add(o, "old", vm_qemu_record(u->old));
 	struct vm_qemu *target = u->target ? u->target : (u->target_resumed ? u->vm->qemu : NULL);
-	if (target)
-		json_object_object_add(o, "target", vm_qemu_record(target));
-	if (u->dir)
-		json_object_object_add(o, "dir", json_object_new_string(u->dir));
+	_cleanup_json_ struct json_object *old_rec = u->old ? vm_qemu_record(u->old) : NULL;
+	_cleanup_json_ struct json_object *target_rec = target ? vm_qemu_record(target) : NULL;
+	const struct upgrade_journal j = {
+		.time = ts,
+		.phase = (char *)phase_names[u->phase],
+		.mode = (char *)upgrade_mode_to_string(u->mode),
+		.binary = u->binary,
+		.from_binary = u->from_binary,
+		.from_version = u->from_version,
+		.dir = u->dir,
+		.was_running = u->was_running,
+		.resumed = u->target_resumed,
+		.start_mono = u->start_mono,
+		.old = old_rec,
+		.target = target_rec,
+	};
+	_cleanup_json_ struct json_object *o = upgrade_journal_to_json(&j);
 	write_json_atomic(path, o);
 }
 

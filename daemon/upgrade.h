@@ -34,7 +34,8 @@ int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret);
 const char *upgrade_mode_to_string(enum upgrade_mode m);
 /* Records in the VM's history how an upgrade found in its journal after a
  * restart (see attach.c) was settled. */
-void upgrade_record_settled(struct vm *vm, struct json_object *journal, const char *outcome,
+struct upgrade_journal;
+void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
 			    const char *reason);
 /* Removes an upgrade's private folder and the incoming sockets in it (dir
  * may be NULL). */

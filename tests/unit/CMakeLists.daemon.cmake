@@ -23,3 +23,8 @@ cprd_check_test(test_mode
 cprd_check_test(test_qemu_record
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_qemu_record.c
   LIBS cprd-core)
+
+# test_upgrade_journal: daemon/upgrade-journal.c, upgrade.json's writer and reader.
+cprd_check_test(test_upgrade_journal
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_upgrade_journal.c
+  LIBS cprd-core)

@@ -169,11 +169,12 @@ static void settle_upgrade(struct vm *vm, struct upgrade_journal *journal, struc
 
 static void attach_vm(struct manager *m, struct vm *vm) {
 	char name[160];
-#define TAKE(what) (snprintf(name, sizeof(name), "%s.%s", vm->name, what), systemd_take_fd(name))
-	int ram = TAKE("ram0"), con = TAKE("console"), peer = TAKE("console-qemu");
-	int qmp_fd = TAKE("qmp"), target_qmp = TAKE("qmp-target");
-#undef TAKE
-	vm_restore_custody(vm, ram, con, peer);
+	vm_restore_custody(vm);
+	/* The QMP channels of the QEMU and of an upgrade's target. */
+	snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[CUSTODY_QMP].name);
+	int qmp_fd = systemd_take_fd(name);
+	snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[CUSTODY_QMP].target_name);
+	int target_qmp = systemd_take_fd(name);
 
 	_cleanup_free_ char *qpath = vm_runtime_file(vm, "qemu.json");
 	_cleanup_free_ char *upath = vm_runtime_file(vm, "upgrade.json");
@@ -201,7 +202,7 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 		if (r < 0) {
 			log_vm(LOG_WARNING, vm->name, "its QEMU pid %d ended while cprd was down%s",
 			       json_object_get_int(json_object_object_get(rec, "pid")),
-			       vm->ram_fd >= 0 ? "; guest RAM is still held" : "");
+			       vm->held[CUSTODY_RAM] >= 0 ? "; guest RAM is still held" : "");
 			q = NULL;
 		} else {
 			vm->started_usec = (uint64_t)json_object_get_int64(json_object_object_get(rec, "startedUsec"));

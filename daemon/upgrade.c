@@ -943,7 +943,7 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 	u->probe = result;
 	if (!vm->qemu || !vm_qemu_running(vm->qemu))
 		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the VM is not running");
-	if (vm->ram_fd < 0)
+	if (vm->held[CUSTODY_RAM] < 0)
 		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "cprd does not hold the guest RAM memfd of this VM (it was lost "
 				      "with cprd's fd store); restart the VM to put it back in custody");

@@ -1,5 +1,5 @@
-/* VMs: custody of their fds, the QEMU command line, start, stop, and what
- * happens when a QEMU ends. The upgrade state machine lives in upgrade.c and
+/* VMs: custody of their fds (the kinds are in custody*.c), their QEMU
+ * processes, start, stop, persistence, and what happens when a QEMU ends. The upgrade state machine lives in upgrade.c and
  * uses the vm_qemu_* functions here to run its target. */
 #include "vm.h"
 
@@ -11,10 +11,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -172,78 +170,67 @@ void vm_unstore_fd(struct vm *vm, const char *what) {
 }
 
 void vm_watch_console(struct vm *vm) {
-	if (vm->console_ev || vm->console_fd < 0)
+	if (vm->console_ev || vm->held[CUSTODY_CONSOLE] < 0)
 		return;
-	vm->console_ev = event_new(vm->host->base, vm->console_fd, EV_READ | EV_PERSIST, on_console, vm);
+	vm->console_ev = event_new(vm->host->base, vm->held[CUSTODY_CONSOLE], EV_READ | EV_PERSIST,
+				   on_console, vm);
 	event_add(vm->console_ev, NULL);
 }
 
-/* Creates what a VM's QEMU needs from us and that outlives any one QEMU:
- * the guest RAM memfd and both ends of the console. */
+static struct custody_vm vm_custody_vm(const struct vm *vm) {
+	return (struct custody_vm){
+		.name = vm->name,
+		.ram_bytes = vm->spec->memory_mib * 1024 * 1024,
+		.hugepages = vm->spec->hugepages,
+	};
+}
+
+/* After a kind made or took back fds: into the fd store with them, and the
+ * console is read from now on. */
+static void vm_custody_adopt(struct vm *vm, const int before[_CUSTODY_VM_MAX]) {
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		if (vm->held[i] >= 0 && vm->held[i] != before[i])
+			vm_store_fd(vm, custody_fds[i].name, vm->held[i]);
+	vm_watch_console(vm);
+}
+
+/* Makes what a VM's QEMU needs from us and that outlives any one QEMU. */
 static int vm_ensure_custody(struct vm *vm) {
-	uint64_t bytes = vm->spec->memory_mib * 1024 * 1024;
 	int r = vm_open_logs(vm);
 	if (r < 0)
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot open logs in %s: %m", vm->dir);
-
-	if (vm->ram_fd >= 0 && vm->ram_bytes != bytes)
-		vm->ram_fd = safe_close(vm->ram_fd);
-	if (vm->ram_fd < 0) {
-		char name[96];
-		snprintf(name, sizeof(name), "cprd:%s:ram0", vm->name);
-		int fd = memfd_create(name, MFD_CLOEXEC | (vm->spec->hugepages ? MFD_HUGETLB : 0));
-		if (fd < 0)
-			return log_vm_errno(LOG_ERR, errno, vm->name, "memfd_create failed: %m");
-		if (ftruncate(fd, (off_t)bytes) < 0) {
-			r = -errno;
-			safe_close(fd);
-			return log_vm_errno(LOG_ERR, r, vm->name, "cannot size guest RAM to %llu bytes: %m",
-					    (unsigned long long)bytes);
-		}
-		vm->ram_fd = fd;
-		vm->ram_bytes = bytes;
-		log_vm(LOG_INFO, vm->name, "guest RAM memfd created (%llu MiB), held as fd %d",
-		       (unsigned long long)vm->spec->memory_mib, fd);
-		vm_store_fd(vm, "ram0", fd);
-	}
-
-	if (vm->console_fd < 0) {
-		int sv[2];
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
-			return -errno;
-		/* QEMU's end blocks like a normal chardev socket would. */
-		fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) & ~O_NONBLOCK);
-		vm->console_fd = sv[0];
-		vm->console_peer_fd = sv[1];
-		vm_store_fd(vm, "console", vm->console_fd);
-		vm_store_fd(vm, "console-qemu", vm->console_peer_fd);
-		vm_watch_console(vm);
-	}
-	return 0;
+	const struct custody_vm cv = vm_custody_vm(vm);
+	int before[_CUSTODY_VM_MAX];
+	memcpy(before, vm->held, sizeof(before));
+	for (unsigned k = 0; k < custody_n_vm_kinds && r >= 0; k++)
+		r = custody_vm_kinds[k]->open(&cv, vm->held);
+	vm_custody_adopt(vm, before);
+	return r;
 }
 
-int vm_restore_custody(struct vm *vm, int ram_fd, int console_fd, int console_peer_fd) {
-	struct stat st;
+void vm_restore_custody(struct vm *vm) {
+	char name[160];
 	int r = vm_open_logs(vm);
 	if (r < 0)
 		log_vm_errno(LOG_WARNING, r, vm->name, "cannot open logs: %m");
-	if (ram_fd >= 0 && fstat(ram_fd, &st) == 0) {
-		vm->ram_fd = ram_fd;
-		vm->ram_bytes = (uint64_t)st.st_size;
-		log_vm(LOG_INFO, vm->name, "guest RAM memfd (%llu MiB) back from the fd store as fd %d",
-		       (unsigned long long)(vm->ram_bytes >> 20), ram_fd);
-	} else
-		safe_close(ram_fd);
-	if (console_fd >= 0 && console_peer_fd >= 0) {
-		fcntl(console_fd, F_SETFL, fcntl(console_fd, F_GETFL) | O_NONBLOCK);
-		vm->console_fd = console_fd;
-		vm->console_peer_fd = console_peer_fd;
-		vm_watch_console(vm);
-	} else {
-		safe_close(console_fd);
-		safe_close(console_peer_fd);
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++) {
+		snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[i].name);
+		vm->held[i] = systemd_take_fd(name);
 	}
-	return 0;
+	/* The console comes back whole or not at all. */
+	if (vm->held[CUSTODY_CONSOLE] < 0 || vm->held[CUSTODY_CONSOLE_QEMU] < 0) {
+		vm->held[CUSTODY_CONSOLE] = safe_close(vm->held[CUSTODY_CONSOLE]);
+		vm->held[CUSTODY_CONSOLE_QEMU] = safe_close(vm->held[CUSTODY_CONSOLE_QEMU]);
+	} else
+		fcntl(vm->held[CUSTODY_CONSOLE], F_SETFL,
+		      fcntl(vm->held[CUSTODY_CONSOLE], F_GETFL) | O_NONBLOCK);
+	struct stat st;
+	if (vm->held[CUSTODY_RAM] >= 0 && fstat(vm->held[CUSTODY_RAM], &st) == 0)
+		log_vm(LOG_INFO, vm->name, "guest RAM memfd (%llu MiB) back from the fd store as fd %d",
+		       (unsigned long long)((uint64_t)st.st_size >> 20), vm->held[CUSTODY_RAM]);
+	else
+		vm->held[CUSTODY_RAM] = safe_close(vm->held[CUSTODY_RAM]);
+	vm_watch_console(vm);
 }
 
 /* Closes our copies. The fd store keeps its own, so a cprd that exits
@@ -253,34 +240,24 @@ static void vm_close_custody(struct vm *vm) {
 		event_free(vm->console_ev);
 		vm->console_ev = NULL;
 	}
-	vm->ram_fd = safe_close(vm->ram_fd);
-	vm->console_fd = safe_close(vm->console_fd);
-	vm->console_peer_fd = safe_close(vm->console_peer_fd);
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		vm->held[i] = safe_close(vm->held[i]);
 }
 
 void vm_release_custody(struct vm *vm) {
-	if (vm->ram_fd >= 0)
+	if (vm->held[CUSTODY_RAM] >= 0)
 		log_vm(LOG_INFO, vm->name, "releasing guest RAM memfd");
-	if (vm->ram_fd >= 0 || vm->console_fd >= 0) {
-		vm_unstore_fd(vm, "ram0");
-		vm_unstore_fd(vm, "console");
-		vm_unstore_fd(vm, "console-qemu");
-		vm_unstore_fd(vm, "qmp");
-		vm_unstore_fd(vm, "qmp-target");
-	}
-	vm->ram_fd = safe_close(vm->ram_fd);
-	vm->ram_bytes = 0;
-	if (vm->console_ev) {
+	if (vm->held[CUSTODY_RAM] >= 0 || vm->held[CUSTODY_CONSOLE] >= 0)
+		for (unsigned i = 0; i < _CUSTODY_MAX; i++) {
+			vm_unstore_fd(vm, custody_fds[i].name);
+			if (custody_fds[i].target_name)
+				vm_unstore_fd(vm, custody_fds[i].target_name);
+		}
+	if (vm->console_ev)
 		/* Take what QEMU wrote last before letting go of the console. */
-		on_console(vm->console_fd, EV_READ, vm);
-		event_free(vm->console_ev);
-		vm->console_ev = NULL;
-	}
-	vm->console_fd = safe_close(vm->console_fd);
-	vm->console_peer_fd = safe_close(vm->console_peer_fd);
+		on_console(vm->held[CUSTODY_CONSOLE], EV_READ, vm);
+	vm_close_custody(vm);
 }
-
-/* ---- command line -------------------------------------------------------- */
 
 /* Chosen when the guest starts; every later QEMU of this boot uses the
  * same, as migration requires. */
@@ -336,11 +313,10 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		  const struct cmdline_incoming *incoming, const struct vm_qemu_callbacks *cb,
 		  void *userdata, struct vm_qemu **ret) {
 	_cleanup_(strv_freep) char **argv = NULL;
-	int sv[2];
 	int r;
 
 	/* A target must map the guest's RAM, never a fresh one. */
-	if (incoming && vm->ram_fd < 0)
+	if (incoming && vm->held[CUSTODY_RAM] < 0)
 		return log_vm_errno(LOG_ERR, -EBADFD, vm->name,
 				    "the guest RAM memfd is not in custody; refusing to start a target");
 	r = vm_ensure_custody(vm);
@@ -368,9 +344,9 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	r = cmdline_build(&cl, &argv);
 	if (r < 0)
 		return r;
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		return -errno;
-	_cleanup_close_ int qmp_ours = sv[0], qmp_theirs = sv[1];
+	_cleanup_close_ int qmp_ours = -1, qmp_theirs = -1;
+	if ((r = custody_qmp_open(&qmp_ours, &qmp_theirs)) < 0)
+		return r;
 
 	struct vm_qemu *q = calloc(1, sizeof(*q));
 	if (!q)
@@ -388,13 +364,12 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		q->cb = *cb;
 	q->userdata = userdata;
 
-	struct qemu_fd fds[] = {
-		{qmp_theirs, CMDLINE_FD_QMP},
-		{vm->console_peer_fd, CMDLINE_FD_CONSOLE},
-		{vm->ram_fd, CMDLINE_FD_RAM},
-		{vm->console_fd, CMDLINE_FD_CONSOLE_CPRD},
-	};
-	size_t n_fds = ELEMENTSOF(fds);
+	/* QEMU's QMP end, and every per-VM fd at its number. */
+	struct qemu_fd fds[1 + _CUSTODY_VM_MAX] = {{qmp_theirs, CMDLINE_FD_QMP}};
+	size_t n_fds = 1;
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		if (custody_fds[i].qemu_fd >= 0)
+			fds[n_fds++] = (struct qemu_fd){vm->held[i], custody_fds[i].qemu_fd};
 
 	_cleanup_free_ char *cmdline = NULL;
 	size_t clen = 0;
@@ -431,7 +406,8 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	char unit[160];
 	systemd_scope_attach(vm->name, qemu_proc_pid(q->proc), unit, sizeof(unit));
 	proc_starttime(qemu_proc_pid(q->proc), &q->starttime);
-	vm_store_fd(vm, incoming ? "qmp-target" : "qmp", qmp_ours);
+	vm_store_fd(vm, incoming ? custody_fds[CUSTODY_QMP].target_name : custody_fds[CUSTODY_QMP].name,
+		    qmp_ours);
 
 	q->qmp_fd = qmp_ours;
 	r = qmp_new(vm->host->base, TAKE_FD(qmp_ours), &vm_qmp_callbacks, q, vm->name, &q->qmp);
@@ -531,25 +507,28 @@ struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q) {
 	struct vm_qemu *old = vm->qemu;
 	vm->qemu = q;
 	/* The target's QMP channel is the VM's from now on. */
-	vm_unstore_fd(vm, "qmp");
-	vm_unstore_fd(vm, "qmp-target");
+	vm_unstore_fd(vm, custody_fds[CUSTODY_QMP].name);
+	vm_unstore_fd(vm, custody_fds[CUSTODY_QMP].target_name);
 	if (q && q->qmp_fd >= 0)
-		vm_store_fd(vm, "qmp", q->qmp_fd);
+		vm_store_fd(vm, custody_fds[CUSTODY_QMP].name, q->qmp_fd);
 	vm_save_runtime(vm);
 	return old;
+}
+
+/* The fd the VM holds as id, or -1. */
+static int vm_held_fd(const struct vm *vm, enum custody_id id) {
+	if (id < _CUSTODY_VM_MAX)
+		return vm->held[id];
+	return vm->qemu ? vm->qemu->qmp_fd : -1; /* CUSTODY_QMP */
 }
 
 int vm_reexec_fds(struct vm *vm, char **list) {
 	char name[160];
 	int r = 0;
-#define ADD(what, fd) (snprintf(name, sizeof(name), "%s.%s", vm->name, what), \
-		       r = r < 0 ? r : systemd_add_reexec_fd(list, name, fd))
-	ADD("ram0", vm->ram_fd);
-	ADD("console", vm->console_fd);
-	ADD("console-qemu", vm->console_peer_fd);
-	if (vm->qemu)
-		ADD("qmp", vm->qemu->qmp_fd);
-#undef ADD
+	for (unsigned i = 0; i < _CUSTODY_MAX && r >= 0; i++) {
+		snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[i].name);
+		r = systemd_add_reexec_fd(list, name, vm_held_fd(vm, i));
+	}
 	return r;
 }
 
@@ -687,46 +666,13 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 		q->cb = *cb;
 	q->userdata = userdata;
 	q->qmp_path = TAKE_PTR(rec.qmp_path);
-	/* Guest RAM lost with the fd store: QEMU still holds it as fd 5. */
-	if (vm->ram_fd < 0) {
-		int ram = (int)syscall(SYS_pidfd_getfd, pidfd, CMDLINE_FD_RAM, 0);
-		char link[256] = "", memfd_name[128];
-		char self[64];
-		snprintf(self, sizeof(self), "/proc/self/fd/%d", ram);
-		snprintf(memfd_name, sizeof(memfd_name), "/memfd:cprd:%s:ram0", vm->name);
-		ssize_t n = ram >= 0 ? readlink(self, link, sizeof(link) - 1) : -1;
-		if (n > 0)
-			link[n] = '\0';
-		if (ram >= 0 && strncmp(link, memfd_name, strlen(memfd_name)) == 0) {
-			struct stat st;
-			vm->ram_fd = ram;
-			vm->ram_bytes = fstat(ram, &st) == 0 ? (uint64_t)st.st_size : 0;
-			vm_store_fd(vm, "ram0", ram);
-			log_vm(LOG_INFO, vm->name, "guest RAM memfd taken back from QEMU pid %d", (int)pid);
-		} else {
-			log_vm_errno(LOG_WARNING, ram < 0 ? errno : EBADF, vm->name,
-				     "cannot take guest RAM back from QEMU pid %d (%m; fd 5 is '%s')", (int)pid, link);
-			safe_close(ram);
-		}
-	}
-	/* The console too: QEMU holds both ends of the socketpair. */
-	if (vm->console_fd < 0) {
-		int ours = (int)syscall(SYS_pidfd_getfd, pidfd, CMDLINE_FD_CONSOLE_CPRD, 0);
-		int theirs = (int)syscall(SYS_pidfd_getfd, pidfd, CMDLINE_FD_CONSOLE, 0);
-		struct stat a, b;
-		if (ours >= 0 && theirs >= 0 && fstat(ours, &a) == 0 && fstat(theirs, &b) == 0 &&
-		    S_ISSOCK(a.st_mode) && S_ISSOCK(b.st_mode)) {
-			vm_restore_custody(vm, -1, ours, theirs);
-			vm_store_fd(vm, "console", ours);
-			vm_store_fd(vm, "console-qemu", theirs);
-			log_vm(LOG_INFO, vm->name, "console taken back from QEMU pid %d", (int)pid);
-		} else {
-			log_vm_errno(LOG_WARNING, errno, vm->name, "cannot take the console back from QEMU pid %d: %m",
-				     (int)pid);
-			safe_close(ours);
-			safe_close(theirs);
-		}
-	}
+	/* Fds lost with the fd store: QEMU still holds each at its number. */
+	const struct custody_vm cv = vm_custody_vm(vm);
+	int before[_CUSTODY_VM_MAX];
+	memcpy(before, vm->held, sizeof(before));
+	for (unsigned k = 0; k < custody_n_vm_kinds; k++)
+		(void)custody_vm_kinds[k]->recover(&cv, pid, pidfd, vm->held);
+	vm_custody_adopt(vm, before);
 	r = qemu_adopt(vm->host->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
@@ -743,7 +689,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 			if (r < 0)
 				q->qmp_fd = -1;
 			else {
-				vm_store_fd(vm, "qmp", q->qmp_fd);
+				vm_store_fd(vm, custody_fds[CUSTODY_QMP].name, q->qmp_fd);
 				log_vm(LOG_INFO, vm->name, "QMP reconnected through %s", q->qmp_path);
 			}
 		} else {
@@ -1015,7 +961,8 @@ int vm_new(struct vm_host *host, struct vm_spec *spec, const char *dir, struct v
 	vm->name = strdup(spec->name);
 	vm->dir = strdup(dir);
 	vm->state = VM_DEFINED;
-	vm->ram_fd = vm->console_fd = vm->console_peer_fd = -1;
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		vm->held[i] = -1;
 	vm->console_log_fd = vm->qemu_log_fd = -1;
 	vm->history = json_object_new_array();
 	vm->op_timer = evtimer_new(host->base, vm_on_op_timeout, vm);
@@ -1111,13 +1058,13 @@ void vm_add_history(struct vm *vm, struct json_object *record) {
 	vm_save(vm);
 }
 
-static void add_fd(struct json_object *a, const char *kind, int fd, const char *vm, const char *n) {
+static void add_fd(struct json_object *a, const struct custody_fd *c, int fd, const char *vm) {
 	if (fd < 0)
 		return;
 	char name[128];
-	snprintf(name, sizeof(name), "%s.%s", vm, n);
+	snprintf(name, sizeof(name), "%s.%s", vm, c->name);
 	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "kind", json_object_new_string(kind));
+	json_object_object_add(o, "kind", json_object_new_string(c->kind));
 	json_object_object_add(o, "fd", json_object_new_int(fd));
 	json_object_object_add(o, "name", json_object_new_string(name));
 	json_object_array_add(a, o);
@@ -1148,11 +1095,9 @@ struct json_object *vm_to_json(struct vm *vm) {
 			o, "uptimeSec",
 			json_new_fixed3((double)(now_usec(CLOCK_REALTIME) - vm->started_usec) / 1e6));
 	struct json_object *fds = json_object_new_array();
-	add_fd(fds, "ram", vm->ram_fd, vm->name, "ram0");
-	add_fd(fds, "console", vm->console_fd, vm->name, "console");
-	add_fd(fds, "console", vm->console_peer_fd, vm->name, "console-qemu");
-	if (vm->qemu && vm->qemu->qmp)
-		add_fd(fds, "qmp", vm->qemu->qmp_fd, vm->name, "qmp");
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		if (i != CUSTODY_QMP || (vm->qemu && vm->qemu->qmp))
+			add_fd(fds, &custody_fds[i], vm_held_fd(vm, i), vm->name);
 	json_object_object_add(o, "fds", fds);
 	if (vm->last_exit)
 		json_object_object_add(o, "lastExit", json_object_get(vm->last_exit));

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "custody.h"
 #include "migration.h"
 #include "varlink.h"
 
@@ -106,11 +107,8 @@ struct vm {
 	enum vm_state state;
 	enum vm_operation operation;
 
-	/* Custody. */
-	int ram_fd;
-	uint64_t ram_bytes;
-	int console_fd;      /* our end of the console socketpair */
-	int console_peer_fd; /* QEMU's end, handed to every QEMU of this VM */
+	/* Custody: the per-VM fds (custody.h), -1 when not held. */
+	int held[_CUSTODY_VM_MAX];
 	struct event *console_ev;
 	int console_log_fd;
 	uint64_t console_log_size;
@@ -155,8 +153,8 @@ int vm_start(struct vm *vm, vm_done_fn done, void *userdata);
 /* Stops the VM: ACPI power-down (quit when force), then quit, then SIGKILL;
  * done as for vm_start. */
 int vm_stop(struct vm *vm, bool force, int timeout_sec, vm_done_fn done, void *userdata);
-/* Takes back fds a previous cprd held (from the fd store); each may be -1. */
-int vm_restore_custody(struct vm *vm, int ram_fd, int console_fd, int console_peer_fd);
+/* Takes back the per-VM fds a previous cprd held, from the fd store. */
+void vm_restore_custody(struct vm *vm);
 /* Releases the fds held for the VM (stopped on purpose or deleted). */
 void vm_release_custody(struct vm *vm);
 

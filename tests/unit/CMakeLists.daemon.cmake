@@ -28,3 +28,8 @@ cprd_check_test(test_qemu_record
 cprd_check_test(test_upgrade_journal
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_upgrade_journal.c
   LIBS cprd-core)
+
+# test_custody: daemon/custody*.c, the held fds and taking them back from a process.
+cprd_check_test(test_custody
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_custody.c
+  LIBS cprd-core)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check-run.h"
 #include "cmdline.h"
 #include "macro.h"
 #include "probe.h"
@@ -218,9 +219,5 @@ static Suite *cmdline_suite(void) {
 }
 
 int main(void) {
-	SRunner *sr = srunner_create(cmdline_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(cmdline_suite());
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check-run.h"
 #include "cmdline.h"
 #include "macro.h"
 #include "mode.h"
@@ -125,9 +126,5 @@ static Suite *mode_suite(void) {
 }
 
 int main(void) {
-	SRunner *sr = srunner_create(mode_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(mode_suite());
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check-run.h"
 #include "macro.h"
 #include "qemu-record.h"
 
@@ -137,9 +138,5 @@ static Suite *qemu_record_suite(void) {
 }
 
 int main(void) {
-	SRunner *sr = srunner_create(qemu_record_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(qemu_record_suite());
 }

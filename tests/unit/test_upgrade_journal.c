@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check-run.h"
 #include "macro.h"
 #include "qemu-record.h"
 #include "upgrade-journal.h"
@@ -142,9 +143,5 @@ static Suite *journal_suite(void) {
 }
 
 int main(void) {
-	SRunner *sr = srunner_create(journal_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(journal_suite());
 }

@@ -173,6 +173,56 @@ static struct vm *lookup_for_change(struct manager *m, struct vl_call *c, struct
 	return vm;
 }
 
+/* ---- ReadLog calls that follow a console ---------------------------------- */
+
+/* Few, and looked at only when a guest writes on its console. */
+static struct follower {
+	struct vm *vm;
+	struct vl_call *call;
+} *followers;
+static size_t n_followers;
+
+static int api_follow(struct vm *vm, struct vl_call *c) {
+	struct follower *n = realloc(followers, (n_followers + 1) * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	followers = n;
+	followers[n_followers++] = (struct follower){vm, vl_call_ref(c)};
+	return 0;
+}
+
+/* Lets go of the followers whose caller left, and of all of gone's (a VM
+ * being deleted; NULL for none). */
+static void api_prune_followers(const struct vm *gone) {
+	for (size_t i = 0; i < n_followers;) {
+		if (followers[i].vm != gone && vl_call_alive(followers[i].call)) {
+			i++;
+			continue;
+		}
+		vl_call_unref(followers[i].call);
+		followers[i] = followers[--n_followers];
+	}
+}
+
+static void api_on_console(struct vm_host *h, struct vm *vm, const char *data, size_t len,
+			   uint64_t offset) {
+	struct json_object *p = NULL;
+	api_prune_followers(NULL);
+	for (size_t i = 0; i < n_followers; i++) {
+		if (followers[i].vm != vm)
+			continue;
+		if (!p) {
+			_cleanup_free_ char *text = utf8_sanitize(data, len);
+			p = json_object_new_object();
+			json_object_object_add(p, "data", json_object_new_string(text ? text : ""));
+			json_object_object_add(p, "offset", json_object_new_int64((int64_t)offset));
+		}
+		/* One parameters object serves every reply: json-c counts references. */
+		vl_call_notify(followers[i].call, json_object_get(p));
+	}
+	json_object_put(p);
+}
+
 /* ---- methods ------------------------------------------------------------- */
 
 static int method_list_vms(struct vl_call *c, struct json_object *params, void *userdata) {
@@ -446,6 +496,7 @@ static int method_delete_vm(struct vl_call *c, struct json_object *params, void 
 	log_vm(LOG_INFO, vm->name, "deleted");
 	manager_emit(m, vm, "deleted", "VM deleted");
 	manager_remove(m, vm);
+	api_prune_followers(vm);
 	vm_free(vm);
 	return vl_call_reply(c, NULL);
 }
@@ -491,8 +542,7 @@ static int method_read_log(struct vl_call *c, struct json_object *params, void *
 	json_object_object_add(p, "offset", json_object_new_int64(offset + n));
 	if (vl_call_more(c) && streq(which, "console")) {
 		vl_call_notify(c, p);
-		vl_subscribers_add(&vm->followers, c);
-		return 0;
+		return api_follow(vm, c);
 	}
 	return vl_call_reply(c, p);
 }
@@ -556,5 +606,6 @@ static const struct vl_interface manager_interface = {
 };
 
 int api_register(struct manager *m) {
+	m->host.console = api_on_console;
 	return vl_server_add_interface(m->server, &manager_interface, m);
 }

@@ -30,7 +30,6 @@
 #include "qmp.h"
 #include "spec.h"
 #include "util.h"
-#include "varlink.h"
 #include "vm.h"
 
 #define UPGRADE_PHASE_TIMEOUT_MS 15000 /* each phase, within --timeout */

@@ -27,7 +27,6 @@
 #include "spec.h"
 #include "systemd.h"
 #include "util.h"
-#include "varlink.h"
 
 struct vm_qemu {
 	struct vm *vm;
@@ -104,13 +103,8 @@ static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 	if (n > 0)
 		vm->console_log_size += (uint64_t)n;
 
-	if (vl_subscribers_prune(&vm->followers) == 0)
-		return;
-	_cleanup_free_ char *text = utf8_sanitize(buf, len);
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "data", json_object_new_string(text ? text : ""));
-	json_object_object_add(p, "offset", json_object_new_int64((int64_t)vm->console_log_size));
-	vl_subscribers_notify(&vm->followers, p);
+	if (vm->host->console)
+		vm->host->console(vm->host, vm, buf, len, vm->console_log_size);
 }
 
 static void on_console(evutil_socket_t fd, short what, void *userdata) {
@@ -980,7 +974,6 @@ void vm_free(struct vm *vm) {
 		return;
 	/* Only when cprd exits: whoever waits learns it, so nothing it holds leaks. */
 	vm_fail(vm, VM_ERROR_FAILED, "cprd exited before the operation finished");
-	vl_subscribers_clear(&vm->followers);
 	vm_qemu_free(vm->qemu);
 	vm_close_custody(vm);
 	safe_close(vm->console_log_fd);

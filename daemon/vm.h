@@ -9,7 +9,6 @@
 
 #include "custody.h"
 #include "migration.h"
-#include "varlink.h"
 
 struct event;
 struct event_base;
@@ -97,6 +96,10 @@ struct vm_host {
 	const char *runtime_dir;
 	/* Tells WatchEvents subscribers and the log. */
 	void (*emit)(struct vm_host *h, struct vm *vm, const char *type, const char *message);
+	/* The guest wrote len bytes on its console, which end at offset in
+	 * console.log (for ReadLog calls that follow it). May be NULL. */
+	void (*console)(struct vm_host *h, struct vm *vm, const char *data, size_t len,
+			uint64_t offset);
 };
 
 struct vm {
@@ -128,7 +131,6 @@ struct vm {
 	void *done_userdata;
 	struct event *op_timer;
 	bool stop_force;
-	struct vl_subscribers followers; /* ReadLog calls with more */
 	/* The rollback of an upgrade a restart interrupted (attach.c). It
 	 * lives as long as the VM: the QMP replies it waits for may outlive
 	 * the settlement, and go when the QEMU does. */

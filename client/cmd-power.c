@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cprctl.h"
+#include "idl.h"
 #include "macro.h"
 
 /* Runs a method that takes a name and replies with the VM (or nothing). */
@@ -54,8 +55,9 @@ static int stop_opt(int opt, const char *arg, void *userdata) {
 	if (opt == 't') {
 		char *end;
 		o->timeout = strtol(arg, &end, 10);
-		if (*end || o->timeout < 0 || o->timeout > 3600) {
-			usage_error(&cmd_stop, "--timeout needs seconds between 0 and 3600, not '%s'", arg);
+		if (*end || o->timeout < 0 || o->timeout > CPRD_TIMEOUT_SEC_MAX) {
+			usage_error(&cmd_stop, "--timeout needs seconds between 0 and %d, not '%s'",
+				    CPRD_TIMEOUT_SEC_MAX, arg);
 			return -1;
 		}
 		return 0;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cprctl.h"
+#include "idl.h"
 #include "macro.h"
 #include "varlink.h"
 
@@ -19,6 +20,21 @@ struct upgrade_opts {
 	bool dry_run, outdated, stop_on_failure;
 };
 
+/* Whether cprd knows the mode; if not, says which it knows. */
+static bool mode_valid(const char *arg) {
+	char names[128] = "";
+	size_t n = ELEMENTSOF(cprd_upgrade_modes), used = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (streq(arg, cprd_upgrade_modes[i]))
+			return true;
+		used += (size_t)snprintf(names + used, sizeof(names) - used, "%s%s",
+					 i == 0 ? "" : i + 1 < n ? ", " : " or ",
+					 cprd_upgrade_modes[i]);
+	}
+	usage_error(&cmd_upgrade, "--mode is %s, not '%s'", names, arg);
+	return false;
+}
+
 static int upgrade_opt(int opt, const char *arg, void *userdata) {
 	struct upgrade_opts *o = userdata;
 	char *end;
@@ -27,23 +43,23 @@ static int upgrade_opt(int opt, const char *arg, void *userdata) {
 		o->qemu = arg;
 		return 0;
 	case 'm':
-		if (!streq(arg, "auto") && !streq(arg, "cpr-transfer") && !streq(arg, "local-migrate")) {
-			usage_error(&cmd_upgrade, "--mode is auto, cpr-transfer or local-migrate, not '%s'", arg);
+		if (!mode_valid(arg))
 			return -1;
-		}
 		o->mode = arg;
 		return 0;
 	case 't':
 		o->timeout = strtol(arg, &end, 10);
-		if (*end || o->timeout < 1 || o->timeout > 3600) {
-			usage_error(&cmd_upgrade, "--timeout needs seconds between 1 and 3600, not '%s'", arg);
+		if (*end || o->timeout < 1 || o->timeout > CPRD_TIMEOUT_SEC_MAX) {
+			usage_error(&cmd_upgrade, "--timeout needs seconds between 1 and %d, not '%s'",
+				    CPRD_TIMEOUT_SEC_MAX, arg);
 			return -1;
 		}
 		return 0;
 	case 'p':
 		o->parallel = strtol(arg, &end, 10);
-		if (*end || o->parallel < 1 || o->parallel > 64) {
-			usage_error(&cmd_upgrade, "--parallel needs a number between 1 and 64, not '%s'", arg);
+		if (*end || o->parallel < 1 || o->parallel > CPRD_UPGRADE_PARALLEL_MAX) {
+			usage_error(&cmd_upgrade, "--parallel needs a number between 1 and %d, not '%s'",
+				    CPRD_UPGRADE_PARALLEL_MAX, arg);
 			return -1;
 		}
 		return 0;

@@ -2,6 +2,7 @@
  * place, api_authorize), then its parameters, then the VM's state, and only
  * then changes anything. */
 #include "api.h"
+#include "api-internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,7 +22,6 @@
 #include "probe.h"
 #include "qmp.h"
 #include "spec.h"
-#include "upgrade.h"
 #include "util.h"
 #include "varlink.h"
 #include "vm.h"
@@ -66,16 +66,6 @@ int api_error_not_upgradable(struct vl_call *c, const char *name, const char *re
 	return error_kv(c, API_ERROR("NotUpgradable"), "name", name, "reason", reason, NULL);
 }
 
-int api_error_upgrade_failed(struct vl_call *c, const char *name, const char *phase,
-			     bool rolled_back, const char *reason) {
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "name", json_object_new_string(name));
-	json_object_object_add(p, "phase", json_object_new_string(phase));
-	json_object_object_add(p, "rolledBack", json_object_new_boolean(rolled_back));
-	json_object_object_add(p, "reason", json_object_new_string(reason));
-	return vl_call_error(c, API_ERROR("UpgradeFailed"), p);
-}
-
 int api_error_failed(struct vl_call *c, const char *fmt, ...) {
 	char buf[1024];
 	va_list ap;
@@ -83,6 +73,13 @@ int api_error_failed(struct vl_call *c, const char *fmt, ...) {
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	return error_kv(c, API_ERROR("Failed"), "reason", buf, NULL);
+}
+
+/* Replies {"vm": VM}. */
+static int api_reply_vm(struct vl_call *c, struct vm *vm) {
+	struct json_object *p = json_object_new_object();
+	json_object_object_add(p, "vm", vm_to_json(vm));
+	return vl_call_reply(c, p);
 }
 
 /* ---- who may do what ----------------------------------------------------- */
@@ -110,7 +107,7 @@ int api_allow_gid(gid_t gid) {
  * group); changing anything or naming a binary to run is for root and the
  * uids and groups cprd was told to allow (--allow-uid, --allow-group). The
  * answer comes from the kernel (SO_PEERCRED), never from the request. */
-static bool api_authorize(struct vl_call *c, bool writes) {
+bool api_authorize(struct vl_call *c, bool writes) {
 	const struct ucred *peer = vl_call_peer(c);
 	if (!writes || peer->uid == 0)
 		return true;
@@ -132,21 +129,21 @@ static bool api_authorize(struct vl_call *c, bool writes) {
 	return false;
 }
 
-static const char *param_str(struct json_object *params, const char *key) {
+const char *api_param_str(struct json_object *params, const char *key) {
 	struct json_object *v;
 	if (!params || !json_object_object_get_ex(params, key, &v) || !v)
 		return NULL;
 	return json_object_get_string(v);
 }
 
-static bool param_bool(struct json_object *params, const char *key) {
+bool api_param_bool(struct json_object *params, const char *key) {
 	struct json_object *v;
 	if (!params || !json_object_object_get_ex(params, key, &v) || !v)
 		return false;
 	return json_object_get_boolean(v);
 }
 
-static bool param_int(struct json_object *params, const char *key, int64_t *ret) {
+bool api_param_int(struct json_object *params, const char *key, int64_t *ret) {
 	struct json_object *v;
 	if (!params || !json_object_object_get_ex(params, key, &v) || !v)
 		return false;
@@ -155,8 +152,8 @@ static bool param_int(struct json_object *params, const char *key, int64_t *ret)
 }
 
 /* Finds the VM named by the "name" parameter or replies NoSuchVM. */
-static struct vm *lookup(struct manager *m, struct vl_call *c, struct json_object *params) {
-	const char *name = param_str(params, "name"); /* no NUL: VL_NO_NUL */
+struct vm *api_lookup(struct manager *m, struct vl_call *c, struct json_object *params) {
+	const char *name = api_param_str(params, "name"); /* no NUL: VL_NO_NUL */
 	struct vm *vm = name ? manager_find(m, name) : NULL;
 	if (!vm)
 		api_error_no_such_vm(c, name ? name : "");
@@ -168,19 +165,69 @@ static struct vm *lookup(struct manager *m, struct vl_call *c, struct json_objec
 static struct vm *lookup_for_change(struct manager *m, struct vl_call *c, struct json_object *params) {
 	if (!api_authorize(c, true))
 		return NULL;
-	struct vm *vm = lookup(m, c, params);
-	if (vm && vm->operation) {
-		api_error_busy(c, vm->name, vm->operation);
+	struct vm *vm = api_lookup(m, c, params);
+	if (vm && vm->operation != VM_OP_NONE) {
+		api_error_busy(c, vm->name, vm_operation_to_string(vm->operation));
 		return NULL;
 	}
 	return vm;
+}
+
+/* ---- ReadLog calls that follow a console ---------------------------------- */
+
+/* Few, and looked at only when a guest writes on its console. */
+static struct follower {
+	struct vm *vm;
+	struct vl_call *call;
+} *followers;
+static size_t n_followers;
+
+static int api_follow(struct vm *vm, struct vl_call *c) {
+	struct follower *n = realloc(followers, (n_followers + 1) * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	followers = n;
+	followers[n_followers++] = (struct follower){vm, vl_call_ref(c)};
+	return 0;
+}
+
+/* Lets go of the followers whose caller left, and of all of gone's (a VM
+ * being deleted; NULL for none). */
+static void api_prune_followers(const struct vm *gone) {
+	for (size_t i = 0; i < n_followers;) {
+		if (followers[i].vm != gone && vl_call_alive(followers[i].call)) {
+			i++;
+			continue;
+		}
+		vl_call_unref(followers[i].call);
+		followers[i] = followers[--n_followers];
+	}
+}
+
+static void api_on_console(struct vm_host *h, struct vm *vm, const char *data, size_t len,
+			   uint64_t offset) {
+	struct json_object *p = NULL;
+	api_prune_followers(NULL);
+	for (size_t i = 0; i < n_followers; i++) {
+		if (followers[i].vm != vm)
+			continue;
+		if (!p) {
+			_cleanup_free_ char *text = utf8_sanitize(data, len);
+			p = json_object_new_object();
+			json_object_object_add(p, "data", json_object_new_string(text ? text : ""));
+			json_object_object_add(p, "offset", json_object_new_int64((int64_t)offset));
+		}
+		/* One parameters object serves every reply: json-c counts references. */
+		vl_call_notify(followers[i].call, json_object_get(p));
+	}
+	json_object_put(p);
 }
 
 /* ---- methods ------------------------------------------------------------- */
 
 static int method_list_vms(struct vl_call *c, struct json_object *params, void *userdata) {
 	struct manager *m = userdata;
-	bool outdated = param_bool(params, "outdated");
+	bool outdated = api_param_bool(params, "outdated");
 	struct json_object *list = json_object_new_array();
 	for (size_t i = 0; i < m->n_vms; i++) {
 		struct vm *vm = m->vms[i];
@@ -194,8 +241,8 @@ static int method_list_vms(struct vl_call *c, struct json_object *params, void *
 }
 
 static int method_get_vm(struct vl_call *c, struct json_object *params, void *userdata) {
-	struct vm *vm = lookup(userdata, c, params);
-	return vm ? vm_reply(c, vm) : 0;
+	struct vm *vm = api_lookup(userdata, c, params);
+	return vm ? api_reply_vm(c, vm) : 0;
 }
 
 struct create {
@@ -250,12 +297,12 @@ static void create_on_probe(struct probe *p, int error, struct probe_result *res
 		api_error_failed(cr->call, "cannot store the VM in %s: %s", vm->dir, strerror(-r));
 		return create_abort(cr);
 	}
-	vm->operation = NULL;
+	vm->operation = VM_OP_NONE;
 	log_vm(LOG_INFO, vm->name, "created (%llu MiB, %u CPUs, %s, %s)",
 	       (unsigned long long)vm->spec->memory_mib, vm->spec->cpus, vm->spec->machine,
 	       vm->spec->qemu);
 	manager_emit(cr->m, vm, "created", "VM defined");
-	vm_reply(cr->call, vm);
+	api_reply_vm(cr->call, vm);
 	vl_call_unref(cr->call);
 	free(cr);
 }
@@ -288,7 +335,7 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 		spec_free(spec);
 		return -ENOMEM;
 	}
-	int r = vm_new(m, spec, dir, &cr->vm);
+	int r = vm_new(&m->host, spec, dir, &cr->vm);
 	if (r < 0) {
 		free(cr);
 		spec_free(spec);
@@ -296,7 +343,7 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 	}
 	/* Registered now, so a second CreateVM of the same name gets VMExists
 	 * while the binary is probed. */
-	cr->vm->operation = "create";
+	cr->vm->operation = VM_OP_CREATE;
 	manager_add(m, cr->vm);
 	cr->m = m;
 	cr->call = vl_call_ref(c);
@@ -315,6 +362,26 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 	return 0;
 }
 
+/* A start or stop ended: the reply, or the named error for the failure. */
+static void api_on_vm_done(struct vm *vm, const struct vm_outcome *o, void *userdata) {
+	struct vl_call *c = userdata;
+	switch (o->error) {
+	case VM_OK:
+		api_reply_vm(c, vm);
+		break;
+	case VM_ERROR_PROBE_FAILED:
+		api_error_probe_failed(c, o->binary, o->reason);
+		break;
+	case VM_ERROR_BAD_STATE:
+		api_error_bad_state(c, vm->name, vm_state_to_string(o->state), o->reason);
+		break;
+	case VM_ERROR_FAILED:
+		api_error_failed(c, "%s", o->reason);
+		break;
+	}
+	vl_call_unref(c);
+}
+
 static int method_start_vm(struct vl_call *c, struct json_object *params, void *userdata) {
 	struct vm *vm = lookup_for_change(userdata, c, params);
 	if (!vm)
@@ -322,15 +389,17 @@ static int method_start_vm(struct vl_call *c, struct json_object *params, void *
 	if (vm_is_active(vm))
 		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
 					   "the VM is already running");
-	int r = vm_start(vm, c);
-	if (r < 0)
+	int r = vm_start(vm, api_on_vm_done, vl_call_ref(c));
+	if (r < 0) {
+		vl_call_unref(c);
 		return api_error_failed(c, "cannot start %s: %s", vm->name, strerror(-r));
+	}
 	return 0;
 }
 
 static int method_stop_vm(struct vl_call *c, struct json_object *params, void *userdata) {
 	int64_t timeout = VM_STOP_TIMEOUT_SEC;
-	if (param_int(params, "timeoutSec", &timeout) && (timeout < 0 || timeout > 3600))
+	if (api_param_int(params, "timeoutSec", &timeout) && (timeout < 0 || timeout > CPRD_TIMEOUT_SEC_MAX))
 		return vl_call_error_invalid_parameter(c, "timeoutSec");
 	struct vm *vm = lookup_for_change(userdata, c, params);
 	if (!vm)
@@ -339,13 +408,12 @@ static int method_stop_vm(struct vl_call *c, struct json_object *params, void *u
 		/* Nothing runs; stopping on purpose lets go of the held RAM. */
 		vm_release_custody(vm);
 		vm_set_state(vm, VM_STOPPED, "stopped after a crash; guest RAM released");
-		return vm_reply(c, vm);
+		return api_reply_vm(c, vm);
 	}
 	if (vm->state != VM_RUNNING && vm->state != VM_PAUSED)
 		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
 					   "the VM is not running");
-	vm_stop(vm, param_bool(params, "force"), (int)timeout, c);
-	return 0;
+	return vm_stop(vm, api_param_bool(params, "force"), (int)timeout, api_on_vm_done, vl_call_ref(c));
 }
 
 struct pause_call {
@@ -358,13 +426,13 @@ static void on_pause_reply(struct qmp *qmp, struct json_object *ret, const struc
 			   void *userdata) {
 	struct pause_call *pc = userdata;
 	struct vm *vm = pc->vm;
-	vm->operation = NULL;
+	vm->operation = VM_OP_NONE;
 	if (err)
 		api_error_failed(pc->call, "QEMU refused to %s the guest: %s", pc->pause ? "pause" : "resume",
 				 err->desc);
 	else {
 		vm_set_state(vm, pc->pause ? VM_PAUSED : VM_RUNNING, pc->pause ? "guest paused" : "guest resumed");
-		vm_reply(pc->call, vm);
+		api_reply_vm(pc->call, vm);
 	}
 	vl_call_unref(pc->call);
 	free(pc);
@@ -387,10 +455,10 @@ static int pause_or_resume(struct vl_call *c, struct json_object *params, struct
 	pc->call = vl_call_ref(c);
 	pc->vm = vm;
 	pc->pause = pause;
-	vm->operation = pause ? "pause" : "resume";
+	vm->operation = pause ? VM_OP_PAUSE : VM_OP_RESUME;
 	int r = qmp_command(qmp, pause ? "stop" : "cont", NULL, QMP_COMMAND_TIMEOUT_MS, on_pause_reply, pc);
 	if (r < 0) {
-		vm->operation = NULL;
+		vm->operation = VM_OP_NONE;
 		vl_call_unref(pc->call);
 		free(pc);
 		return api_error_failed(c, "QMP channel to %s's QEMU failed: %s", vm->name, strerror(-r));
@@ -422,27 +490,28 @@ static int method_delete_vm(struct vl_call *c, struct json_object *params, void 
 	int r = rm_rf_flat(vm->dir);
 	if (r < 0)
 		return api_error_failed(c, "cannot remove %s: %s", vm->dir, strerror(-r));
-	_cleanup_free_ char *rdir = manager_vm_runtime_dir(m, vm->name);
+	_cleanup_free_ char *rdir = vm_runtime_dir(vm);
 	if (rdir)
 		rm_rf_flat(rdir);
 	log_vm(LOG_INFO, vm->name, "deleted");
 	manager_emit(m, vm, "deleted", "VM deleted");
 	manager_remove(m, vm);
+	api_prune_followers(vm);
 	vm_free(vm);
 	return vl_call_reply(c, NULL);
 }
 
 static int method_read_log(struct vl_call *c, struct json_object *params, void *userdata) {
 	struct manager *m = userdata;
-	struct vm *vm = lookup(m, c, params);
+	struct vm *vm = api_lookup(m, c, params);
 	if (!vm)
 		return 0;
-	const char *which = param_str(params, "log");
+	const char *which = api_param_str(params, "log");
 	which = which ? which : "console";
 	if (!streq(which, "console") && !streq(which, "qemu"))
 		return vl_call_error_invalid_parameter(c, "log");
 	int64_t offset = 0;
-	param_int(params, "offset", &offset);
+	api_param_int(params, "offset", &offset);
 
 	char path[PATH_MAX];
 	snprintf(path, sizeof(path), "%s/%s.log", vm->dir, which);
@@ -473,8 +542,7 @@ static int method_read_log(struct vl_call *c, struct json_object *params, void *
 	json_object_object_add(p, "offset", json_object_new_int64(offset + n));
 	if (vl_call_more(c) && streq(which, "console")) {
 		vl_call_notify(c, p);
-		vl_subscribers_add(&vm->followers, c);
-		return 0;
+		return api_follow(vm, c);
 	}
 	return vl_call_reply(c, p);
 }
@@ -484,63 +552,6 @@ static int method_watch_events(struct vl_call *c, struct json_object *params, vo
 	if (r == -ENOSPC)
 		return api_error_failed(c, "too many event subscribers (%d)", MANAGER_WATCHERS_MAX);
 	return r;
-}
-
-static int parse_upgrade_request(struct vl_call *c, struct json_object *params,
-				 struct upgrade_request *req) {
-	int64_t t = UPGRADE_TIMEOUT_SEC_DEFAULT;
-	*req = (struct upgrade_request){.mode = UPGRADE_MODE_AUTO};
-	req->qemu = param_str(params, "qemu");
-	const char *mode = param_str(params, "mode");
-	if (mode && upgrade_mode_from_string(mode, &req->mode) < 0) {
-		vl_call_error_invalid_parameter(c, "mode");
-		return -EINVAL;
-	}
-	if (param_int(params, "timeoutSec", &t) && (t < 1 || t > UPGRADE_TIMEOUT_SEC_MAX)) {
-		vl_call_error_invalid_parameter(c, "timeoutSec");
-		return -EINVAL;
-	}
-	req->timeout_sec = (int)t;
-	req->dry_run = param_bool(params, "dryRun");
-	return 0;
-}
-
-static int method_upgrade(struct vl_call *c, struct json_object *params, void *userdata) {
-	struct manager *m = userdata;
-	struct upgrade_request req;
-	if (!api_authorize(c, true))
-		return 0;
-	if (parse_upgrade_request(c, params, &req) < 0)
-		return 0;
-	struct vm *vm = lookup(m, c, params);
-	if (!vm)
-		return 0;
-	return upgrade_vm_call(m, c, vm, &req);
-}
-
-static int method_upgrade_many(struct vl_call *c, struct json_object *params, void *userdata) {
-	struct manager *m = userdata;
-	struct upgrade_request req;
-	int64_t parallel = 1;
-	if (!api_authorize(c, true))
-		return 0;
-	if (parse_upgrade_request(c, params, &req) < 0)
-		return 0;
-	if (param_int(params, "parallel", &parallel) && (parallel < 1 || parallel > UPGRADE_PARALLEL_MAX))
-		return vl_call_error_invalid_parameter(c, "parallel");
-	struct json_object *names = json_object_object_get(params, "names");
-	bool outdated = param_bool(params, "outdated");
-	if (!names && !outdated)
-		return vl_call_error_invalid_parameter(c, "names");
-	if (names)
-		for (size_t i = 0; i < json_object_array_length(names); i++) {
-			struct json_object *n = json_object_array_get_idx(names, i);
-			if (!json_object_is_type(n, json_type_string) ||
-			    strlen(json_object_get_string(n)) != (size_t)json_object_get_string_len(n))
-				return vl_call_error_invalid_parameter(c, "names");
-		}
-	return upgrade_many_call(m, c, names, outdated, &req, (int)parallel,
-				 param_bool(params, "stopOnFailure"));
 }
 
 /* ---- the interface ------------------------------------------------------- */
@@ -583,8 +594,8 @@ static const struct vl_method manager_methods[] = {
 	{.name = "DeleteVM", .fn = method_delete_vm, .params = api_params_name},
 	{.name = "ReadLog", .fn = method_read_log, .params = api_params_log},
 	{.name = "WatchEvents", .fn = method_watch_events, .flags = VL_METHOD_REQUIRES_MORE},
-	{.name = "Upgrade", .fn = method_upgrade, .params = api_params_upgrade},
-	{.name = "UpgradeMany", .fn = method_upgrade_many, .params = api_params_upgrade_many},
+	{.name = "Upgrade", .fn = api_method_upgrade, .params = api_params_upgrade},
+	{.name = "UpgradeMany", .fn = api_method_upgrade_many, .params = api_params_upgrade_many},
 	{},
 };
 
@@ -595,5 +606,6 @@ static const struct vl_interface manager_interface = {
 };
 
 int api_register(struct manager *m) {
+	m->host.console = api_on_console;
 	return vl_server_add_interface(m->server, &manager_interface, m);
 }

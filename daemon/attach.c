@@ -15,6 +15,9 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "migration.h"
+#include "mode.h"
+#include "upgrade-journal.h"
 #include "qmp.h"
 #include "systemd.h"
 #include "upgrade.h"
@@ -26,7 +29,7 @@
 /* An upgrade found half-done, being settled. */
 struct settle {
 	struct vm *vm;
-	struct json_object *journal;
+	struct upgrade_journal journal;
 	struct vm_qemu *old, *target;
 };
 
@@ -56,48 +59,15 @@ static void on_status(struct qmp *qmp, struct json_object *ret, const struct qmp
 		vm_set_state(vm, VM_PAUSED, "re-attached after cprd restarted; guest paused");
 }
 
-static void history(struct vm *vm, struct json_object *j, const char *outcome, const char *reason) {
-	struct json_object *h = json_object_new_object();
-	struct json_object *old = json_object_object_get(j, "old"), *target = json_object_object_get(j, "target");
-	json_object_object_add(h, "time", json_object_get(json_object_object_get(j, "time")));
-	json_object_object_add(h, "outcome", json_object_new_string(outcome));
-	json_object_object_add(h, "mode", json_object_get(json_object_object_get(j, "mode")));
-	json_object_object_add(h, "fromBinary", json_object_get(json_object_object_get(j, "fromBinary")));
-	json_object_object_add(h, "toBinary", json_object_get(json_object_object_get(j, "binary")));
-	json_object_object_add(h, "fromVersion", json_object_get(json_object_object_get(j, "fromVersion")));
-	json_object_object_add(h, "toVersion",
-			       json_object_new_string(json_object_get_string(json_object_object_get(target, "version")) ?: ""));
-	json_object_object_add(h, "fromPid", json_object_new_int(json_object_get_int(json_object_object_get(old, "pid"))));
-	json_object_object_add(h, "toPid", json_object_new_int(json_object_get_int(json_object_object_get(target, "pid"))));
-	json_object_object_add(h, "totalMs", json_new_fixed3(0));
-	if (!streq(outcome, "committed"))
-		json_object_object_add(h, "failedPhase", json_object_get(json_object_object_get(j, "phase")));
-	json_object_object_add(h, "reason", json_object_new_string(reason));
-	vm_add_history(vm, h);
-}
-
-/* The private folder of the upgrade's incoming sockets. */
-static void remove_upgrade_dir(struct json_object *journal) {
-	const char *dir = json_object_get_string(json_object_object_get(journal, "dir"));
-	if (dir) {
-		char p[4096];
-		snprintf(p, sizeof(p), "%s/main.sock", dir);
-		unlink(p);
-		snprintf(p, sizeof(p), "%s/cpr.sock", dir);
-		unlink(p);
-		rmdir(dir);
-	}
-}
-
 static void settle_free(struct settle *s) {
 	_cleanup_free_ char *path = vm_runtime_file(s->vm, "upgrade.json");
 	if (path)
 		unlink(path);
-	remove_upgrade_dir(s->journal);
+	upgrade_dir_remove(s->journal.dir);
 	vm_qemu_free(s->old);
 	vm_qemu_free(s->target);
-	json_object_put(s->journal);
-	s->vm->operation = NULL;
+	upgrade_journal_done(&s->journal);
+	s->vm->operation = VM_OP_NONE;
 	free(s);
 }
 
@@ -112,18 +82,15 @@ static void settle_commit(struct settle *s, const char *why) {
 			qmp_command(vm_qemu_qmp(s->old), "quit", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 		vm_qemu_kill(s->old, SIGTERM);
 	}
-	history(vm, s->journal, "committed", why);
+	upgrade_record_settled(vm, &s->journal, "committed", why);
 	qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 	settle_free(s);
 }
 
-static void rollback_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
-			    void *userdata) {
-	struct vm *vm = userdata;
-	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
-	if (status && !streq(status, "running") && !streq(status, "paused"))
-		qmp_command(qmp, "cont", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-	vm_set_state(vm, streq_ptr(status, "paused") ? VM_PAUSED : VM_RUNNING,
+static void settle_on_rollback(struct migration_rollback *r, int error, const char *status) {
+	struct vm *vm = container_of(r, struct vm, settle_rollback);
+	/* Without an answer, it is taken to run, as it did when cprd died. */
+	vm_set_state(vm, status && !streq(status, "running") ? VM_PAUSED : VM_RUNNING,
 		     "upgrade rolled back after cprd restarted");
 }
 
@@ -137,16 +104,21 @@ static void settle_rollback(struct settle *s, const char *why) {
 	if (s->old) {
 		vm_adopt_qemu(vm, TAKE_PTR(s->old));
 		vm_watch_main(vm);
-		struct qmp *qmp = vm_qemu_qmp(vm->qemu);
-		if (qmp) {
-			qmp_command(qmp, "migrate_cancel", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-			upgrade_reset_mode(qmp);
-			qmp_command(qmp, "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, rollback_status, vm);
-		}
-		history(vm, s->journal, "rolled-back", why);
+		/* The same rollback as an upgrade's; whether migrate was sent is
+		 * not known, and cancelling none is harmless. */
+		const struct mode_ops *mode = mode_find(s->journal.mode);
+		vm->settle_rollback = (struct migration_rollback){
+			.cancel = true,
+			.reset_mode = vm_qemu_has_migration_modes(vm->qemu),
+			.clear_ignore_shared = mode && mode->ignore_shared,
+			.resume = s->journal.was_running,
+			.done = settle_on_rollback,
+		};
+		migration_rollback_start(&vm->settle_rollback, vm_qemu_qmp(vm->qemu));
+		upgrade_record_settled(vm, &s->journal, "rolled-back", why);
 	} else {
 		vm_set_state(vm, VM_CRASHED, "both QEMUs of an interrupted upgrade are gone");
-		history(vm, s->journal, "failed", why);
+		upgrade_record_settled(vm, &s->journal, "failed", why);
 	}
 	settle_free(s);
 }
@@ -161,7 +133,8 @@ static void settle_on_old_status(struct qmp *qmp, struct json_object *ret, const
 	settle_rollback(s, "cprd restarted before the new QEMU took over");
 }
 
-static void settle_upgrade(struct vm *vm, struct json_object *journal, struct vm_qemu *old,
+/* Settles the upgrade journal tells of; takes journal. */
+static void settle_upgrade(struct vm *vm, struct upgrade_journal *journal, struct vm_qemu *old,
 			   int target_qmp_fd) {
 	struct settle *s = calloc(1, sizeof(*s));
 	if (!s) {
@@ -169,17 +142,18 @@ static void settle_upgrade(struct vm *vm, struct json_object *journal, struct vm
 		return;
 	}
 	s->vm = vm;
-	s->journal = journal;
+	s->journal = *journal;
+	*journal = (struct upgrade_journal){0};
 	s->old = old;
-	vm->operation = "upgrade";
+	vm->operation = VM_OP_UPGRADE;
 
-	struct json_object *trec = json_object_object_get(journal, "target");
+	struct json_object *trec = s->journal.target;
 	if (trec && vm_qemu_attach(vm, trec, target_qmp_fd, NULL, NULL, &s->target) < 0)
 		s->target = NULL;
 	else if (!trec)
 		safe_close(target_qmp_fd);
 
-	if (json_object_get_boolean(json_object_object_get(journal, "resumed"))) {
+	if (s->journal.resumed) {
 		/* Past the point of no return before cprd died. */
 		if (s->target)
 			return settle_commit(s, "the new QEMU had resumed the guest");
@@ -195,16 +169,29 @@ static void settle_upgrade(struct vm *vm, struct json_object *journal, struct vm
 
 static void attach_vm(struct manager *m, struct vm *vm) {
 	char name[160];
-#define TAKE(what) (snprintf(name, sizeof(name), "%s.%s", vm->name, what), systemd_take_fd(name))
-	int ram = TAKE("ram0"), con = TAKE("console"), peer = TAKE("console-qemu");
-	int qmp_fd = TAKE("qmp"), target_qmp = TAKE("qmp-target");
-#undef TAKE
-	vm_restore_custody(vm, ram, con, peer);
+	vm_restore_custody(vm);
+	/* The QMP channels of the QEMU and of an upgrade's target. */
+	snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[CUSTODY_QMP].name);
+	int qmp_fd = systemd_take_fd(name);
+	snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[CUSTODY_QMP].target_name);
+	int target_qmp = systemd_take_fd(name);
 
 	_cleanup_free_ char *qpath = vm_runtime_file(vm, "qemu.json");
 	_cleanup_free_ char *upath = vm_runtime_file(vm, "upgrade.json");
 	_cleanup_json_ struct json_object *rec = read_json(qpath);
-	struct json_object *journal = read_json(upath);
+	_cleanup_json_ struct json_object *journal_json = read_json(upath);
+	_cleanup_(upgrade_journal_done) struct upgrade_journal journal = {0};
+	bool in_upgrade = false;
+	if (journal_json) {
+		char why[256];
+		int r = upgrade_journal_from_json(journal_json, &journal, why, sizeof(why));
+		if (r < 0) {
+			log_vm(LOG_WARNING, vm->name, "ignoring a corrupt upgrade journal %s: %s", upath,
+			       r == -EBADMSG ? why : strerror(-r));
+			unlink(upath);
+		}
+		in_upgrade = r >= 0;
+	}
 
 	/* During an upgrade before the point of no return, qemu.json names the
 	 * old QEMU; after it, the new one. */
@@ -215,7 +202,7 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 		if (r < 0) {
 			log_vm(LOG_WARNING, vm->name, "its QEMU pid %d ended while cprd was down%s",
 			       json_object_get_int(json_object_object_get(rec, "pid")),
-			       vm->ram_fd >= 0 ? "; guest RAM is still held" : "");
+			       vm->held[CUSTODY_RAM] >= 0 ? "; guest RAM is still held" : "");
 			q = NULL;
 		} else {
 			vm->started_usec = (uint64_t)json_object_get_int64(json_object_object_get(rec, "startedUsec"));
@@ -225,37 +212,34 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	}
 	safe_close(qmp_fd);
 
-	if (journal) {
-		bool resumed = json_object_get_boolean(json_object_object_get(journal, "resumed"));
+	if (in_upgrade) {
 		/* After the point of no return qemu.json already names the target,
 		 * and the old QEMU is described in the journal. */
-		if (resumed && q) {
+		if (journal.resumed && q) {
 			vm->qemu = q;
 			vm_watch_main(vm);
 			struct vm_qemu *old = NULL;
-			struct json_object *orec = json_object_object_get(journal, "old");
-			if (orec && vm_qemu_attach(vm, orec, -1, NULL, NULL, &old) == 0) {
+			if (journal.old && vm_qemu_attach(vm, journal.old, -1, NULL, NULL, &old) == 0) {
 				vm_qemu_kill(old, SIGTERM);
 				vm_qemu_free(old);
 			}
 			safe_close(target_qmp);
-			history(vm, journal, "committed", "finished after cprd restarted");
-			remove_upgrade_dir(journal);
-			json_object_put(journal);
+			upgrade_record_settled(vm, &journal, "committed", "finished after cprd restarted");
+			upgrade_dir_remove(journal.dir);
 			unlink(upath);
 			vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
 			qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 			return;
 		}
-		vm->state = VM_RUNNING;
-		return settle_upgrade(vm, journal, q, target_qmp);
+		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted, settling an upgrade");
+		return settle_upgrade(vm, &journal, q, target_qmp);
 	}
 	safe_close(target_qmp);
 
 	if (q) {
 		vm->qemu = q;
 		vm_watch_main(vm);
-		vm->state = VM_RUNNING;
+		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
 		log_vm(LOG_INFO, vm->name, "re-attached to QEMU pid %d%s", (int)vm_qemu_pid(q),
 		       vm_qemu_qmp(q) ? "" : " (its QMP channel was lost: only stop works)");
 		if (vm_qemu_qmp(q))
@@ -265,17 +249,8 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	}
 	if (rec) {
 		unlink(qpath);
-		struct json_object *e = json_object_new_object();
-		char ts[32];
-		format_rfc3339(now_usec(CLOCK_REALTIME), ts);
-		json_object_object_add(e, "time", json_object_new_string(ts));
-		json_object_object_add(e, "how", json_object_new_string("unknown"));
-		json_object_object_add(e, "requested", json_object_new_boolean(false));
-		json_object_object_add(e, "stderr", json_object_new_array());
-		json_object_put(vm->last_exit);
-		vm->last_exit = e;
-		vm->state = VM_CRASHED;
-		vm_save(vm);
+		vm_set_state(vm, VM_CRASHED, "its QEMU is gone");
+		vm_record_exit(vm, NULL, "unknown", 0, 0, false);
 	}
 }
 

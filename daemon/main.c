@@ -255,6 +255,8 @@ int main(int argc, char **argv) {
 		return 1;
 	struct manager *m = NULL;
 	int r = manager_new(base, &cfg, &m);
+	if (r >= 0 && ((r = api_register(m)) < 0 || (r = manager_listen(m, cfg.listen_fd)) < 0))
+		manager_free(m);
 	if (r < 0) {
 		event_base_free(base);
 		return 1;

@@ -11,7 +11,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "api.h"
 #include "spec.h"
 #include "log.h"
 #include "macro.h"
@@ -31,28 +30,9 @@ char *manager_vm_state_dir(struct manager *m, const char *name) {
 	return p;
 }
 
-char *manager_vm_runtime_dir(struct manager *m, const char *name) {
-	char *p = NULL;
-	if (asprintf(&p, "%s/vms/%s", m->runtime_dir, name) < 0)
-		return NULL;
-	return p;
-}
-
-int manager_vm_runtime_dir_make(struct manager *m, const char *name, char **ret) {
-	_cleanup_free_ char *p = manager_vm_runtime_dir(m, name);
-	if (!p)
-		return -ENOMEM;
-	int r = mkdir_p(p, 0700);
-	if (r < 0)
-		return r;
-	/* QEMU binds its recovery monitor and an upgrade's incoming sockets
-	 * here: with --qemu-user the folder is that user's. */
-	if ((r = qemu_user_chown(p)) < 0)
-		return r;
-	if (chmod(p, 0700) < 0)
-		return -errno;
-	*ret = TAKE_PTR(p);
-	return 0;
+static void manager_host_emit(struct vm_host *h, struct vm *vm, const char *type,
+			      const char *message) {
+	manager_emit(container_of(h, struct manager, host), vm, type, message);
 }
 
 int manager_new(struct event_base *base, const struct manager_config *cfg, struct manager **ret) {
@@ -61,9 +41,12 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	if (!m)
 		return -ENOMEM;
 	m->base = base;
+	m->host.base = base;
+	m->host.emit = manager_host_emit;
 	m->socket_path = strdup(cfg->socket_path);
 	m->state_dir = strdup(cfg->state_dir);
 	m->runtime_dir = strdup(cfg->runtime_dir);
+	m->host.runtime_dir = m->runtime_dir;
 	if (!m->socket_path || !m->state_dir || !m->runtime_dir) {
 		manager_free(m);
 		return -ENOMEM;
@@ -109,21 +92,15 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	if (timeout && atoi(timeout) > 0)
 		vl_server_set_limits(m->server,
 				     &(struct vl_server_limits){.message_timeout_ms = atoi(timeout)});
-	r = api_register(m);
-	if (r < 0) {
-		manager_free(m);
-		return r;
-	}
-	if (cfg->listen_fd >= 0)
-		r = vl_server_listen_fd(m->server, cfg->listen_fd);
-	else
-		r = vl_server_listen_path(m->server, m->socket_path, 0660);
-	if (r < 0) {
-		log_error_errno(r, "cannot listen on %s: %m", m->socket_path);
-		manager_free(m);
-		return r;
-	}
 	*ret = m;
+	return 0;
+}
+
+int manager_listen(struct manager *m, int listen_fd) {
+	int r = listen_fd >= 0 ? vl_server_listen_fd(m->server, listen_fd)
+			       : vl_server_listen_path(m->server, m->socket_path, 0660);
+	if (r < 0)
+		return log_error_errno(r, "cannot listen on %s: %m", m->socket_path);
 	return 0;
 }
 
@@ -153,7 +130,7 @@ int manager_load(struct manager *m) {
 			continue;
 		_cleanup_free_ char *dir = manager_vm_state_dir(m, de->d_name);
 		struct vm *vm;
-		if (!dir || vm_load(m, dir, &vm) < 0) {
+		if (!dir || vm_load(&m->host, dir, &vm) < 0) {
 			log_warning("skipping %s/%s: not a readable VM", path, de->d_name);
 			continue;
 		}
@@ -206,10 +183,7 @@ void manager_emit(struct manager *m, struct vm *vm, const char *type, const char
 	json_object_object_add(e, "time", json_object_new_string(ts));
 	json_object_object_add(e, "vm", json_object_new_string(vm->name));
 	json_object_object_add(e, "type", json_object_new_string(type));
-	const char *state = vm_state_to_string(vm->state);
-	if (vm->operation && streq(vm->operation, "upgrade"))
-		state = "upgrading";
-	json_object_object_add(e, "state", json_object_new_string(state));
+	json_object_object_add(e, "state", json_object_new_string(vm_state_name(vm)));
 	json_object_object_add(e, "message", json_object_new_string(message ? message : ""));
 
 	struct json_object *p = json_object_new_object();

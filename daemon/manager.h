@@ -6,9 +6,9 @@
 #include <stddef.h>
 
 #include "varlink.h"
+#include "vm.h"
 
 struct event_base;
-struct vm;
 
 #define MANAGER_VMS_MAX 1024
 #define MANAGER_WATCHERS_MAX 256
@@ -23,6 +23,7 @@ struct manager_config {
 struct manager {
 	struct event_base *base;
 	char *socket_path, *state_dir, *runtime_dir;
+	struct vm_host host; /* what each VM sees of the manager */
 	struct vl_server *server;
 	struct vm **vms;
 	size_t n_vms;
@@ -30,7 +31,11 @@ struct manager {
 	unsigned upgrades_running;
 };
 
+/* Creates the folders and the Varlink server, which listens only once
+ * manager_listen() is called (after the API is registered on it). */
 int manager_new(struct event_base *base, const struct manager_config *cfg, struct manager **ret);
+/* Listens on listen_fd (socket activation, taken), or on the socket path when -1. */
+int manager_listen(struct manager *m, int listen_fd);
 void manager_free(struct manager *m);
 int manager_load(struct manager *m);
 
@@ -42,8 +47,5 @@ void manager_remove(struct manager *m, struct vm *vm);
 void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message);
 int manager_watch(struct manager *m, struct vl_call *call);
 
-/* Folders: <state>/vms/NAME and <runtime>/vms/NAME (0700). */
+/* A VM's folder: <state>/vms/NAME (0700). */
 char *manager_vm_state_dir(struct manager *m, const char *name);
-char *manager_vm_runtime_dir(struct manager *m, const char *name);
-/* Creates (or fixes) a VM's runtime folder: 0700, owned by QEMU's user. */
-int manager_vm_runtime_dir_make(struct manager *m, const char *name, char **ret);

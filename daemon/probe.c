@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -24,6 +23,7 @@
 
 #include "log.h"
 #include "macro.h"
+#include "qemu.h"
 #include "qmp.h"
 
 /* After quit, or after a failure, how long the child gets to exit before it
@@ -342,83 +342,8 @@ void probe_cache_clear(void) {
 
 /* ---- the child ---- */
 
-static int pidfd_open_sys(pid_t pid) {
-	return (int)syscall(SYS_pidfd_open, pid, 0);
-}
-
 static int pidfd_send_signal_sys(int pidfd, int sig) {
 	return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
-}
-
-/* Moves an fd above stdio so that dup2() onto 0-2 in the child cannot
- * clobber it. A daemon keeps 0-2 open, so this only acts for a caller that
- * closed them. */
-static int fd_move_above_stdio(int *fd) {
-	int nfd;
-
-	if (*fd < 0 || *fd > 2)
-		return 0;
-	nfd = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
-	if (nfd < 0)
-		return -errno;
-	close(*fd);
-	*fd = nfd;
-	return 0;
-}
-
-/* Between fork and exec: reset what the daemon changed, keep exactly the QMP
- * socket and stdio, and exec. Only async-signal-safe calls. */
-static _noreturn_ void probe_child(const char *path, int binary_fd, char **argv, char **envp,
-				   int qmp_fd, int output_fd, int exec_fd, int null_fd,
-				   pid_t parent) {
-	struct sigaction sa = { .sa_handler = SIG_DFL };
-	sigset_t mask;
-	int e;
-
-	for (int sig = 1; sig < _NSIG; sig++)
-		if (sig != SIGKILL && sig != SIGSTOP)
-			(void)sigaction(sig, &sa, NULL);
-	sigemptyset(&mask);
-	(void)sigprocmask(SIG_SETMASK, &mask, NULL);
-
-	/* Its own process group, so that a kill reaches whatever a wrapper
-	 * script forked; and no orphan if cprd dies mid-probe. */
-	(void)setpgid(0, 0);
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
-		_exit(127);
-
-	if (dup2(null_fd, STDIN_FILENO) < 0 || dup2(output_fd, STDOUT_FILENO) < 0 ||
-	    dup2(output_fd, STDERR_FILENO) < 0)
-		goto fail;
-
-	/* Every other fd closes at exec; the QMP socket is the one QEMU keeps
-	 * (it is named by number in -chardev socket,fd=N). */
-	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
-		long max = sysconf(_SC_OPEN_MAX);
-		for (int fd = 3; fd < (max > 0 ? MIN(max, 65536L) : 1024); fd++)
-			(void)fcntl(fd, F_SETFD, FD_CLOEXEC);
-	}
-	if (fcntl(qmp_fd, F_SETFD, 0) < 0)
-		goto fail;
-
-	if (binary_fd >= 0) {
-		/* Executing the fd runs the very file that was opened and
-		 * stat'ed, whatever the path names by now. An ELF binary runs
-		 * from a close-on-exec fd, so nothing extra leaks into QEMU.
-		 * A "#!" script (like the QEMU 7.2 wrapper) cannot: the kernel
-		 * hands the interpreter /dev/fd/N, which would be closed by
-		 * then, and fails with ENOENT. For that case only, keep the fd
-		 * open across exec; the interpreter reads the script through it
-		 * and QEMU inherits one harmless read-only fd. */
-		execveat(binary_fd, "", argv, envp, AT_EMPTY_PATH);
-		if (errno == ENOENT && fcntl(binary_fd, F_SETFD, 0) >= 0)
-			execveat(binary_fd, "", argv, envp, AT_EMPTY_PATH);
-	} else
-		execve(path, argv, envp);
-fail:
-	e = errno;
-	(void)!write(exec_fd, &e, sizeof(e));
-	_exit(127);
 }
 
 /* Kills the child and anything in its process group; the pidfd makes the
@@ -443,16 +368,18 @@ static const struct qmp_callbacks probe_qmp_callbacks = {
 	.closed = probe_on_qmp_closed,
 };
 
+/* The QMP socket's number in the child, named in -chardev socket,fd=N. */
+#define PROBE_QMP_FD 3
+
 static int probe_spawn(struct probe *p) {
 	_cleanup_close_ int qmp_parent = -1, qmp_child = -1, out_r = -1, out_w = -1,
-			    exec_r = -1, exec_w = -1, null_fd = -1;
+			    exec_r = -1, exec_w = -1;
 	/* A fixed, small environment: the probe must not depend on what cprd
 	 * happened to be started with (NOTIFY_SOCKET, LISTEN_FDS, locale). */
 	char *envp[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 			 "LC_ALL=C", NULL };
 	char chardev[64];
-	int pair[2], pipefd[2], fd, r;
-	pid_t parent = getpid(), pid;
+	int pair[2], pipefd[2], r;
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
 		return -errno;
@@ -466,17 +393,8 @@ static int probe_spawn(struct probe *p) {
 		return -errno;
 	exec_r = pipefd[0];
 	exec_w = pipefd[1];
-	null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if (null_fd < 0)
-		return -errno;
 
-	/* The child dup2()s onto 0-2: nothing it still needs may sit there. */
-	if ((r = fd_move_above_stdio(&qmp_child)) < 0 || (r = fd_move_above_stdio(&out_w)) < 0 ||
-	    (r = fd_move_above_stdio(&exec_w)) < 0 || (r = fd_move_above_stdio(&null_fd)) < 0 ||
-	    (r = fd_move_above_stdio(&p->binary_fd)) < 0)
-		return r;
-
-	snprintf(chardev, sizeof(chardev), "socket,id=qmp,fd=%d", qmp_child);
+	snprintf(chardev, sizeof(chardev), "socket,id=qmp,fd=%d", PROBE_QMP_FD);
 	/* Works with QEMU 7.2 and 10.0: no guest, no devices, no config files,
 	 * stopped CPUs; QMP on the inherited socket. */
 	char *argv[] = {
@@ -489,31 +407,24 @@ static int probe_spawn(struct probe *p) {
 		"-mon", "chardev=qmp,mode=control",
 		NULL,
 	};
-
-	pid = fork();
-	if (pid < 0)
-		return -errno;
-	if (pid == 0)
-		probe_child(p->path, p->binary_fd, argv, envp, qmp_child, out_w, exec_w, null_fd,
-			    parent);
-
-	/* Also here, so that probe_kill() reaches the group even if the child
-	 * has not run yet; fails harmlessly once it exec'ed. */
-	(void)setpgid(pid, pid);
-	p->pid = pid;
-
-	fd = pidfd_open_sys(pid);
-	if (fd < 0) {
-		r = -errno;
-		/* Without a pidfd there is no asynchronous way to wait; the
-		 * child was just forked and SIGKILL is immediate. */
-		(void)kill(-pid, SIGKILL);
-		(void)kill(pid, SIGKILL);
-		(void)waitpid(pid, NULL, 0);
-		p->pid = 0;
+	const struct qemu_fd fds[] = { { qmp_child, PROBE_QMP_FD } };
+	/* The child runs in a session of its own, so probe_kill() reaches
+	 * whatever a wrapper script forked; and it dies with cprd, so no
+	 * probe is left behind. */
+	const struct qemu_spawn_options so = {
+		.binary_fd = p->binary_fd,
+		.path = p->path,
+		.argv = argv,
+		.envp = envp,
+		.fds = fds,
+		.n_fds = ELEMENTSOF(fds),
+		.log_fd = out_w,
+		.exec_error_fd = exec_w,
+		.die_with_parent = true,
+	};
+	r = qemu_fork(&so, &p->pid, &p->pidfd);
+	if (r < 0)
 		return r;
-	}
-	p->pidfd = fd;
 	p->exec_fd = TAKE_FD(exec_r);
 	p->output_fd = TAKE_FD(out_r);
 
@@ -529,7 +440,7 @@ static int probe_spawn(struct probe *p) {
 	/* Our own deadline speaks first, with the better message. */
 	(void)qmp_set_greeting_timeout(p->qmp, (int)(p->timeout_usec / 1000) + 1000);
 
-	log_debug("probe %s: started as pid %d", p->path, (int)pid);
+	log_debug("probe %s: started as pid %d", p->path, (int)p->pid);
 	return 0;
 }
 

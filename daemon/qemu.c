@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -133,10 +134,15 @@ bool qemu_may_open_rw(const char *path) {
 	return ((st.st_mode >> shift) & 06) == 06;
 }
 
-/* In the child: says why it cannot go on, on the QEMU log, and ends. */
-static _noreturn_ void child_fail(const char *what) {
+/* In the child: says why it cannot go on, as an errno on the exec-error
+ * pipe when there is one, else as a sentence on the QEMU log, and ends. */
+static _noreturn_ void child_fail(int error_fd, const char *what) {
 	static const char prefix[] = "cprd: cannot start QEMU: ";
 	int e = errno;
+	if (error_fd >= 0) {
+		(void)!write(error_fd, &e, sizeof(e));
+		_exit(127);
+	}
 	(void)!write(STDERR_FILENO, prefix, sizeof(prefix) - 1);
 	(void)!write(STDERR_FILENO, what, strlen(what));
 	const char *why = e == EPERM || e == EACCES ? ": permission denied\n" : ": failed\n";
@@ -145,101 +151,121 @@ static _noreturn_ void child_fail(const char *what) {
 }
 
 /* In the child, between fork and exec: async-signal-safe calls only. */
-static _noreturn_ void child_exec(int binary_fd, char *const *argv, const struct qemu_fd *fds,
-				  size_t n_fds, int log_fd) {
+static _noreturn_ void child_exec(const struct qemu_spawn_options *o, pid_t parent) {
 	sigset_t all;
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
-	setsid(); /* no signals from cprd's terminal or process group */
+	/* No signals from cprd's terminal or process group; and a process
+	 * group of its own, so a kill of the group reaches whatever a wrapper
+	 * script forked. */
+	setsid();
 
 	/* Move every source out of the way first, so no target overwrites a
 	 * source that is still to be moved. */
 	int moved[64];
-	if (n_fds > ELEMENTSOF(moved))
+	if (o->n_fds > ELEMENTSOF(moved))
 		_exit(127);
-	for (size_t i = 0; i < n_fds; i++) {
-		moved[i] = fcntl(fds[i].fd, F_DUPFD_CLOEXEC, 256);
+	int error_fd = -1;
+	if (o->exec_error_fd >= 0 && (error_fd = fcntl(o->exec_error_fd, F_DUPFD_CLOEXEC, 256)) < 0)
+		_exit(127);
+	for (size_t i = 0; i < o->n_fds; i++) {
+		moved[i] = fcntl(o->fds[i].fd, F_DUPFD_CLOEXEC, 256);
 		if (moved[i] < 0)
-			_exit(127);
+			child_fail(error_fd, "fcntl");
 	}
-	int logfd = fcntl(log_fd, F_DUPFD_CLOEXEC, 256);
-	binary_fd = fcntl(binary_fd, F_DUPFD_CLOEXEC, 256);
-	if (binary_fd < 0)
-		_exit(127);
+	int logfd = fcntl(o->log_fd, F_DUPFD_CLOEXEC, 256);
+	int binary_fd = o->binary_fd < 0 ? -1 : fcntl(o->binary_fd, F_DUPFD_CLOEXEC, 256);
+	if (o->binary_fd >= 0 && binary_fd < 0)
+		child_fail(error_fd, "fcntl");
 	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (logfd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
-		_exit(127);
+		child_fail(error_fd, "stdio");
 	int maxfd = 2;
-	for (size_t i = 0; i < n_fds; i++) {
+	for (size_t i = 0; i < o->n_fds; i++) {
 		/* dup2 gives the copy no close-on-exec: these fds are the ones
 		 * meant to survive exec, and only these. */
-		if (dup2(moved[i], fds[i].target) < 0)
-			_exit(127);
-		if (fds[i].target > maxfd)
-			maxfd = fds[i].target;
+		if (dup2(moved[i], o->fds[i].target) < 0)
+			child_fail(error_fd, "dup2");
+		if (o->fds[i].target > maxfd)
+			maxfd = o->fds[i].target;
 	}
 	/* Drop root for good: groups first, while we may still set them. */
 	if (qemu_user.set) {
 		if (setgroups((size_t)qemu_user.n_groups, qemu_user.groups) < 0)
-			child_fail("setgroups");
+			child_fail(error_fd, "setgroups");
 		if (setresgid(qemu_user.gid, qemu_user.gid, qemu_user.gid) < 0)
-			child_fail("setresgid");
+			child_fail(error_fd, "setresgid");
 		if (setresuid(qemu_user.uid, qemu_user.uid, qemu_user.uid) < 0)
-			child_fail("setresuid");
+			child_fail(error_fd, "setresuid");
 	}
+	/* After the drop, which clears the parent-death signal; and then the
+	 * check, in case cprd died before it was set. */
+	if (o->die_with_parent && (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent))
+		_exit(127);
 	/* Everything else closes at exec; binary_fd too, unless it is a script
 	 * (see below). */
 	syscall(SYS_close_range, (unsigned)maxfd + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+	char *const *envp = o->envp ? o->envp : environ;
+	if (binary_fd < 0) {
+		execve(o->path, o->argv, envp);
+		child_fail(error_fd, "exec");
+	}
 	/* Execute the very file cprd checked, not whatever the path names now. */
-	syscall(SYS_execveat, binary_fd, "", argv, environ, AT_EMPTY_PATH);
+	syscall(SYS_execveat, binary_fd, "", o->argv, envp, AT_EMPTY_PATH);
 	if (errno == ENOENT) {
 		/* A "#!" script: its interpreter opens /dev/fd/N, which a
 		 * close-on-exec fd would no longer be. */
 		fcntl(binary_fd, F_SETFD, 0);
-		syscall(SYS_execveat, binary_fd, "", argv, environ, AT_EMPTY_PATH);
+		syscall(SYS_execveat, binary_fd, "", o->argv, envp, AT_EMPTY_PATH);
 	}
-	child_fail("exec");
+	child_fail(error_fd, "exec");
 }
 
-int qemu_spawn(struct event_base *base, int binary_fd, char *const *argv,
-	       const struct qemu_fd *fds, size_t n_fds, int log_fd, const char *label,
+int qemu_fork(const struct qemu_spawn_options *o, pid_t *ret_pid, int *ret_pidfd) {
+	if (o->binary_fd < 0 && !o->path)
+		return -EINVAL;
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0)
+		child_exec(o, parent);
+
+	/* Our unreaped child cannot be replaced by another process, so this
+	 * pidfd refers to it for sure. */
+	int pidfd = pidfd_open_pid(pid);
+	if (pidfd < 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		return pidfd;
+	}
+	*ret_pid = pid;
+	*ret_pidfd = pidfd;
+	return 0;
+}
+
+int qemu_spawn(struct event_base *base, const struct qemu_spawn_options *o, const char *label,
 	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret) {
 	struct qemu_proc *p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
 	p->label = strdup(label);
 
-	pid_t pid = fork();
-	if (pid < 0) {
-		int r = -errno;
+	int r = qemu_fork(o, &p->pid, &p->pidfd);
+	if (r < 0) {
 		free(p->label);
 		free(p);
 		return r;
 	}
-	if (pid == 0)
-		child_exec(binary_fd, argv, fds, n_fds, log_fd);
-
-	/* Our unreaped child cannot be replaced by another process, so this
-	 * pidfd refers to it for sure. */
-	p->pidfd = pidfd_open_pid(pid);
-	if (p->pidfd < 0) {
-		int r = p->pidfd;
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
-		free(p->label);
-		free(p);
-		return r;
-	}
-	p->pid = pid;
 	p->child = true;
 	p->running = true;
 	p->on_exit = on_exit;
 	p->userdata = userdata;
 	p->ev = event_new(base, p->pidfd, EV_READ | EV_PERSIST, on_pidfd, p);
 	event_add(p->ev, NULL);
-	log_debug("%s: started %s as pid %d", label, argv[0], (int)pid);
+	log_debug("%s: started %s as pid %d", label, o->argv[0], (int)p->pid);
 	*ret = p;
 	return 0;
 }
@@ -268,7 +294,6 @@ int qemu_adopt(struct event_base *base, pid_t pid, int pidfd, const char *label,
 
 pid_t qemu_proc_pid(const struct qemu_proc *p) { return p->pid; }
 bool qemu_proc_running(const struct qemu_proc *p) { return p->running; }
-int qemu_proc_pidfd(const struct qemu_proc *p) { return p->pidfd; }
 
 int qemu_proc_kill(struct qemu_proc *p, int sig) {
 	if (!p->running)

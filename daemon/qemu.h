@@ -1,5 +1,6 @@
-/* Running a QEMU process: fork, hand over exactly the fds it should have
- * at fixed numbers, exec, and watch it with a pidfd on the event loop. */
+/* Running a QEMU process, a guest's or a probe's: fork, drop to QEMU's user,
+ * hand over exactly the fds it should have at fixed numbers, exec, and watch
+ * it with a pidfd on the event loop. */
 #pragma once
 
 #include <stdbool.h>
@@ -34,13 +35,29 @@ int qemu_user_chown(const char *path);
  * (/dev/kvm for --accel auto). */
 bool qemu_may_open_rw(const char *path);
 
-/* Starts the file open as binary_fd (O_PATH; see binary.h) with argv
- * (argv[0] included). The child gets the fds in
- * `fds` at their target numbers and nothing else but stdin from /dev/null
- * and stdout/stderr on log_fd. on_exit runs once, from the event loop, when
- * the process ended; the proc stays valid until qemu_proc_free(). */
-int qemu_spawn(struct event_base *base, int binary_fd, char *const *argv,
-	       const struct qemu_fd *fds, size_t n_fds, int log_fd, const char *label,
+/* How a child is started. Every child, a guest's QEMU or a probe, goes
+ * through the same fork and exec, and so runs as --qemu-user's user. */
+struct qemu_spawn_options {
+	int binary_fd;             /* O_PATH fd of the checked file (binary.h), or -1 */
+	const char *path;          /* executed by name when binary_fd is -1 */
+	char *const *argv;         /* argv[0] included */
+	char *const *envp;         /* NULL: cprd's own environment */
+	const struct qemu_fd *fds; /* the only fds the child keeps, at their numbers */
+	size_t n_fds;
+	int log_fd;                /* stdout and stderr; stdin is /dev/null */
+	/* -1, or a pipe's write end (close-on-exec): a failed set-up or exec
+	 * writes its errno there as an int, instead of a sentence on log_fd. */
+	int exec_error_fd;
+	/* SIGKILL when cprd dies: for a probe, never for a guest. */
+	bool die_with_parent;
+};
+
+/* Forks and executes o's binary as QEMU's user, in a session of its own.
+ * The child is not watched: the caller owns *ret_pidfd and must reap. */
+int qemu_fork(const struct qemu_spawn_options *o, pid_t *ret_pid, int *ret_pidfd);
+/* qemu_fork(), then watches the child: on_exit runs once, from the event
+ * loop, when the process ended; the proc stays valid until qemu_proc_free(). */
+int qemu_spawn(struct event_base *base, const struct qemu_spawn_options *o, const char *label,
 	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret);
 /* Watches a process that is not our child (after cprd restarted). pidfd is
  * taken. */
@@ -49,7 +66,6 @@ int qemu_adopt(struct event_base *base, pid_t pid, int pidfd, const char *label,
 
 pid_t qemu_proc_pid(const struct qemu_proc *p);
 bool qemu_proc_running(const struct qemu_proc *p);
-int qemu_proc_pidfd(const struct qemu_proc *p);
 int qemu_proc_kill(struct qemu_proc *p, int sig);
 /* cprd is exiting: free without waiting for children (guests keep running). */
 void qemu_set_exiting(void);

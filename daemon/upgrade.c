@@ -17,17 +17,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "api.h"
 #include "binary.h"
+#include "cmdline.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "migration.h"
+#include "mode.h"
+#include "upgrade-journal.h"
 #include "probe.h"
 #include "qemu.h"
 #include "qmp.h"
 #include "spec.h"
 #include "util.h"
-#include "varlink.h"
 #include "vm.h"
 
 #define UPGRADE_PHASE_TIMEOUT_MS 15000 /* each phase, within --timeout */
@@ -35,6 +37,9 @@
 #define UPGRADE_SOCKET_POLL_MS 1       /* waiting for the cpr socket: a stat() */
 #define UPGRADE_QMP_TIMEOUT_MS 5000
 #define UPGRADE_EXIT_WAIT_MS 2000 /* for a QEMU whose QMP channel closed */
+/* The incoming sockets the target binds in the upgrade's private folder. */
+#define UPGRADE_MAIN_SOCK "main.sock"
+#define UPGRADE_CPR_SOCK "cpr.sock"
 
 enum upgrade_phase {
 	PHASE_PREFLIGHT,
@@ -57,15 +62,12 @@ static const char *const phase_names[_PHASE_MAX] = {
 	[PHASE_ROLLBACK] = "rollback",
 };
 
-static const char *const mode_names[] = {
-	[UPGRADE_MODE_AUTO] = "auto",
-	[UPGRADE_MODE_CPR_TRANSFER] = "cpr-transfer",
-	[UPGRADE_MODE_LOCAL_MIGRATE] = "local-migrate",
-};
+_Static_assert(ELEMENTSOF(cprd_upgrade_modes) == _UPGRADE_MODE_MAX,
+	       "cprd_upgrade_modes names every upgrade mode");
 
 int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret) {
-	for (size_t i = 0; i < ELEMENTSOF(mode_names); i++)
-		if (streq(s, mode_names[i])) {
+	for (size_t i = 0; i < ELEMENTSOF(cprd_upgrade_modes); i++)
+		if (streq(s, cprd_upgrade_modes[i])) {
 			*ret = (enum upgrade_mode)i;
 			return 0;
 		}
@@ -73,34 +75,22 @@ int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret) {
 }
 
 const char *upgrade_mode_to_string(enum upgrade_mode m) {
-	return m < ELEMENTSOF(mode_names) ? mode_names[m] : "unknown";
+	return m < _UPGRADE_MODE_MAX ? cprd_upgrade_modes[m] : "unknown";
 }
-
-void upgrade_reset_mode(struct qmp *qmp) {
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "mode", json_object_new_string("normal"));
-	qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-}
-
-struct upgrade;
-typedef void (*upgrade_done_fn)(struct upgrade *u, struct json_object *result, void *userdata);
-typedef void (*upgrade_progress_fn)(struct upgrade *u, const char *phase, const char *message,
-				    void *userdata);
 
 struct upgrade {
 	struct manager *m;
 	struct vm *vm;
 	char *binary;
 	enum upgrade_mode mode;
+	const struct mode_ops *ops; /* the mode chosen at preflight */
 	int timeout_sec;
 	bool dry_run;
 
 	enum upgrade_phase phase;
 	enum upgrade_phase failed_phase;
 	char *reason;       /* why it failed */
-	bool refused;       /* preflight said no: nothing was touched */
-	const char *refusal; /* the named error of a refusal */
-	bool error_named;   /* refusal error is QEMUProbeFailed */
+	enum upgrade_refusal refusal; /* preflight said no: nothing was touched */
 
 	struct probe_result *probe; /* of the new binary */
 	struct vm_qemu *old, *target;
@@ -120,6 +110,7 @@ struct upgrade {
 	upgrade_progress_fn progress;
 	upgrade_done_fn done;
 	void *userdata;
+	struct migration_rollback rollback;
 	struct hold *held; /* the test hook's pending delay */
 	bool counted;      /* in manager->upgrades_running */
 };
@@ -127,7 +118,7 @@ struct upgrade {
 static void upgrade_fail(struct upgrade *u, const char *fmt, ...) _printf_(2, 3);
 static void arm(struct event *ev, int ms);
 
-/* A test hook, read from the environment at the first upgrade: with
+/* A test hook, read from the environment before each phase: with
  * CPRD_TEST_HOLD_PHASE=transfer and CPRD_TEST_HOLD_MS=3000, cprd waits 3 s
  * before starting that phase (spawn-target, transfer, retire or commit), so
  * the fault tests can kill a process in a known phase. Unset in
@@ -165,7 +156,6 @@ static void upgrade_next(struct upgrade *u, const char *phase, void (*fn)(struct
 	u->held = h;
 	arm(h->ev, delay);
 }
-static struct json_object *caps_ignore_shared_set(bool on);
 static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *fmt, ...) _printf_(3, 4);
 static void upgrade_finish(struct upgrade *u);
 static void upgrade_spawn(struct upgrade *u);
@@ -179,6 +169,7 @@ static void upgrade_free(struct upgrade *u) {
 	for (size_t i = 0; i < ELEMENTSOF(qs); i++)
 		if (qs[i] && vm_qemu_qmp(qs[i]))
 			qmp_cancel(vm_qemu_qmp(qs[i]), u);
+	migration_rollback_cancel(&u->rollback);
 	if (u->held) {
 		event_free(u->held->ev);
 		free(u->held);
@@ -191,12 +182,7 @@ static void upgrade_free(struct upgrade *u) {
 		event_free(u->poll_timer);
 	if (u->target)
 		vm_qemu_free(u->target);
-	if (u->main_path)
-		unlink(u->main_path);
-	if (u->cpr_path)
-		unlink(u->cpr_path);
-	if (u->dir)
-		rmdir(u->dir);
+	upgrade_dir_remove(u->dir);
 	probe_result_free(u->probe);
 	free(u->binary);
 	free(u->reason);
@@ -206,6 +192,17 @@ static void upgrade_free(struct upgrade *u) {
 	free(u->main_path);
 	free(u->cpr_path);
 	free(u);
+}
+
+void upgrade_dir_remove(const char *dir) {
+	if (!dir)
+		return;
+	_cleanup_free_ char *main_sock = NULL, *cpr_sock = NULL;
+	if (asprintf(&main_sock, "%s/" UPGRADE_MAIN_SOCK, dir) >= 0)
+		unlink(main_sock);
+	if (asprintf(&cpr_sock, "%s/" UPGRADE_CPR_SOCK, dir) >= 0)
+		unlink(cpr_sock);
+	rmdir(dir);
 }
 
 static double ms_since(uint64_t start_mono) {
@@ -233,29 +230,84 @@ static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *f
 
 /* ---- the result ---------------------------------------------------------- */
 
-/* What the result (UpgradeResult) and the history (UpgradeRecord) share. */
-static struct json_object *upgrade_outcome_json(struct upgrade *u, const char *outcome) {
+/* What an upgrade's result (UpgradeResult) and its history record
+ * (UpgradeRecord) say, taken from a running upgrade or, after a restart,
+ * from its journal. */
+struct account {
+	const char *time; /* RFC 3339 */
+	const char *outcome, *mode;
+	const char *from_binary, *to_binary, *from_version, *to_version;
+	int from_pid, to_pid;
+	double pause_ms; /* < 0: not measured */
+	double total_ms;
+	const char *failed_phase, *reason; /* NULL: not said */
+};
+
+static struct json_object *json_string_or_null(const char *s) {
+	return s ? json_object_new_string(s) : NULL;
+}
+
+/* The fields the result and the record share. */
+static struct json_object *account_outcome_json(const struct account *a) {
 	struct json_object *o = json_object_new_object();
-	char v[64] = "";
-	json_object_object_add(o, "outcome", json_object_new_string(outcome));
-	json_object_object_add(o, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
-	json_object_object_add(o, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
-	if (u->probe)
-		snprintf(v, sizeof(v), "%u.%u.%u", u->probe->major, u->probe->minor, u->probe->micro);
-	json_object_object_add(o, "toVersion", json_object_new_string(v));
-	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts)
-		json_object_object_add(o, "pauseMs",
-				       json_new_fixed3((double)(u->resume_ts - u->stop_ts) / 1000.0));
-	json_object_object_add(o, "totalMs", json_new_fixed3(ms_since(u->start_mono)));
-	if (streq(outcome, "rolled-back") || streq(outcome, "failed")) {
-		json_object_object_add(o, "failedPhase", json_object_new_string(phase_names[u->failed_phase]));
-		json_object_object_add(o, "reason", json_object_new_string(u->reason ? u->reason : ""));
-	}
+	json_object_object_add(o, "outcome", json_object_new_string(a->outcome));
+	json_object_object_add(o, "mode", json_string_or_null(a->mode));
+	json_object_object_add(o, "fromVersion", json_string_or_null(a->from_version));
+	json_object_object_add(o, "toVersion", json_string_or_null(a->to_version));
+	if (a->pause_ms >= 0)
+		json_object_object_add(o, "pauseMs", json_new_fixed3(a->pause_ms));
+	json_object_object_add(o, "totalMs", json_new_fixed3(a->total_ms));
+	if (a->failed_phase)
+		json_object_object_add(o, "failedPhase", json_object_new_string(a->failed_phase));
+	if (a->reason)
+		json_object_object_add(o, "reason", json_object_new_string(a->reason));
 	return o;
 }
 
+/* Appends the account to the VM's upgrade history (and saves). */
+static void account_record(struct vm *vm, const struct account *a) {
+	struct json_object *h = account_outcome_json(a);
+	json_object_object_add(h, "time", json_string_or_null(a->time));
+	json_object_object_add(h, "fromBinary", json_string_or_null(a->from_binary));
+	json_object_object_add(h, "toBinary", json_string_or_null(a->to_binary));
+	json_object_object_add(h, "fromPid", json_object_new_int(a->from_pid));
+	json_object_object_add(h, "toPid", json_object_new_int(a->to_pid));
+	vm_add_history(vm, h);
+}
+
+/* The account of u as it ends with outcome; to_version and time are the
+ * caller's buffers. */
+static struct account upgrade_account(struct upgrade *u, const char *outcome, char *to_version,
+				      size_t to_version_size, char *time) {
+	to_version[0] = '\0';
+	if (u->probe)
+		snprintf(to_version, to_version_size, "%u.%u.%u", u->probe->major, u->probe->minor,
+			 u->probe->micro);
+	format_rfc3339(u->start_real, time);
+	bool failed = streq(outcome, "rolled-back") || streq(outcome, "failed");
+	return (struct account){
+		.time = time,
+		.outcome = outcome,
+		.mode = upgrade_mode_to_string(u->mode),
+		.from_binary = u->from_binary ? u->from_binary : "",
+		.to_binary = u->binary,
+		.from_version = u->from_version ? u->from_version : "",
+		.to_version = to_version,
+		.from_pid = u->old_pid,
+		.to_pid = u->target_pid,
+		.pause_ms = u->stop_ts > 0 && u->resume_ts > u->stop_ts
+				    ? (double)(u->resume_ts - u->stop_ts) / 1000.0
+				    : -1,
+		.total_ms = ms_since(u->start_mono),
+		.failed_phase = failed ? phase_names[u->failed_phase] : NULL,
+		.reason = failed ? (u->reason ? u->reason : "") : NULL,
+	};
+}
+
 static struct json_object *upgrade_result(struct upgrade *u, const char *outcome) {
-	struct json_object *r = upgrade_outcome_json(u, outcome);
+	char v[64], ts[32];
+	struct account a = upgrade_account(u, outcome, v, sizeof(v), ts);
+	struct json_object *r = account_outcome_json(&a);
 	json_object_object_add(r, "vm", json_object_new_string(u->vm->name));
 	if (u->vm->qemu)
 		json_object_object_add(r, "pid", json_object_new_int(vm_qemu_pid(u->vm->qemu)));
@@ -266,15 +318,30 @@ static struct json_object *upgrade_result(struct upgrade *u, const char *outcome
 }
 
 static void upgrade_record(struct upgrade *u, const char *outcome) {
-	char ts[32];
-	struct json_object *h = upgrade_outcome_json(u, outcome);
-	format_rfc3339(u->start_real, ts);
-	json_object_object_add(h, "time", json_object_new_string(ts));
-	json_object_object_add(h, "fromBinary", json_object_new_string(u->from_binary ? u->from_binary : ""));
-	json_object_object_add(h, "toBinary", json_object_new_string(u->binary));
-	json_object_object_add(h, "fromPid", json_object_new_int(u->old_pid));
-	json_object_object_add(h, "toPid", json_object_new_int(u->target_pid));
-	vm_add_history(u->vm, h);
+	char v[64], ts[32];
+	struct account a = upgrade_account(u, outcome, v, sizeof(v), ts);
+	account_record(u->vm, &a);
+}
+
+void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
+			    const char *reason) {
+	const char *to_version = json_object_get_string(json_object_object_get(j->target, "version"));
+	struct account a = {
+		.time = j->time,
+		.outcome = outcome,
+		.mode = j->mode,
+		.from_binary = j->from_binary,
+		.to_binary = j->binary,
+		.from_version = j->from_version,
+		.to_version = to_version ? to_version : "",
+		.from_pid = json_object_get_int(json_object_object_get(j->old, "pid")),
+		.to_pid = json_object_get_int(json_object_object_get(j->target, "pid")),
+		.pause_ms = -1,
+		.total_ms = 0,
+		.failed_phase = streq(outcome, "committed") ? NULL : j->phase,
+		.reason = reason,
+	};
+	account_record(vm, &a);
 }
 
 /* ---- the journal a restarted cprd reads (see attach.c) -------------------- */
@@ -287,25 +354,26 @@ static void upgrade_journal(struct upgrade *u) {
 		unlink(path);
 		return;
 	}
-	_cleanup_json_ struct json_object *o = json_object_new_object();
 	char ts[32];
 	format_rfc3339(u->start_real, ts);
-	json_object_object_add(o, "time", json_object_new_string(ts));
-	json_object_object_add(o, "phase", json_object_new_string(phase_names[u->phase]));
-	json_object_object_add(o, "mode", json_object_new_string(upgrade_mode_to_string(u->mode)));
-	json_object_object_add(o, "binary", json_object_new_string(u->binary));
-	json_object_object_add(o, "fromBinary", json_object_new_string(u->from_binary ? u->from_binary : ""));
-	json_object_object_add(o, "fromVersion", json_object_new_string(u->from_version ? u->from_version : ""));
-	json_object_object_add(o, "wasRunning", json_object_new_boolean(u->was_running));
-	json_object_object_add(o, "resumed", json_object_new_boolean(u->target_resumed));
-	json_object_object_add(o, "startMono", json_object_new_int64((int64_t)u->start_mono));
-	if (u->old)
-		json_object_object_add(o, "old", vm_qemu_record(u->old));
 	struct vm_qemu *target = u->target ? u->target : (u->target_resumed ? u->vm->qemu : NULL);
-	if (target)
-		json_object_object_add(o, "target", vm_qemu_record(target));
-	if (u->dir)
-		json_object_object_add(o, "dir", json_object_new_string(u->dir));
+	_cleanup_json_ struct json_object *old_rec = u->old ? vm_qemu_record(u->old) : NULL;
+	_cleanup_json_ struct json_object *target_rec = target ? vm_qemu_record(target) : NULL;
+	const struct upgrade_journal j = {
+		.time = ts,
+		.phase = (char *)phase_names[u->phase],
+		.mode = (char *)upgrade_mode_to_string(u->mode),
+		.binary = u->binary,
+		.from_binary = u->from_binary,
+		.from_version = u->from_version,
+		.dir = u->dir,
+		.was_running = u->was_running,
+		.resumed = u->target_resumed,
+		.start_mono = u->start_mono,
+		.old = old_rec,
+		.target = target_rec,
+	};
+	_cleanup_json_ struct json_object *o = upgrade_journal_to_json(&j);
 	write_json_atomic(path, o);
 }
 
@@ -319,7 +387,7 @@ static void upgrade_finish(struct upgrade *u) {
 	evtimer_del(u->total_timer);
 	evtimer_del(u->poll_timer);
 
-	if (u->refused)
+	if (u->refusal != UPGRADE_NOT_REFUSED)
 		outcome = "refused";
 	else if (u->target_resumed)
 		outcome = "committed";
@@ -329,38 +397,29 @@ static void upgrade_finish(struct upgrade *u) {
 		outcome = "rolled-back";
 
 	/* After a rollback the old QEMU is the VM's again, with its callbacks. */
-	if (!u->refused && !u->target_resumed && !u->old_gone && vm->qemu)
+	if (u->refusal == UPGRADE_NOT_REFUSED && !u->target_resumed && !u->old_gone && vm->qemu)
 		vm_watch_main(vm);
-	if (!u->refused) {
+	if (u->refusal == UPGRADE_NOT_REFUSED) {
 		enum upgrade_phase was = u->phase;
 		u->phase = PHASE_DONE;
 		upgrade_journal(u);
 		u->phase = was;
 		upgrade_record(u, outcome);
-		vm->operation = NULL;
+		vm->operation = VM_OP_NONE;
 		if (u->counted)
 			u->m->upgrades_running--;
 		u->counted = false;
 		char msg[256];
 		snprintf(msg, sizeof(msg), "upgrade %s (%s)", outcome, upgrade_mode_to_string(u->mode));
 		manager_emit(u->m, vm, "upgrade", msg);
-	} else if (vm->operation && streq(vm->operation, "upgrade-preflight"))
-		vm->operation = NULL;
+	} else if (vm->operation == VM_OP_UPGRADE_PREFLIGHT)
+		vm->operation = VM_OP_NONE;
 
 	struct json_object *result = upgrade_result(u, outcome);
 	log_vm(streq(outcome, "committed") || streq(outcome, "dry-run") ? LOG_INFO : LOG_WARNING,
 	       vm->name, "upgrade %s: %s", outcome, json_object_to_json_string(result));
 	u->done(u, result, u->userdata);
 	upgrade_free(u);
-}
-
-/* Puts the guest back on the old QEMU as it was. */
-static void rollback_on_cont(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
-			     void *userdata) {
-	struct upgrade *u = userdata;
-	if (err)
-		log_vm(LOG_ERR, u->vm->name, "rollback: cont on the old QEMU failed: %s", err->desc);
-	upgrade_finish(u);
 }
 
 /* The old QEMU's QMP channel closed: it is probably dying, and its pidfd
@@ -371,29 +430,14 @@ static void rollback_await_exit(struct upgrade *u) {
 	arm(u->phase_timer, UPGRADE_EXIT_WAIT_MS);
 }
 
-static void rollback_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
-			       void *userdata) {
-	struct upgrade *u = userdata;
-	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
-	if (err) {
-		log_vm(LOG_ERR, u->vm->name, "rollback: old QEMU does not answer: %s", err->desc);
-		if (qmp_get_error(qmp) < 0)
-			return rollback_await_exit(u);
-		return upgrade_finish(u);
-	}
-	if (status && (streq(status, "finish-migrate") || streq(status, "inmigrate"))) {
-		/* The cancel is still settling; ask again shortly. */
-		qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u);
-		return;
-	}
-	if (u->was_running && status && !streq(status, "running")) {
-		log_vm(LOG_INFO, u->vm->name, "rollback: old QEMU is %s; resuming the guest", status);
-		qmp_command(qmp, "cont", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_cont, u);
-		return;
-	}
+static void upgrade_on_rollback(struct migration_rollback *r, int error, const char *status) {
+	struct upgrade *u = container_of(r, struct upgrade, rollback);
+	if (error == -EPIPE)
+		return rollback_await_exit(u);
 	upgrade_finish(u);
 }
 
+/* Puts the guest back on the old QEMU as it was. */
 static void upgrade_rollback(struct upgrade *u) {
 	struct vm *vm = u->vm;
 	upgrade_enter(u, PHASE_ROLLBACK, "%s; keeping the guest on QEMU %s (pid %d)",
@@ -409,16 +453,14 @@ static void upgrade_rollback(struct upgrade *u) {
 	}
 	/* The old QEMU keeps the upgrade's callbacks until the rollback is
 	 * over, so its death meanwhile ends the upgrade as failed. */
-	struct qmp *qmp = vm_qemu_qmp(u->old);
-	if (u->migrate_sent)
-		qmp_command(qmp, "migrate_cancel", NULL, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-	if (u->old && vm_qemu_probe(u->old) && vm_qemu_probe(u->old)->migration_modes &&
-	    vm_qemu_probe(u->old)->migration_modes[0])
-		upgrade_reset_mode(qmp);
-	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE && u->migrate_sent)
-		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
-			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
-	if (qmp_command(qmp, "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS, rollback_on_status, u) < 0)
+	u->rollback = (struct migration_rollback){
+		.cancel = u->migrate_sent,
+		.reset_mode = vm_qemu_has_migration_modes(u->old),
+		.clear_ignore_shared = u->ops->ignore_shared && u->migrate_sent,
+		.resume = u->was_running,
+		.done = upgrade_on_rollback,
+	};
+	if (migration_rollback_start(&u->rollback, u->old ? vm_qemu_qmp(u->old) : NULL) < 0)
 		rollback_await_exit(u);
 }
 
@@ -447,15 +489,15 @@ static void upgrade_fail(struct upgrade *u, const char *fmt, ...) {
 	upgrade_rollback(u);
 }
 
-static void upgrade_refuse(struct upgrade *u, const char *error, const char *fmt, ...) _printf_(3, 4);
-static void upgrade_refuse(struct upgrade *u, const char *error, const char *fmt, ...) {
+static void upgrade_refuse(struct upgrade *u, enum upgrade_refusal why, const char *fmt, ...)
+	_printf_(3, 4);
+static void upgrade_refuse(struct upgrade *u, enum upgrade_refusal why, const char *fmt, ...) {
 	char msg[768];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	u->refused = true;
-	u->refusal = error;
+	u->refusal = why;
 	free(u->reason);
 	u->reason = strdup(msg);
 	u->failed_phase = PHASE_PREFLIGHT;
@@ -554,10 +596,10 @@ static void verify_on_status(struct qmp *qmp, struct json_object *ret, const str
 		upgrade_fail(u, "the new QEMU does not answer query-status: %s", err->desc);
 		return upgrade_next(u, "retire", upgrade_retire); /* no way back */
 	}
-	if (u->mode == UPGRADE_MODE_LOCAL_MIGRATE)
+	if (u->ops->ignore_shared)
 		/* Leave the new QEMU as a fresh one would be: a later cpr-transfer
 		 * from it must not carry x-ignore-shared. */
-		qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared_set(false),
+		qmp_command(qmp, "migrate-set-capabilities", migration_caps_ignore_shared(false),
 			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
 	if (u->was_running && !streq_ptr(status, "running")) {
@@ -688,58 +730,20 @@ static void on_migrate_sent(struct qmp *qmp, struct json_object *ret, const stru
 	arm(u->poll_timer, UPGRADE_POLL_MS);
 }
 
-static struct json_object *unix_addr(const char *path) {
-	struct json_object *a = json_object_new_object();
-	json_object_object_add(a, "transport", json_object_new_string("socket"));
-	json_object_object_add(a, "type", json_object_new_string("unix"));
-	json_object_object_add(a, "path", json_object_new_string(path));
-	return a;
-}
-
-static struct json_object *channel(const char *type, const char *path) {
-	struct json_object *c = json_object_new_object();
-	json_object_object_add(c, "channel-type", json_object_new_string(type));
-	json_object_object_add(c, "addr", unix_addr(path));
-	return c;
-}
-
 static void upgrade_send_migrate(struct upgrade *u) {
-	struct json_object *args = json_object_new_object();
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER && vm_qemu_probe(u->old) &&
-	    vm_qemu_probe(u->old)->x_ignore_shared)
-		/* A QEMU that arrived by local-migrate may still have it on; the
-		 * cpr target would refuse the stream. */
-		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", caps_ignore_shared_set(false),
+	if (!u->ops->ignore_shared && vm_qemu_probe(u->old) && vm_qemu_probe(u->old)->x_ignore_shared)
+		/* A QEMU that arrived by local-migrate may still have it on; a
+		 * target that expects all of the state would refuse the stream. */
+		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", migration_caps_ignore_shared(false),
 			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	upgrade_enter(u, PHASE_TRANSFER, "old QEMU pid %d sends device state (%s)", (int)u->old_pid,
 		      upgrade_mode_to_string(u->mode));
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
-		struct json_object *chans = json_object_new_array();
-		json_object_array_add(chans, channel("main", u->main_path));
-		json_object_array_add(chans, channel("cpr", u->cpr_path));
-		json_object_object_add(args, "channels", chans);
-	} else {
-		char uri[PATH_MAX + 8];
-		snprintf(uri, sizeof(uri), "unix:%s", u->main_path);
-		json_object_object_add(args, "uri", json_object_new_string(uri));
-	}
+	struct json_object *args = u->ops->migrate_args(u->main_path, u->cpr_path);
 	u->migrate_sent = true;
 	upgrade_journal(u);
 	if (qmp_command(vm_qemu_qmp(u->old), "migrate", args, UPGRADE_QMP_TIMEOUT_MS, on_migrate_sent, u) < 0)
 		upgrade_fail(u, "the old QEMU's QMP channel failed");
 }
-
-static struct json_object *caps_ignore_shared_set(bool on) {
-	struct json_object *caps = json_object_new_object(), *a = json_object_new_array(),
-			   *c = json_object_new_object();
-	json_object_object_add(c, "capability", json_object_new_string("x-ignore-shared"));
-	json_object_object_add(c, "state", json_object_new_boolean(on));
-	json_object_array_add(a, c);
-	json_object_object_add(caps, "capabilities", a);
-	return caps;
-}
-
-static struct json_object *caps_ignore_shared(void) { return caps_ignore_shared_set(true); }
 
 static void check_reply(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
 			void *userdata) {
@@ -748,7 +752,7 @@ static void check_reply(struct qmp *qmp, struct json_object *ret, const struct q
 		upgrade_fail(u, "%s: %s", qmp_get_label(qmp), err->desc);
 }
 
-/* local-migrate: the target listens (migrate-incoming) once its QMP is up. */
+/* -incoming defer: the target listens (migrate-incoming) once its QMP is up. */
 static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 				  const struct qmp_error *err, void *userdata) {
 	struct upgrade *u = userdata;
@@ -756,22 +760,24 @@ static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 		return upgrade_fail(u, "migrate-incoming on the new QEMU failed: %s", err->desc);
 	if (u->phase != PHASE_SPAWN)
 		return;
-	qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities", caps_ignore_shared(),
-		    UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
+	if (u->ops->ignore_shared)
+		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities",
+			    migration_caps_ignore_shared(true), UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
 	upgrade_next(u, "transfer", upgrade_send_migrate);
 }
 
 static void target_ready(struct vm_qemu *q, void *userdata) {
 	struct upgrade *u = userdata;
-	if (u->mode != UPGRADE_MODE_LOCAL_MIGRATE || u->phase != PHASE_SPAWN)
+	if (u->ops->incoming != CMDLINE_INCOMING_DEFER || u->phase != PHASE_SPAWN)
 		return; /* cpr-transfer: its QMP comes up only after migrate */
 	char uri[PATH_MAX + 8];
 	snprintf(uri, sizeof(uri), "unix:%s", u->main_path);
 	struct json_object *a = json_object_new_object();
 	json_object_object_add(a, "uri", json_object_new_string(uri));
 	struct qmp *qmp = vm_qemu_qmp(q);
-	qmp_command(qmp, "migrate-set-capabilities", caps_ignore_shared(), UPGRADE_QMP_TIMEOUT_MS,
-		    check_reply, u);
+	if (u->ops->ignore_shared)
+		qmp_command(qmp, "migrate-set-capabilities", migration_caps_ignore_shared(true),
+			    UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
 	qmp_command(qmp, "migrate-incoming", a, UPGRADE_QMP_TIMEOUT_MS, target_incoming_ready, u);
 }
 
@@ -822,7 +828,7 @@ static void upgrade_spawn(struct upgrade *u) {
 	 * unix path for the cpr channel, so QEMU binds them itself inside
 	 * this folder. */
 	_cleanup_free_ char *rdir = NULL;
-	if ((r = manager_vm_runtime_dir_make(u->m, vm->name, &rdir)) < 0)
+	if ((r = vm_runtime_dir_make(vm, &rdir)) < 0)
 		return upgrade_fail(u, "cannot create the VM's runtime folder: %s", strerror(-r));
 	snprintf(buf, sizeof(buf), "%s/upgrade-XXXXXX", rdir);
 	if (!mkdtemp(buf))
@@ -830,27 +836,15 @@ static void upgrade_spawn(struct upgrade *u) {
 	u->dir = strdup(buf);
 	if ((r = qemu_user_chown(buf)) < 0)
 		return upgrade_fail(u, "cannot give %s to QEMU's user: %s", buf, strerror(-r));
-	if (asprintf(&u->main_path, "%s/main.sock", u->dir) < 0 ||
-	    asprintf(&u->cpr_path, "%s/cpr.sock", u->dir) < 0)
+	if (asprintf(&u->main_path, "%s/" UPGRADE_MAIN_SOCK, u->dir) < 0 ||
+	    asprintf(&u->cpr_path, "%s/" UPGRADE_CPR_SOCK, u->dir) < 0)
 		return upgrade_fail(u, "out of memory");
 
-	char main_arg[PATH_MAX + 128], cpr_arg[PATH_MAX + 128];
-	const char *args[5] = {NULL};
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
-		snprintf(main_arg, sizeof(main_arg), "unix:%s", u->main_path);
-		snprintf(cpr_arg, sizeof(cpr_arg),
-			 "{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\"socket\",\"type\":\"unix\","
-			 "\"path\":\"%s\"}}",
-			 u->cpr_path);
-		args[0] = "-incoming";
-		args[1] = main_arg;
-		args[2] = "-incoming";
-		args[3] = cpr_arg;
-	} else {
-		args[0] = "-incoming";
-		args[1] = "defer";
-	}
-	struct vm_incoming in = {.args = args};
+	const struct cmdline_incoming in = {
+		.kind = u->ops->incoming,
+		.main_path = u->main_path,
+		.cpr_path = u->cpr_path,
+	};
 	r = vm_qemu_spawn(vm, u->binary, u->probe, &in, &target_callbacks, u, &u->target);
 	if (r < 0)
 		return upgrade_fail(u, "cannot start %s: %s", u->binary, strerror(-r));
@@ -858,8 +852,8 @@ static void upgrade_spawn(struct upgrade *u) {
 	upgrade_journal(u);
 	/* The target greets on QMP only after it received the cpr state. */
 	qmp_set_greeting_timeout(vm_qemu_qmp(u->target), u->timeout_sec * 1000);
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
-		arm(u->poll_timer, 0);
+	if (u->ops->incoming == CMDLINE_INCOMING_CPR_TRANSFER)
+		arm(u->poll_timer, 0); /* migrate once its cpr socket listens */
 }
 
 /* ---- preflight ----------------------------------------------------------- */
@@ -868,10 +862,10 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 				  const struct qmp_error *err, void *userdata) {
 	struct upgrade *u = userdata;
 	if (err)
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "query-migrate failed: %s", err->desc);
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "query-migrate failed: %s", err->desc);
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
 	if (status && (streq(status, "active") || streq(status, "setup") || streq(status, "device")))
-		return upgrade_refuse(u, API_ERROR("Busy"), "a migration is already under way (%s)", status);
+		return upgrade_refuse(u, UPGRADE_REFUSED_BUSY, "a migration is already under way (%s)", status);
 	struct json_object *blocked = json_object_object_get(ret, "blocked-reasons");
 	if (blocked && json_object_array_length(blocked) > 0) {
 		char why[512] = "";
@@ -881,9 +875,9 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 				 json_object_get_string(json_object_array_get_idx(blocked, i)));
 		}
 		/* Leave the mode as it was. */
-		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
-			upgrade_reset_mode(qmp);
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "QEMU reports migration blockers: %s", why);
+		if (u->ops->qmp_mode)
+			migration_reset_mode(qmp);
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "QEMU reports migration blockers: %s", why);
 	}
 
 	if (u->dry_run) {
@@ -893,21 +887,21 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 			 "pid %d with %s; guest RAM stays in place",
 			 u->binary, u->probe->major, u->probe->minor, u->probe->micro, u->vm->spec->machine,
 			 u->from_version, (int)u->old_pid, upgrade_mode_to_string(u->mode));
-		if (u->mode == UPGRADE_MODE_CPR_TRANSFER)
-			upgrade_reset_mode(qmp);
+		if (u->ops->qmp_mode)
+			migration_reset_mode(qmp);
 		free(u->reason);
 		u->reason = strdup(what);
 		evtimer_del(u->phase_timer);
 		evtimer_del(u->total_timer);
-		if (u->vm->operation && streq(u->vm->operation, "upgrade-preflight"))
-			u->vm->operation = NULL;
+		if (u->vm->operation == VM_OP_UPGRADE_PREFLIGHT)
+			u->vm->operation = VM_OP_NONE;
 		u->done(u, upgrade_result(u, "dry-run"), u->userdata);
 		upgrade_free(u);
 		return;
 	}
 
 	/* Preflight passed: from here on the VM is ours to move. */
-	u->vm->operation = "upgrade";
+	u->vm->operation = VM_OP_UPGRADE;
 	u->m->upgrades_running++;
 	u->counted = true;
 	manager_emit(u->m, u->vm, "upgrade", "upgrade started");
@@ -920,17 +914,17 @@ static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const 
 				void *userdata) {
 	struct upgrade *u = userdata;
 	if (err)
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"), "the running QEMU does not answer: %s",
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "the running QEMU does not answer: %s",
 				      err->desc);
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
 	u->was_running = streq_ptr(status, "running");
 	if (!u->was_running && !streq_ptr(status, "paused"))
-		return upgrade_refuse(u, API_ERROR("BadState"), "the guest is %s, not running or paused",
+		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the guest is %s, not running or paused",
 				      status ? status : "in an unknown state");
-	if (u->mode == UPGRADE_MODE_CPR_TRANSFER) {
+	if (u->ops->qmp_mode) {
 		/* Blockers are per mode: ask with the mode we will use. */
 		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "mode", json_object_new_string("cpr-transfer"));
+		json_object_object_add(p, "mode", json_object_new_string(u->ops->qmp_mode));
 		/* Its failure shows in query-migrate's answer or in the transfer. */
 		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	}
@@ -942,24 +936,23 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 	struct upgrade *u = userdata;
 	struct vm *vm = u->vm;
 	if (error < 0) {
-		u->error_named = true;
-		return upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s",
+		return upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "%s",
 				      reason ? reason : strerror(-error));
 	}
 	u->probe = result;
 	if (!vm->qemu || !vm_qemu_running(vm->qemu))
-		return upgrade_refuse(u, API_ERROR("BadState"), "the VM is not running");
-	if (vm->ram_fd < 0)
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the VM is not running");
+	if (vm->held[CUSTODY_RAM] < 0)
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "cprd does not hold the guest RAM memfd of this VM (it was lost "
 				      "with cprd's fd store); restart the VM to put it back in custody");
 	if (!vm_qemu_qmp(vm->qemu))
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "cprd has no QMP channel to the running QEMU");
 	/* The incoming sockets must fit in a sockaddr_un (108 bytes). */
-	_cleanup_free_ char *rdir = manager_vm_runtime_dir(u->m, vm->name);
-	if (!rdir || strlen(rdir) + strlen("/upgrade-XXXXXX/main.sock") >= 108)
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+	_cleanup_free_ char *rdir = vm_runtime_dir(vm);
+	if (!rdir || strlen(rdir) + strlen("/upgrade-XXXXXX/" UPGRADE_MAIN_SOCK) >= 108)
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "the runtime folder %s is too long for the upgrade's unix sockets "
 				      "(108 bytes at most); start cprd with a shorter --runtime-dir",
 				      rdir ? rdir : "");
@@ -967,51 +960,26 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 
 	if (!probe_result_resolve_machine(result, vm->spec->machine) ||
 	    !streq(probe_result_resolve_machine(result, vm->spec->machine), vm->spec->machine))
-		return upgrade_refuse(u, API_ERROR("NotUpgradable"),
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
 				      "QEMU %u.%u.%u at %s has no machine type %s, which this guest was "
 				      "created with",
 				      result->major, result->minor, result->micro, u->binary,
 				      vm->spec->machine);
 
-	bool cpr = result->cpr_transfer && old && old->cpr_transfer && old->aux_ram_share;
-	bool local = result->x_ignore_shared && old && old->x_ignore_shared;
-	switch (u->mode) {
-	case UPGRADE_MODE_AUTO:
-		if (cpr)
-			u->mode = UPGRADE_MODE_CPR_TRANSFER;
-		else if (local)
-			u->mode = UPGRADE_MODE_LOCAL_MIGRATE;
-		else
-			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
-					      "neither cpr-transfer nor local-migrate is supported by both "
-					      "QEMU %s and QEMU %u.%u.%u",
-					      u->from_version, result->major, result->minor, result->micro);
-		break;
-	case UPGRADE_MODE_CPR_TRANSFER:
-		if (!cpr)
-			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
-					      "cpr-transfer needs QEMU 10.0 or later on both sides; the "
-					      "guest runs on QEMU %s and the target is QEMU %u.%u.%u (use "
-					      "--mode local-migrate or auto)",
-					      u->from_version, result->major, result->minor, result->micro);
-		break;
-	case UPGRADE_MODE_LOCAL_MIGRATE:
-		if (!local)
-			return upgrade_refuse(u, API_ERROR("NotUpgradable"),
-					      "local-migrate needs the x-ignore-shared capability on both "
-					      "QEMUs");
-		break;
-	}
+	char why[512];
+	u->ops = mode_pick(upgrade_mode_to_string(u->mode), old, u->from_version, result, why,
+			   sizeof(why));
+	if (!u->ops)
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "%s", why);
+	(void)upgrade_mode_from_string(u->ops->name, &u->mode);
 	upgrade_enter(u, PHASE_PREFLIGHT, "target %s is QEMU %u.%u.%u; mode %s", u->binary,
 		      result->major, result->minor, result->micro, upgrade_mode_to_string(u->mode));
 	if (qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
 			preflight_on_status, u) < 0)
-		upgrade_refuse(u, API_ERROR("NotUpgradable"), "the running QEMU's QMP channel is closed");
+		upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "the running QEMU's QMP channel is closed");
 }
 
-/* Starts an upgrade. Synchronous refusals (unknown state, busy) are
- * reported through done as well. */
-static int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request *req,
+int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request *req,
 			 upgrade_progress_fn progress, upgrade_done_fn done, void *userdata) {
 	struct upgrade *u = calloc(1, sizeof(*u));
 	if (!u)
@@ -1041,19 +1009,18 @@ static int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_
 		u->from_binary = strdup(vm_qemu_binary(vm->qemu));
 	}
 
-	if (vm->operation)
-		return upgrade_refuse(u, API_ERROR("Busy"), "%s of %s is under way", vm->operation,
-				      vm->name), 0;
+	if (vm->operation != VM_OP_NONE)
+		return upgrade_refuse(u, UPGRADE_REFUSED_BUSY, "%s of %s is under way",
+				      vm_operation_to_string(vm->operation), vm->name), 0;
 	if (vm->state != VM_RUNNING && vm->state != VM_PAUSED)
-		return upgrade_refuse(u, API_ERROR("BadState"), "the VM is %s; only a running or paused "
+		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the VM is %s; only a running or paused "
 				      "VM can be upgraded (start it with cprctl start)",
 				      vm_state_to_string(vm->state)), 0;
 	struct spec_error err;
 	if (spec_check_binary(u->binary, &err, "qemu") < 0) {
-		u->error_named = true;
-		return upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s", err.reason), 0;
+		return upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "%s", err.reason), 0;
 	}
-	vm->operation = "upgrade-preflight";
+	vm->operation = VM_OP_UPGRADE_PREFLIGHT;
 	u->phase = PHASE_PREFLIGHT;
 	if (progress)
 		progress(u, "preflight", "probing the new binary", userdata);
@@ -1061,226 +1028,15 @@ static int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_
 	char why[512];
 	_cleanup_close_ int bfd = binary_open(u->binary, why, sizeof(why));
 	if (bfd < 0) {
-		upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "%s", why);
+		upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "%s", why);
 		return 0;
 	}
 	int r = probe_run(m->base, u->binary, bfd, NULL, preflight_on_probe, u, NULL);
 	if (r < 0)
-		upgrade_refuse(u, API_ERROR("QEMUProbeFailed"), "cannot run %s: %s", u->binary, strerror(-r));
+		upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "cannot run %s: %s", u->binary, strerror(-r));
 	return 0;
 }
 
-/* ---- Upgrade over Varlink ------------------------------------------------ */
-
-static void reply_refusal_or_failure(struct vl_call *c, struct upgrade *u, struct json_object *result) {
-	const char *outcome = json_object_get_string(json_object_object_get(result, "outcome"));
-	const char *reason = json_object_get_string(json_object_object_get(result, "reason"));
-	if (streq(outcome, "refused")) {
-		const char *e = u->refusal;
-		if (streq(e, API_ERROR("QEMUProbeFailed")))
-			api_error_probe_failed(c, u->binary, reason);
-		else if (streq(e, API_ERROR("Busy")))
-			api_error_busy(c, u->vm->name, u->vm->operation ? u->vm->operation : reason);
-		else if (streq(e, API_ERROR("BadState")))
-			api_error_bad_state(c, u->vm->name, vm_state_to_string(u->vm->state), reason);
-		else
-			api_error_not_upgradable(c, u->vm->name, reason);
-		return;
-	}
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "name", json_object_new_string(u->vm->name));
-	json_object_object_add(p, "phase", json_object_get(json_object_object_get(result, "failedPhase")));
-	json_object_object_add(p, "rolledBack", json_object_new_boolean(streq(outcome, "rolled-back")));
-	json_object_object_add(p, "reason", json_object_new_string(reason ? reason : ""));
-	json_object_object_add(p, "result", json_object_get(result));
-	vl_call_error(c, API_ERROR("UpgradeFailed"), p);
-}
-
-static bool result_ok(struct json_object *result) {
-	const char *o = json_object_get_string(json_object_object_get(result, "outcome"));
-	return streq(o, "committed") || streq(o, "dry-run");
-}
-
-static void one_progress(struct upgrade *u, const char *phase, const char *message, void *userdata) {
-	struct vl_call *c = userdata;
-	if (!vl_call_more(c) || !vl_call_alive(c))
-		return;
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
-	json_object_object_add(p, "phase", json_object_new_string(phase));
-	json_object_object_add(p, "message", json_object_new_string(message));
-	vl_call_notify(c, p);
-}
-
-static void one_done(struct upgrade *u, struct json_object *result, void *userdata) {
-	struct vl_call *c = userdata;
-	if (vl_call_alive(c)) {
-		if (result_ok(result)) {
-			struct json_object *p = json_object_new_object();
-			json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
-			json_object_object_add(p, "phase", json_object_new_string("done"));
-			json_object_object_add(p, "message", json_object_new_string(
-				json_object_get_string(json_object_object_get(result, "outcome"))));
-			json_object_object_add(p, "result", json_object_get(result));
-			vl_call_reply(c, p);
-		} else
-			reply_refusal_or_failure(c, u, result);
-	}
-	/* A caller that left does not stop the upgrade; the result is in the
-	 * VM's history. */
-	json_object_put(result);
-	vl_call_unref(c);
-}
-
-int upgrade_vm_call(struct manager *m, struct vl_call *call, struct vm *vm,
-		    const struct upgrade_request *req) {
-	vl_call_ref(call);
-	int r = upgrade_start(m, vm, req, one_progress, one_done, call);
-	if (r < 0)
-		vl_call_unref(call);
-	return r;
-}
-
-/* ---- UpgradeMany --------------------------------------------------------- */
-
-struct many {
-	struct manager *m;
-	struct vl_call *call;
-	struct upgrade_request req;
-	char *qemu;
-	char **names;
-	size_t n, next, running;
-	int parallel;
-	bool stop_on_failure, stopping;
-	bool stepping; /* many_step is on the stack */
-	int committed, rolled_back, skipped;
-};
-
-static void many_step(struct many *k);
-
-static void many_progress(struct upgrade *u, const char *phase, const char *message, void *userdata) {
-	struct many *k = userdata;
-	if (!vl_call_more(k->call) || !vl_call_alive(k->call))
-		return;
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "vm", json_object_new_string(u->vm->name));
-	json_object_object_add(p, "phase", json_object_new_string(phase));
-	json_object_object_add(p, "message", json_object_new_string(message));
-	vl_call_notify(k->call, p);
-}
-
-static void many_result(struct many *k, const char *name, struct json_object *result) {
-	if (vl_call_more(k->call) && vl_call_alive(k->call)) {
-		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "vm", json_object_new_string(name));
-		json_object_object_add(p, "phase", json_object_new_string("done"));
-		json_object_object_add(p, "message", json_object_new_string(
-			json_object_get_string(json_object_object_get(result, "outcome"))));
-		json_object_object_add(p, "result", json_object_get(result));
-		vl_call_notify(k->call, p);
-	}
-}
-
-static void many_done(struct upgrade *u, struct json_object *result, void *userdata) {
-	struct many *k = userdata;
-	const char *o = json_object_get_string(json_object_object_get(result, "outcome"));
-	if (streq(o, "committed") || streq(o, "dry-run"))
-		k->committed++;
-	else if (streq(o, "refused"))
-		k->skipped++;
-	else
-		k->rolled_back++;
-	if (!result_ok(result) && k->stop_on_failure)
-		k->stopping = true;
-	many_result(k, u->vm->name, result);
-	json_object_put(result);
-	k->running--;
-	many_step(k);
-}
-
-static void many_free(struct many *k) {
-	for (size_t i = 0; i < k->n; i++)
-		free(k->names[i]);
-	free(k->names);
-	free(k->qemu);
-	vl_call_unref(k->call);
-	free(k);
-}
-
-static void many_step(struct many *k) {
-	/* An upgrade refused at once (a VM not running, busy) reports through
-	 * many_done from inside upgrade_start below: the loop here carries
-	 * on, and must be the only one to finish k. */
-	if (k->stepping)
-		return;
-	k->stepping = true;
-	while (!k->stopping && k->next < k->n && (int)k->running < k->parallel) {
-		const char *name = k->names[k->next++];
-		struct vm *vm = manager_find(k->m, name);
-		if (!vm) {
-			struct json_object *r = json_object_new_object();
-			json_object_object_add(r, "vm", json_object_new_string(name));
-			json_object_object_add(r, "outcome", json_object_new_string("refused"));
-			json_object_object_add(r, "mode", json_object_new_string(upgrade_mode_to_string(k->req.mode)));
-			json_object_object_add(r, "totalMs", json_object_new_double(0));
-			json_object_object_add(r, "fromVersion", json_object_new_string(""));
-			json_object_object_add(r, "toVersion", json_object_new_string(""));
-			json_object_object_add(r, "reason", json_object_new_string("no such VM"));
-			k->skipped++;
-			many_result(k, name, r);
-			json_object_put(r);
-			continue;
-		}
-		k->running++;
-		if (upgrade_start(k->m, vm, &k->req, many_progress, many_done, k) < 0) {
-			k->running--;
-			k->skipped++;
-		}
-	}
-	k->stepping = false;
-	if (k->running > 0)
-		return;
-	if (k->stopping)
-		k->skipped += (int)(k->n - k->next);
-	if (vl_call_alive(k->call)) {
-		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "committed", json_object_new_int(k->committed));
-		json_object_object_add(p, "rolledBack", json_object_new_int(k->rolled_back));
-		json_object_object_add(p, "skipped", json_object_new_int(k->skipped));
-		vl_call_reply(k->call, p);
-	}
-	many_free(k);
-}
-
-int upgrade_many_call(struct manager *m, struct vl_call *call, struct json_object *names,
-		      bool outdated, const struct upgrade_request *req, int parallel,
-		      bool stop_on_failure) {
-	struct many *k = calloc(1, sizeof(*k));
-	if (!k)
-		return -ENOMEM;
-	k->m = m;
-	k->call = vl_call_ref(call);
-	k->req = *req;
-	if (req->qemu) {
-		k->qemu = strdup(req->qemu);
-		k->req.qemu = k->qemu;
-	}
-	k->parallel = parallel;
-	k->stop_on_failure = stop_on_failure;
-	size_t cap = names ? json_object_array_length(names) : m->n_vms;
-	k->names = calloc(cap ? cap : 1, sizeof(char *));
-	if (!k->names) {
-		many_free(k);
-		return -ENOMEM;
-	}
-	if (names) {
-		for (size_t i = 0; i < cap; i++)
-			k->names[k->n++] = strdup(json_object_get_string(json_object_array_get_idx(names, i)));
-	} else {
-		for (size_t i = 0; i < m->n_vms; i++)
-			if (m->vms[i]->qemu && vm_outdated(m->vms[i]))
-				k->names[k->n++] = strdup(m->vms[i]->name);
-	}
-	many_step(k);
-	return 0;
-}
+struct vm *upgrade_get_vm(const struct upgrade *u) { return u->vm; }
+const char *upgrade_get_binary(const struct upgrade *u) { return u->binary; }
+enum upgrade_refusal upgrade_get_refusal(const struct upgrade *u) { return u->refusal; }

@@ -7,17 +7,20 @@
 
 struct json_object;
 struct manager;
-struct vl_call;
 struct vm;
 
-#define UPGRADE_TIMEOUT_SEC_DEFAULT 60
-#define UPGRADE_TIMEOUT_SEC_MAX 3600
-#define UPGRADE_PARALLEL_MAX 64
+#include "idl.h"
 
+#define UPGRADE_TIMEOUT_SEC_DEFAULT 60
+#define UPGRADE_TIMEOUT_SEC_MAX CPRD_TIMEOUT_SEC_MAX
+#define UPGRADE_PARALLEL_MAX CPRD_UPGRADE_PARALLEL_MAX
+
+/* Named by cprd_upgrade_modes (idl.h), in this order. */
 enum upgrade_mode {
 	UPGRADE_MODE_AUTO,
 	UPGRADE_MODE_CPR_TRANSFER,
 	UPGRADE_MODE_LOCAL_MIGRATE,
+	_UPGRADE_MODE_MAX,
 };
 
 struct upgrade_request {
@@ -29,16 +32,38 @@ struct upgrade_request {
 
 int upgrade_mode_from_string(const char *s, enum upgrade_mode *ret);
 const char *upgrade_mode_to_string(enum upgrade_mode m);
-/* Sets the migration mode back to normal (after cpr-transfer was set or
- * tried); the reply is not waited for. */
-struct qmp;
-void upgrade_reset_mode(struct qmp *qmp);
+/* Records in the VM's history how an upgrade found in its journal after a
+ * restart (see attach.c) was settled. */
+struct upgrade_journal;
+void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
+			    const char *reason);
+/* Removes an upgrade's private folder and the incoming sockets in it (dir
+ * may be NULL). */
+void upgrade_dir_remove(const char *dir);
 
-/* Upgrade handler for one VM; replies (streaming phases when the call set
- * more) on call. */
-int upgrade_vm_call(struct manager *m, struct vl_call *call, struct vm *vm,
-		    const struct upgrade_request *req);
-/* UpgradeMany: names is a JSON array of strings or NULL with outdated. */
-int upgrade_many_call(struct manager *m, struct vl_call *call, struct json_object *names,
-		      bool outdated, const struct upgrade_request *req, int parallel,
-		      bool stop_on_failure);
+/* Why preflight refused an upgrade (nothing was touched). api-upgrade.c
+ * picks the io.cprd.Manager error for each. */
+enum upgrade_refusal {
+	UPGRADE_NOT_REFUSED,
+	UPGRADE_REFUSED_NOT_UPGRADABLE, /* the VM or the target cannot do it */
+	UPGRADE_REFUSED_BUSY,           /* another operation or migration runs */
+	UPGRADE_REFUSED_BAD_STATE,      /* the VM is not running or paused */
+	UPGRADE_REFUSED_PROBE_FAILED,   /* the target binary cannot be run or probed */
+};
+
+struct upgrade;
+/* result is an UpgradeResult, the caller's to put; u is valid only during
+ * the call. */
+typedef void (*upgrade_done_fn)(struct upgrade *u, struct json_object *result, void *userdata);
+typedef void (*upgrade_progress_fn)(struct upgrade *u, const char *phase, const char *message,
+				    void *userdata);
+
+/* Starts upgrading vm's QEMU. progress (may be NULL) runs at every phase;
+ * done runs once with the result, refusals included, possibly before this
+ * returns. A negative errno means nothing started and done will not run. */
+int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request *req,
+		  upgrade_progress_fn progress, upgrade_done_fn done, void *userdata);
+struct vm *upgrade_get_vm(const struct upgrade *u);
+/* The target binary's path. */
+const char *upgrade_get_binary(const struct upgrade *u);
+enum upgrade_refusal upgrade_get_refusal(const struct upgrade *u);

@@ -8,6 +8,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -312,4 +313,57 @@ bool unix_socket_listening(const char *path) {
 	}
 	fclose(f);
 	return found;
+}
+
+int json_refuse(char *why, size_t size, const char *fmt, ...) {
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, size, fmt, ap);
+	va_end(ap);
+	return -EBADMSG;
+}
+
+/* The field's value, or NULL when absent (or null). */
+static struct json_object *json_field(struct json_object *o, const char *key) {
+	struct json_object *v = NULL;
+	return json_object_object_get_ex(o, key, &v) ? v : NULL;
+}
+
+int json_field_string(struct json_object *o, const char *key, bool required, char **ret, char *why,
+		      size_t size) {
+	struct json_object *v = json_field(o, key);
+	if (!v)
+		return required ? json_refuse(why, size, "no %s", key) : 0;
+	if (!json_object_is_type(v, json_type_string))
+		return json_refuse(why, size, "%s is not a string", key);
+	char *s = strdup(json_object_get_string(v));
+	if (!s)
+		return -ENOMEM;
+	*ret = s;
+	return 0;
+}
+
+int json_field_bool(struct json_object *o, const char *key, bool required, bool *ret, char *why,
+		    size_t size) {
+	struct json_object *v = json_field(o, key);
+	if (!v && !required)
+		return 0;
+	if (!v || !json_object_is_type(v, json_type_boolean))
+		return json_refuse(why, size, "%s is not true or false", key);
+	*ret = json_object_get_boolean(v);
+	return 0;
+}
+
+int json_field_int(struct json_object *o, const char *key, bool required, int64_t min, int64_t max,
+		   int64_t *ret, char *why, size_t size) {
+	struct json_object *v = json_field(o, key);
+	if (!v)
+		return required ? json_refuse(why, size, "no %s", key) : 0;
+	if (!json_object_is_type(v, json_type_int))
+		return json_refuse(why, size, "%s is not a number", key);
+	int64_t n = json_object_get_int64(v);
+	if (n < min || n > max)
+		return json_refuse(why, size, "%s %lld is out of range", key, (long long)n);
+	*ret = n;
+	return 0;
 }

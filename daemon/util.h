@@ -46,6 +46,19 @@ struct json_object *json_new_fixed3(double v);
  * printing. NULL when out of memory. */
 struct json_object *json_frozen(struct json_object *src);
 
+/* Reading a record cprd wrote (qemu.json, upgrade.json) field by field.
+ * Each returns 0, -ENOMEM, or -EBADMSG with why filled with a sentence
+ * naming the field ("no pid", "pid is not a number"). json_refuse fills why
+ * and returns -EBADMSG. An absent optional field leaves *ret as it was. */
+int json_refuse(char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int json_field_string(struct json_object *o, const char *key, bool required, char **ret, char *why,
+		      size_t size);
+int json_field_bool(struct json_object *o, const char *key, bool required, bool *ret, char *why,
+		    size_t size);
+/* An integer in [min, max]. */
+int json_field_int(struct json_object *o, const char *key, bool required, int64_t min, int64_t max,
+		   int64_t *ret, char *why, size_t size);
+
 /* NULL-terminated string arrays. */
 void strv_free(char **v);
 static inline void strv_freep(char ***v) { strv_free(*v); }

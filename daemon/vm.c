@@ -1,5 +1,5 @@
-/* VMs: custody of their fds, the QEMU command line, start, stop, and what
- * happens when a QEMU ends. The upgrade state machine lives in upgrade.c and
+/* VMs: custody of their fds (the kinds are in custody*.c), their QEMU
+ * processes, start, stop, persistence, and what happens when a QEMU ends. The upgrade state machine lives in upgrade.c and
  * uses the vm_qemu_* functions here to run its target. */
 #include "vm.h"
 
@@ -11,25 +11,22 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "api.h"
 #include "binary.h"
+#include "cmdline.h"
 #include "log.h"
 #include "macro.h"
-#include "manager.h"
 #include "probe.h"
+#include "qemu-record.h"
 #include "qemu.h"
 #include "qmp.h"
 #include "spec.h"
 #include "systemd.h"
 #include "util.h"
-#include "varlink.h"
 
 struct vm_qemu {
 	struct vm *vm;
@@ -57,13 +54,27 @@ const char *vm_state_to_string(enum vm_state s) {
 	return s < _VM_STATE_MAX ? state_names[s] : "unknown";
 }
 
+static const char *const operation_names[_VM_OP_MAX] = {
+	[VM_OP_CREATE] = "create",  [VM_OP_START] = "start",   [VM_OP_STOP] = "stop",
+	[VM_OP_PAUSE] = "pause",    [VM_OP_RESUME] = "resume",
+	[VM_OP_UPGRADE_PREFLIGHT] = "upgrade-preflight",        [VM_OP_UPGRADE] = "upgrade",
+};
+
+const char *vm_operation_to_string(enum vm_operation op) {
+	return op < _VM_OP_MAX ? operation_names[op] : NULL;
+}
+
+const char *vm_state_name(const struct vm *vm) {
+	return vm->operation == VM_OP_UPGRADE ? "upgrading" : vm_state_to_string(vm->state);
+}
+
 void vm_set_state(struct vm *vm, enum vm_state s, const char *why) {
 	if (vm->state == s)
 		return;
 	log_vm(LOG_INFO, vm->name, "state %s -> %s%s%s", vm_state_to_string(vm->state),
 	       vm_state_to_string(s), why ? ": " : "", why ? why : "");
 	vm->state = s;
-	manager_emit(vm->manager, vm, "state", why ? why : vm_state_to_string(s));
+	vm->host->emit(vm->host, vm, "state", why ? why : vm_state_to_string(s));
 }
 
 bool vm_is_active(const struct vm *vm) {
@@ -92,13 +103,8 @@ static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 	if (n > 0)
 		vm->console_log_size += (uint64_t)n;
 
-	if (vl_subscribers_prune(&vm->followers) == 0)
-		return;
-	_cleanup_free_ char *text = utf8_sanitize(buf, len);
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "data", json_object_new_string(text ? text : ""));
-	json_object_object_add(p, "offset", json_object_new_int64((int64_t)vm->console_log_size));
-	vl_subscribers_notify(&vm->followers, p);
+	if (vm->host->console)
+		vm->host->console(vm->host, vm, buf, len, vm->console_log_size);
 }
 
 static void on_console(evutil_socket_t fd, short what, void *userdata) {
@@ -158,78 +164,67 @@ void vm_unstore_fd(struct vm *vm, const char *what) {
 }
 
 void vm_watch_console(struct vm *vm) {
-	if (vm->console_ev || vm->console_fd < 0)
+	if (vm->console_ev || vm->held[CUSTODY_CONSOLE] < 0)
 		return;
-	vm->console_ev = event_new(vm->manager->base, vm->console_fd, EV_READ | EV_PERSIST, on_console, vm);
+	vm->console_ev = event_new(vm->host->base, vm->held[CUSTODY_CONSOLE], EV_READ | EV_PERSIST,
+				   on_console, vm);
 	event_add(vm->console_ev, NULL);
 }
 
-/* Creates what a VM's QEMU needs from us and that outlives any one QEMU:
- * the guest RAM memfd and both ends of the console. */
+static struct custody_vm vm_custody_vm(const struct vm *vm) {
+	return (struct custody_vm){
+		.name = vm->name,
+		.ram_bytes = vm->spec->memory_mib * 1024 * 1024,
+		.hugepages = vm->spec->hugepages,
+	};
+}
+
+/* After a kind made or took back fds: into the fd store with them, and the
+ * console is read from now on. */
+static void vm_custody_adopt(struct vm *vm, const int before[_CUSTODY_VM_MAX]) {
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		if (vm->held[i] >= 0 && vm->held[i] != before[i])
+			vm_store_fd(vm, custody_fds[i].name, vm->held[i]);
+	vm_watch_console(vm);
+}
+
+/* Makes what a VM's QEMU needs from us and that outlives any one QEMU. */
 static int vm_ensure_custody(struct vm *vm) {
-	uint64_t bytes = vm->spec->memory_mib * 1024 * 1024;
 	int r = vm_open_logs(vm);
 	if (r < 0)
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot open logs in %s: %m", vm->dir);
-
-	if (vm->ram_fd >= 0 && vm->ram_bytes != bytes)
-		vm->ram_fd = safe_close(vm->ram_fd);
-	if (vm->ram_fd < 0) {
-		char name[96];
-		snprintf(name, sizeof(name), "cprd:%s:ram0", vm->name);
-		int fd = memfd_create(name, MFD_CLOEXEC | (vm->spec->hugepages ? MFD_HUGETLB : 0));
-		if (fd < 0)
-			return log_vm_errno(LOG_ERR, errno, vm->name, "memfd_create failed: %m");
-		if (ftruncate(fd, (off_t)bytes) < 0) {
-			r = -errno;
-			safe_close(fd);
-			return log_vm_errno(LOG_ERR, r, vm->name, "cannot size guest RAM to %llu bytes: %m",
-					    (unsigned long long)bytes);
-		}
-		vm->ram_fd = fd;
-		vm->ram_bytes = bytes;
-		log_vm(LOG_INFO, vm->name, "guest RAM memfd created (%llu MiB), held as fd %d",
-		       (unsigned long long)vm->spec->memory_mib, fd);
-		vm_store_fd(vm, "ram0", fd);
-	}
-
-	if (vm->console_fd < 0) {
-		int sv[2];
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
-			return -errno;
-		/* QEMU's end blocks like a normal chardev socket would. */
-		fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) & ~O_NONBLOCK);
-		vm->console_fd = sv[0];
-		vm->console_peer_fd = sv[1];
-		vm_store_fd(vm, "console", vm->console_fd);
-		vm_store_fd(vm, "console-qemu", vm->console_peer_fd);
-		vm_watch_console(vm);
-	}
-	return 0;
+	const struct custody_vm cv = vm_custody_vm(vm);
+	int before[_CUSTODY_VM_MAX];
+	memcpy(before, vm->held, sizeof(before));
+	for (unsigned k = 0; k < custody_n_vm_kinds && r >= 0; k++)
+		r = custody_vm_kinds[k]->open(&cv, vm->held);
+	vm_custody_adopt(vm, before);
+	return r;
 }
 
-int vm_restore_custody(struct vm *vm, int ram_fd, int console_fd, int console_peer_fd) {
-	struct stat st;
+void vm_restore_custody(struct vm *vm) {
+	char name[160];
 	int r = vm_open_logs(vm);
 	if (r < 0)
 		log_vm_errno(LOG_WARNING, r, vm->name, "cannot open logs: %m");
-	if (ram_fd >= 0 && fstat(ram_fd, &st) == 0) {
-		vm->ram_fd = ram_fd;
-		vm->ram_bytes = (uint64_t)st.st_size;
-		log_vm(LOG_INFO, vm->name, "guest RAM memfd (%llu MiB) back from the fd store as fd %d",
-		       (unsigned long long)(vm->ram_bytes >> 20), ram_fd);
-	} else
-		safe_close(ram_fd);
-	if (console_fd >= 0 && console_peer_fd >= 0) {
-		fcntl(console_fd, F_SETFL, fcntl(console_fd, F_GETFL) | O_NONBLOCK);
-		vm->console_fd = console_fd;
-		vm->console_peer_fd = console_peer_fd;
-		vm_watch_console(vm);
-	} else {
-		safe_close(console_fd);
-		safe_close(console_peer_fd);
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++) {
+		snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[i].name);
+		vm->held[i] = systemd_take_fd(name);
 	}
-	return 0;
+	/* The console comes back whole or not at all. */
+	if (vm->held[CUSTODY_CONSOLE] < 0 || vm->held[CUSTODY_CONSOLE_QEMU] < 0) {
+		vm->held[CUSTODY_CONSOLE] = safe_close(vm->held[CUSTODY_CONSOLE]);
+		vm->held[CUSTODY_CONSOLE_QEMU] = safe_close(vm->held[CUSTODY_CONSOLE_QEMU]);
+	} else
+		fcntl(vm->held[CUSTODY_CONSOLE], F_SETFL,
+		      fcntl(vm->held[CUSTODY_CONSOLE], F_GETFL) | O_NONBLOCK);
+	struct stat st;
+	if (vm->held[CUSTODY_RAM] >= 0 && fstat(vm->held[CUSTODY_RAM], &st) == 0)
+		log_vm(LOG_INFO, vm->name, "guest RAM memfd (%llu MiB) back from the fd store as fd %d",
+		       (unsigned long long)((uint64_t)st.st_size >> 20), vm->held[CUSTODY_RAM]);
+	else
+		vm->held[CUSTODY_RAM] = safe_close(vm->held[CUSTODY_RAM]);
+	vm_watch_console(vm);
 }
 
 /* Closes our copies. The fd store keeps its own, so a cprd that exits
@@ -239,34 +234,24 @@ static void vm_close_custody(struct vm *vm) {
 		event_free(vm->console_ev);
 		vm->console_ev = NULL;
 	}
-	vm->ram_fd = safe_close(vm->ram_fd);
-	vm->console_fd = safe_close(vm->console_fd);
-	vm->console_peer_fd = safe_close(vm->console_peer_fd);
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		vm->held[i] = safe_close(vm->held[i]);
 }
 
 void vm_release_custody(struct vm *vm) {
-	if (vm->ram_fd >= 0)
+	if (vm->held[CUSTODY_RAM] >= 0)
 		log_vm(LOG_INFO, vm->name, "releasing guest RAM memfd");
-	if (vm->ram_fd >= 0 || vm->console_fd >= 0) {
-		vm_unstore_fd(vm, "ram0");
-		vm_unstore_fd(vm, "console");
-		vm_unstore_fd(vm, "console-qemu");
-		vm_unstore_fd(vm, "qmp");
-		vm_unstore_fd(vm, "qmp-target");
-	}
-	vm->ram_fd = safe_close(vm->ram_fd);
-	vm->ram_bytes = 0;
-	if (vm->console_ev) {
+	if (vm->held[CUSTODY_RAM] >= 0 || vm->held[CUSTODY_CONSOLE] >= 0)
+		for (unsigned i = 0; i < _CUSTODY_MAX; i++) {
+			vm_unstore_fd(vm, custody_fds[i].name);
+			if (custody_fds[i].target_name)
+				vm_unstore_fd(vm, custody_fds[i].target_name);
+		}
+	if (vm->console_ev)
 		/* Take what QEMU wrote last before letting go of the console. */
-		on_console(vm->console_fd, EV_READ, vm);
-		event_free(vm->console_ev);
-		vm->console_ev = NULL;
-	}
-	vm->console_fd = safe_close(vm->console_fd);
-	vm->console_peer_fd = safe_close(vm->console_peer_fd);
+		on_console(vm->held[CUSTODY_CONSOLE], EV_READ, vm);
+	vm_close_custody(vm);
 }
-
-/* ---- command line -------------------------------------------------------- */
 
 /* Chosen when the guest starts; every later QEMU of this boot uses the
  * same, as migration requires. */
@@ -279,101 +264,6 @@ static const char *vm_accel(struct vm *vm) {
 		return vm->accel = "tcg";
 	/* As QEMU's user: with --qemu-user, root's access proves nothing. */
 	return vm->accel = qemu_may_open_rw("/dev/kvm") ? "kvm" : "tcg";
-}
-
-struct strv {
-	char **v;
-	size_t n;
-	bool oom;
-};
-
-static _printf_(2, 3) void strv_addf(struct strv *s, const char *fmt, ...) {
-	va_list ap;
-	char *str = NULL;
-	va_start(ap, fmt);
-	if (vasprintf(&str, fmt, ap) < 0)
-		str = NULL;
-	va_end(ap);
-	char **n = str ? realloc(s->v, (s->n + 2) * sizeof(char *)) : NULL;
-	if (!n) {
-		free(str);
-		s->oom = true;
-		return;
-	}
-	s->v = n;
-	s->v[s->n++] = str;
-	s->v[s->n] = NULL;
-}
-
-int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, const char *qmp_path, char ***ret) {
-	struct strv a = {0};
-	const struct vm_spec *s = vm->spec;
-
-	strv_addf(&a, "%s", binary);
-	strv_addf(&a, "-name");
-	strv_addf(&a, "guest=%s,debug-threads=on", s->name);
-	strv_addf(&a, "-nodefaults");
-	strv_addf(&a, "-no-user-config");
-	strv_addf(&a, "-display");
-	strv_addf(&a, "none");
-	strv_addf(&a, "-msg");
-	strv_addf(&a, "timestamp=on");
-	/* QEMU needs no new processes, privileges or obsolete system calls;
-	 * cpr-transfer and local-migrate work under this filter. */
-	strv_addf(&a, "-sandbox");
-	strv_addf(&a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
-	if (!incoming)
-		strv_addf(&a, "-S"); /* cprd resumes it once QMP is up */
-	strv_addf(&a, "-machine");
-	strv_addf(&a, "%s,memory-backend=ram0%s", s->machine,
-		  probe && probe->aux_ram_share ? ",aux-ram-share=on" : "");
-	strv_addf(&a, "-accel");
-	strv_addf(&a, "%s", vm_accel(vm));
-	strv_addf(&a, "-m");
-	strv_addf(&a, "%lluM", (unsigned long long)s->memory_mib);
-	strv_addf(&a, "-smp");
-	strv_addf(&a, "%u", s->cpus);
-	/* Guest RAM is the memfd cprd holds, reached through our fd number. */
-	strv_addf(&a, "-object");
-	strv_addf(&a, "memory-backend-file,id=ram0,size=%lluM,share=on,mem-path=/proc/self/fd/%d",
-		  (unsigned long long)s->memory_mib, VM_FD_RAM);
-	strv_addf(&a, "-chardev");
-	strv_addf(&a, "socket,id=qmp,fd=%d", VM_FD_QMP);
-	strv_addf(&a, "-mon");
-	strv_addf(&a, "chardev=qmp,mode=control");
-	if (qmp_path) {
-		/* A second monitor on a socket in the VM's private runtime folder:
-		 * the way back in when the socketpair above was lost (cprd was
-		 * stopped and systemd emptied its fd store). */
-		strv_addf(&a, "-chardev");
-		strv_addf(&a, "socket,id=qmp-recovery,path=%s,server=on,wait=off", qmp_path);
-		strv_addf(&a, "-mon");
-		strv_addf(&a, "chardev=qmp-recovery,mode=control");
-	}
-	strv_addf(&a, "-chardev");
-	strv_addf(&a, "socket,id=console,fd=%d", VM_FD_CONSOLE);
-	strv_addf(&a, "-serial");
-	strv_addf(&a, "chardev:console");
-	strv_addf(&a, "-nic");
-	strv_addf(&a, "none");
-	for (size_t i = 0; i < s->n_disks; i++) {
-		const struct spec_disk *d = &s->disks[i];
-		strv_addf(&a, "-drive");
-		/* virtio-blk: IDE cannot attach a read-only hard disk. */
-		strv_addf(&a, "file=%s,format=%s,if=virtio,index=%zu,media=disk%s", d->path,
-			  d->format, i, d->readonly ? ",readonly=on" : "");
-	}
-	if (incoming && incoming->args)
-		for (const char *const *i = incoming->args; *i; i++)
-			strv_addf(&a, "%s", *i);
-
-	if (a.oom) {
-		strv_free(a.v);
-		return -ENOMEM;
-	}
-	*ret = a.v;
-	return 0;
 }
 
 /* ---- QEMU processes ------------------------------------------------------ */
@@ -414,14 +304,13 @@ static void vm_qemu_on_exit(struct qemu_proc *p, const struct qemu_exit *e, void
 }
 
 int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, const struct vm_qemu_callbacks *cb,
+		  const struct cmdline_incoming *incoming, const struct vm_qemu_callbacks *cb,
 		  void *userdata, struct vm_qemu **ret) {
 	_cleanup_(strv_freep) char **argv = NULL;
-	int sv[2];
 	int r;
 
 	/* A target must map the guest's RAM, never a fresh one. */
-	if (incoming && vm->ram_fd < 0)
+	if (incoming && vm->held[CUSTODY_RAM] < 0)
 		return log_vm_errno(LOG_ERR, -EBADFD, vm->name,
 				    "the guest RAM memfd is not in custody; refusing to start a target");
 	r = vm_ensure_custody(vm);
@@ -431,19 +320,27 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	 * takes the old QEMU's path away. */
 	_cleanup_free_ char *rdir = NULL;
 	_cleanup_free_ char *qmp_path = NULL;
-	if (manager_vm_runtime_dir_make(vm->manager, vm->name, &rdir) >= 0 &&
+	if (vm_runtime_dir_make(vm, &rdir) >= 0 &&
 	    asprintf(&qmp_path, "%s/qmp-%llx.sock", rdir,
 		     (unsigned long long)(now_usec(CLOCK_MONOTONIC) & 0xffffffffffffULL)) >= 0 &&
 	    strlen(qmp_path) >= 108) {
 		log_vm(LOG_WARNING, vm->name, "runtime folder path too long for a recovery monitor socket");
 		qmp_path = mfree(qmp_path);
 	}
-	r = vm_build_argv(vm, binary, probe, incoming, qmp_path, &argv);
+	const struct cmdline cl = {
+		.binary = binary,
+		.spec = vm->spec,
+		.probe = probe,
+		.accel = vm_accel(vm),
+		.qmp_path = qmp_path,
+		.incoming = incoming,
+	};
+	r = cmdline_build(&cl, &argv);
 	if (r < 0)
 		return r;
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		return -errno;
-	_cleanup_close_ int qmp_ours = sv[0], qmp_theirs = sv[1];
+	_cleanup_close_ int qmp_ours = -1, qmp_theirs = -1;
+	if ((r = custody_qmp_open(&qmp_ours, &qmp_theirs)) < 0)
+		return r;
 
 	struct vm_qemu *q = calloc(1, sizeof(*q));
 	if (!q)
@@ -461,13 +358,12 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		q->cb = *cb;
 	q->userdata = userdata;
 
-	struct qemu_fd fds[] = {
-		{qmp_theirs, VM_FD_QMP},
-		{vm->console_peer_fd, VM_FD_CONSOLE},
-		{vm->ram_fd, VM_FD_RAM},
-		{vm->console_fd, VM_FD_CONSOLE_CPRD},
-	};
-	size_t n_fds = ELEMENTSOF(fds);
+	/* QEMU's QMP end, and every per-VM fd at its number. */
+	struct qemu_fd fds[1 + _CUSTODY_VM_MAX] = {{qmp_theirs, CMDLINE_FD_QMP}};
+	size_t n_fds = 1;
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		if (custody_fds[i].qemu_fd >= 0)
+			fds[n_fds++] = (struct qemu_fd){vm->held[i], custody_fds[i].qemu_fd};
 
 	_cleanup_free_ char *cmdline = NULL;
 	size_t clen = 0;
@@ -486,8 +382,15 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, binary_fd, vm->name, "refusing to run %s: %s", binary, why);
 	}
-	r = qemu_spawn(vm->manager->base, binary_fd, argv, fds, n_fds, vm->qemu_log_fd, vm->name,
-		       vm_qemu_on_exit, q, &q->proc);
+	const struct qemu_spawn_options so = {
+		.binary_fd = binary_fd,
+		.argv = argv,
+		.fds = fds,
+		.n_fds = n_fds,
+		.log_fd = vm->qemu_log_fd,
+		.exec_error_fd = -1,
+	};
+	r = qemu_spawn(vm->host->base, &so, vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot start %s: %m", binary);
@@ -497,10 +400,11 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	char unit[160];
 	systemd_scope_attach(vm->name, qemu_proc_pid(q->proc), unit, sizeof(unit));
 	proc_starttime(qemu_proc_pid(q->proc), &q->starttime);
-	vm_store_fd(vm, incoming ? "qmp-target" : "qmp", qmp_ours);
+	vm_store_fd(vm, incoming ? custody_fds[CUSTODY_QMP].target_name : custody_fds[CUSTODY_QMP].name,
+		    qmp_ours);
 
 	q->qmp_fd = qmp_ours;
-	r = qmp_new(vm->manager->base, TAKE_FD(qmp_ours), &vm_qmp_callbacks, q, vm->name, &q->qmp);
+	r = qmp_new(vm->host->base, TAKE_FD(qmp_ours), &vm_qmp_callbacks, q, vm->name, &q->qmp);
 	if (r < 0) {
 		qemu_proc_kill(q->proc, SIGKILL);
 		vm_qemu_free(q);
@@ -535,6 +439,10 @@ bool vm_qemu_running(const struct vm_qemu *q) { return q->proc && qemu_proc_runn
 const char *vm_qemu_binary(const struct vm_qemu *q) { return q->binary; }
 const char *vm_qemu_version(const struct vm_qemu *q) { return q->version ? q->version : "unknown"; }
 const struct probe_result *vm_qemu_probe(const struct vm_qemu *q) { return q->probe; }
+
+bool vm_qemu_has_migration_modes(const struct vm_qemu *q) {
+	return q && q->probe && q->probe->migration_modes && q->probe->migration_modes[0];
+}
 int vm_qemu_kill(struct vm_qemu *q, int sig) { return q->proc ? qemu_proc_kill(q->proc, sig) : -ESRCH; }
 
 /* The last lines QEMU wrote, from where this process started writing. */
@@ -593,25 +501,28 @@ struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q) {
 	struct vm_qemu *old = vm->qemu;
 	vm->qemu = q;
 	/* The target's QMP channel is the VM's from now on. */
-	vm_unstore_fd(vm, "qmp");
-	vm_unstore_fd(vm, "qmp-target");
+	vm_unstore_fd(vm, custody_fds[CUSTODY_QMP].name);
+	vm_unstore_fd(vm, custody_fds[CUSTODY_QMP].target_name);
 	if (q && q->qmp_fd >= 0)
-		vm_store_fd(vm, "qmp", q->qmp_fd);
+		vm_store_fd(vm, custody_fds[CUSTODY_QMP].name, q->qmp_fd);
 	vm_save_runtime(vm);
 	return old;
+}
+
+/* The fd the VM holds as id, or -1. */
+static int vm_held_fd(const struct vm *vm, enum custody_id id) {
+	if (id < _CUSTODY_VM_MAX)
+		return vm->held[id];
+	return vm->qemu ? vm->qemu->qmp_fd : -1; /* CUSTODY_QMP */
 }
 
 int vm_reexec_fds(struct vm *vm, char **list) {
 	char name[160];
 	int r = 0;
-#define ADD(what, fd) (snprintf(name, sizeof(name), "%s.%s", vm->name, what), \
-		       r = r < 0 ? r : systemd_add_reexec_fd(list, name, fd))
-	ADD("ram0", vm->ram_fd);
-	ADD("console", vm->console_fd);
-	ADD("console-qemu", vm->console_peer_fd);
-	if (vm->qemu)
-		ADD("qmp", vm->qemu->qmp_fd);
-#undef ADD
+	for (unsigned i = 0; i < _CUSTODY_MAX && r >= 0; i++) {
+		snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[i].name);
+		r = systemd_add_reexec_fd(list, name, vm_held_fd(vm, i));
+	}
 	return r;
 }
 
@@ -619,34 +530,56 @@ int vm_reexec_fds(struct vm *vm, char **list) {
 
 char *vm_runtime_file(struct vm *vm, const char *file) {
 	char *p = NULL;
-	if (asprintf(&p, "%s/vms/%s/%s", vm->manager->runtime_dir, vm->name, file) < 0)
+	if (asprintf(&p, "%s/vms/%s/%s", vm->host->runtime_dir, vm->name, file) < 0)
 		return NULL;
 	return p;
 }
 
+char *vm_runtime_dir(struct vm *vm) {
+	char *p = NULL;
+	if (asprintf(&p, "%s/vms/%s", vm->host->runtime_dir, vm->name) < 0)
+		return NULL;
+	return p;
+}
+
+int vm_runtime_dir_make(struct vm *vm, char **ret) {
+	_cleanup_free_ char *p = vm_runtime_dir(vm);
+	if (!p)
+		return -ENOMEM;
+	int r = mkdir_p(p, 0700);
+	if (r < 0)
+		return r;
+	/* QEMU binds its recovery monitor and an upgrade's incoming sockets
+	 * here: with --qemu-user the folder is that user's. */
+	if ((r = qemu_user_chown(p)) < 0)
+		return r;
+	if (chmod(p, 0700) < 0)
+		return -errno;
+	*ret = TAKE_PTR(p);
+	return 0;
+}
+
 struct json_object *vm_qemu_record(struct vm_qemu *q) {
-	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "pid", json_object_new_int(vm_qemu_pid(q)));
-	json_object_object_add(o, "starttime", json_object_new_int64((int64_t)q->starttime));
-	json_object_object_add(o, "binary", json_object_new_string(q->binary));
-	json_object_object_add(o, "dev", json_object_new_int64((int64_t)q->binary_st.st_dev));
-	json_object_object_add(o, "ino", json_object_new_int64((int64_t)q->binary_st.st_ino));
-	json_object_object_add(o, "mtimeSec", json_object_new_int64((int64_t)q->binary_st.st_mtim.tv_sec));
-	json_object_object_add(o, "mtimeNsec", json_object_new_int64((int64_t)q->binary_st.st_mtim.tv_nsec));
-	json_object_object_add(o, "version", json_object_new_string(vm_qemu_version(q)));
-	if (q->qmp_path)
-		json_object_object_add(o, "qmpPath", json_object_new_string(q->qmp_path));
 	const struct probe_result *p = q->probe;
-	json_object_object_add(o, "cprTransfer", json_object_new_boolean(p && p->cpr_transfer));
-	json_object_object_add(o, "xIgnoreShared", json_object_new_boolean(p && p->x_ignore_shared));
-	json_object_object_add(o, "auxRamShare", json_object_new_boolean(p && p->aux_ram_share));
-	json_object_object_add(o, "hasModes", json_object_new_boolean(p && p->migration_modes &&
-									  p->migration_modes[0]));
-	return o;
+	const struct qemu_record r = {
+		.pid = vm_qemu_pid(q),
+		.starttime = q->starttime,
+		.binary = q->binary,
+		.dev = (uint64_t)q->binary_st.st_dev,
+		.ino = (uint64_t)q->binary_st.st_ino,
+		.mtime = q->binary_st.st_mtim,
+		.version = q->version, /* NULL: "unknown" */
+		.qmp_path = q->qmp_path,
+		.cpr_transfer = p && p->cpr_transfer,
+		.x_ignore_shared = p && p->x_ignore_shared,
+		.aux_ram_share = p && p->aux_ram_share,
+		.has_modes = vm_qemu_has_migration_modes(q),
+	};
+	return qemu_record_to_json(&r);
 }
 
 int vm_save_runtime(struct vm *vm) {
-	_cleanup_free_ char *dir = manager_vm_runtime_dir(vm->manager, vm->name);
+	_cleanup_free_ char *dir = vm_runtime_dir(vm);
 	_cleanup_free_ char *path = vm_runtime_file(vm, "qemu.json");
 	if (!dir || !path)
 		return -ENOMEM;
@@ -666,22 +599,22 @@ int vm_save_runtime(struct vm *vm) {
 
 /* Rebuilds what we knew about a QEMU's binary from its record, since the
  * file on disk may have changed since it started. */
-static struct probe_result *probe_from_record(struct json_object *rec) {
+static struct probe_result *probe_from_record(const struct qemu_record *rec) {
 	struct probe_result *p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
 	unsigned a = 0, b = 0, c = 0;
-	sscanf(json_object_get_string(json_object_object_get(rec, "version")) ?: "", "%u.%u.%u", &a, &b, &c);
+	sscanf(rec->version, "%u.%u.%u", &a, &b, &c);
 	p->major = a;
 	p->minor = b;
 	p->micro = c;
-	p->path = strdup(json_object_get_string(json_object_object_get(rec, "binary")) ?: "");
+	p->path = strdup(rec->binary);
 	p->package = strdup("");
-	p->cpr_transfer = json_object_get_boolean(json_object_object_get(rec, "cprTransfer"));
-	p->x_ignore_shared = json_object_get_boolean(json_object_object_get(rec, "xIgnoreShared"));
-	p->aux_ram_share = json_object_get_boolean(json_object_object_get(rec, "auxRamShare"));
+	p->cpr_transfer = rec->cpr_transfer;
+	p->x_ignore_shared = rec->x_ignore_shared;
+	p->aux_ram_share = rec->aux_ram_share;
 	p->migration_modes = calloc(3, sizeof(char *));
-	if (p->migration_modes && json_object_get_boolean(json_object_object_get(rec, "hasModes"))) {
+	if (p->migration_modes && rec->has_modes) {
 		p->migration_modes[0] = strdup("normal");
 		if (p->cpr_transfer)
 			p->migration_modes[1] = strdup("cpr-transfer");
@@ -689,15 +622,19 @@ static struct probe_result *probe_from_record(struct json_object *rec) {
 	return p;
 }
 
-int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
+int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 		   const struct vm_qemu_callbacks *cb, void *userdata, struct vm_qemu **ret) {
 	_cleanup_close_ int qfd = qmp_fd;
-	pid_t pid = (pid_t)json_object_get_int(json_object_object_get(rec, "pid"));
-	uint64_t want = (uint64_t)json_object_get_int64(json_object_object_get(rec, "starttime"));
+	_cleanup_(qemu_record_done) struct qemu_record rec = {0};
+	char why[256];
+	int r = qemu_record_from_json(json, &rec, why, sizeof(why));
+	if (r < 0)
+		return log_vm_errno(LOG_WARNING, r, vm->name, "ignoring a corrupt QEMU record: %s",
+				    r == -EBADMSG ? why : strerror(-r));
+	pid_t pid = rec.pid;
+	uint64_t want = rec.starttime;
 	uint64_t now = 0;
 
-	if (pid <= 0)
-		return -EINVAL;
 	/* Open the pidfd first, then check it is the same process: once the
 	 * pidfd exists, the pid cannot be reused under it. */
 	_cleanup_close_ int pidfd = pidfd_open_pid(pid);
@@ -710,63 +647,27 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 	if (!q)
 		return -ENOMEM;
 	q->vm = vm;
-	q->binary = strdup(json_object_get_string(json_object_object_get(rec, "binary")) ?: "");
-	q->version = strdup(json_object_get_string(json_object_object_get(rec, "version")) ?: "unknown");
-	q->probe = probe_from_record(rec);
+	q->probe = probe_from_record(&rec);
+	q->binary = TAKE_PTR(rec.binary);
+	q->version = TAKE_PTR(rec.version);
 	q->starttime = want;
-	q->binary_st.st_dev = (dev_t)json_object_get_int64(json_object_object_get(rec, "dev"));
-	q->binary_st.st_ino = (ino_t)json_object_get_int64(json_object_object_get(rec, "ino"));
-	q->binary_st.st_mtim.tv_sec = json_object_get_int64(json_object_object_get(rec, "mtimeSec"));
-	q->binary_st.st_mtim.tv_nsec = json_object_get_int64(json_object_object_get(rec, "mtimeNsec"));
+	q->binary_st.st_dev = (dev_t)rec.dev;
+	q->binary_st.st_ino = (ino_t)rec.ino;
+	q->binary_st.st_mtim = rec.mtime;
 	q->log_offset = vm->qemu_log_fd >= 0 ? lseek(vm->qemu_log_fd, 0, SEEK_END) : 0;
 	q->qmp_fd = -1;
 	if (cb)
 		q->cb = *cb;
 	q->userdata = userdata;
-	const char *qpath = json_object_get_string(json_object_object_get(rec, "qmpPath"));
-	if (qpath)
-		q->qmp_path = strdup(qpath);
-	/* Guest RAM lost with the fd store: QEMU still holds it as fd 5. */
-	if (vm->ram_fd < 0) {
-		int ram = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_RAM, 0);
-		char link[256] = "", memfd_name[128];
-		char self[64];
-		snprintf(self, sizeof(self), "/proc/self/fd/%d", ram);
-		snprintf(memfd_name, sizeof(memfd_name), "/memfd:cprd:%s:ram0", vm->name);
-		ssize_t n = ram >= 0 ? readlink(self, link, sizeof(link) - 1) : -1;
-		if (n > 0)
-			link[n] = '\0';
-		if (ram >= 0 && strncmp(link, memfd_name, strlen(memfd_name)) == 0) {
-			struct stat st;
-			vm->ram_fd = ram;
-			vm->ram_bytes = fstat(ram, &st) == 0 ? (uint64_t)st.st_size : 0;
-			vm_store_fd(vm, "ram0", ram);
-			log_vm(LOG_INFO, vm->name, "guest RAM memfd taken back from QEMU pid %d", (int)pid);
-		} else {
-			log_vm_errno(LOG_WARNING, ram < 0 ? errno : EBADF, vm->name,
-				     "cannot take guest RAM back from QEMU pid %d (%m; fd 5 is '%s')", (int)pid, link);
-			safe_close(ram);
-		}
-	}
-	/* The console too: QEMU holds both ends of the socketpair. */
-	if (vm->console_fd < 0) {
-		int ours = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_CONSOLE_CPRD, 0);
-		int theirs = (int)syscall(SYS_pidfd_getfd, pidfd, VM_FD_CONSOLE, 0);
-		struct stat a, b;
-		if (ours >= 0 && theirs >= 0 && fstat(ours, &a) == 0 && fstat(theirs, &b) == 0 &&
-		    S_ISSOCK(a.st_mode) && S_ISSOCK(b.st_mode)) {
-			vm_restore_custody(vm, -1, ours, theirs);
-			vm_store_fd(vm, "console", ours);
-			vm_store_fd(vm, "console-qemu", theirs);
-			log_vm(LOG_INFO, vm->name, "console taken back from QEMU pid %d", (int)pid);
-		} else {
-			log_vm_errno(LOG_WARNING, errno, vm->name, "cannot take the console back from QEMU pid %d: %m",
-				     (int)pid);
-			safe_close(ours);
-			safe_close(theirs);
-		}
-	}
-	int r = qemu_adopt(vm->manager->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
+	q->qmp_path = TAKE_PTR(rec.qmp_path);
+	/* Fds lost with the fd store: QEMU still holds each at its number. */
+	const struct custody_vm cv = vm_custody_vm(vm);
+	int before[_CUSTODY_VM_MAX];
+	memcpy(before, vm->held, sizeof(before));
+	for (unsigned k = 0; k < custody_n_vm_kinds; k++)
+		(void)custody_vm_kinds[k]->recover(&cv, pid, pidfd, vm->held);
+	vm_custody_adopt(vm, before);
+	r = qemu_adopt(vm->host->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
 		return r;
@@ -778,11 +679,11 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
 			q->qmp_fd = fd;
-			r = qmp_new(vm->manager->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp);
+			r = qmp_new(vm->host->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp);
 			if (r < 0)
 				q->qmp_fd = -1;
 			else {
-				vm_store_fd(vm, "qmp", q->qmp_fd);
+				vm_store_fd(vm, custody_fds[CUSTODY_QMP].name, q->qmp_fd);
 				log_vm(LOG_INFO, vm->name, "QMP reconnected through %s", q->qmp_path);
 			}
 		} else {
@@ -793,7 +694,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 	}
 	if (qfd >= 0) {
 		q->qmp_fd = qfd;
-		r = qmp_new_attached(vm->manager->base, TAKE_FD(qfd), &vm_qmp_callbacks, q, vm->name, &q->qmp);
+		r = qmp_new_attached(vm->host->base, TAKE_FD(qfd), &vm_qmp_callbacks, q, vm->name, &q->qmp);
 		if (r < 0)
 			q->qmp_fd = -1;
 	}
@@ -815,41 +716,25 @@ bool vm_outdated(struct vm *vm) {
 /* ---- start and stop ------------------------------------------------------ */
 
 
-static void vm_reply_pending(struct vm *vm, const char *error, struct json_object *params) {
-	struct vl_call *c = TAKE_PTR(vm->pending_call);
-	if (!c) {
-		json_object_put(params);
-		return;
-	}
-	if (error)
-		vl_call_error(c, error, params);
-	else
-		vl_call_reply(c, params);
-	vl_call_unref(c);
+/* Tells whoever waits for the start or stop how it ended (once). */
+static void vm_done(struct vm *vm, const struct vm_outcome *o) {
+	vm_done_fn done = TAKE_PTR(vm->done);
+	if (done)
+		done(vm, o, TAKE_PTR(vm->done_userdata));
 }
 
-int vm_reply(struct vl_call *c, struct vm *vm) {
-	struct json_object *p = json_object_new_object();
-	json_object_object_add(p, "vm", vm_to_json(vm));
-	return vl_call_reply(c, p);
-}
-
-static void vm_reply_vm(struct vm *vm) {
-	struct vl_call *c = TAKE_PTR(vm->pending_call);
-	if (c) {
-		vm_reply(c, vm);
-		vl_call_unref(c);
-	}
+static void vm_fail(struct vm *vm, enum vm_error error, const char *reason) {
+	vm_done(vm, &(struct vm_outcome){.error = error, .state = vm->state, .reason = reason});
 }
 
 static void vm_op_done(struct vm *vm) {
-	vm->operation = NULL;
+	vm->operation = VM_OP_NONE;
 	if (vm->op_timer)
 		evtimer_del(vm->op_timer);
 }
 
-static void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, int status, int sig,
-			   bool requested) {
+void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, int status, int sig,
+		    bool requested) {
 	char ts[32];
 	struct json_object *e = json_object_new_object();
 	format_rfc3339(now_usec(CLOCK_REALTIME), ts);
@@ -860,7 +745,7 @@ static void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, in
 	if (streq(how, "killed") || streq(how, "dumped"))
 		json_object_object_add(e, "signal", json_object_new_string(signal_name(sig)));
 	json_object_object_add(e, "requested", json_object_new_boolean(requested));
-	json_object_object_add(e, "stderr", vm_qemu_stderr_tail(q));
+	json_object_object_add(e, "stderr", q ? vm_qemu_stderr_tail(q) : json_object_new_array());
 	json_object_put(vm->last_exit);
 	vm->last_exit = e;
 	vm_save(vm);
@@ -868,7 +753,7 @@ static void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, in
 
 static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int sig, void *userdata) {
 	struct vm *vm = userdata;
-	bool requested = vm->operation && streq(vm->operation, "stop");
+	bool requested = vm->operation == VM_OP_STOP;
 	char why[160];
 
 	if (streq(how, "exited"))
@@ -889,22 +774,20 @@ static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int s
 		vm_release_custody(vm);
 		vm->started_usec = 0;
 		vm_set_state(vm, VM_STOPPED, why);
-		manager_emit(vm->manager, vm, "stopped", why);
-		vm_reply_vm(vm);
+		vm->host->emit(vm->host, vm, "stopped", why);
+		vm_done(vm, &(struct vm_outcome){.error = VM_OK});
 		return;
 	}
-	if (vm->operation && streq(vm->operation, "start")) {
+	if (vm->operation == VM_OP_START) {
 		vm_op_done(vm);
 		vm_set_state(vm, VM_CRASHED, why);
 		struct json_object *tail = json_object_object_get(vm->last_exit, "stderr");
 		size_t n = json_object_array_length(tail);
 		const char *last = n ? json_object_get_string(json_object_array_get_idx(tail, n - 1)) : "";
-		struct json_object *p = json_object_new_object();
 		char reason[1024];
 		snprintf(reason, sizeof(reason), "%s while starting: %s (see cprctl log %s --qemu)", why,
 			 last, vm->name);
-		json_object_object_add(p, "reason", json_object_new_string(reason));
-		vm_reply_pending(vm, API_ERROR("Failed"), p);
+		vm_fail(vm, VM_ERROR_FAILED, reason);
 		return;
 	}
 	/* Nobody asked for this: the guest crashed or QEMU was killed. Guest
@@ -912,14 +795,14 @@ static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int s
 	log_vm(LOG_WARNING, vm->name, "%s unexpectedly; guest RAM stays held", why);
 	vm->started_usec = 0;
 	vm_set_state(vm, VM_CRASHED, why);
-	manager_emit(vm->manager, vm, "exited", why);
+	vm->host->emit(vm->host, vm, "exited", why);
 }
 
 static void vm_main_event(struct vm_qemu *q, const char *name, struct json_object *data,
 			  int64_t ts, void *userdata) {
 	struct vm *vm = userdata;
 	log_vm(LOG_DEBUG, vm->name, "QMP event %s", name);
-	if (vm->operation && !streq(vm->operation, "stop"))
+	if (vm->operation != VM_OP_NONE && vm->operation != VM_OP_STOP)
 		return; /* start and upgrade follow the run state themselves */
 	if (streq(name, "STOP") && vm->state == VM_RUNNING)
 		vm_set_state(vm, VM_PAUSED, "guest paused");
@@ -941,13 +824,13 @@ static void vm_on_cont(struct qmp *qmp, struct json_object *ret, const struct qm
 	vm->started_usec = now_usec(CLOCK_REALTIME);
 	vm_save_runtime(vm);
 	vm_set_state(vm, VM_RUNNING, "guest started");
-	manager_emit(vm->manager, vm, "started", "guest started");
-	vm_reply_vm(vm);
+	vm->host->emit(vm->host, vm, "started", "guest started");
+	vm_done(vm, &(struct vm_outcome){.error = VM_OK});
 }
 
 static void vm_main_ready(struct vm_qemu *q, void *userdata) {
 	struct vm *vm = userdata;
-	if (vm->operation && streq(vm->operation, "start"))
+	if (vm->operation == VM_OP_START)
 		qmp_command(q->qmp, "cont", NULL, QMP_COMMAND_TIMEOUT_MS, vm_on_cont, vm);
 }
 
@@ -962,53 +845,51 @@ void vm_watch_main(struct vm *vm) {
 		vm_qemu_set_callbacks(vm->qemu, &vm_main_callbacks, vm);
 }
 
-static void vm_start_fail(struct vm *vm, const char *error, struct json_object *params) {
+/* The start ended before a QEMU ran: back to where the VM was. */
+static void vm_start_fail(struct vm *vm, const struct vm_outcome *o) {
 	vm_op_done(vm);
 	vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED, "start failed");
-	vm_reply_pending(vm, error, params);
+	vm_done(vm, o);
 }
 
 static void vm_on_start_probe(struct probe *p, int error, struct probe_result *result,
 			      const char *reason, void *userdata) {
 	struct vm *vm = userdata;
-	if (error < 0) {
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "binary", json_object_new_string(vm->spec->qemu));
-		json_object_object_add(e, "reason", json_object_new_string(reason ? reason : strerror(-error)));
-		return vm_start_fail(vm, API_ERROR("QEMUProbeFailed"), e);
-	}
+	if (error < 0)
+		return vm_start_fail(vm, &(struct vm_outcome){
+			.error = VM_ERROR_PROBE_FAILED,
+			.state = vm->state,
+			.binary = vm->spec->qemu,
+			.reason = reason ? reason : strerror(-error),
+		});
 	if (!probe_result_resolve_machine(result, vm->spec->machine)) {
 		char why[256];
 		snprintf(why, sizeof(why), "QEMU %u.%u.%u at %s has no machine type %s", result->major,
 			 result->minor, result->micro, vm->spec->qemu, vm->spec->machine);
 		probe_result_free(result);
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "name", json_object_new_string(vm->name));
-		json_object_object_add(e, "state", json_object_new_string(vm_state_to_string(vm->state)));
-		json_object_object_add(e, "reason", json_object_new_string(why));
-		return vm_start_fail(vm, API_ERROR("BadState"), e);
+		return vm_start_fail(vm, &(struct vm_outcome){
+			.error = VM_ERROR_BAD_STATE, .state = vm->state, .reason = why});
 	}
 
 	int r = vm_qemu_spawn(vm, vm->spec->qemu, result, NULL, &vm_main_callbacks, vm, &vm->qemu);
 	probe_result_free(result);
 	if (r < 0) {
-		struct json_object *e = json_object_new_object();
 		char why[256];
 		snprintf(why, sizeof(why), "cannot start QEMU: %s", strerror(-r));
-		json_object_object_add(e, "reason", json_object_new_string(why));
-		return vm_start_fail(vm, API_ERROR("Failed"), e);
+		return vm_start_fail(vm, &(struct vm_outcome){
+			.error = VM_ERROR_FAILED, .state = vm->state, .reason = why});
 	}
 }
 
 static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {
 	struct vm *vm = userdata;
-	if (!vm->operation || !vm->qemu)
+	if (vm->operation == VM_OP_NONE || !vm->qemu)
 		return;
-	if (streq(vm->operation, "start")) {
+	if (vm->operation == VM_OP_START) {
 		log_vm(LOG_ERR, vm->name, "QEMU did not start the guest within %d s; killing it",
 		       VM_START_TIMEOUT_MS / 1000);
 		vm_qemu_kill(vm->qemu, SIGKILL);
-	} else if (streq(vm->operation, "stop") && !vm->stop_force) {
+	} else if (vm->operation == VM_OP_STOP && !vm->stop_force) {
 		log_vm(LOG_INFO, vm->name, "guest did not power off in time; quitting QEMU");
 		vm->stop_force = true;
 		qmp_command(vm->qemu->qmp, "quit", NULL, VM_QUIT_TIMEOUT_MS, qmp_reply_ignore, NULL);
@@ -1020,32 +901,34 @@ static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {
 	}
 }
 
-int vm_start(struct vm *vm, struct vl_call *call) {
-	vm->operation = "start";
+int vm_start(struct vm *vm, vm_done_fn done, void *userdata) {
+	vm->operation = VM_OP_START;
 	vm->accel = NULL; /* a new boot may pick anew */
-	vm->pending_call = call ? vl_call_ref(call) : NULL;
+	vm->done = done;
+	vm->done_userdata = userdata;
 	vm_set_state(vm, VM_STARTING, NULL);
 	struct timeval tv = {VM_START_TIMEOUT_MS / 1000, 0};
 	evtimer_add(vm->op_timer, &tv);
 	char why[512];
 	_cleanup_close_ int bfd = binary_open(vm->spec->qemu, why, sizeof(why));
-	int r = bfd < 0 ? bfd : probe_run(vm->manager->base, vm->spec->qemu, bfd, NULL, vm_on_start_probe, vm, NULL);
+	int r = bfd < 0 ? bfd : probe_run(vm->host->base, vm->spec->qemu, bfd, NULL, vm_on_start_probe, vm, NULL);
 	if (r < 0) {
 		if (bfd < 0)
 			log_vm(LOG_ERR, vm->name, "refusing to run %s: %s", vm->spec->qemu, why);
 		vm_op_done(vm);
 		vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED, "start failed");
-		if (vm->pending_call)
-			vl_call_unref(TAKE_PTR(vm->pending_call));
+		vm->done = NULL;
+		vm->done_userdata = NULL;
 		return r;
 	}
 	return 0;
 }
 
-int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call) {
-	vm->operation = "stop";
+int vm_stop(struct vm *vm, bool force, int timeout_sec, vm_done_fn done, void *userdata) {
+	vm->operation = VM_OP_STOP;
 	vm->stop_force = force;
-	vm->pending_call = call ? vl_call_ref(call) : NULL;
+	vm->done = done;
+	vm->done_userdata = userdata;
 	vm_set_state(vm, VM_STOPPING, force ? "quitting QEMU" : "ACPI power-down requested");
 	if (!vm->qemu || qmp_get_error(vm->qemu->qmp) < 0) {
 		vm_qemu_kill(vm->qemu, SIGTERM);
@@ -1063,19 +946,20 @@ int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call) {
 
 /* ---- life cycle and persistence ------------------------------------------ */
 
-int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm **ret) {
+int vm_new(struct vm_host *host, struct vm_spec *spec, const char *dir, struct vm **ret) {
 	struct vm *vm = calloc(1, sizeof(*vm));
 	if (!vm)
 		return -ENOMEM;
-	vm->manager = m;
+	vm->host = host;
 	vm->spec = spec;
 	vm->name = strdup(spec->name);
 	vm->dir = strdup(dir);
 	vm->state = VM_DEFINED;
-	vm->ram_fd = vm->console_fd = vm->console_peer_fd = -1;
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		vm->held[i] = -1;
 	vm->console_log_fd = vm->qemu_log_fd = -1;
 	vm->history = json_object_new_array();
-	vm->op_timer = evtimer_new(m->base, vm_on_op_timeout, vm);
+	vm->op_timer = evtimer_new(host->base, vm_on_op_timeout, vm);
 	if (!vm->name || !vm->dir || !vm->history || !vm->op_timer) {
 		vm->spec = NULL;
 		vm_free(vm);
@@ -1088,9 +972,8 @@ int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm *
 void vm_free(struct vm *vm) {
 	if (!vm)
 		return;
-	if (vm->pending_call)
-		vl_call_unref(vm->pending_call);
-	vl_subscribers_clear(&vm->followers);
+	/* Only when cprd exits: whoever waits learns it, so nothing it holds leaks. */
+	vm_fail(vm, VM_ERROR_FAILED, "cprd exited before the operation finished");
 	vm_qemu_free(vm->qemu);
 	vm_close_custody(vm);
 	safe_close(vm->console_log_fd);
@@ -1124,7 +1007,7 @@ int vm_save(struct vm *vm) {
 	return r;
 }
 
-int vm_load(struct manager *m, const char *dir, struct vm **ret) {
+int vm_load(struct vm_host *host, const char *dir, struct vm **ret) {
 	char path[PATH_MAX];
 	_cleanup_free_ char *text = NULL;
 	struct spec_error err;
@@ -1142,7 +1025,7 @@ int vm_load(struct manager *m, const char *dir, struct vm **ret) {
 	if (r < 0)
 		return log_error_errno(r, "%s: %s %s", path, err.field, err.reason);
 	struct vm *vm;
-	r = vm_new(m, spec, dir, &vm);
+	r = vm_new(host, spec, dir, &vm);
 	if (r < 0) {
 		spec_free(spec);
 		return r;
@@ -1168,13 +1051,13 @@ void vm_add_history(struct vm *vm, struct json_object *record) {
 	vm_save(vm);
 }
 
-static void add_fd(struct json_object *a, const char *kind, int fd, const char *vm, const char *n) {
+static void add_fd(struct json_object *a, const struct custody_fd *c, int fd, const char *vm) {
 	if (fd < 0)
 		return;
 	char name[128];
-	snprintf(name, sizeof(name), "%s.%s", vm, n);
+	snprintf(name, sizeof(name), "%s.%s", vm, c->name);
 	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "kind", json_object_new_string(kind));
+	json_object_object_add(o, "kind", json_object_new_string(c->kind));
 	json_object_object_add(o, "fd", json_object_new_int(fd));
 	json_object_object_add(o, "name", json_object_new_string(name));
 	json_object_array_add(a, o);
@@ -1182,11 +1065,8 @@ static void add_fd(struct json_object *a, const char *kind, int fd, const char *
 
 struct json_object *vm_to_json(struct vm *vm) {
 	struct json_object *o = json_object_new_object();
-	const char *state = vm_state_to_string(vm->state);
-	if (vm->operation && streq(vm->operation, "upgrade"))
-		state = "upgrading";
 	json_object_object_add(o, "name", json_object_new_string(vm->name));
-	json_object_object_add(o, "state", json_object_new_string(state));
+	json_object_object_add(o, "state", json_object_new_string(vm_state_name(vm)));
 	/* The spec and the history rarely change: ListVMs of many VMs prints
 	 * them from text kept since the last change. */
 	if (!vm->spec_json) {
@@ -1208,11 +1088,9 @@ struct json_object *vm_to_json(struct vm *vm) {
 			o, "uptimeSec",
 			json_new_fixed3((double)(now_usec(CLOCK_REALTIME) - vm->started_usec) / 1e6));
 	struct json_object *fds = json_object_new_array();
-	add_fd(fds, "ram", vm->ram_fd, vm->name, "ram0");
-	add_fd(fds, "console", vm->console_fd, vm->name, "console");
-	add_fd(fds, "console", vm->console_peer_fd, vm->name, "console-qemu");
-	if (vm->qemu && vm->qemu->qmp)
-		add_fd(fds, "qmp", vm->qemu->qmp_fd, vm->name, "qmp");
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		if (i != CUSTODY_QMP || (vm->qemu && vm->qemu->qmp))
+			add_fd(fds, &custody_fds[i], vm_held_fd(vm, i), vm->name);
 	json_object_object_add(o, "fds", fds);
 	if (vm->last_exit)
 		json_object_object_add(o, "lastExit", json_object_get(vm->last_exit));

@@ -7,14 +7,17 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#include "varlink.h"
+#include "custody.h"
+#include "migration.h"
 
 struct event;
+struct event_base;
 struct json_object;
-struct manager;
+struct cmdline_incoming;
 struct probe_result;
 struct qemu_proc;
 struct qmp;
+struct vm;
 struct vm_spec;
 
 #define VM_CONSOLE_LOG_MAX (1024 * 1024)   /* bytes kept per console log file */
@@ -24,14 +27,6 @@ struct vm_spec;
 #define VM_QUIT_TIMEOUT_MS 5000            /* from quit to exit, then SIGKILL */
 #define VM_STOP_TIMEOUT_SEC 30             /* ACPI power-down, then quit */
 #define VM_HISTORY_MAX 100                 /* upgrade records kept */
-
-/* Fixed fd numbers inside QEMU. */
-#define VM_FD_QMP 3
-#define VM_FD_CONSOLE 4
-#define VM_FD_RAM 5
-/* QEMU also keeps a copy of cprd's own console end, unused by QEMU, so a
- * cprd that lost its fds (no fd store) can fetch it back (pidfd_getfd). */
-#define VM_FD_CONSOLE_CPRD 6
 
 enum vm_state {
 	VM_DEFINED,
@@ -46,6 +41,42 @@ enum vm_state {
 
 const char *vm_state_to_string(enum vm_state s);
 
+/* What runs on a VM; only one operation at a time. The names are the
+ * Busy error's `operation`. */
+enum vm_operation {
+	VM_OP_NONE,
+	VM_OP_CREATE,
+	VM_OP_START,
+	VM_OP_STOP,
+	VM_OP_PAUSE,
+	VM_OP_RESUME,
+	VM_OP_UPGRADE_PREFLIGHT, /* the VM is not touched yet */
+	VM_OP_UPGRADE,           /* past preflight: the state reads "upgrading" */
+	_VM_OP_MAX,
+};
+
+/* NULL for VM_OP_NONE. */
+const char *vm_operation_to_string(enum vm_operation op);
+
+/* How a start or a stop failed. The domain code says what went wrong;
+ * api.c picks the io.cprd.Manager error for it. */
+enum vm_error {
+	VM_OK,
+	VM_ERROR_FAILED,       /* Failed */
+	VM_ERROR_PROBE_FAILED, /* QEMUProbeFailed: the binary could not be probed */
+	VM_ERROR_BAD_STATE,    /* BadState: the VM cannot do it as it is */
+};
+
+/* How a start or a stop ended, for whoever asked. */
+struct vm_outcome {
+	enum vm_error error;
+	enum vm_state state; /* the state the failure was met in */
+	const char *binary;  /* the binary a probe failed on */
+	const char *reason;  /* a sentence, for every failure */
+};
+
+typedef void (*vm_done_fn)(struct vm *vm, const struct vm_outcome *o, void *userdata);
+
 /* One QEMU process serving a VM (the current one, or an upgrade's target)
  * with its QMP channel. */
 struct vm_qemu;
@@ -57,24 +88,30 @@ struct vm_qemu_callbacks {
 	void (*exited)(struct vm_qemu *q, const char *how, int status, int sig, void *userdata);
 };
 
-/* Extra arguments for an upgrade's target. */
-struct vm_incoming {
-	const char *const *args; /* appended to the command line, NULL-ended */
+
+/* What a VM needs from the registry that holds it (manager.c, a layer
+ * above): the event loop, the runtime folder, and where its events go. */
+struct vm_host {
+	struct event_base *base;
+	const char *runtime_dir;
+	/* Tells WatchEvents subscribers and the log. */
+	void (*emit)(struct vm_host *h, struct vm *vm, const char *type, const char *message);
+	/* The guest wrote len bytes on its console, which end at offset in
+	 * console.log (for ReadLog calls that follow it). May be NULL. */
+	void (*console)(struct vm_host *h, struct vm *vm, const char *data, size_t len,
+			uint64_t offset);
 };
 
 struct vm {
-	struct manager *manager;
+	struct vm_host *host;
 	char *name;
 	struct vm_spec *spec; /* spec->machine is the pinned versioned type */
 	char *dir;            /* its folder under the state directory */
 	enum vm_state state;
-	const char *operation; /* "start", "stop", "upgrade" while one runs */
+	enum vm_operation operation;
 
-	/* Custody. */
-	int ram_fd;
-	uint64_t ram_bytes;
-	int console_fd;      /* our end of the console socketpair */
-	int console_peer_fd; /* QEMU's end, handed to every QEMU of this VM */
+	/* Custody: the per-VM fds (custody.h), -1 when not held. */
+	int held[_CUSTODY_VM_MAX];
 	struct event *console_ev;
 	int console_log_fd;
 	uint64_t console_log_size;
@@ -89,34 +126,41 @@ struct vm {
 	struct json_object *history_json; /* json_frozen(history), cached */
 	struct json_object *history;   /* []UpgradeRecord */
 
-	/* Calls waiting for start or stop to finish. */
-	struct vl_call *pending_call;
+	/* Whoever waits for start or stop to finish. */
+	vm_done_fn done;
+	void *done_userdata;
 	struct event *op_timer;
 	bool stop_force;
-	struct vl_subscribers followers; /* ReadLog calls with more */
+	/* The rollback of an upgrade a restart interrupted (attach.c). It
+	 * lives as long as the VM: the QMP replies it waits for may outlive
+	 * the settlement, and go when the QEMU does. */
+	struct migration_rollback settle_rollback;
 };
 
-int vm_new(struct manager *m, struct vm_spec *spec, const char *dir, struct vm **ret);
+int vm_new(struct vm_host *host, struct vm_spec *spec, const char *dir, struct vm **ret);
 void vm_free(struct vm *vm);
 /* Writes vm.json (spec, history, last exit) atomically. */
 int vm_save(struct vm *vm);
-int vm_load(struct manager *m, const char *dir, struct vm **ret);
+int vm_load(struct vm_host *host, const char *dir, struct vm **ret);
 
 bool vm_is_active(const struct vm *vm); /* a QEMU runs or is being started */
+/* The state clients see: vm_state_to_string(), or "upgrading". */
+const char *vm_state_name(const struct vm *vm);
 void vm_set_state(struct vm *vm, enum vm_state s, const char *why);
 
-/* Starts the VM; the call (referenced) gets the reply when the guest runs
- * or the start failed. */
-int vm_start(struct vm *vm, struct vl_call *call);
-int vm_stop(struct vm *vm, bool force, int timeout_sec, struct vl_call *call);
-/* Takes back fds a previous cprd held (from the fd store); each may be -1. */
-int vm_restore_custody(struct vm *vm, int ram_fd, int console_fd, int console_peer_fd);
+/* Starts the VM; done (may be NULL) runs once, from the event loop, when the
+ * guest runs or the start failed, or when the VM is freed first. A negative
+ * errno return means nothing started and done will not run. */
+int vm_start(struct vm *vm, vm_done_fn done, void *userdata);
+/* Stops the VM: ACPI power-down (quit when force), then quit, then SIGKILL;
+ * done as for vm_start. */
+int vm_stop(struct vm *vm, bool force, int timeout_sec, vm_done_fn done, void *userdata);
+/* Takes back the per-VM fds a previous cprd held, from the fd store. */
+void vm_restore_custody(struct vm *vm);
 /* Releases the fds held for the VM (stopped on purpose or deleted). */
 void vm_release_custody(struct vm *vm);
 
 struct json_object *vm_to_json(struct vm *vm);
-/* Replies {"vm": VM} on call. */
-int vm_reply(struct vl_call *c, struct vm *vm);
 /* True when the binary the running QEMU came from changed on disk. */
 bool vm_outdated(struct vm *vm);
 
@@ -125,7 +169,7 @@ bool vm_outdated(struct vm *vm);
 /* Spawns a QEMU for vm from binary (probed as probe) with the VM's held fds
  * and a fresh QMP channel. incoming may be NULL. */
 int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, const struct vm_qemu_callbacks *cb,
+		  const struct cmdline_incoming *incoming, const struct vm_qemu_callbacks *cb,
 		  void *userdata, struct vm_qemu **ret);
 void vm_qemu_free(struct vm_qemu *q);
 void vm_qemu_set_callbacks(struct vm_qemu *q, const struct vm_qemu_callbacks *cb, void *userdata);
@@ -135,6 +179,8 @@ bool vm_qemu_running(const struct vm_qemu *q);
 const char *vm_qemu_binary(const struct vm_qemu *q);
 const char *vm_qemu_version(const struct vm_qemu *q);
 const struct probe_result *vm_qemu_probe(const struct vm_qemu *q);
+/* Whether q's QEMU has migration modes (QEMU >= 8.2); false for NULL. */
+bool vm_qemu_has_migration_modes(const struct vm_qemu *q);
 int vm_qemu_kill(struct vm_qemu *q, int sig);
 /* The last lines this QEMU wrote on stderr, joined, for error messages. */
 void vm_qemu_stderr_summary(struct vm_qemu *q, char *buf, size_t size);
@@ -143,9 +189,6 @@ void vm_qemu_stderr_summary(struct vm_qemu *q, char *buf, size_t size);
 struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q);
 /* Gives the VM's current QEMU the callbacks of a VM not being upgraded. */
 void vm_watch_main(struct vm *vm);
-/* Builds the QEMU command line (for tests and --dry-run). */
-int vm_build_argv(struct vm *vm, const char *binary, const struct probe_result *probe,
-		  const struct vm_incoming *incoming, const char *qmp_path, char ***ret);
 
 
 /* Custody in systemd's fd store under NAME.what. */
@@ -156,6 +199,10 @@ void vm_watch_console(struct vm *vm);
 /* The runtime record (runtime dir, vms/NAME/qemu.json) that lets a
  * restarted cprd find the VM's QEMU again: pid, its start time, binary. */
 char *vm_runtime_file(struct vm *vm, const char *file);
+/* <runtime>/vms/NAME, and the same created (or fixed): 0700, owned by
+ * QEMU's user, who binds its recovery monitor and incoming sockets there. */
+char *vm_runtime_dir(struct vm *vm);
+int vm_runtime_dir_make(struct vm *vm, char **ret);
 int vm_save_runtime(struct vm *vm);
 struct json_object *vm_qemu_record(struct vm_qemu *q);
 /* Re-attaches to a running QEMU described by rec (pid checked against its
@@ -166,5 +213,10 @@ int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 /* Lists the VM's fds for CPRD_REEXEC_FDS and keeps them across exec. */
 int vm_reexec_fds(struct vm *vm, char **list);
 
+/* Records how the VM's QEMU ended as lastExit (how: "exited", "killed",
+ * "dumped" or "unknown"), with the last lines q wrote on stderr (q may be
+ * NULL: none known), and saves. */
+void vm_record_exit(struct vm *vm, struct vm_qemu *q, const char *how, int status, int sig,
+		    bool requested);
 /* Appends an upgrade record to the history (capped) and saves. */
 void vm_add_history(struct vm *vm, struct json_object *record);

@@ -602,6 +602,65 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_enable(conn->bev, EV_READ | EV_WRITE);
 }
 
+/* ---- org.varlink.service ------------------------------------------------- */
+
+static const char *str_or_empty(const char *s) { return s ? s : ""; }
+
+static int method_get_info(struct vl_call *call, struct json_object *params, void *userdata) {
+	struct vl_server *s = userdata;
+	const struct vl_server_info *info = &s->info;
+	struct json_object *r = json_object_new_object();
+	struct json_object *list = json_object_new_array();
+
+	json_object_object_add(r, "vendor", json_object_new_string(str_or_empty(info->vendor)));
+	json_object_object_add(r, "product", json_object_new_string(str_or_empty(info->product)));
+	json_object_object_add(r, "version", json_object_new_string(str_or_empty(info->version)));
+	json_object_object_add(r, "url", json_object_new_string(str_or_empty(info->url)));
+	for (size_t i = 0; i < s->n_ifaces; i++)
+		json_object_array_add(list, json_object_new_string(s->ifaces[i].iface->name));
+	json_object_object_add(r, "interfaces", list);
+	return vl_call_reply(call, r);
+}
+
+static int method_get_interface_description(struct vl_call *call, struct json_object *params,
+					    void *userdata) {
+	struct vl_server *s = userdata;
+	struct json_object *v;
+	json_object_object_get_ex(params, "interface", &v);
+	const char *name = json_object_get_string(v);
+
+	for (size_t i = 0; i < s->n_ifaces; i++) {
+		const struct vl_interface *iface = s->ifaces[i].iface;
+		if (streq(iface->name, name)) {
+			struct json_object *r = json_object_new_object();
+			json_object_object_add(r, "description",
+					       json_object_new_string(iface->description));
+			return vl_call_reply(call, r);
+		}
+	}
+	struct json_object *e = json_object_new_object();
+	json_object_object_add(e, "interface", json_object_new_string(name));
+	return vl_call_error(call, VL_ERROR_INTERFACE_NOT_FOUND, e);
+}
+
+static const struct vl_param params_get_interface_description[] = {
+	{"interface", VL_STRING, VL_MANDATORY},
+	{},
+};
+
+static const struct vl_method service_methods[] = {
+	{.name = "GetInfo", .fn = method_get_info},
+	{.name = "GetInterfaceDescription", .fn = method_get_interface_description,
+	 .params = params_get_interface_description},
+	{},
+};
+
+static const struct vl_interface service_interface = {
+	.name = "org.varlink.service",
+	.description = vl_service_description,
+	.methods = service_methods,
+};
+
 /* ---- server -------------------------------------------------------------- */
 
 int vl_server_new(struct event_base *base, const struct vl_server_info *info,
@@ -612,7 +671,7 @@ int vl_server_new(struct event_base *base, const struct vl_server_info *info,
 	s->base = base;
 	s->info = *info;
 	vl_server_set_limits(s, NULL);
-	int r = vl_service_register(s);
+	int r = vl_server_add_interface(s, &service_interface, s);
 	if (r < 0) {
 		free(s);
 		return r;
@@ -670,14 +729,6 @@ unsigned vl_server_connections(const struct vl_server *s) { return s->n_conns; }
 int vl_server_get_listen_fd(const struct vl_server *s, size_t i) {
 	return i < s->n_listeners ? evconnlistener_get_fd(s->listeners[i]) : -1;
 }
-
-size_t vl_server_n_interfaces(const struct vl_server *s) { return s->n_ifaces; }
-
-const struct vl_interface *vl_server_interface(const struct vl_server *s, size_t i) {
-	return i < s->n_ifaces ? s->ifaces[i].iface : NULL;
-}
-
-const struct vl_server_info *vl_server_get_info(const struct vl_server *s) { return &s->info; }
 
 int vl_server_listen_fd(struct vl_server *s, int fd) {
 	if (s->n_listeners >= ELEMENTSOF(s->listeners))

@@ -1,12 +1,14 @@
 /* Check suite for daemon/probe.c: probes the real QEMU 10.0 and 7.2 (skipped
  * when absent), and scripts in a temporary folder that play broken binaries:
  * one that exits, one that prints garbage, one that speaks garbage on the QMP
- * socket, one that hangs, one that crashes. */
+ * socket, one that hangs, one that crashes, one that says whom it runs as. */
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <json-c/json.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include "log.h"
 #include "macro.h"
 #include "probe.h"
+#include "qemu.h"
 
 #define QEMU_10 "/usr/bin/qemu-system-x86_64"
 #define QEMU_72 "/opt/cprd/qemu-system-x86_64-7.2"
@@ -443,6 +446,53 @@ START_TEST(test_cancel) {
 }
 END_TEST
 
+/* ---- --qemu-user ---- */
+
+static int gid_cmp(const void *a, const void *b) {
+	gid_t x = *(const gid_t *)a, y = *(const gid_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* A probe is a child that runs a binary cprd was handed: with --qemu-user
+ * it must run as that user, real, effective and saved ids alike, with that
+ * user's groups and none of root's. The "binary" (root's, as binary.c
+ * requires) reports what the kernel says about it and exits, so the probe
+ * fails with that in its reason. */
+START_TEST(test_qemu_user) {
+	struct outcome o;
+	struct passwd *pw = getpwnam("nobody");
+	gid_t groups[64];
+	int n = ELEMENTSOF(groups);
+	char want[512];
+	size_t w;
+
+	ck_assert_ptr_nonnull(pw);
+	ck_assert_int_ge(getgrouplist(pw->pw_name, pw->pw_gid, groups, &n), 0);
+	qsort(groups, (size_t)n, sizeof(groups[0]), gid_cmp);
+	w = (size_t)snprintf(want, sizeof(want), "output: Uid: %u %u %u %u Gid: %u %u %u %u Groups:",
+			     pw->pw_uid, pw->pw_uid, pw->pw_uid, pw->pw_uid, pw->pw_gid,
+			     pw->pw_gid, pw->pw_gid, pw->pw_gid);
+	for (int i = 0; i < n; i++) /* the kernel lists each group once, sorted */
+		if (i == 0 || groups[i] != groups[i - 1])
+			w += (size_t)snprintf(want + w, sizeof(want) - w, " %u", groups[i]);
+	ck_assert_int_eq(qemu_set_user("nobody"), 0);
+
+	_cleanup_free_ char *path = write_script(
+		"whoami", "awk '/^(Uid|Gid|Groups):/ { $1 = $1; printf \"%s \", $0 }' /proc/self/status\nexit 3",
+		0755);
+	/* As cprd runs it: through an fd of the checked file (its folder is
+	 * root's 0700, which nobody could not search). */
+	int fd = open(path, O_PATH | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	probe_and_wait(path, fd, NULL, &o);
+	close(fd);
+	ck_assert_int_eq(o.error, -EPROTO);
+	ck_assert_msg(strstr(o.reason, "exited with status 3 before the QMP greeting"), "%s",
+		      o.reason);
+	ck_assert_msg(strstr(o.reason, want), "want \"%s\" in: %s", want, o.reason);
+}
+END_TEST
+
 static Suite *probe_suite(bool have_10, bool have_72) {
 	Suite *s = suite_create("probe");
 	TCase *tc = tcase_create("qemu");
@@ -470,6 +520,16 @@ static Suite *probe_suite(bool have_10, bool have_72) {
 	tcase_add_test(tc, test_cannot_run);
 	tcase_add_test(tc, test_cancel);
 	suite_add_tcase(s, tc);
+
+	/* Last: the user stays set for the rest of the process (when Check
+	 * runs without forking), and dropping to it needs root. */
+	if (geteuid() == 0 && getpwnam("nobody")) {
+		tc = tcase_create("qemu-user");
+		tcase_add_checked_fixture(tc, setup, teardown);
+		tcase_set_timeout(tc, 30);
+		tcase_add_test(tc, test_qemu_user);
+		suite_add_tcase(s, tc);
+	}
 	return s;
 }
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check-run.h"
 #include "util.h"
 
 #define PLAIN(o) json_object_to_json_string_ext((o), JSON_C_TO_STRING_PLAIN)
@@ -99,9 +100,5 @@ static Suite *util_suite(void) {
 }
 
 int main(void) {
-	SRunner *sr = srunner_create(util_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(util_suite());
 }

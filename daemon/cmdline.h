@@ -1,0 +1,39 @@
+/* cmdline: the command line of a VM's QEMU, built from its spec, what the
+ * probe found in the binary, the accelerator chosen at boot and what an
+ * upgrade's target adds. Pure (no I/O), so a unit test checks each part. */
+#pragma once
+
+struct probe_result;
+struct vm_spec;
+
+/* The fds every QEMU of a VM gets, at these numbers (qemu.c puts them there). */
+#define CMDLINE_FD_QMP 3
+#define CMDLINE_FD_CONSOLE 4
+#define CMDLINE_FD_RAM 5
+/* QEMU also keeps a copy of cprd's own console end, unused by QEMU, so a
+ * cprd that lost its fds (no fd store) can fetch it back (pidfd_getfd). */
+#define CMDLINE_FD_CONSOLE_CPRD 6
+
+/* How an upgrade's target takes the guest in, by upgrade mode. */
+enum cmdline_incoming_kind {
+	CMDLINE_INCOMING_CPR_TRANSFER, /* main and cpr channels on unix sockets */
+	CMDLINE_INCOMING_DEFER,        /* local-migrate: migrate-incoming over QMP later */
+};
+
+struct cmdline_incoming {
+	enum cmdline_incoming_kind kind;
+	const char *main_path, *cpr_path; /* the sockets the target binds (cpr-transfer) */
+};
+
+struct cmdline {
+	const char *binary;               /* argv[0] */
+	const struct vm_spec *spec;       /* spec->machine is the pinned type */
+	const struct probe_result *probe; /* of binary; NULL: nothing known */
+	const char *accel;                /* "tcg" or "kvm" */
+	const char *qmp_path;             /* the recovery monitor's socket, or NULL */
+	/* An upgrade target's way in; NULL for a start, which gets -S. */
+	const struct cmdline_incoming *incoming;
+};
+
+/* The NULL-ended argv (free with strv_free), or -ENOMEM. */
+int cmdline_build(const struct cmdline *c, char ***ret);

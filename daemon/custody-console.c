@@ -1,0 +1,58 @@
+/* The console: a socketpair. cprd reads its end into console.log; QEMU's
+ * end is the serial chardev of every QEMU of the VM, so the stream goes on
+ * across an upgrade. Each QEMU also keeps a spare copy of cprd's end, so
+ * without the fd store both come back from QEMU. */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "custody.h"
+#include "log.h"
+#include "macro.h"
+
+static int console_open(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]) {
+	if (fds[CUSTODY_CONSOLE] >= 0 && fds[CUSTODY_CONSOLE_QEMU] >= 0)
+		return 0;
+	fds[CUSTODY_CONSOLE] = safe_close(fds[CUSTODY_CONSOLE]);
+	fds[CUSTODY_CONSOLE_QEMU] = safe_close(fds[CUSTODY_CONSOLE_QEMU]);
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+		return log_vm_errno(LOG_ERR, errno, vm->name, "cannot make the console: %m");
+	/* QEMU's end blocks like a normal chardev socket would. */
+	fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) & ~O_NONBLOCK);
+	fds[CUSTODY_CONSOLE] = sv[0];
+	fds[CUSTODY_CONSOLE_QEMU] = sv[1];
+	return 0;
+}
+
+static int console_recover(const struct custody_vm *vm, pid_t pid, int pidfd,
+			   int fds[_CUSTODY_VM_MAX]) {
+	if (fds[CUSTODY_CONSOLE] >= 0)
+		return 0;
+	int ours = (int)syscall(SYS_pidfd_getfd, pidfd, custody_fds[CUSTODY_CONSOLE].qemu_fd, 0);
+	int theirs = (int)syscall(SYS_pidfd_getfd, pidfd, custody_fds[CUSTODY_CONSOLE_QEMU].qemu_fd, 0);
+	struct stat a, b;
+	if (ours < 0 || theirs < 0 || fstat(ours, &a) < 0 || fstat(theirs, &b) < 0 ||
+	    !S_ISSOCK(a.st_mode) || !S_ISSOCK(b.st_mode)) {
+		int r = -errno;
+		safe_close(ours);
+		safe_close(theirs);
+		return log_vm_errno(LOG_WARNING, r, vm->name,
+				    "cannot take the console back from QEMU pid %d: %m", (int)pid);
+	}
+	fcntl(ours, F_SETFL, fcntl(ours, F_GETFL) | O_NONBLOCK);
+	safe_close(fds[CUSTODY_CONSOLE_QEMU]);
+	fds[CUSTODY_CONSOLE] = ours;
+	fds[CUSTODY_CONSOLE_QEMU] = theirs;
+	log_vm(LOG_INFO, vm->name, "console taken back from QEMU pid %d", (int)pid);
+	return 0;
+}
+
+const struct custody_ops custody_console = {
+	.kind = "console",
+	.open = console_open,
+	.recover = console_recover,
+};

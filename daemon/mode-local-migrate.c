@@ -1,0 +1,34 @@
+/* local-migrate (any QEMU cprd can run): both QEMUs map the same memfd
+ * (share=on) and migrate with x-ignore-shared, so only device state is
+ * sent; the new QEMU waits with -incoming defer and migrate-incoming. */
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdio.h>
+
+#include "mode.h"
+#include "probe.h"
+
+static bool local_migrate_usable(const struct probe_result *old, const char *old_version,
+				 const struct probe_result *new, char *why, size_t size) {
+	if (new->x_ignore_shared && old && old->x_ignore_shared)
+		return true;
+	snprintf(why, size, "local-migrate needs the x-ignore-shared capability on both QEMUs");
+	return false;
+}
+
+static struct json_object *local_migrate_migrate_args(const char *main_path, const char *cpr_path) {
+	char uri[PATH_MAX + 8];
+	snprintf(uri, sizeof(uri), "unix:%s", main_path);
+	struct json_object *args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	return args;
+}
+
+const struct mode_ops mode_local_migrate = {
+	.name = "local-migrate",
+	.usable = local_migrate_usable,
+	.incoming = CMDLINE_INCOMING_DEFER,
+	.qmp_mode = NULL,
+	.ignore_shared = true,
+	.migrate_args = local_migrate_migrate_args,
+};

@@ -1,0 +1,46 @@
+/* mode: the upgrade modes, each an ops table in a file of its own
+ * (mode-cpr-transfer.c, mode-local-migrate.c) and an entry in mode.c's
+ * list. The upgrade state machine names no mode: it asks the table what to
+ * spawn, what to set on each QEMU, how to migrate and what to undo. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cmdline.h"
+
+struct json_object;
+struct probe_result;
+
+struct mode_ops {
+	const char *name; /* as in UpgradeRequest.mode */
+	/* Whether a guest can move this way from a QEMU probed as old (which
+	 * runs version old_version) to one probed as new; if not, fills why
+	 * with a sentence a person can act on. old may be NULL (unknown). */
+	bool (*usable)(const struct probe_result *old, const char *old_version,
+		       const struct probe_result *new, char *why, size_t size);
+	/* How the target takes the guest in (its -incoming). */
+	enum cmdline_incoming_kind incoming;
+	/* The "mode" migration parameter the old QEMU migrates with; NULL for
+	 * normal. Set at preflight (blockers depend on it), reset on the way back. */
+	const char *qmp_mode;
+	/* x-ignore-shared on both QEMUs while migrating (RAM is shared, not
+	 * sent); cleared on the new QEMU once it runs, and on a rollback. */
+	bool ignore_shared;
+	/* The arguments of `migrate` on the old QEMU. */
+	struct json_object *(*migrate_args)(const char *main_path, const char *cpr_path);
+};
+
+extern const struct mode_ops mode_cpr_transfer, mode_local_migrate;
+
+/* The mode called name, or NULL ("auto" is no mode but a choice). */
+const struct mode_ops *mode_find(const char *name);
+/* The mode to use: name's when it is usable, or with "auto" the first
+ * usable one in the order of preference (cpr-transfer, then local-migrate).
+ * NULL with why filled when there is none. */
+const struct mode_ops *mode_pick(const char *name, const struct probe_result *old,
+				 const char *old_version, const struct probe_result *new, char *why,
+				 size_t size);
+
+/* For migrate_args: a unix socket address of QMP's SocketAddress kind. */
+struct json_object *mode_unix_addr(const char *path);

@@ -1,0 +1,63 @@
+#!/bin/sh
+# The include order of proto/ and daemon/, from the bottom up (see
+# docs/design.md, "Layers"): a file may include the headers of its own layer
+# and of the layers below, never one above; and no two modules of a layer
+# include each other's headers. Fails naming each include that goes against
+# it, and each file the table below does not place.
+# Usage: include-order.sh SOURCE_DIR
+set -eu
+src=${1:?usage: include-order.sh SOURCE_DIR}
+
+# The layer of a module (a file's name without .c or .h).
+layer() {
+	case "$1" in
+	client|idl|log|macro|message|server|server-internal|service|subscribers|varlink) echo 0 ;; # proto/
+	util) echo 1 ;;
+	binary|cmdline|custody|custody-console|custody-qmp|custody-ram|migration|mode|mode-cpr-transfer|mode-local-migrate|probe|qemu|qemu-record|qmp|spec|systemd|upgrade-journal) echo 2 ;;
+	vm) echo 3 ;;
+	manager) echo 4 ;;
+	attach|upgrade) echo 5 ;;
+	api|api-internal|api-upgrade) echo 6 ;;
+	main) echo 7 ;;
+	*) echo none ;;
+	esac
+}
+
+fail=0
+edges=$(mktemp)
+trap 'rm -f "$edges"' EXIT
+
+for f in "$src"/proto/*.c "$src"/proto/*.h "$src"/daemon/*.c "$src"/daemon/*.h; do
+	[ -e "$f" ] || continue
+	mod=$(basename "$f"); mod=${mod%.[ch]}
+	from=$(layer "$mod")
+	if [ "$from" = none ]; then
+		echo "include-order: ${f#"$src"/} is in no layer; add $mod to tests/unit/include-order.sh and docs/design.md"
+		fail=1
+		continue
+	fi
+	for h in $(sed -n 's/^#[[:space:]]*include[[:space:]]*"\([^"]*\)\.h".*/\1/p' "$f"); do
+		[ "$h" = "$mod" ] && continue
+		to=$(layer "$h")
+		if [ "$to" = none ]; then
+			echo "include-order: ${f#"$src"/} includes $h.h, which is in no layer"
+			fail=1
+		elif [ "$to" -gt "$from" ]; then
+			echo "include-order: ${f#"$src"/} (layer $from) includes $h.h of a higher layer ($to)"
+			fail=1
+		elif [ "$to" -eq "$from" ]; then
+			echo "$mod $h" >>"$edges"
+		fi
+	done
+done
+
+# Within a layer: no two modules that include each other.
+while read -r a b; do
+	if grep -qx "$b $a" "$edges"; then
+		echo "include-order: $a and $b include each other's headers"
+		fail=1
+	fi
+done <"$edges"
+
+[ "$fail" -eq 0 ] && echo "include-order: proto/ and daemon/ include only their own layer and the ones below"
+exit "$fail"

@@ -1,0 +1,223 @@
+/* Check suite for daemon/cmdline.c: the whole command line of a start, then
+ * what each spec field, each probe result (QEMU 7.2 against 10.0), the
+ * accelerator, the recovery monitor and each upgrade mode's incoming
+ * arguments change in it, and that huge pages change nothing there (they
+ * are a property of the memfd cprd holds). */
+#include <check.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check-run.h"
+#include "cmdline.h"
+#include "macro.h"
+#include "probe.h"
+#include "spec.h"
+#include "util.h"
+
+static struct spec_disk disks[] = {
+	{.path = "/var/lib/cprd/root.img", .format = "raw", .readonly = true},
+	{.path = "/var/lib/cprd/data.qcow2", .format = "qcow2", .readonly = false},
+};
+
+static struct vm_spec spec;
+/* What probes of the two QEMUs the tests use find. */
+static const struct probe_result qemu_10 = {
+	.major = 10, .cpr_transfer = true, .x_ignore_shared = true, .aux_ram_share = true};
+static const struct probe_result qemu_72 = {.major = 7, .minor = 2, .x_ignore_shared = true};
+
+static void setup(void) {
+	spec = (struct vm_spec){
+		.name = "g1",
+		.memory_mib = 256,
+		.cpus = 2,
+		.machine = "pc-i440fx-10.0",
+		.qemu = "/usr/bin/qemu-system-x86_64",
+		.accel = "auto",
+	};
+}
+
+static struct cmdline base(void) {
+	return (struct cmdline){
+		.binary = "/usr/bin/qemu-system-x86_64",
+		.spec = &spec,
+		.probe = &qemu_10,
+		.accel = "tcg",
+	};
+}
+
+/* The argv joined with single spaces, for comparing and for messages. */
+static char *build(const struct cmdline *c) {
+	char **argv = NULL;
+	ck_assert_int_eq(cmdline_build(c, &argv), 0);
+	ck_assert_ptr_nonnull(argv);
+	size_t len = 1;
+	for (char **a = argv; *a; a++)
+		len += strlen(*a) + 1;
+	char *s = calloc(1, len);
+	ck_assert_ptr_nonnull(s);
+	for (char **a = argv; *a; a++) {
+		if (a != argv)
+			strcat(s, " ");
+		strcat(s, *a);
+	}
+	strv_free(argv);
+	return s;
+}
+
+static bool has(const char *argv, const char *part) {
+	return strstr(argv, part) != NULL;
+}
+
+START_TEST(test_start_whole) {
+	struct cmdline c = base();
+	_cleanup_free_ char *argv = build(&c);
+	ck_assert_str_eq(
+		argv,
+		"/usr/bin/qemu-system-x86_64 -name guest=g1,debug-threads=on -nodefaults "
+		"-no-user-config -display none -msg timestamp=on -sandbox "
+		"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S "
+		"-machine pc-i440fx-10.0,memory-backend=ram0,aux-ram-share=on -accel tcg -m 256M "
+		"-smp 2 -object "
+		"memory-backend-file,id=ram0,size=256M,share=on,mem-path=/proc/self/fd/5 "
+		"-chardev socket,id=qmp,fd=3 -mon chardev=qmp,mode=control "
+		"-chardev socket,id=console,fd=4 -serial chardev:console -nic none");
+}
+END_TEST
+
+/* aux-ram-share only where the probe found it (QEMU >= 10.0): 7.2 would
+ * refuse the property, and nothing known means nothing claimed. */
+START_TEST(test_probe_results) {
+	struct cmdline c = base();
+	c.probe = &qemu_72;
+	spec.machine = "pc-i440fx-7.2";
+	_cleanup_free_ char *on_72 = build(&c);
+	ck_assert_msg(has(on_72, " -machine pc-i440fx-7.2,memory-backend=ram0 "), "%s", on_72);
+	ck_assert(!has(on_72, "aux-ram-share"));
+
+	c.probe = NULL;
+	_cleanup_free_ char *unknown = build(&c);
+	ck_assert(!has(unknown, "aux-ram-share"));
+
+	c.probe = &qemu_10;
+	spec.machine = "pc-q35-10.0";
+	_cleanup_free_ char *on_10 = build(&c);
+	ck_assert_msg(has(on_10, " -machine pc-q35-10.0,memory-backend=ram0,aux-ram-share=on "),
+		      "%s", on_10);
+}
+END_TEST
+
+START_TEST(test_spec_fields) {
+	struct cmdline c = base();
+	spec.name = "db-7";
+	spec.memory_mib = 4096;
+	spec.cpus = 16;
+	_cleanup_free_ char *argv = build(&c);
+	ck_assert_msg(has(argv, " -name guest=db-7,debug-threads=on "), "%s", argv);
+	ck_assert_msg(has(argv, " -m 4096M -smp 16 "), "%s", argv);
+	ck_assert_msg(has(argv, "size=4096M,share=on,mem-path=/proc/self/fd/5 "), "%s", argv);
+
+	c.accel = "kvm";
+	_cleanup_free_ char *kvm = build(&c);
+	ck_assert_msg(has(kvm, " -accel kvm "), "%s", kvm);
+}
+END_TEST
+
+/* virtio-blk, one index each, in the spec's order; readonly where asked. */
+START_TEST(test_disks) {
+	struct cmdline c = base();
+	spec.disks = disks;
+	spec.n_disks = ELEMENTSOF(disks);
+	_cleanup_free_ char *argv = build(&c);
+	const char *want = " -nic none -drive "
+			   "file=/var/lib/cprd/root.img,format=raw,if=virtio,index=0,media=disk,"
+			   "readonly=on -drive "
+			   "file=/var/lib/cprd/data.qcow2,format=qcow2,if=virtio,index=1,media=disk";
+	ck_assert_msg(has(argv, want), "%s", argv);
+	ck_assert_msg(strcmp(argv + strlen(argv) - strlen("media=disk"), "media=disk") == 0, "%s",
+		      argv);
+}
+END_TEST
+
+/* Huge pages are the memfd's business (MFD_HUGETLB): QEMU maps it through
+ * the same path either way. */
+START_TEST(test_hugepages) {
+	struct cmdline c = base();
+	_cleanup_free_ char *plain = build(&c);
+	spec.hugepages = true;
+	_cleanup_free_ char *huge = build(&c);
+	ck_assert_str_eq(plain, huge);
+}
+END_TEST
+
+START_TEST(test_recovery_monitor) {
+	struct cmdline c = base();
+	c.qmp_path = "/run/cprd/vms/g1/qmp-1a2b.sock";
+	_cleanup_free_ char *argv = build(&c);
+	ck_assert_msg(has(argv, " -chardev socket,id=qmp,fd=3 -mon chardev=qmp,mode=control "
+				"-chardev socket,id=qmp-recovery,path=/run/cprd/vms/g1/qmp-1a2b.sock,"
+				"server=on,wait=off -mon chardev=qmp-recovery,mode=control "
+				"-chardev socket,id=console,fd=4 "),
+		      "%s", argv);
+}
+END_TEST
+
+/* A target gets the start's command line with -incoming instead of -S. */
+START_TEST(test_incoming_cpr_transfer) {
+	struct cmdline c = base();
+	_cleanup_free_ char *start = build(&c);
+	c.incoming = &(struct cmdline_incoming){
+		.kind = CMDLINE_INCOMING_CPR_TRANSFER,
+		.main_path = "/run/cprd/vms/g1/upgrade-x/main.sock",
+		.cpr_path = "/run/cprd/vms/g1/upgrade-x/cpr.sock",
+	};
+	_cleanup_free_ char *target = build(&c);
+	const char *tail = " -incoming unix:/run/cprd/vms/g1/upgrade-x/main.sock -incoming "
+			   "{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\"socket\",\"type\":"
+			   "\"unix\",\"path\":\"/run/cprd/vms/g1/upgrade-x/cpr.sock\"}}";
+	ck_assert_msg(strlen(target) > strlen(tail) &&
+			      streq(target + strlen(target) - strlen(tail), tail),
+		      "%s", target);
+	/* The same hardware: strip -S from the start and the tail from the target. */
+	char *s = strstr(start, " -S ");
+	ck_assert_ptr_nonnull(s);
+	memmove(s, s + 3, strlen(s + 3) + 1);
+	target[strlen(target) - strlen(tail)] = '\0';
+	ck_assert_str_eq(start, target);
+}
+END_TEST
+
+START_TEST(test_incoming_local_migrate) {
+	struct cmdline c = base();
+	c.probe = &qemu_72;
+	spec.machine = "pc-i440fx-7.2";
+	c.incoming = &(struct cmdline_incoming){.kind = CMDLINE_INCOMING_DEFER};
+	_cleanup_free_ char *argv = build(&c);
+	ck_assert_msg(!has(argv, " -S "), "%s", argv);
+	/* Once, at the end. */
+	ck_assert_msg(strstr(argv, " -incoming") == argv + strlen(argv) - strlen(" -incoming defer") &&
+			      streq(argv + strlen(argv) - strlen(" -incoming defer"), " -incoming defer"),
+		      "%s", argv);
+}
+END_TEST
+
+static Suite *cmdline_suite(void) {
+	Suite *s = suite_create("cmdline");
+	TCase *tc = tcase_create("argv");
+	tcase_add_checked_fixture(tc, setup, NULL);
+	tcase_add_test(tc, test_start_whole);
+	tcase_add_test(tc, test_probe_results);
+	tcase_add_test(tc, test_spec_fields);
+	tcase_add_test(tc, test_disks);
+	tcase_add_test(tc, test_hugepages);
+	tcase_add_test(tc, test_recovery_monitor);
+	tcase_add_test(tc, test_incoming_cpr_transfer);
+	tcase_add_test(tc, test_incoming_local_migrate);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void) {
+	return check_run(cmdline_suite());
+}

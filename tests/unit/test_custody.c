@@ -1,0 +1,194 @@
+/* Check suite for daemon/custody*.c: the table of held fds (names, kinds,
+ * numbers in QEMU), guest RAM and console made as QEMU needs them, and both
+ * taken back from a process that holds them at their numbers, as a
+ * restarted cprd without its fd store takes them from QEMU. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check-run.h"
+#include "cmdline.h"
+#include "custody.h"
+#include "macro.h"
+#include "util.h"
+
+static const struct custody_vm vm = {.name = "t1", .ram_bytes = 16 << 20};
+
+static void fds_init(int fds[_CUSTODY_VM_MAX]) {
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		fds[i] = -1;
+}
+
+static void fds_close(int fds[_CUSTODY_VM_MAX]) {
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		fds[i] = safe_close(fds[i]);
+}
+
+static void link_of(int fd, char *buf, size_t size) {
+	char self[64];
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(self, buf, size - 1);
+	ck_assert_int_gt(n, 0);
+	buf[n] = '\0';
+}
+
+START_TEST(test_table) {
+	/* The names are the fd store's and GetVM's: fixed, and unique. */
+	ck_assert_str_eq(custody_fds[CUSTODY_RAM].name, "ram0");
+	ck_assert_str_eq(custody_fds[CUSTODY_CONSOLE].name, "console");
+	ck_assert_str_eq(custody_fds[CUSTODY_CONSOLE_QEMU].name, "console-qemu");
+	ck_assert_str_eq(custody_fds[CUSTODY_QMP].name, "qmp");
+	ck_assert_str_eq(custody_fds[CUSTODY_QMP].target_name, "qmp-target");
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		for (unsigned j = i + 1; j < _CUSTODY_MAX; j++) {
+			ck_assert_str_ne(custody_fds[i].name, custody_fds[j].name);
+			ck_assert(custody_fds[i].qemu_fd < 0 ||
+				  custody_fds[i].qemu_fd != custody_fds[j].qemu_fd);
+		}
+	/* The numbers the command line names. */
+	ck_assert_int_eq(custody_fds[CUSTODY_RAM].qemu_fd, CMDLINE_FD_RAM);
+	ck_assert_int_eq(custody_fds[CUSTODY_CONSOLE_QEMU].qemu_fd, CMDLINE_FD_CONSOLE);
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		ck_assert_int_ne(custody_fds[i].qemu_fd, CMDLINE_FD_QMP);
+}
+END_TEST
+
+START_TEST(test_ram_open) {
+	int fds[_CUSTODY_VM_MAX];
+	struct stat st;
+	char link[256];
+	fds_init(fds);
+	ck_assert_int_eq(custody_ram.open(&vm, fds), 0);
+	ck_assert_int_ge(fds[CUSTODY_RAM], 0);
+	ck_assert(fcntl(fds[CUSTODY_RAM], F_GETFD) & FD_CLOEXEC);
+	ck_assert_int_eq(fstat(fds[CUSTODY_RAM], &st), 0);
+	ck_assert_int_eq(st.st_size, 16 << 20);
+	link_of(fds[CUSTODY_RAM], link, sizeof(link));
+	ck_assert_msg(strncmp(link, "/memfd:cprd:t1:ram0", 19) == 0, "%s", link);
+	ck_assert_int_eq(fds[CUSTODY_CONSOLE], -1);
+
+	/* Kept while it fits; made anew for another size. */
+	ino_t ino = st.st_ino;
+	ck_assert_int_eq(custody_ram.open(&vm, fds), 0);
+	ck_assert_int_eq(fstat(fds[CUSTODY_RAM], &st), 0);
+	ck_assert_uint_eq(st.st_ino, ino);
+	struct custody_vm bigger = vm;
+	bigger.ram_bytes = 32 << 20;
+	ck_assert_int_eq(custody_ram.open(&bigger, fds), 0);
+	ck_assert_int_eq(fstat(fds[CUSTODY_RAM], &st), 0);
+	ck_assert_int_eq(st.st_size, 32 << 20);
+	ck_assert_uint_ne(st.st_ino, ino);
+	fds_close(fds);
+}
+END_TEST
+
+START_TEST(test_console_open) {
+	int fds[_CUSTODY_VM_MAX];
+	fds_init(fds);
+	ck_assert_int_eq(custody_console.open(&vm, fds), 0);
+	int ours = fds[CUSTODY_CONSOLE], theirs = fds[CUSTODY_CONSOLE_QEMU];
+	ck_assert_int_ge(ours, 0);
+	ck_assert_int_ge(theirs, 0);
+	/* cprd's end never blocks the loop; QEMU's blocks like a chardev. */
+	ck_assert(fcntl(ours, F_GETFL) & O_NONBLOCK);
+	ck_assert(!(fcntl(theirs, F_GETFL) & O_NONBLOCK));
+	ck_assert(fcntl(ours, F_GETFD) & FD_CLOEXEC);
+	ck_assert(fcntl(theirs, F_GETFD) & FD_CLOEXEC);
+	ck_assert_int_eq(write(theirs, "x", 1), 1);
+	char c = 0;
+	ck_assert_int_eq(read(ours, &c, 1), 1);
+	ck_assert_int_eq(c, 'x');
+	fds_close(fds);
+}
+END_TEST
+
+/* A stand-in for QEMU: holds the per-VM fds at their numbers, as qemu.c
+ * hands them over, until killed. */
+static pid_t holder(const int fds[_CUSTODY_VM_MAX]) {
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		int moved[_CUSTODY_VM_MAX];
+		for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+			moved[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 100);
+		for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+			if (moved[i] < 0 || dup2(moved[i], custody_fds[i].qemu_fd) < 0)
+				_exit(1);
+		for (;;)
+			pause();
+	}
+	return pid;
+}
+
+START_TEST(test_recover) {
+	int made[_CUSTODY_VM_MAX], back[_CUSTODY_VM_MAX];
+	struct stat a, b;
+	fds_init(made);
+	fds_init(back);
+	ck_assert_int_eq(custody_ram.open(&vm, made), 0);
+	ck_assert_int_eq(custody_console.open(&vm, made), 0);
+	pid_t pid = holder(made);
+	int pidfd = pidfd_open_pid(pid);
+	ck_assert_int_ge(pidfd, 0);
+	usleep(100 * 1000); /* the holder's dup2s */
+
+	ck_assert_int_eq(custody_ram.recover(&vm, pid, pidfd, back), 0);
+	ck_assert_int_eq(custody_console.recover(&vm, pid, pidfd, back), 0);
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++) {
+		ck_assert_int_ge(back[i], 0);
+		ck_assert_int_eq(fstat(made[i], &a), 0);
+		ck_assert_int_eq(fstat(back[i], &b), 0);
+		ck_assert_uint_eq(a.st_ino, b.st_ino); /* the very same file */
+		ck_assert(fcntl(back[i], F_GETFD) & FD_CLOEXEC);
+	}
+	ck_assert(fcntl(back[CUSTODY_CONSOLE], F_GETFL) & O_NONBLOCK);
+
+	/* Another VM's RAM at that number is not ours to take. */
+	int other[_CUSTODY_VM_MAX];
+	fds_init(other);
+	struct custody_vm someone = vm;
+	someone.name = "t2";
+	ck_assert_int_eq(custody_ram.recover(&someone, pid, pidfd, other), -EBADF);
+	ck_assert_int_eq(other[CUSTODY_RAM], -1);
+
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(pidfd);
+	fds_close(made);
+	fds_close(back);
+}
+END_TEST
+
+START_TEST(test_qmp_open) {
+	int ours = -1, theirs = -1;
+	ck_assert_int_eq(custody_qmp_open(&ours, &theirs), 0);
+	ck_assert(fcntl(ours, F_GETFD) & FD_CLOEXEC);
+	ck_assert(fcntl(theirs, F_GETFD) & FD_CLOEXEC);
+	close(ours);
+	close(theirs);
+}
+END_TEST
+
+static Suite *custody_suite(void) {
+	Suite *s = suite_create("custody");
+	TCase *tc = tcase_create("kinds");
+	tcase_add_test(tc, test_table);
+	tcase_add_test(tc, test_ram_open);
+	tcase_add_test(tc, test_console_open);
+	tcase_add_test(tc, test_recover);
+	tcase_add_test(tc, test_qmp_open);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void) {
+	return check_run(custody_suite());
+}

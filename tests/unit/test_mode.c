@@ -1,0 +1,130 @@
+/* Check suite for daemon/mode.c and the modes' files: which mode auto picks
+ * for each pair of QEMUs (7.2 and 10.0, either way, and an old QEMU nothing
+ * is known of), why an explicit mode is refused, and what each mode asks of
+ * the QEMUs (the migrate arguments, the mode parameter, x-ignore-shared). */
+#include <check.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check-run.h"
+#include "cmdline.h"
+#include "macro.h"
+#include "mode.h"
+#include "probe.h"
+
+/* What probes find in QEMU 10.0 and 7.2 (see test_probe.c). */
+static const struct probe_result qemu_10 = {
+	.major = 10, .micro = 2, .cpr_transfer = true, .x_ignore_shared = true, .aux_ram_share = true};
+static const struct probe_result qemu_72 = {.major = 7, .minor = 2, .x_ignore_shared = true};
+/* A QEMU without x-ignore-shared (none cprd supports, but a probe may say so). */
+static const struct probe_result qemu_bare = {.major = 6};
+
+static const struct mode_ops *pick(const char *name, const struct probe_result *old,
+				   const struct probe_result *new, char *why, size_t size) {
+	const char *old_version = old == &qemu_10 ? "10.0.2" : old == &qemu_72 ? "7.2.0" : NULL;
+	return mode_pick(name, old, old_version, new, why, size);
+}
+
+START_TEST(test_auto) {
+	char why[512] = "";
+	ck_assert_ptr_eq(pick("auto", &qemu_10, &qemu_10, why, sizeof(why)), &mode_cpr_transfer);
+	/* 7.2 has no cpr-transfer (and no aux-ram-share): shared RAM it is. */
+	ck_assert_ptr_eq(pick("auto", &qemu_72, &qemu_10, why, sizeof(why)), &mode_local_migrate);
+	/* Back from 10.0 to 7.2 too. */
+	ck_assert_ptr_eq(pick("auto", &qemu_10, &qemu_72, why, sizeof(why)), &mode_local_migrate);
+	ck_assert_ptr_eq(pick("auto", &qemu_72, &qemu_72, why, sizeof(why)), &mode_local_migrate);
+}
+END_TEST
+
+/* cpr-transfer needs aux-ram-share on the QEMU that runs the guest. */
+START_TEST(test_auto_old_without_aux_ram_share) {
+	struct probe_result old = qemu_10;
+	char why[512] = "";
+	old.aux_ram_share = false;
+	ck_assert_ptr_eq(mode_pick("auto", &old, "10.0.2", &qemu_10, why, sizeof(why)),
+			 &mode_local_migrate);
+}
+END_TEST
+
+START_TEST(test_auto_none) {
+	char why[512] = "";
+	ck_assert_ptr_null(pick("auto", &qemu_72, &qemu_bare, why, sizeof(why)));
+	ck_assert_str_eq(why, "neither cpr-transfer nor local-migrate is supported by both QEMU "
+			      "7.2.0 and QEMU 6.0.0");
+	/* Nothing known of the old QEMU: nothing can be promised. */
+	ck_assert_ptr_null(mode_pick("auto", NULL, "10.0.2", &qemu_10, why, sizeof(why)));
+}
+END_TEST
+
+START_TEST(test_explicit) {
+	char why[512] = "";
+	ck_assert_ptr_eq(pick("local-migrate", &qemu_10, &qemu_10, why, sizeof(why)),
+			 &mode_local_migrate);
+	ck_assert_ptr_eq(pick("cpr-transfer", &qemu_10, &qemu_10, why, sizeof(why)),
+			 &mode_cpr_transfer);
+	ck_assert_ptr_null(pick("cpr-transfer", &qemu_72, &qemu_10, why, sizeof(why)));
+	ck_assert_str_eq(why, "cpr-transfer needs QEMU 10.0 or later on both sides; the guest runs "
+			      "on QEMU 7.2.0 and the target is QEMU 10.0.2 (use --mode local-migrate "
+			      "or auto)");
+	ck_assert_ptr_null(pick("local-migrate", &qemu_72, &qemu_bare, why, sizeof(why)));
+	ck_assert_str_eq(why, "local-migrate needs the x-ignore-shared capability on both QEMUs");
+}
+END_TEST
+
+START_TEST(test_find) {
+	ck_assert_ptr_eq(mode_find("cpr-transfer"), &mode_cpr_transfer);
+	ck_assert_ptr_eq(mode_find("local-migrate"), &mode_local_migrate);
+	ck_assert_ptr_null(mode_find("auto"));
+	ck_assert_ptr_null(mode_find("cpr-exec"));
+	ck_assert_ptr_null(mode_find(NULL));
+}
+END_TEST
+
+START_TEST(test_cpr_transfer_ops) {
+	const struct mode_ops *m = &mode_cpr_transfer;
+	ck_assert_int_eq(m->incoming, CMDLINE_INCOMING_CPR_TRANSFER);
+	ck_assert_str_eq(m->qmp_mode, "cpr-transfer");
+	ck_assert(!m->ignore_shared);
+	struct json_object *a = m->migrate_args("/d/main.sock", "/d/cpr.sock");
+	ck_assert_str_eq(json_object_to_json_string_ext(a, JSON_C_TO_STRING_PLAIN),
+			 "{\"channels\":[{\"channel-type\":\"main\",\"addr\":{\"transport\":\"socket\","
+			 "\"type\":\"unix\",\"path\":\"\\/d\\/main.sock\"}},{\"channel-type\":\"cpr\","
+			 "\"addr\":{\"transport\":\"socket\",\"type\":\"unix\",\"path\":"
+			 "\"\\/d\\/cpr.sock\"}}]}");
+	json_object_put(a);
+}
+END_TEST
+
+START_TEST(test_local_migrate_ops) {
+	const struct mode_ops *m = &mode_local_migrate;
+	ck_assert_int_eq(m->incoming, CMDLINE_INCOMING_DEFER);
+	ck_assert_ptr_null(m->qmp_mode);
+	ck_assert(m->ignore_shared);
+	struct json_object *a = m->migrate_args("/d/main.sock", "/d/cpr.sock");
+	ck_assert_str_eq(json_object_to_json_string_ext(a, JSON_C_TO_STRING_PLAIN),
+			 "{\"uri\":\"unix:\\/d\\/main.sock\"}");
+	json_object_put(a);
+}
+END_TEST
+
+static Suite *mode_suite(void) {
+	Suite *s = suite_create("mode");
+	TCase *tc = tcase_create("pick");
+	tcase_add_test(tc, test_auto);
+	tcase_add_test(tc, test_auto_old_without_aux_ram_share);
+	tcase_add_test(tc, test_auto_none);
+	tcase_add_test(tc, test_explicit);
+	tcase_add_test(tc, test_find);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("ops");
+	tcase_add_test(tc, test_cpr_transfer_ops);
+	tcase_add_test(tc, test_local_migrate_ops);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void) {
+	return check_run(mode_suite());
+}

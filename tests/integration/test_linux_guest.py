@@ -118,7 +118,10 @@ def disk_problems(data, boot_id, last):
 
 # ---- the test -------------------------------------------------------------------
 
-class LinuxGuest(T.CprdTestCase):
+class LinuxGuestCase(T.CprdTestCase):
+    """What a test with the Linux guest needs, without tests of its own
+    (test_matrix.py uses it too): booting the guest, reading its console,
+    an upgrade to 10.0, and the final check of its console and data disk."""
 
     def report(self, name):
         return console_report(self.cprd.console(name))
@@ -127,14 +130,14 @@ class LinuxGuest(T.CprdTestCase):
         recs = self.report(name)[1]
         return recs[-1][0] if recs else -1
 
-    def boot(self, name, qemu):
-        """Creates and starts the VM with a fresh data disk; waits for the
-        boot line and the first records. Returns (boot id, data disk path,
-        seconds to the boot line)."""
-        data = os.path.join(self.tmp, "data.img")
+    def boot(self, name, qemu, machine="pc"):
+        """Creates and starts the VM with a fresh data disk of its own; waits
+        for the boot line and the first records. Returns (boot id, data disk
+        path, seconds to the boot line)."""
+        data = os.path.join(self.tmp, "%s-data.img" % name)
         with open(data, "wb") as f:
             f.truncate(DATA_DISK_BYTES)
-        self.ok("create", name, "--memory", MEMORY_MIB, "--qemu", qemu, "--machine", "pc",
+        self.ok("create", name, "--memory", MEMORY_MIB, "--qemu", qemu, "--machine", machine,
                 "--accel", "tcg", "--disk", LINUX_IMAGE + ",readonly", "--disk", data)
         t0 = time.monotonic()
         self.start_vm(name)
@@ -201,6 +204,9 @@ class LinuxGuest(T.CprdTestCase):
                                 ("other boot", disk, "0" * 36)):
             self.assertTrue(disk_problems(bytes(copy), bid, last),
                             "the disk check missed a %s record %d" % (what, n))
+
+
+class LinuxGuest(LinuxGuestCase):
 
     def test_cpr_transfer_10_to_10_twice(self):
         boot_id, data, _ = self.boot("lin", T.QEMU10)

@@ -99,6 +99,14 @@ static void print_result(struct progress *pr, struct json_object *r) {
 		print_json(r);
 		return;
 	}
+	/* Attempts before the last (auto falling back): said first. */
+	struct json_object *attempts = jget(r, "attempts");
+	size_t n = attempts && json_object_is_type(attempts, json_type_array) ? json_object_array_length(attempts) : 0;
+	for (size_t i = 0; i + 1 < n; i++) {
+		struct json_object *a = json_object_array_get_idx(attempts, i);
+		printf("%s: attempt %zu of %zu, %s: %s in %s: %s\n", jstr(r, "vm"), i + 1, n, jstr(a, "mode"),
+		       jstr(a, "outcome"), jstr(a, "phase"), jstr(a, "reason") ? jstr(a, "reason") : "");
+	}
 	char total[32], pause[64] = "";
 	format_ms(jdouble(r, "totalMs", 0), total, sizeof(total));
 	if (jget(r, "pauseMs")) {
@@ -255,14 +263,16 @@ const struct cmd cmd_upgrade = {
 	.help = "Options:\n"
 		"  --qemu PATH        the new QEMU binary (default: the VM's own path, which after\n"
 		"                     'apt-get upgrade' holds the new QEMU)\n"
-		"  --mode MODE        auto (default), cpr-transfer (QEMU >= 10.0 on both sides) or\n"
-		"                     local-migrate (shared memory, any pair, RAM is not copied)\n"
+		"  --mode MODE        auto (default), cpr-transfer (QEMU >= 10.0 on both sides, not\n"
+		"                     to an older release) or local-migrate (shared memory, any\n"
+		"                     pair, RAM is not copied); auto tries local-migrate when the\n"
+		"                     cpr-transfer it picked rolls back\n"
 		"  --timeout SECONDS  roll back if the guest is not on the new QEMU by then (default 60)\n"
 		"  --dry-run          check everything and say what would happen; change nothing\n"
 		"  --outdated         every VM whose QEMU binary changed on disk since it started\n"
 		"  --parallel N       upgrade N VMs at a time (default 1)\n"
 		"  --stop-on-failure  start no further upgrades after one fails\n"
 		"With --json every line is a JSON object; the last one for each VM is its result\n"
-		"(vm, outcome, mode, pauseMs, totalMs, fromVersion, toVersion, pid).\n",
+		"(vm, outcome, mode, pauseMs, totalMs, fromVersion, toVersion, pid, attempts).\n",
 	.run = upgrade_run,
 };

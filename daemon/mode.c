@@ -41,6 +41,18 @@ const struct mode_ops *mode_pick(const char *name, const struct probe_result *ol
 	return NULL;
 }
 
+const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct probe_result *old,
+				     const char *old_version, const struct probe_result *new) {
+	char scratch[256];
+	bool after = false;
+	for (size_t i = 0; i < ELEMENTSOF(modes); i++) {
+		if (after && modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
+			return modes[i];
+		after = after || modes[i] == failed;
+	}
+	return NULL;
+}
+
 struct json_object *mode_unix_addr(const char *path) {
 	struct json_object *a = json_object_new_object();
 	json_object_object_add(a, "transport", json_object_new_string("socket"));

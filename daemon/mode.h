@@ -42,5 +42,10 @@ const struct mode_ops *mode_pick(const char *name, const struct probe_result *ol
 				 const char *old_version, const struct probe_result *new, char *why,
 				 size_t size);
 
+/* After failed, which auto chose and which rolled back: the next usable
+ * mode in auto's order, or NULL when there is none. */
+const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct probe_result *old,
+				     const char *old_version, const struct probe_result *new);
+
 /* For migrate_args: a unix socket address of QMP's SocketAddress kind. */
 struct json_object *mode_unix_addr(const char *path);

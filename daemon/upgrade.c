@@ -82,8 +82,12 @@ struct upgrade {
 	struct manager *m;
 	struct vm *vm;
 	char *binary;
-	enum upgrade_mode mode;
+	enum upgrade_mode asked;    /* as the caller asked: auto may fall back */
+	enum upgrade_mode mode;     /* the mode of the attempt under way */
 	const struct mode_ops *ops; /* the mode chosen at preflight */
+	/* Every attempt that got past preflight, oldest first: auto retries a
+	 * rolled-back cpr-transfer with local-migrate once. */
+	struct json_object *attempts;
 	int timeout_sec;
 	bool dry_run;
 
@@ -182,6 +186,7 @@ static void upgrade_free(struct upgrade *u) {
 		event_free(u->poll_timer);
 	if (u->target)
 		vm_qemu_free(u->target);
+	json_object_put(u->attempts);
 	upgrade_dir_remove(u->dir);
 	probe_result_free(u->probe);
 	free(u->binary);
@@ -241,6 +246,7 @@ struct account {
 	double pause_ms; /* < 0: not measured */
 	double total_ms;
 	const char *failed_phase, *reason; /* NULL: not said */
+	struct json_object *attempts;      /* borrowed; NULL: not said */
 };
 
 static struct json_object *json_string_or_null(const char *s) {
@@ -261,6 +267,8 @@ static struct json_object *account_outcome_json(const struct account *a) {
 		json_object_object_add(o, "failedPhase", json_object_new_string(a->failed_phase));
 	if (a->reason)
 		json_object_object_add(o, "reason", json_object_new_string(a->reason));
+	if (a->attempts)
+		json_object_object_add(o, "attempts", json_object_get(a->attempts));
 	return o;
 }
 
@@ -301,7 +309,22 @@ static struct account upgrade_account(struct upgrade *u, const char *outcome, ch
 		.total_ms = ms_since(u->start_mono),
 		.failed_phase = failed ? phase_names[u->failed_phase] : NULL,
 		.reason = failed ? (u->reason ? u->reason : "") : NULL,
+		.attempts = u->attempts,
 	};
+}
+
+/* Appends the attempt under way, ending with outcome, to u->attempts. */
+static void upgrade_add_attempt(struct upgrade *u, const char *outcome) {
+	if (!u->attempts && !(u->attempts = json_object_new_array()))
+		return;
+	bool failed = !streq(outcome, "committed");
+	struct json_object *a = json_object_new_object();
+	json_object_object_add(a, "mode", json_object_new_string(u->ops->name));
+	json_object_object_add(a, "outcome", json_object_new_string(outcome));
+	json_object_object_add(a, "phase",
+			       json_object_new_string(phase_names[failed ? u->failed_phase : PHASE_COMMIT]));
+	json_object_object_add(a, "reason", failed ? json_object_new_string(u->reason ? u->reason : "") : NULL);
+	json_object_array_add(u->attempts, a);
 }
 
 static struct json_object *upgrade_result(struct upgrade *u, const char *outcome) {
@@ -399,6 +422,8 @@ static void upgrade_finish(struct upgrade *u) {
 	/* After a rollback the old QEMU is the VM's again, with its callbacks. */
 	if (u->refusal == UPGRADE_NOT_REFUSED && !u->target_resumed && !u->old_gone && vm->qemu)
 		vm_watch_main(vm);
+	if (u->refusal == UPGRADE_NOT_REFUSED && u->ops)
+		upgrade_add_attempt(u, outcome);
 	if (u->refusal == UPGRADE_NOT_REFUSED) {
 		enum upgrade_phase was = u->phase;
 		u->phase = PHASE_DONE;
@@ -430,10 +455,50 @@ static void rollback_await_exit(struct upgrade *u) {
 	arm(u->phase_timer, UPGRADE_EXIT_WAIT_MS);
 }
 
+static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+				void *userdata);
+
+/* auto only: an attempt rolled back cleanly (the guest is on the old QEMU
+ * as before), and another mode can do this pair. Tries it within the same
+ * call, from the blocker check of preflight on. */
+static void upgrade_retry(struct upgrade *u, const struct mode_ops *next) {
+	char was[1024];
+	snprintf(was, sizeof(was), "%s rolled back in %s (%s)", u->ops->name,
+		 phase_names[u->failed_phase], u->reason ? u->reason : "no reason given");
+	upgrade_add_attempt(u, "rolled-back");
+	log_vm(LOG_WARNING, u->vm->name, "upgrade: %s; auto tries %s", was, next->name);
+	/* Killed by the rollback; it is reaped through its pidfd. */
+	vm_qemu_free(u->target);
+	u->target = NULL;
+	u->target_pid = 0;
+	upgrade_dir_remove(u->dir);
+	u->dir = mfree(u->dir);
+	u->main_path = mfree(u->main_path);
+	u->cpr_path = mfree(u->cpr_path);
+	u->reason = mfree(u->reason);
+	u->migrate_sent = u->source_done = false;
+	u->stop_ts = u->resume_ts = 0;
+	u->ops = next;
+	(void)upgrade_mode_from_string(next->name, &u->mode);
+	upgrade_enter(u, PHASE_PREFLIGHT, "%s; trying %s", was, next->name);
+	if (qmp_command(vm_qemu_qmp(u->old), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
+			preflight_on_status, u) < 0)
+		upgrade_fail(u, "the old QEMU's QMP channel is closed");
+}
+
 static void upgrade_on_rollback(struct migration_rollback *r, int error, const char *status) {
 	struct upgrade *u = container_of(r, struct upgrade, rollback);
 	if (error == -EPIPE)
 		return rollback_await_exit(u);
+	bool as_before = error == 0 && streq_ptr(status, u->was_running ? "running" : "paused");
+	/* Past --timeout the caller has waited long enough: no second try. */
+	bool in_time = evtimer_pending(u->total_timer, NULL);
+	if (as_before && in_time && u->asked == UPGRADE_MODE_AUTO && !u->attempts && u->old) {
+		const struct mode_ops *next =
+			mode_fallback(u->ops, vm_qemu_probe(u->old), u->from_version, u->probe);
+		if (next)
+			return upgrade_retry(u, next);
+	}
 	upgrade_finish(u);
 }
 
@@ -497,6 +562,12 @@ static void upgrade_refuse(struct upgrade *u, enum upgrade_refusal why, const ch
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	if (u->attempts) {
+		/* A retry's preflight: an attempt already ran, so this is no
+		 * refusal but the end of a rolled-back upgrade. */
+		upgrade_fail(u, "%s", msg);
+		return;
+	}
 	u->refusal = why;
 	free(u->reason);
 	u->reason = strdup(msg);
@@ -900,6 +971,8 @@ static void preflight_on_blockers(struct qmp *qmp, struct json_object *ret,
 		return;
 	}
 
+	if (u->attempts) /* a retry: the VM is ours already */
+		return upgrade_next(u, "spawn-target", upgrade_spawn);
 	/* Preflight passed: from here on the VM is ours to move. */
 	u->vm->operation = VM_OP_UPGRADE;
 	u->m->upgrades_running++;
@@ -987,7 +1060,7 @@ int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request
 	u->m = m;
 	u->vm = vm;
 	u->binary = strdup(req->qemu ? req->qemu : vm->spec->qemu);
-	u->mode = req->mode;
+	u->asked = u->mode = req->mode;
 	u->timeout_sec = req->timeout_sec > 0 ? req->timeout_sec : UPGRADE_TIMEOUT_SEC_DEFAULT;
 	u->dry_run = req->dry_run;
 	u->progress = progress;

@@ -15,6 +15,10 @@ Phases, as seen from outside:
   held before retire         the new QEMU runs the guest (past the point of
                              no return), the old one waits to be retired
 
+Upgrades go with --mode cpr-transfer: the matrix is about one attempt and
+its rollback. With the default mode, auto, a rolled-back cpr-transfer is
+tried again with local-migrate; one case checks that under a fault.
+
 After every case the guarantee is checked:
   - the guest runs on exactly one QEMU, the one expected (old or new), or
     on none when the fault killed the QEMU that ran it; its tick counter
@@ -235,8 +239,9 @@ class Run:
 
     # -- the upgrade ------------------------------------------------------------------
 
-    def upgrade_bg(self, *extra):
-        self.upgrade_proc = self.cprd.ctl_bg("upgrade", self.name, "--qemu", T.QEMU10, "--json", *extra)
+    def upgrade_bg(self, *extra, mode="cpr-transfer"):
+        self.upgrade_proc = self.cprd.ctl_bg("upgrade", self.name, "--qemu", T.QEMU10, "--json",
+                                             "--mode", mode, *extra)
         return self.upgrade_proc
 
     def wait_log(self, text, timeout=30):
@@ -484,6 +489,26 @@ def target_kill_transfer(r):
     rc, doc, err = r.upgrade_result()
     check(rc != 0, "cprctl upgrade succeeded: %s" % doc)
     return r.verify("rolled-back", "old")
+
+
+@case("target kill -9, transfer; mode auto",
+      "cpr-transfer rolled back, then local-migrate committed in the same call; guest on new QEMU",
+      hold="transfer")
+def target_kill_transfer_auto(r):
+    r.create_and_start()
+    r.upgrade_bg(mode="auto")
+    r.wait_hold()
+    t = r.target_pid()
+    r.sig(t, signal.SIGSTOP)  # keeps the transfer from finishing
+    r.wait_log("upgrade transfer:")
+    time.sleep(0.3)
+    r.sig(t, signal.SIGKILL)
+    rc, doc, err = r.upgrade_result()
+    check(rc == 0 and doc and doc.get("mode") == "local-migrate", "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    got = [(a["mode"], a["outcome"], a["phase"]) for a in doc.get("attempts", [])]
+    check(got == [("cpr-transfer", "rolled-back", "transfer"), ("local-migrate", "committed", "commit")],
+          "attempts %s" % got)
+    return r.verify("committed", "new")
 
 
 @case("target SIGSTOP, spawn-target (--timeout 5)", "timeout, rolled back, guest on old QEMU",

@@ -311,6 +311,17 @@ i=0
 while [ -n "$ready" ] && [ -e "$ready" ] && [ $i -lt 5000000 ]; do i=$((i + 1)); done
 exec "$REAL" "$@"
 """,
+    # A QEMU that cannot take a cpr channel (as an older or differently
+    # built one might not): exits when given one, runs otherwise.
+    "nocpr": r"""
+for a in "$@"; do
+	case $a in *'"channel-type":"cpr"'*)
+		echo "cprd-test wrapper: this QEMU cannot take a cpr channel; exiting" >&2
+		exit 1 ;;
+	esac
+done
+exec "$REAL" "$@"
+""",
     # Runs QEMU without the serial port: loading the old QEMU's device
     # state fails in the middle of the transfer ("Unknown savevm section").
     "noserial": r"""

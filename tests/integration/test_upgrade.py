@@ -457,22 +457,55 @@ class Upgrade(UpgradeCase):
         vm = self.assert_committed("down", b, r, "local-migrate", "11.1", "10.0", T.QEMU10)
         self.assertEqual(vm["machine"], "pc-i440fx-10.0")
 
-    @unittest.skipUnless(HAVE_111, NEED_111)
-    def test_cpr_transfer_111_to_10_fails_in_transfer_and_rolls_back(self):
-        """Documents a known failure (issue 10): cpr-transfer from 11.1 back
-        to 10.0 fails in the transfer (the new QEMU 10.0 exits with
-        vmstate_load_state error -2), even on a machine type both have. cprd
-        rolls back; the guest stays on 11.1 and local-migrate then works."""
+    def test_111_to_10_refuses_cpr_transfer_and_auto_takes_local_migrate(self):
+        """QEMU 10.0 cannot read the CPR state of 11.1 (it exits with
+        vmstate_load_state error -2 in the transfer, docs/compatibility.md):
+        cpr-transfer asked for is refused at preflight, naming both
+        versions, and auto moves the guest with local-migrate."""
         self.create_started("cd", qemu=T.QEMU111, machine="pc-i440fx-10.0", ticks=10)
+        self.refused("cd", ["--qemu", T.QEMU10, "--mode", "cpr-transfer"], 1, "older", "10.0.2", "11.1.")
+        r = self.ctl("upgrade", "cd", "--qemu", T.QEMU10, "--mode", "cpr-transfer", "--json")
+        self.assertEqual((r.rc, r.json["outcome"]), (1, "refused"), repr(r))
+        self.assertNotIn("attempts", r.json, r.json)
+        r = self.upgrade("cd", "--qemu", T.QEMU10, "--dry-run")
+        self.assertEqual((r.json["outcome"], r.json["mode"]), ("dry-run", "local-migrate"), r.json)
         b = self.before_upgrade("cd")
-        r = self.upgrade("cd", "--qemu", T.QEMU10, "--mode", "cpr-transfer", expect_rc=1)
-        self.assertEqual(r.json["mode"], "cpr-transfer", r.json)
-        self.assertIn("vmstate_load_state error", r.json["reason"], r.json)
-        vm = self.assert_rolled_back("cd", b, r, ("transfer",))
-        self.assertTrue(vm["qemuVersion"].startswith("11.1."), vm)
-        b = self.before_upgrade("cd")
-        r = self.upgrade("cd", "--qemu", T.QEMU10, "--mode", "local-migrate")
+        r = self.upgrade("cd", "--qemu", T.QEMU10)
         self.assert_committed("cd", b, r, "local-migrate", "11.1", "10.0", T.QEMU10)
+        self.assertEqual([a["mode"] for a in r.json["attempts"]], ["local-migrate"], r.json)
+
+    def test_auto_falls_back_to_local_migrate(self):
+        """A target that cannot take a cpr channel (the wrapper exits when
+        given one): auto rolls back the cpr-transfer, then commits with
+        local-migrate in the same call, and both attempts are reported and
+        kept in the history. Asked for explicitly, cpr-transfer never falls
+        back."""
+        self.create_started("fb", ticks=10)
+        w = T.write_wrapper(os.path.join(self.tmp, "qemu-nocpr"), "nocpr")
+        b = self.before_upgrade("fb")
+        r = self.upgrade("fb", "--qemu", w, "--mode", "cpr-transfer", expect_rc=1)
+        self.assert_rolled_back("fb", b, r, ("spawn-target", "transfer"))
+        self.assertEqual([(a["mode"], a["outcome"]) for a in r.json["attempts"]],
+                         [("cpr-transfer", "rolled-back")], r.json)
+
+        b = self.before_upgrade("fb")
+        r = self.upgrade("fb", "--qemu", w)
+        res = r.json
+        self.assertEqual((res["outcome"], res["mode"]), ("committed", "local-migrate"), res)
+        first, last = res["attempts"]
+        self.assertEqual((first["mode"], first["outcome"]), ("cpr-transfer", "rolled-back"), res)
+        self.assertIn(first["phase"], ("spawn-target", "transfer"), res)
+        self.assertIn("cannot take a cpr channel", first["reason"], res)
+        self.assertEqual(last, {"mode": "local-migrate", "outcome": "committed", "phase": "commit",
+                                "reason": None}, res)
+        self.assertNotEqual(res["pid"], b["pid"])
+        self.assertIn("attempt 1 of 2, cpr-transfer", self.ctl("upgrade", "fb", "--qemu", w).stdout)
+        rec = self.status("fb")["upgrades"]
+        self.assertEqual(rec[-2]["attempts"], res["attempts"], rec[-2])
+        # The guest kept running, one boot, no line lost, the RAM in place.
+        self.assertEqual(self.cprd.memfd_inode("fb"), b["memfd_inode"])
+        self.wait_guest_ticks("fb", b["guest"][1] + 5)
+        self.assert_console_continuous("fb")
 
     @unittest.skipUnless(HAVE_72 and HAVE_111, NEED_72 if not HAVE_72 else NEED_111)
     def test_local_migrate_72_to_111(self):

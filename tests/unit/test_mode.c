@@ -48,6 +48,36 @@ START_TEST(test_auto_old_without_aux_ram_share) {
 }
 END_TEST
 
+/* An older release cannot read a newer one's CPR state (11.1.3 -> 10.0.2
+ * fails in the transfer): auto takes local-migrate, and cpr-transfer asked
+ * for is refused with both versions named. */
+START_TEST(test_cpr_transfer_not_to_older) {
+	struct probe_result q111 = qemu_10;
+	q111.major = 11, q111.minor = 1, q111.micro = 3;
+	char why[512] = "";
+	ck_assert_ptr_eq(mode_pick("auto", &q111, "11.1.3", &qemu_10, why, sizeof(why)), &mode_local_migrate);
+	ck_assert_ptr_null(mode_pick("cpr-transfer", &q111, "11.1.3", &qemu_10, why, sizeof(why)));
+	ck_assert_msg(strstr(why, "older") && strstr(why, "10.0.2") && strstr(why, "11.1.3"), "%s", why);
+	/* Up, and within one release (a micro version down), it is fine. */
+	ck_assert_ptr_eq(mode_pick("auto", &qemu_10, "10.0.2", &q111, why, sizeof(why)), &mode_cpr_transfer);
+	struct probe_result q1110 = q111;
+	q1110.micro = 0;
+	ck_assert_ptr_eq(mode_pick("cpr-transfer", &q111, "11.1.3", &q1110, why, sizeof(why)),
+			 &mode_cpr_transfer);
+}
+END_TEST
+
+/* What auto tries after a mode that rolled back. */
+START_TEST(test_fallback) {
+	ck_assert_ptr_eq(mode_fallback(&mode_cpr_transfer, &qemu_10, "10.0.2", &qemu_10), &mode_local_migrate);
+	ck_assert_ptr_null(mode_fallback(&mode_local_migrate, &qemu_10, "10.0.2", &qemu_10));
+	/* No x-ignore-shared on the target: nothing to fall back to. */
+	struct probe_result bare10 = qemu_10;
+	bare10.x_ignore_shared = false;
+	ck_assert_ptr_null(mode_fallback(&mode_cpr_transfer, &qemu_10, "10.0.2", &bare10));
+}
+END_TEST
+
 START_TEST(test_auto_none) {
 	char why[512] = "";
 	ck_assert_ptr_null(pick("auto", &qemu_72, &qemu_bare, why, sizeof(why)));
@@ -115,6 +145,8 @@ static Suite *mode_suite(void) {
 	tcase_add_test(tc, test_auto);
 	tcase_add_test(tc, test_auto_old_without_aux_ram_share);
 	tcase_add_test(tc, test_auto_none);
+	tcase_add_test(tc, test_cpr_transfer_not_to_older);
+	tcase_add_test(tc, test_fallback);
 	tcase_add_test(tc, test_explicit);
 	tcase_add_test(tc, test_find);
 	suite_add_tcase(s, tc);

@@ -102,6 +102,7 @@ struct upgrade {
 	char *from_version, *from_binary;
 	bool was_running;
 	bool migrate_sent;
+	bool old_ignore_shared; /* x-ignore-shared was set on the old QEMU */
 	bool target_resumed; /* the point of no return */
 	bool old_gone;
 	bool source_done;    /* the old QEMU reported completed */
@@ -476,7 +477,7 @@ static void upgrade_retry(struct upgrade *u, const struct mode_ops *next) {
 	u->main_path = mfree(u->main_path);
 	u->cpr_path = mfree(u->cpr_path);
 	u->reason = mfree(u->reason);
-	u->migrate_sent = u->source_done = false;
+	u->migrate_sent = u->source_done = u->old_ignore_shared = false;
 	u->stop_ts = u->resume_ts = 0;
 	u->ops = next;
 	(void)upgrade_mode_from_string(next->name, &u->mode);
@@ -521,7 +522,9 @@ static void upgrade_rollback(struct upgrade *u) {
 	u->rollback = (struct migration_rollback){
 		.cancel = u->migrate_sent,
 		.reset_mode = vm_qemu_has_migration_modes(u->old),
-		.clear_ignore_shared = u->ops->ignore_shared && u->migrate_sent,
+		/* Set before migrate is sent, so a failure between the two must
+		 * clear it too. */
+		.clear_ignore_shared = u->old_ignore_shared,
 		.resume = u->was_running,
 		.done = upgrade_on_rollback,
 	};
@@ -831,9 +834,11 @@ static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 		return upgrade_fail(u, "migrate-incoming on the new QEMU failed: %s", err->desc);
 	if (u->phase != PHASE_SPAWN)
 		return;
-	if (u->ops->ignore_shared)
+	if (u->ops->ignore_shared) {
+		u->old_ignore_shared = true;
 		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities",
 			    migration_caps_ignore_shared(true), UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
+	}
 	upgrade_next(u, "transfer", upgrade_send_migrate);
 }
 

@@ -16,6 +16,7 @@ Run: /usr/bin/python3 test_upgrade.py [TestClass.test_name ...]
 """
 
 import calendar
+import json
 import os
 import pwd
 import shutil
@@ -412,6 +413,36 @@ class Upgrade(UpgradeCase):
         b = self.before_upgrade("lmrb")
         r = self.upgrade("lmrb", "--qemu", T.QEMU10, "--mode", "local-migrate")
         self.assert_committed("lmrb", b, r, "local-migrate", "7.2", "10.0", T.QEMU10)
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_rollback_local_migrate_before_migrate_clears_ignore_shared(self):
+        """The old QEMU gets x-ignore-shared once the target listens, before
+        migrate is sent: a target that dies in between (held there by the
+        test hook) must not leave it on."""
+        self.cprd.proc.send_signal(T.signal.SIGTERM)
+        self.cprd.proc.wait(30)
+        os.environ.update(CPRD_TEST_HOLD_PHASE="transfer", CPRD_TEST_HOLD_MS="3000")
+        try:
+            self.cprd.start()
+        finally:
+            del os.environ["CPRD_TEST_HOLD_PHASE"], os.environ["CPRD_TEST_HOLD_MS"]
+        self.create_started("hold", qemu=T.QEMU72, ticks=5)
+        old = self.status("hold")["pid"]
+        p = self.cprd.ctl_bg("upgrade", "hold", "--qemu", T.QEMU10, "--mode", "local-migrate", "--json")
+        wait_until(lambda: "test hook: holding 3000 ms before transfer" in self.cprd.read_log(), 60,
+                   what="the upgrade to wait before transfer")
+        self.assertIs(T.migrate_capabilities(old).get("x-ignore-shared"), True,
+                      "the old QEMU should have x-ignore-shared by now")
+        target = [pid for pid in self.cprd.children() if pid != old]
+        self.assertEqual(len(target), 1, self.cprd.children())
+        T.kill_pid(target[0])
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 1, out + err)
+        self.assertEqual(json.loads(out.splitlines()[-1])["outcome"], "rolled-back", out)
+        self.assertEqual(self.status("hold")["pid"], old)
+        self.assertIs(T.migrate_capabilities(old).get("x-ignore-shared"), False,
+                      "the rollback left x-ignore-shared on the old QEMU")
+        self.wait_guest_ticks("hold", self.guest("hold")[1] + 5)
 
     @unittest.skipUnless(HAVE_72, NEED_72)
     def test_rollback_local_migrate_target_exits(self):

@@ -167,83 +167,101 @@ static void settle_upgrade(struct vm *vm, struct upgrade_journal *journal, struc
 	qmp_command(vm_qemu_qmp(s->old), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, settle_on_old_status, s);
 }
 
+/* The fd store's copy of a per-QEMU fd of the VM (name), or -1. */
+static int take_qemu_fd(struct vm *vm, const char *name) {
+	char full[160];
+	snprintf(full, sizeof(full), "%s.%s", vm->name, name);
+	return systemd_take_fd(full);
+}
+
+/* The journal of an upgrade under way when cprd stopped: false when there
+ * is none, or none to trust (a corrupt one is logged and removed). */
+static bool read_journal(struct vm *vm, const char *path, struct upgrade_journal *ret) {
+	_cleanup_json_ struct json_object *o = read_json(path);
+	if (!o)
+		return false;
+	char why[256];
+	int r = upgrade_journal_from_json(o, ret, why, sizeof(why));
+	if (r < 0) {
+		log_vm(LOG_WARNING, vm->name, "ignoring a corrupt upgrade journal %s: %s", path,
+		       r == -EBADMSG ? why : strerror(-r));
+		unlink(path);
+	}
+	return r >= 0;
+}
+
+/* The QEMU that qemu.json (rec) names, with the VM's boot facts; NULL when
+ * it is gone. qmp_fd is taken. */
+static struct vm_qemu *attach_qemu(struct vm *vm, struct json_object *rec, int qmp_fd) {
+	struct vm_qemu *q = NULL;
+	if (vm_qemu_attach(vm, rec, qmp_fd, NULL, NULL, &q) < 0) {
+		log_vm(LOG_WARNING, vm->name, "its QEMU pid %d ended while cprd was down%s",
+		       json_object_get_int(json_object_object_get(rec, "pid")),
+		       vm->held[CUSTODY_RAM] >= 0 ? "; guest RAM is still held" : "");
+		return NULL;
+	}
+	vm->started_usec = (uint64_t)json_object_get_int64(json_object_object_get(rec, "startedUsec"));
+	const char *accel = json_object_get_string(json_object_object_get(rec, "accel"));
+	vm->accel = streq_ptr(accel, "kvm") ? "kvm" : "tcg";
+	return q;
+}
+
+/* The guest runs on q; ask QEMU whether it is paused. */
+static void attach_running(struct vm *vm, struct vm_qemu *q) {
+	vm->qemu = q;
+	vm_watch_main(vm);
+	vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
+	if (vm_qemu_qmp(q))
+		qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
+}
+
+/* The upgrade had passed its point of no return: q, which qemu.json names,
+ * is the target; the old QEMU the journal describes goes. */
+static void finish_committed(struct vm *vm, struct upgrade_journal *journal, struct vm_qemu *q) {
+	attach_running(vm, q);
+	struct vm_qemu *old = NULL;
+	if (journal->old && vm_qemu_attach(vm, journal->old, -1, NULL, NULL, &old) == 0) {
+		vm_qemu_kill(old, SIGTERM);
+		vm_qemu_free(old);
+	}
+	upgrade_record_settled(vm, journal, "committed", "finished after cprd restarted");
+	upgrade_dir_remove(journal->dir);
+	_cleanup_free_ char *path = vm_runtime_file(vm, "upgrade.json");
+	if (path)
+		unlink(path);
+}
+
 static void attach_vm(struct manager *m, struct vm *vm) {
-	char name[160];
 	vm_restore_custody(vm);
 	/* The QMP channels of the QEMU and of an upgrade's target. */
-	snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[CUSTODY_QMP].name);
-	int qmp_fd = systemd_take_fd(name);
-	snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[CUSTODY_QMP].target_name);
-	int target_qmp = systemd_take_fd(name);
+	int qmp_fd = take_qemu_fd(vm, custody_fds[CUSTODY_QMP].name);
+	int target_qmp = take_qemu_fd(vm, custody_fds[CUSTODY_QMP].target_name);
 
 	_cleanup_free_ char *qpath = vm_runtime_file(vm, "qemu.json");
 	_cleanup_free_ char *upath = vm_runtime_file(vm, "upgrade.json");
 	_cleanup_json_ struct json_object *rec = read_json(qpath);
-	_cleanup_json_ struct json_object *journal_json = read_json(upath);
 	_cleanup_(upgrade_journal_done) struct upgrade_journal journal = {0};
-	bool in_upgrade = false;
-	if (journal_json) {
-		char why[256];
-		int r = upgrade_journal_from_json(journal_json, &journal, why, sizeof(why));
-		if (r < 0) {
-			log_vm(LOG_WARNING, vm->name, "ignoring a corrupt upgrade journal %s: %s", upath,
-			       r == -EBADMSG ? why : strerror(-r));
-			unlink(upath);
-		}
-		in_upgrade = r >= 0;
-	}
+	bool in_upgrade = upath && read_journal(vm, upath, &journal);
 
 	/* During an upgrade before the point of no return, qemu.json names the
 	 * old QEMU; after it, the new one. */
-	struct vm_qemu *q = NULL;
-	if (rec) {
-		int r = vm_qemu_attach(vm, rec, qmp_fd, NULL, NULL, &q);
-		qmp_fd = -1;
-		if (r < 0) {
-			log_vm(LOG_WARNING, vm->name, "its QEMU pid %d ended while cprd was down%s",
-			       json_object_get_int(json_object_object_get(rec, "pid")),
-			       vm->held[CUSTODY_RAM] >= 0 ? "; guest RAM is still held" : "");
-			q = NULL;
-		} else {
-			vm->started_usec = (uint64_t)json_object_get_int64(json_object_object_get(rec, "startedUsec"));
-			const char *accel = json_object_get_string(json_object_object_get(rec, "accel"));
-			vm->accel = streq_ptr(accel, "kvm") ? "kvm" : "tcg";
-		}
-	}
+	struct vm_qemu *q = rec ? attach_qemu(vm, rec, TAKE_FD(qmp_fd)) : NULL;
 	safe_close(qmp_fd);
 
+	if (in_upgrade && journal.resumed && q) {
+		safe_close(target_qmp);
+		return finish_committed(vm, &journal, q);
+	}
 	if (in_upgrade) {
-		/* After the point of no return qemu.json already names the target,
-		 * and the old QEMU is described in the journal. */
-		if (journal.resumed && q) {
-			vm->qemu = q;
-			vm_watch_main(vm);
-			struct vm_qemu *old = NULL;
-			if (journal.old && vm_qemu_attach(vm, journal.old, -1, NULL, NULL, &old) == 0) {
-				vm_qemu_kill(old, SIGTERM);
-				vm_qemu_free(old);
-			}
-			safe_close(target_qmp);
-			upgrade_record_settled(vm, &journal, "committed", "finished after cprd restarted");
-			upgrade_dir_remove(journal.dir);
-			unlink(upath);
-			vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
-			qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
-			return;
-		}
 		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted, settling an upgrade");
 		return settle_upgrade(vm, &journal, q, target_qmp);
 	}
 	safe_close(target_qmp);
 
 	if (q) {
-		vm->qemu = q;
-		vm_watch_main(vm);
-		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
+		attach_running(vm, q);
 		log_vm(LOG_INFO, vm->name, "re-attached to QEMU pid %d%s", (int)vm_qemu_pid(q),
 		       vm_qemu_qmp(q) ? "" : " (its QMP channel was lost: only stop works)");
-		if (vm_qemu_qmp(q))
-			qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 		vm_save_runtime(vm);
 		return;
 	}

@@ -122,7 +122,87 @@ static void reexec(evutil_socket_t fd, short what, void *base) {
 	systemd_ready();
 }
 
-int main(int argc, char **argv) {
+/* A user or group named by name or number (--allow-uid, --allow-group). */
+static int parse_id(const char *arg, bool group, unsigned long *ret) {
+	char *end;
+	unsigned long id = strtoul(arg, &end, 10);
+	struct passwd *pw = group ? NULL : getpwnam(arg);
+	struct group *gr = group ? getgrnam(arg) : NULL;
+	if (pw)
+		id = pw->pw_uid;
+	else if (gr)
+		id = gr->gr_gid;
+	else if (*end || !*arg)
+		return -ENOENT;
+	*ret = id;
+	return 0;
+}
+
+/* One option. Returns -1 to go on, or the status cprd exits with. */
+static int parse_option(int c, const char *arg, struct manager_config *cfg) {
+	unsigned long id;
+	int r;
+	switch (c) {
+	case 's':
+		cfg->socket_path = arg;
+		return -1;
+	case 'S':
+		cfg->state_dir = arg;
+		return -1;
+	case 'R':
+		cfg->runtime_dir = arg;
+		return -1;
+	case 'l':
+		if ((r = log_level_from_string(arg)) < 0) {
+			fprintf(stderr, "cprd: unknown log level '%s'; use err, warning, notice, info or debug\n",
+				arg);
+			return 2;
+		}
+		log_set_max_level(r);
+		return -1;
+	case 'Q':
+		if (binary_allow_dir(arg) < 0) {
+			fprintf(stderr, "cprd: --qemu-dir %s: not a folder cprd can resolve\n", arg);
+			return 2;
+		}
+		return -1;
+	case 'u':
+		if ((r = qemu_set_user(arg)) < 0) {
+			fprintf(stderr, "cprd: --qemu-user %s: %s\n", arg,
+				r == -ENOENT  ? "no such user"
+				: r == -EPERM ? "that is root, whom QEMU runs as without the option"
+					      : "too many groups");
+			return 2;
+		}
+		return -1;
+	case 'U':
+		if (parse_id(arg, false, &id) < 0) {
+			fprintf(stderr, "cprd: --allow-uid %s: no such user\n", arg);
+			return 2;
+		}
+		api_allow_uid((uid_t)id);
+		return -1;
+	case 'G':
+		if (parse_id(arg, true, &id) < 0) {
+			fprintf(stderr, "cprd: --allow-group %s: no such group\n", arg);
+			return 2;
+		}
+		api_allow_gid((gid_t)id);
+		return -1;
+	case 'V':
+		printf("cprd %s\n", CPRD_VERSION);
+		return 0;
+	case 'h':
+		help();
+		return 0;
+	default:
+		fprintf(stderr, "Try 'cprd --help'.\n");
+		return 2;
+	}
+}
+
+/* Reads the command line into cfg. Returns -1 to run, or the exit status. */
+static int parse_args(int argc, char **argv, struct manager_config *cfg) {
 	static const struct option options[] = {
 		{"socket", required_argument, NULL, 's'},
 		{"state-dir", required_argument, NULL, 'S'},
@@ -136,126 +216,25 @@ int main(int argc, char **argv) {
 		{"help", no_argument, NULL, 'h'},
 		{},
 	};
-	struct manager_config cfg = {
-		.socket_path = NULL,
-		.state_dir = DEFAULT_STATE_DIR,
-		.runtime_dir = DEFAULT_RUNTIME_DIR,
-		.listen_fd = -1,
-	};
-	_cleanup_free_ char *socket_default = NULL;
-	int c;
-
-	saved_argv = argv;
-	log_set_ident("cprd");
-	if (isatty(STDERR_FILENO))
-		log_set_target(LOG_TARGET_CONSOLE);
-	else if (stderr_is_journal())
-		/* Under systemd: send structured entries (VM=, PHASE=). */
-		log_set_target(LOG_TARGET_JOURNAL);
-	while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
-		switch (c) {
-		case 's':
-			cfg.socket_path = optarg;
-			break;
-		case 'S':
-			cfg.state_dir = optarg;
-			break;
-		case 'R':
-			cfg.runtime_dir = optarg;
-			break;
-		case 'l': {
-			int level = log_level_from_string(optarg);
-			if (level < 0) {
-				fprintf(stderr, "cprd: unknown log level '%s'; use err, warning, notice, info or debug\n",
-					optarg);
-				return 2;
-			}
-			log_set_max_level(level);
-			break;
-		}
-		case 'Q':
-			if (binary_allow_dir(optarg) < 0) {
-				fprintf(stderr, "cprd: --qemu-dir %s: not a folder cprd can resolve\n", optarg);
-				return 2;
-			}
-			break;
-		case 'u': {
-			int r = qemu_set_user(optarg);
-			if (r < 0) {
-				fprintf(stderr, "cprd: --qemu-user %s: %s\n", optarg,
-					r == -ENOENT  ? "no such user"
-					: r == -EPERM ? "that is root, whom QEMU runs as without the option"
-						      : "too many groups");
-				return 2;
-			}
-			break;
-		}
-		case 'U': {
-			struct passwd *pw = getpwnam(optarg);
-			char *end;
-			unsigned long uid = strtoul(optarg, &end, 10);
-			if (pw)
-				uid = pw->pw_uid;
-			else if (*end || !*optarg) {
-				fprintf(stderr, "cprd: --allow-uid %s: no such user\n", optarg);
-				return 2;
-			}
-			api_allow_uid((uid_t)uid);
-			break;
-		}
-		case 'G': {
-			struct group *gr = getgrnam(optarg);
-			char *end;
-			unsigned long gid = strtoul(optarg, &end, 10);
-			if (gr)
-				gid = gr->gr_gid;
-			else if (*end || !*optarg) {
-				fprintf(stderr, "cprd: --allow-group %s: no such group\n", optarg);
-				return 2;
-			}
-			api_allow_gid((gid_t)gid);
-			break;
-		}
-		case 'V':
-			printf("cprd %s\n", CPRD_VERSION);
-			return 0;
-		case 'h':
-			help();
-			return 0;
-		default:
-			fprintf(stderr, "Try 'cprd --help'.\n");
-			return 2;
-		}
-	}
+	int c, r;
+	while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+		if ((r = parse_option(c, optarg, cfg)) >= 0)
+			return r;
 	if (optind < argc) {
 		fprintf(stderr, "cprd: unexpected argument '%s'. Try 'cprd --help'.\n", argv[optind]);
 		return 2;
 	}
-	if (!cfg.socket_path) {
-		/* The socket lives in the runtime directory unless put elsewhere. */
-		if (streq(cfg.runtime_dir, DEFAULT_RUNTIME_DIR))
-			cfg.socket_path = DEFAULT_SOCKET;
-		else if (asprintf(&socket_default, "%s/io.cprd.Manager", cfg.runtime_dir) >= 0)
-			cfg.socket_path = socket_default;
-		else
-			return 1;
-	}
+	return -1;
+}
 
-	/* Socket activation and the fd store: systemd hands over the
-	 * listening socket and every fd the previous cprd kept there. */
-	if (systemd_collect_fds() < 0)
-		log_warning("cannot take the fds systemd passed");
-	cfg.listen_fd = systemd_take_listen_fd();
-
-	signal(SIGPIPE, SIG_IGN);
-	umask(0077);
-
+/* Serves until SIGTERM or SIGINT; the exit status. */
+static int run(const struct manager_config *cfg) {
 	struct event_base *base = event_base_new();
 	if (!base)
 		return 1;
 	struct manager *m = NULL;
-	int r = manager_new(base, &cfg, &m);
-	if (r >= 0 && ((r = api_register(m)) < 0 || (r = manager_listen(m, cfg.listen_fd)) < 0))
+	int r = manager_new(base, cfg, &m);
+	if (r >= 0 && ((r = api_register(m)) < 0 || (r = manager_listen(m, cfg->listen_fd)) < 0))
 		manager_free(m);
 	if (r < 0) {
 		event_base_free(base);
@@ -276,8 +255,8 @@ int main(int argc, char **argv) {
 	event_add(sighup, NULL);
 	event_add(status, &every);
 
-	log_info("cprd %s listening on %s (state %s, runtime %s)", CPRD_VERSION, cfg.socket_path,
-		 cfg.state_dir, cfg.runtime_dir);
+	log_info("cprd %s listening on %s (state %s, runtime %s)", CPRD_VERSION, cfg->socket_path,
+		 cfg->state_dir, cfg->runtime_dir);
 	uid_t quid;
 	gid_t qgid;
 	if (qemu_get_user(&quid, &qgid))
@@ -298,4 +277,44 @@ int main(int argc, char **argv) {
 	manager_free(m);
 	event_base_free(base);
 	return 0;
+}
+
+int main(int argc, char **argv) {
+	struct manager_config cfg = {
+		.socket_path = NULL,
+		.state_dir = DEFAULT_STATE_DIR,
+		.runtime_dir = DEFAULT_RUNTIME_DIR,
+		.listen_fd = -1,
+	};
+	_cleanup_free_ char *socket_default = NULL;
+
+	saved_argv = argv;
+	log_set_ident("cprd");
+	if (isatty(STDERR_FILENO))
+		log_set_target(LOG_TARGET_CONSOLE);
+	else if (stderr_is_journal())
+		/* Under systemd: send structured entries (VM=, PHASE=). */
+		log_set_target(LOG_TARGET_JOURNAL);
+	int r = parse_args(argc, argv, &cfg);
+	if (r >= 0)
+		return r;
+	if (!cfg.socket_path) {
+		/* The socket lives in the runtime directory unless put elsewhere. */
+		if (streq(cfg.runtime_dir, DEFAULT_RUNTIME_DIR))
+			cfg.socket_path = DEFAULT_SOCKET;
+		else if (asprintf(&socket_default, "%s/io.cprd.Manager", cfg.runtime_dir) >= 0)
+			cfg.socket_path = socket_default;
+		else
+			return 1;
+	}
+
+	/* Socket activation and the fd store: systemd hands over the
+	 * listening socket and every fd the previous cprd kept there. */
+	if (systemd_collect_fds() < 0)
+		log_warning("cannot take the fds systemd passed");
+	cfg.listen_fd = systemd_take_listen_fd();
+
+	signal(SIGPIPE, SIG_IGN);
+	umask(0077);
+	return run(&cfg);
 }

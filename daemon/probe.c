@@ -1088,20 +1088,13 @@ static void probe_on_defer(evutil_socket_t fd, short what, void *arg) {
 	probe_report(arg);
 }
 
-int probe_run(struct event_base *base, const char *path, int binary_fd,
-	      const struct probe_options *opts, probe_done_fn done, void *userdata,
-	      struct probe **ret) {
-	struct probe *p;
-	struct timeval tv;
-	struct probe_result *cached;
-	int r;
-
-	if (!base || !path || !*path || !done)
-		return -EINVAL;
-
-	p = calloc(1, sizeof(*p));
+/* A probe of path, not started; NULL when out of memory. */
+static struct probe *probe_new(struct event_base *base, const char *path,
+			       const struct probe_options *opts, probe_done_fn done,
+			       void *userdata) {
+	struct probe *p = calloc(1, sizeof(*p));
 	if (!p)
-		return -ENOMEM;
+		return NULL;
 	p->base = base;
 	p->binary_fd = p->pidfd = p->exec_fd = p->output_fd = -1;
 	p->done = done;
@@ -1119,8 +1112,24 @@ int probe_run(struct event_base *base, const char *path, int binary_fd,
 	p->grace_ev = evtimer_new(base, probe_on_grace, p);
 	if (!p->path || !p->result || !p->defer_ev || !p->deadline_ev || !p->grace_ev) {
 		probe_free(p);
-		return -ENOMEM;
+		return NULL;
 	}
+	return p;
+}
+
+int probe_run(struct event_base *base, const char *path, int binary_fd,
+	      const struct probe_options *opts, probe_done_fn done, void *userdata,
+	      struct probe **ret) {
+	struct probe *p;
+	struct timeval tv;
+	struct probe_result *cached;
+	int r;
+
+	if (!base || !path || !*path || !done)
+		return -EINVAL;
+	p = probe_new(base, path, opts, done, userdata);
+	if (!p)
+		return -ENOMEM;
 
 	if (binary_fd >= 0) {
 		p->binary_fd = fcntl(binary_fd, F_DUPFD_CLOEXEC, 3);

@@ -128,11 +128,83 @@ static uint64_t host_memory_mib(void) {
 	return (uint64_t)si.totalram * si.mem_unit / (1024 * 1024);
 }
 
+/* disks[i] of a spec into disk. */
+static int parse_disk(struct json_object *d, size_t i, bool check_host, struct spec_disk *disk,
+		      struct spec_error *err) {
+	static const char *const disk_keys[] = {"path", "format", "readonly", NULL};
+	char field[64], prefix[32];
+	const char *s;
+	struct stat st;
+	int r;
+
+	snprintf(prefix, sizeof(prefix), "disks[%zu].", i);
+	if (!json_object_is_type(d, json_type_object)) {
+		snprintf(field, sizeof(field), "disks[%zu]", i);
+		return fail(err, field, "must be an object with path, format and readonly");
+	}
+	if ((r = check_keys(d, disk_keys, prefix, err)) < 0)
+		return r;
+
+	snprintf(field, sizeof(field), "disks[%zu].path", i);
+	if ((r = get_string(d, "path", field, true, SPEC_PATH_MAX, &s, err)) < 0)
+		return r;
+	if (s[0] != '/')
+		return fail(err, field, "must be an absolute path, not '%.200s'", s);
+	if (check_host && stat(s, &st) < 0)
+		return fail(err, field, "'%.200s' does not exist", s);
+	if (check_host && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		return fail(err, field, "'%.200s' is not a file or block device", s);
+	if (strchr(s, ',')) /* QEMU's option syntax would split it */
+		return fail(err, field, "must not contain a comma");
+	if (!(disk->path = strdup(s)))
+		return -ENOMEM;
+
+	snprintf(field, sizeof(field), "disks[%zu].format", i);
+	if ((r = get_string(d, "format", field, false, 16, &s, err)) < 0)
+		return r;
+	s = s ? s : "raw";
+	if (!streq(s, "raw") && !streq(s, "qcow2"))
+		return fail(err, field, "must be raw or qcow2, not '%.16s'", s);
+	if (!(disk->format = strdup(s)))
+		return -ENOMEM;
+
+	snprintf(field, sizeof(field), "disks[%zu].readonly", i);
+	return get_bool(d, "readonly", field, &disk->readonly, err);
+}
+
+/* The spec's disks and devices (none may be assigned yet). */
+static int parse_disks(struct json_object *o, bool check_host, struct vm_spec *spec,
+		       struct spec_error *err) {
+	struct json_object *v;
+	if (json_object_object_get_ex(o, "devices", &v) && v) {
+		if (!json_object_is_type(v, json_type_array))
+			return fail(err, "devices", "must be an array");
+		if (json_object_array_length(v) > 0)
+			return fail(err, "devices", "device assignment (VFIO) is not supported yet");
+	}
+	if (!json_object_object_get_ex(o, "disks", &v) || !v)
+		return 0;
+	if (!json_object_is_type(v, json_type_array))
+		return fail(err, "disks", "must be an array");
+	size_t nd = json_object_array_length(v);
+	if (nd > SPEC_DISKS_MAX)
+		return fail(err, "disks", "at most %d disks, not %zu", SPEC_DISKS_MAX, nd);
+	spec->disks = calloc(nd ? nd : 1, sizeof(*spec->disks));
+	if (!spec->disks)
+		return -ENOMEM;
+	for (size_t i = 0; i < nd; i++) {
+		spec->n_disks = i + 1;
+		int r = parse_disk(json_object_array_get_idx(v, i), i, check_host, &spec->disks[i], err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 		 struct spec_error *err) {
 	static const char *const keys[] = {"name", "memory", "cpus", "machine", "qemu", "accel",
 					   "hugepages", "disks", "devices", NULL};
-	static const char *const disk_keys[] = {"path", "format", "readonly", NULL};
 	const char *s;
 	int64_t n;
 	int r;
@@ -215,81 +287,7 @@ static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 
 	TRY(get_bool(o, "hugepages", "hugepages", &spec->hugepages, err));
 
-	struct json_object *v;
-	if (json_object_object_get_ex(o, "devices", &v) && v) {
-		if (!json_object_is_type(v, json_type_array)) {
-			r = fail(err, "devices", "must be an array");
-			goto out;
-		}
-		if (json_object_array_length(v) > 0) {
-			r = fail(err, "devices", "device assignment (VFIO) is not supported yet");
-			goto out;
-		}
-	}
-
-	if (json_object_object_get_ex(o, "disks", &v) && v) {
-		if (!json_object_is_type(v, json_type_array)) {
-			r = fail(err, "disks", "must be an array");
-			goto out;
-		}
-		size_t nd = json_object_array_length(v);
-		if (nd > SPEC_DISKS_MAX) {
-			r = fail(err, "disks", "at most %d disks, not %zu", SPEC_DISKS_MAX, nd);
-			goto out;
-		}
-		spec->disks = calloc(nd ? nd : 1, sizeof(*spec->disks));
-		if (!spec->disks) {
-			r = -ENOMEM;
-			goto out;
-		}
-		for (size_t i = 0; i < nd; i++) {
-			struct json_object *d = json_object_array_get_idx(v, i);
-			char field[64], prefix[32];
-			struct spec_disk *disk = &spec->disks[i];
-			spec->n_disks = i + 1;
-
-			snprintf(prefix, sizeof(prefix), "disks[%zu].", i);
-			if (!json_object_is_type(d, json_type_object)) {
-				snprintf(field, sizeof(field), "disks[%zu]", i);
-				r = fail(err, field, "must be an object with path, format and readonly");
-				goto out;
-			}
-			TRY(check_keys(d, disk_keys, prefix, err));
-
-			snprintf(field, sizeof(field), "disks[%zu].path", i);
-			TRY(get_string(d, "path", field, true, SPEC_PATH_MAX, &s, err));
-			if (s[0] != '/') {
-				r = fail(err, field, "must be an absolute path, not '%.200s'", s);
-				goto out;
-			}
-			struct stat st;
-			if (check_host && stat(s, &st) < 0) {
-				r = fail(err, field, "'%.200s' does not exist", s);
-				goto out;
-			}
-			if (check_host && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-				r = fail(err, field, "'%.200s' is not a file or block device", s);
-				goto out;
-			}
-			if (strchr(s, ',')) { /* QEMU's option syntax would split it */
-				r = fail(err, field, "must not contain a comma");
-				goto out;
-			}
-			disk->path = strdup(s);
-
-			snprintf(field, sizeof(field), "disks[%zu].format", i);
-			TRY(get_string(d, "format", field, false, 16, &s, err));
-			s = s ? s : "raw";
-			if (!streq(s, "raw") && !streq(s, "qcow2")) {
-				r = fail(err, field, "must be raw or qcow2, not '%.16s'", s);
-				goto out;
-			}
-			disk->format = strdup(s);
-
-			snprintf(field, sizeof(field), "disks[%zu].readonly", i);
-			TRY(get_bool(d, "readonly", field, &disk->readonly, err));
-		}
-	}
+	TRY(parse_disks(o, check_host, spec, err));
 
 	if (!spec->name || !spec->machine || !spec->qemu || !spec->accel) {
 		r = -ENOMEM;

@@ -303,6 +303,56 @@ static void vm_qemu_on_exit(struct qemu_proc *p, const struct qemu_exit *e, void
 		q->cb.exited(q, e->how, e->status, e->signal, q->userdata);
 }
 
+/* The recovery monitor's socket for a new QEMU process, or NULL when it
+ * cannot have one: one per process, so an upgrade's target never takes the
+ * old QEMU's path away. */
+static char *vm_recovery_socket(struct vm *vm) {
+	_cleanup_free_ char *rdir = NULL;
+	char *path = NULL;
+	if (vm_runtime_dir_make(vm, &rdir) < 0 ||
+	    asprintf(&path, "%s/qmp-%llx.sock", rdir,
+		     (unsigned long long)(now_usec(CLOCK_MONOTONIC) & 0xffffffffffffULL)) < 0)
+		return NULL;
+	if (strlen(path) >= 108) {
+		log_vm(LOG_WARNING, vm->name, "runtime folder path too long for a recovery monitor socket");
+		return mfree(path);
+	}
+	return path;
+}
+
+/* Writes the command line to qemu.log, where this QEMU's output follows. */
+static void vm_log_cmdline(struct vm *vm, char *const *argv) {
+	_cleanup_free_ char *cmdline = NULL;
+	size_t clen = 0;
+	FILE *f = open_memstream(&cmdline, &clen);
+	for (char *const *i = argv; f && *i; i++)
+		fprintf(f, "%s%s", i == argv ? "" : " ", *i);
+	if (f)
+		fclose(f);
+	dprintf(vm->qemu_log_fd, "cprd: starting %s\n", cmdline ? cmdline : argv[0]);
+}
+
+/* A new vm_qemu for binary, not started yet. */
+static struct vm_qemu *vm_qemu_new(struct vm *vm, const char *binary,
+				   const struct probe_result *probe,
+				   const struct vm_qemu_callbacks *cb, void *userdata) {
+	struct vm_qemu *q = calloc(1, sizeof(*q));
+	if (!q)
+		return NULL;
+	q->vm = vm;
+	q->qmp_fd = -1;
+	q->binary = strdup(binary);
+	q->probe = probe ? probe_result_dup(probe) : NULL;
+	if (probe)
+		asprintf(&q->version, "%u.%u.%u", probe->major, probe->minor, probe->micro);
+	if (stat(binary, &q->binary_st) < 0)
+		memset(&q->binary_st, 0, sizeof(q->binary_st));
+	if (cb)
+		q->cb = *cb;
+	q->userdata = userdata;
+	return q;
+}
+
 int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *probe,
 		  const struct cmdline_incoming *incoming, const struct vm_qemu_callbacks *cb,
 		  void *userdata, struct vm_qemu **ret) {
@@ -316,17 +366,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	r = vm_ensure_custody(vm);
 	if (r < 0)
 		return r;
-	/* One recovery socket per QEMU process, so an upgrade's target never
-	 * takes the old QEMU's path away. */
-	_cleanup_free_ char *rdir = NULL;
-	_cleanup_free_ char *qmp_path = NULL;
-	if (vm_runtime_dir_make(vm, &rdir) >= 0 &&
-	    asprintf(&qmp_path, "%s/qmp-%llx.sock", rdir,
-		     (unsigned long long)(now_usec(CLOCK_MONOTONIC) & 0xffffffffffffULL)) >= 0 &&
-	    strlen(qmp_path) >= 108) {
-		log_vm(LOG_WARNING, vm->name, "runtime folder path too long for a recovery monitor socket");
-		qmp_path = mfree(qmp_path);
-	}
+	_cleanup_free_ char *qmp_path = vm_recovery_socket(vm);
 	const struct cmdline cl = {
 		.binary = binary,
 		.spec = vm->spec,
@@ -342,21 +382,10 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	if ((r = custody_qmp_open(&qmp_ours, &qmp_theirs)) < 0)
 		return r;
 
-	struct vm_qemu *q = calloc(1, sizeof(*q));
+	struct vm_qemu *q = vm_qemu_new(vm, binary, probe, cb, userdata);
 	if (!q)
 		return -ENOMEM;
-	q->vm = vm;
-	q->binary = strdup(binary);
 	q->qmp_path = TAKE_PTR(qmp_path);
-	q->probe = probe ? probe_result_dup(probe) : NULL;
-	if (probe)
-		asprintf(&q->version, "%u.%u.%u", probe->major, probe->minor, probe->micro);
-	if (stat(binary, &q->binary_st) < 0)
-		memset(&q->binary_st, 0, sizeof(q->binary_st));
-	q->log_offset = lseek(vm->qemu_log_fd, 0, SEEK_END);
-	if (cb)
-		q->cb = *cb;
-	q->userdata = userdata;
 
 	/* QEMU's QMP end, and every per-VM fd at its number. */
 	struct qemu_fd fds[1 + _CUSTODY_VM_MAX] = {{qmp_theirs, CMDLINE_FD_QMP}};
@@ -365,15 +394,8 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		if (custody_fds[i].qemu_fd >= 0)
 			fds[n_fds++] = (struct qemu_fd){vm->held[i], custody_fds[i].qemu_fd};
 
-	_cleanup_free_ char *cmdline = NULL;
-	size_t clen = 0;
-	FILE *f = open_memstream(&cmdline, &clen);
-	for (char **i = argv; f && *i; i++)
-		fprintf(f, "%s%s", i == argv ? "" : " ", *i);
-	if (f)
-		fclose(f);
-	dprintf(vm->qemu_log_fd, "cprd: starting %s\n", cmdline ? cmdline : binary);
-	q->log_offset = lseek(vm->qemu_log_fd, 0, SEEK_END);
+	vm_log_cmdline(vm, argv);
+	q->log_offset = lseek(vm->qemu_log_fd, 0, SEEK_END); /* its stderr starts here */
 
 	char why[512];
 	_cleanup_close_ int binary_fd = binary_open(binary, why, sizeof(why));
@@ -622,6 +644,38 @@ static struct probe_result *probe_from_record(const struct qemu_record *rec) {
 	return p;
 }
 
+/* Fds lost with the fd store: QEMU (pid, pidfd) still holds each at its
+ * number; every kind takes its own back. */
+static void vm_recover_custody(struct vm *vm, pid_t pid, int pidfd) {
+	const struct custody_vm cv = vm_custody_vm(vm);
+	int before[_CUSTODY_VM_MAX];
+	memcpy(before, vm->held, sizeof(before));
+	for (unsigned k = 0; k < custody_n_vm_kinds; k++)
+		(void)custody_vm_kinds[k]->recover(&cv, pid, pidfd, vm->held);
+	vm_custody_adopt(vm, before);
+}
+
+/* The socketpair to q is gone: its recovery monitor greets anew. */
+static void vm_qemu_reconnect(struct vm_qemu *q) {
+	struct vm *vm = q->vm;
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", q->qmp_path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		log_vm_errno(LOG_WARNING, errno, vm->name, "cannot reach the recovery monitor %s: %m",
+			     q->qmp_path);
+		safe_close(fd);
+		return;
+	}
+	q->qmp_fd = fd;
+	if (qmp_new(vm->host->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp) < 0) {
+		q->qmp_fd = -1;
+		return;
+	}
+	vm_store_fd(vm, custody_fds[CUSTODY_QMP].name, q->qmp_fd);
+	log_vm(LOG_INFO, vm->name, "QMP reconnected through %s", q->qmp_path);
+}
+
 int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 		   const struct vm_qemu_callbacks *cb, void *userdata, struct vm_qemu **ret) {
 	_cleanup_close_ int qfd = qmp_fd;
@@ -647,6 +701,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 	if (!q)
 		return -ENOMEM;
 	q->vm = vm;
+	/* What its binary was when it started, not what the file is now. */
 	q->probe = probe_from_record(&rec);
 	q->binary = TAKE_PTR(rec.binary);
 	q->version = TAKE_PTR(rec.version);
@@ -660,38 +715,14 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 		q->cb = *cb;
 	q->userdata = userdata;
 	q->qmp_path = TAKE_PTR(rec.qmp_path);
-	/* Fds lost with the fd store: QEMU still holds each at its number. */
-	const struct custody_vm cv = vm_custody_vm(vm);
-	int before[_CUSTODY_VM_MAX];
-	memcpy(before, vm->held, sizeof(before));
-	for (unsigned k = 0; k < custody_n_vm_kinds; k++)
-		(void)custody_vm_kinds[k]->recover(&cv, pid, pidfd, vm->held);
-	vm_custody_adopt(vm, before);
+	vm_recover_custody(vm, pid, pidfd);
 	r = qemu_adopt(vm->host->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
 		return r;
 	}
-	if (qfd < 0 && q->qmp_path) {
-		/* The socketpair is gone; the recovery monitor greets anew. */
-		struct sockaddr_un sa = {.sun_family = AF_UNIX};
-		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", q->qmp_path);
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			q->qmp_fd = fd;
-			r = qmp_new(vm->host->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp);
-			if (r < 0)
-				q->qmp_fd = -1;
-			else {
-				vm_store_fd(vm, custody_fds[CUSTODY_QMP].name, q->qmp_fd);
-				log_vm(LOG_INFO, vm->name, "QMP reconnected through %s", q->qmp_path);
-			}
-		} else {
-			log_vm_errno(LOG_WARNING, errno, vm->name, "cannot reach the recovery monitor %s: %m",
-				     q->qmp_path);
-			safe_close(fd);
-		}
-	}
+	if (qfd < 0 && q->qmp_path)
+		vm_qemu_reconnect(q);
 	if (qfd >= 0) {
 		q->qmp_fd = qfd;
 		r = qmp_new_attached(vm->host->base, TAKE_FD(qfd), &vm_qmp_callbacks, q, vm->name, &q->qmp);

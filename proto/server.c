@@ -251,8 +251,51 @@ static bool get_flag(struct json_object *msg, const char *key, bool *ret) {
 
 /* Handles one parsed message. Returns -EBADMSG for a protocol violation,
  * which closes the connection. */
+/* The method a call names, and its interface's userdata; NULL when it
+ * replied with why not (no such interface or method, or not callable as
+ * the call asks). */
+static const struct vl_method *call_find_method(struct vl_call *c, const char *method,
+						void **userdata) {
+	const char *dot = strrchr(method, '.');
+	if (!dot || dot == method || dot[1] == '\0')
+		return error_with(c, VL_ERROR_METHOD_NOT_FOUND, "method", method), NULL;
+
+	const struct vl_iface_reg *reg = find_interface(c->conn->server, method, (size_t)(dot - method));
+	if (!reg) {
+		_cleanup_free_ char *iname = strndup(method, (size_t)(dot - method));
+		return error_with(c, VL_ERROR_INTERFACE_NOT_FOUND, "interface", iname ? iname : ""),
+		       NULL;
+	}
+	const struct vl_method *vm = NULL;
+	for (const struct vl_method *i = reg->iface->methods; i->name; i++)
+		if (streq(i->name, dot + 1)) {
+			vm = i;
+			break;
+		}
+	if (!vm)
+		return error_with(c, VL_ERROR_METHOD_NOT_FOUND, "method", method), NULL;
+	if (!vm->fn)
+		return error_with(c, VL_ERROR_METHOD_NOT_IMPLEMENTED, "method", method), NULL;
+	if ((vm->flags & VL_METHOD_REQUIRES_MORE) && !c->more)
+		return vl_call_error(c, VL_ERROR_EXPECTED_MORE, NULL), NULL;
+	*userdata = reg->userdata;
+	return vm;
+}
+
+/* The handler failed without saying how: the server's own error for that
+ * (Varlink defines none), with the errno as a sentence. */
+static void call_fail(struct vl_call *c, int error) {
+	const struct vl_server *s = c->conn->server;
+	log_error_errno(error, "varlink: %s failed: %m", c->method);
+	struct json_object *p = json_object_new_object();
+	char reason[256];
+	snprintf(reason, sizeof(reason), "%s failed: %s", c->method, strerror(-error));
+	json_object_object_add(p, "reason", json_object_new_string(reason));
+	json_object_object_add(p, "errno", json_object_new_int(-error));
+	vl_call_error(c, s->info.internal_error ? s->info.internal_error : VL_ERROR_INTERNAL, p);
+}
+
 static int conn_dispatch(struct vl_conn *conn, struct json_object *msg) {
-	struct vl_server *s = conn->server;
 	struct json_object *m, *params = NULL;
 
 	if (!json_object_object_get_ex(msg, "method", &m) || !json_object_is_type(m, json_type_string))
@@ -297,27 +340,10 @@ static int conn_dispatch(struct vl_conn *conn, struct json_object *msg) {
 	    !json_object_is_type(params, json_type_object))
 		return vl_call_error_invalid_parameter(c, "parameters"), 0;
 
-	const char *dot = strrchr(method, '.');
-	if (!dot || dot == method || dot[1] == '\0')
-		return error_with(c, VL_ERROR_METHOD_NOT_FOUND, "method", method), 0;
-
-	const struct vl_iface_reg *reg = find_interface(s, method, (size_t)(dot - method));
-	if (!reg) {
-		_cleanup_free_ char *iname = strndup(method, (size_t)(dot - method));
-		return error_with(c, VL_ERROR_INTERFACE_NOT_FOUND, "interface", iname ? iname : ""), 0;
-	}
-	const struct vl_method *vm = NULL;
-	for (const struct vl_method *i = reg->iface->methods; i->name; i++)
-		if (streq(i->name, dot + 1)) {
-			vm = i;
-			break;
-		}
+	void *userdata = NULL;
+	const struct vl_method *vm = call_find_method(c, method, &userdata);
 	if (!vm)
-		return error_with(c, VL_ERROR_METHOD_NOT_FOUND, "method", method), 0;
-	if (!vm->fn)
-		return error_with(c, VL_ERROR_METHOD_NOT_IMPLEMENTED, "method", method), 0;
-	if ((vm->flags & VL_METHOD_REQUIRES_MORE) && !more)
-		return vl_call_error(c, VL_ERROR_EXPECTED_MORE, NULL), 0;
+		return 0;
 
 	const char *bad = NULL;
 	if (vl_params_check(params, vm->params, &bad) < 0)
@@ -325,18 +351,9 @@ static int conn_dispatch(struct vl_conn *conn, struct json_object *msg) {
 
 	/* Replies to a oneway call are dropped; the call ends when the handler
 	 * returns unless it keeps a reference. */
-	int r = vm->fn(c, params, reg->userdata);
-	if (r < 0 && vl_call_alive(c)) {
-		/* The handler failed without saying how: the server's own error
-		 * for that (Varlink defines none), with the errno as a sentence. */
-		log_error_errno(r, "varlink: %s failed: %m", method);
-		struct json_object *p = json_object_new_object();
-		char reason[256];
-		snprintf(reason, sizeof(reason), "%s failed: %s", method, strerror(-r));
-		json_object_object_add(p, "reason", json_object_new_string(reason));
-		json_object_object_add(p, "errno", json_object_new_int(-r));
-		vl_call_error(c, s->info.internal_error ? s->info.internal_error : VL_ERROR_INTERNAL, p);
-	}
+	int r = vm->fn(c, params, userdata);
+	if (r < 0 && vl_call_alive(c))
+		call_fail(c, r);
 	if (oneway && vl_call_alive(c) && c->refs == 2) /* nobody kept it */
 		call_finish(c);
 	return 0;

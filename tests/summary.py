@@ -30,8 +30,14 @@ PLAIN_RE = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?\s*$")
 
 
 def counts(lines):
-    """(passed, failed, skipped) summed over the runner's closing lines
-    (a Check program prints one per suite), or None when there is none."""
+    """(passed, failed, skipped): the runner's own closing line, the last
+    "N passed, M failed" (a runner such as valgrind.sh may echo the Check
+    lines of the programs it ran before it); else the Check lines summed (a
+    Check program prints one per suite); None when there is neither."""
+    plain = [m for m in (PLAIN_RE.match(l) for l in lines) if m]
+    if plain:
+        m = plain[-1]
+        return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
     total, seen = [0, 0, 0], False
     for line in lines:
         m = CHECK_RE.match(line)
@@ -39,12 +45,6 @@ def counts(lines):
             n, f, e = map(int, m.groups())
             total[0] += n - f - e
             total[1] += f + e
-            seen = True
-            continue
-        m = PLAIN_RE.match(line)
-        if m:
-            p, f, s = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-            total = [total[0] + p, total[1] + f, total[2] + s]
             seen = True
     return tuple(total) if seen else None
 

@@ -96,6 +96,7 @@ struct qmp {
 	char *version_package;
 
 	bool resync; /* attached mid-stream: drop a torn first line */
+	bool restart; /* a new greeting is expected (qmp_expect_restart) */
 };
 
 static void qmp_dispatch_line(struct qmp *q, const char *line, size_t len);
@@ -514,6 +515,32 @@ static void qmp_on_greeting(struct qmp *q, const struct qmp_message *m) {
 		qmp_fail(q, r, "cannot send qmp_capabilities");
 }
 
+void qmp_expect_restart(struct qmp *q, bool on) {
+	if (q)
+		q->restart = on;
+}
+
+/* The peer re-executed itself: whatever was asked of the process before is
+ * never answered, and the new one wants the handshake. */
+static void qmp_on_restart(struct qmp *q, const struct qmp_message *m) {
+	q->restart = false;
+	log_vm(LOG_INFO, q->label, "QMP: the peer greets again (it executed a new binary)");
+	qmp_ref(q);
+	while (q->pending_head && !q->freed) {
+		struct qmp_pending *p = q->pending_head;
+		char desc[256];
+
+		qmp_pending_unlink(q, p);
+		snprintf(desc, sizeof(desc), "QMP command %s was not answered before QEMU executed a "
+			 "new binary", p->cmd);
+		p->fn(q, NULL, &(struct qmp_error){ .error = -ERESTART, .desc = desc }, p->userdata);
+		qmp_pending_free(p);
+	}
+	if (!q->freed && q->state == QMP_STATE_READY)
+		qmp_on_greeting(q, m);
+	qmp_unref(q);
+}
+
 /* ---- reading ---- */
 
 static struct qmp_pending *qmp_pending_find(struct qmp *q, int64_t id) {
@@ -549,7 +576,9 @@ static void qmp_dispatch_line(struct qmp *q, const char *line, size_t len) {
 
 	switch (m.type) {
 	case QMP_MESSAGE_GREETING:
-		if (q->state != QMP_STATE_GREETING)
+		if (q->state == QMP_STATE_READY && q->restart)
+			qmp_on_restart(q, &m);
+		else if (q->state != QMP_STATE_GREETING)
 			qmp_fail(q, -EPROTO, "unexpected second greeting");
 		else
 			qmp_on_greeting(q, &m);

@@ -103,6 +103,13 @@ void qmp_reply_ignore(struct qmp *q, struct json_object *ret, const struct qmp_e
  * their replies are ignored. Returns how many were cancelled. */
 unsigned qmp_cancel(struct qmp *q, void *userdata);
 
+/* The peer is about to execute another binary in the same process and on
+ * the same channel (cpr-exec): its next greeting is taken instead of being
+ * refused as a protocol error. Every command still pending then fails with
+ * -ERESTART (the process that was to answer it is gone), the handshake is
+ * made again and ready is called again. One greeting; on clears it. */
+void qmp_expect_restart(struct qmp *q, bool on);
+
 bool qmp_is_ready(const struct qmp *q);
 /* The sticky error (negative errno), or 0 while the channel works. */
 int qmp_get_error(const struct qmp *q);

@@ -403,6 +403,45 @@ START_TEST(test_events) {
 }
 END_TEST
 
+/* cpr-exec: the peer executes a new binary on the same channel and greets
+ * again. Refused unless expected; when expected, what was pending fails
+ * with -ERESTART, the handshake is made again and ready is called again. */
+START_TEST(test_restart) {
+	struct reply r = {}, after = {};
+
+	connect_ready();
+	qmp_expect_restart(owner.q, true);
+	ck_assert_int_eq(qmp_command(owner.q, "query-migrate", NULL, PATIENCE_MS, on_reply, &r), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 2, PATIENCE_MS));
+	fake_greet();
+	ck_assert(RUN_UNTIL(r.n_calls == 1, PATIENCE_MS));
+	ck_assert_int_eq(r.error, -ERESTART);
+	/* Asked meanwhile: held until the new handshake is done. */
+	ck_assert_int_eq(qmp_command(owner.q, "query-status", NULL, PATIENCE_MS, on_reply, &after), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 3, PATIENCE_MS));
+	ck_assert_str_eq(msg_execute(fake.msgs[2]), "qmp_capabilities");
+	/* The new binary's answer to the command the old one never read. */
+	fake_send("{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"Expecting "
+		  "capabilities negotiation with 'qmp_capabilities'\"}, \"id\": %lld}",
+		  (long long)msg_id(fake.msgs[1]));
+	fake_send("{\"return\": {}, \"id\": %lld}", (long long)msg_id(fake.msgs[2]));
+	ck_assert(RUN_UNTIL(fake.n_msgs == 4, PATIENCE_MS));
+	ck_assert_int_eq(owner.n_ready, 2);
+	ck_assert_str_eq(msg_execute(fake.msgs[3]), "query-status");
+	fake_send("{\"return\": {\"status\": \"running\"}, \"id\": %lld}",
+		  (long long)msg_id(fake.msgs[3]));
+	ck_assert(RUN_UNTIL(after.n_calls == 1, PATIENCE_MS));
+	ck_assert_int_eq(after.error, 0);
+	reply_done(&r);
+	reply_done(&after);
+	ck_assert_int_eq(owner.n_closed, 0);
+	/* One greeting only: a third one is a protocol error again. */
+	fake_greet();
+	ck_assert(RUN_UNTIL(owner.n_closed == 1, PATIENCE_MS));
+	ck_assert_int_eq(qmp_get_error(owner.q), -EPROTO);
+}
+END_TEST
+
 START_TEST(test_error_reply) {
 	struct reply r = {};
 
@@ -751,6 +790,7 @@ static Suite *qmp_suite(bool have_qemu) {
 	tcase_add_test(tc, test_out_of_order_replies);
 	tcase_add_test(tc, test_events);
 	tcase_add_test(tc, test_error_reply);
+	tcase_add_test(tc, test_restart);
 	tcase_add_test(tc, test_timeout);
 	tcase_add_test(tc, test_oversize_reply);
 	tcase_add_test(tc, test_garbage);

@@ -78,6 +78,9 @@ static int create_opt(int opt, const char *arg, void *userdata) {
 	case 'H':
 		json_object_object_add(o->spec, "hugepages", json_object_new_boolean(true));
 		return 0;
+	case 'X':
+		json_object_object_add(o->spec, "allowExec", json_object_new_boolean(true));
+		return 0;
 	case 'd': {
 		struct json_object *d;
 		if (parse_disk(arg, &d) < 0)
@@ -98,6 +101,7 @@ static int create_run(struct ctx *ctx, int argc, char **argv) {
 		{"qemu", required_argument, NULL, 'q'},   {"machine", required_argument, NULL, 'M'},
 		{"accel", required_argument, NULL, 'a'},  {"disk", required_argument, NULL, 'd'},
 		{"hugepages", no_argument, NULL, 'H'},     {"file", required_argument, NULL, 'f'},
+		{"allow-exec", no_argument, NULL, 'X'},
 		{},
 	};
 	_cleanup_json_ struct json_object *spec = json_object_new_object();
@@ -166,6 +170,8 @@ const struct cmd cmd_create = {
 		"  --accel ACCEL      tcg, kvm or auto (default auto)\n"
 		"  --disk PATH[,format=raw|qcow2][,readonly]   a disk; repeat for more\n"
 		"  --hugepages        back guest RAM with huge pages\n"
+		"  --allow-exec       let QEMU exec a new binary in place (-sandbox spawn=allow),\n"
+		"                     which 'upgrade --mode cpr-exec' needs\n"
 		"  -f, --file FILE    read the spec (JSON, as in 'cprctl status --json') from FILE\n",
 	.run = create_run,
 };

@@ -56,9 +56,12 @@ int cmdline_build(const struct cmdline *c, char ***ret) {
 	strv_addf(&a, "-msg");
 	strv_addf(&a, "timestamp=on");
 	/* QEMU needs no new processes, privileges or obsolete system calls;
-	 * cpr-transfer and local-migrate work under this filter. */
+	 * cpr-transfer and local-migrate work under this filter. cpr-exec
+	 * execs the new binary from inside QEMU, which spawn=deny forbids:
+	 * only a spec that opts in (allowExec) gets spawn=allow. */
 	strv_addf(&a, "-sandbox");
-	strv_addf(&a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+	strv_addf(&a, "on,obsolete=deny,elevateprivileges=deny,spawn=%s,resourcecontrol=deny",
+		  s->allow_exec ? "allow" : "deny");
 	if (!c->incoming)
 		strv_addf(&a, "-S"); /* cprd resumes it once QMP is up */
 	strv_addf(&a, "-machine");
@@ -110,6 +113,9 @@ int cmdline_build(const struct cmdline *c, char ***ret) {
 			  "{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\"socket\",\"type\":"
 			  "\"unix\",\"path\":\"%s\"}}",
 			  c->incoming->cpr_path);
+	} else if (c->incoming && c->incoming->kind == CMDLINE_INCOMING_FILE) {
+		strv_addf(&a, "-incoming");
+		strv_addf(&a, "file:%s", c->incoming->main_path);
 	} else if (c->incoming) {
 		strv_addf(&a, "-incoming");
 		strv_addf(&a, "defer");

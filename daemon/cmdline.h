@@ -18,11 +18,14 @@ struct vm_spec;
 enum cmdline_incoming_kind {
 	CMDLINE_INCOMING_CPR_TRANSFER, /* main and cpr channels on unix sockets */
 	CMDLINE_INCOMING_DEFER,        /* local-migrate: migrate-incoming over QMP later */
+	CMDLINE_INCOMING_FILE,         /* cpr-exec: the state file the old binary wrote */
 };
 
 struct cmdline_incoming {
 	enum cmdline_incoming_kind kind;
-	const char *main_path, *cpr_path; /* the sockets the target binds (cpr-transfer) */
+	/* The sockets the target binds (cpr-transfer), or the state file
+	 * (cpr-exec: main_path). */
+	const char *main_path, *cpr_path;
 };
 
 struct cmdline {

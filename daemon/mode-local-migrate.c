@@ -1,8 +1,6 @@
 /* local-migrate (any QEMU cprd can run): both QEMUs map the same memfd
  * (share=on) and migrate with x-ignore-shared, so only device state is
  * sent; the new QEMU waits with -incoming defer and migrate-incoming. */
-#include <json-c/json.h>
-#include <limits.h>
 #include <stdio.h>
 
 #include "mode.h"
@@ -17,11 +15,7 @@ static bool local_migrate_usable(const struct probe_result *old, const char *old
 }
 
 static struct json_object *local_migrate_migrate_args(const char *main_path, const char *cpr_path) {
-	char uri[PATH_MAX + 8];
-	snprintf(uri, sizeof(uri), "unix:%s", main_path);
-	struct json_object *args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string(uri));
-	return args;
+	return mode_uri_args("unix", main_path);
 }
 
 const struct mode_ops mode_local_migrate = {

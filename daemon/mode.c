@@ -12,6 +12,7 @@
 static const struct mode_ops *const modes[] = {
 	&mode_cpr_transfer,  /* RAM and devices handed over, nothing copied */
 	&mode_local_migrate, /* device state sent, shared RAM skipped */
+	&mode_cpr_exec,      /* by name only: the same process execs the new binary */
 };
 
 const struct mode_ops *mode_find(const char *name) {
@@ -29,12 +30,14 @@ const struct mode_ops *mode_pick(const char *name, const struct probe_result *ol
 		return m->usable(old, old_version, new, why, size) ? m : NULL;
 	char scratch[256];
 	for (size_t i = 0; i < ELEMENTSOF(modes); i++)
-		if (modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
+		if (!modes[i]->by_name_only &&
+		    modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
 			return modes[i];
 	size_t used = (size_t)snprintf(why, size, "neither");
-	for (size_t i = 0; i < ELEMENTSOF(modes) && used < size; i++)
-		used += (size_t)snprintf(why + used, size - used, "%s %s", i ? " nor" : "",
-					 modes[i]->name);
+	for (size_t i = 0, n = 0; i < ELEMENTSOF(modes) && used < size; i++)
+		if (!modes[i]->by_name_only)
+			used += (size_t)snprintf(why + used, size - used, "%s %s", n++ ? " nor" : "",
+						 modes[i]->name);
 	if (used < size)
 		snprintf(why + used, size - used, " is supported by both QEMU %s and QEMU %u.%u.%u",
 			 old_version ? old_version : "?", new->major, new->minor, new->micro);
@@ -46,11 +49,53 @@ const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct
 	char scratch[256];
 	bool after = false;
 	for (size_t i = 0; i < ELEMENTSOF(modes); i++) {
-		if (after && modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
+		if (after && !modes[i]->by_name_only &&
+		    modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
 			return modes[i];
 		after = after || modes[i] == failed;
 	}
 	return NULL;
+}
+
+/* An older release cannot read the CPR state a newer one writes: 11.1.3 ->
+ * 10.0.2 fails in the transfer with "vmstate_load_state error -2", for a
+ * Linux guest and the boot-sector guest alike (docs/compatibility.md).
+ * Releases are compared by major.minor; within one release the state is
+ * the same. */
+static bool release_older(const struct probe_result *new, const struct probe_result *old) {
+	return new->major < old->major || (new->major == old->major && new->minor < old->minor);
+}
+
+bool mode_cpr_usable(const char *mode, const char *since, bool old_has, bool new_has,
+		     const struct probe_result *old, const char *old_version,
+		     const struct probe_result *new, char *why, size_t size) {
+	/* aux-ram-share on the old QEMU: its RAM blocks beyond the guest's
+	 * (ROMs, video) must be shareable to be handed over. */
+	if (!(new_has && old && old_has && old->aux_ram_share)) {
+		snprintf(why, size,
+			 "%s needs QEMU %s or later on both sides; the guest runs on QEMU %s "
+			 "and the target is QEMU %u.%u.%u (use --mode local-migrate or auto)",
+			 mode, since, old_version ? old_version : "?", new->major, new->minor,
+			 new->micro);
+		return false;
+	}
+	if (release_older(new, old)) {
+		snprintf(why, size,
+			 "%s cannot move a guest to an older QEMU: the target QEMU %u.%u.%u "
+			 "cannot read the CPR state of QEMU %s, which the guest runs on (use --mode "
+			 "local-migrate or auto; see docs/compatibility.md)",
+			 mode, new->major, new->minor, new->micro, old_version ? old_version : "?");
+		return false;
+	}
+	return true;
+}
+
+struct json_object *mode_uri_args(const char *scheme, const char *path) {
+	_cleanup_free_ char *uri = NULL;
+	struct json_object *args = json_object_new_object();
+	if (asprintf(&uri, "%s:%s", scheme, path) >= 0)
+		json_object_object_add(args, "uri", json_object_new_string(uri));
+	return args;
 }
 
 struct json_object *mode_unix_addr(const char *path) {

@@ -1,7 +1,8 @@
 /* mode: the upgrade modes, each an ops table in a file of its own
  * (mode-cpr-transfer.c, mode-local-migrate.c) and an entry in mode.c's
  * list. The upgrade state machine names no mode: it asks the table what to
- * spawn, what to set on each QEMU, how to migrate and what to undo. */
+ * spawn (if anything), what to set on each QEMU, how to migrate and what to
+ * undo. */
 #pragma once
 
 #include <stdbool.h>
@@ -29,14 +30,26 @@ struct mode_ops {
 	bool ignore_shared;
 	/* The arguments of `migrate` on the old QEMU. */
 	struct json_object *(*migrate_args)(const char *main_path, const char *cpr_path);
+	/* No new process is spawned: the old QEMU execs the new binary itself
+	 * (the "cpr-exec-command" migration parameter, set before migrate),
+	 * keeps its pid, its fds and its QMP channel, and greets anew on that
+	 * channel. There is no target to kill on a rollback and no old QEMU to
+	 * retire. */
+	bool in_place;
+	/* QEMU must be allowed to exec (the spec's allowExec, which gives it
+	 * -sandbox spawn=allow); refused as not upgradable otherwise. */
+	bool needs_exec;
+	/* auto never picks it; only asked for by name. */
+	bool by_name_only;
 };
 
-extern const struct mode_ops mode_cpr_transfer, mode_local_migrate;
+extern const struct mode_ops mode_cpr_transfer, mode_local_migrate, mode_cpr_exec;
 
 /* The mode called name, or NULL ("auto" is no mode but a choice). */
 const struct mode_ops *mode_find(const char *name);
 /* The mode to use: name's when it is usable, or with "auto" the first
- * usable one in the order of preference (cpr-transfer, then local-migrate).
+ * usable one in the order of preference (cpr-transfer, then local-migrate;
+ * never a by_name_only mode such as cpr-exec).
  * NULL with why filled when there is none. */
 const struct mode_ops *mode_pick(const char *name, const struct probe_result *old,
 				 const char *old_version, const struct probe_result *new, char *why,
@@ -46,6 +59,16 @@ const struct mode_ops *mode_pick(const char *name, const struct probe_result *ol
  * mode in auto's order, or NULL when there is none. */
 const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct probe_result *old,
 				     const char *old_version, const struct probe_result *new);
+
+/* usable for the CPR modes (cpr-transfer, cpr-exec): old_has and new_has
+ * say whether each QEMU has the mode, which QEMU has since version since.
+ * The old one must also have aux-ram-share, and the target must not be an
+ * older release. */
+bool mode_cpr_usable(const char *mode, const char *since, bool old_has, bool new_has,
+		     const struct probe_result *old, const char *old_version,
+		     const struct probe_result *new, char *why, size_t size);
+/* For migrate_args: {"uri": "SCHEME:PATH"}. */
+struct json_object *mode_uri_args(const char *scheme, const char *path);
 
 /* For migrate_args: a unix socket address of QMP's SocketAddress kind. */
 struct json_object *mode_unix_addr(const char *path);

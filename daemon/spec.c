@@ -204,7 +204,7 @@ static int parse_disks(struct json_object *o, bool check_host, struct vm_spec *s
 static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 		 struct spec_error *err) {
 	static const char *const keys[] = {"name", "memory", "cpus", "machine", "qemu", "accel",
-					   "hugepages", "disks", "devices", NULL};
+					   "hugepages", "allowExec", "disks", "devices", NULL};
 	const char *s;
 	int64_t n;
 	int r;
@@ -286,6 +286,7 @@ static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 	spec->accel = strdup(s);
 
 	TRY(get_bool(o, "hugepages", "hugepages", &spec->hugepages, err));
+	TRY(get_bool(o, "allowExec", "allowExec", &spec->allow_exec, err));
 
 	TRY(parse_disks(o, check_host, spec, err));
 
@@ -318,6 +319,7 @@ struct json_object *spec_to_json(const struct vm_spec *s) {
 	json_object_object_add(o, "qemu", json_object_new_string(s->qemu));
 	json_object_object_add(o, "accel", json_object_new_string(s->accel));
 	json_object_object_add(o, "hugepages", json_object_new_boolean(s->hugepages));
+	json_object_object_add(o, "allowExec", json_object_new_boolean(s->allow_exec));
 	struct json_object *disks = json_object_new_array();
 	for (size_t i = 0; i < s->n_disks; i++) {
 		struct json_object *d = json_object_new_object();

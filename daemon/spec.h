@@ -29,6 +29,9 @@ struct vm_spec {
 	char *qemu;
 	char *accel;   /* tcg, kvm or auto */
 	bool hugepages;
+	/* QEMU may exec a new binary in place (-sandbox spawn=allow): what
+	 * cpr-exec needs, and what every other VM is denied. */
+	bool allow_exec;
 	struct spec_disk *disks;
 	size_t n_disks;
 };

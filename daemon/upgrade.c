@@ -40,6 +40,8 @@
 /* The incoming sockets the target binds in the upgrade's private folder. */
 #define UPGRADE_MAIN_SOCK "main.sock"
 #define UPGRADE_CPR_SOCK "cpr.sock"
+/* The device state file of a mode that spawns nothing (cpr-exec). */
+#define UPGRADE_STATE_FILE "vm.state"
 
 enum upgrade_phase {
 	PHASE_PREFLIGHT,
@@ -106,6 +108,11 @@ struct upgrade {
 	bool target_resumed; /* the point of no return */
 	bool old_gone;
 	bool source_done;    /* the old QEMU reported completed */
+	/* A mode that spawns nothing (ops->in_place): the binary cprd checked,
+	 * held open so that the path QEMU execs cannot be swapped, and whether
+	 * the process greeted again from the new binary. */
+	int exec_fd;
+	bool exec_seen;
 
 	char *dir, *main_path, *cpr_path;
 	uint64_t start_mono, start_real;
@@ -188,6 +195,7 @@ static void upgrade_free(struct upgrade *u) {
 	if (u->target)
 		vm_qemu_free(u->target);
 	json_object_put(u->attempts);
+	safe_close(u->exec_fd);
 	upgrade_dir_remove(u->dir);
 	probe_result_free(u->probe);
 	free(u->binary);
@@ -203,11 +211,12 @@ static void upgrade_free(struct upgrade *u) {
 void upgrade_dir_remove(const char *dir) {
 	if (!dir)
 		return;
-	_cleanup_free_ char *main_sock = NULL, *cpr_sock = NULL;
-	if (asprintf(&main_sock, "%s/" UPGRADE_MAIN_SOCK, dir) >= 0)
-		unlink(main_sock);
-	if (asprintf(&cpr_sock, "%s/" UPGRADE_CPR_SOCK, dir) >= 0)
-		unlink(cpr_sock);
+	static const char *const files[] = {UPGRADE_MAIN_SOCK, UPGRADE_CPR_SOCK, UPGRADE_STATE_FILE};
+	for (size_t i = 0; i < ELEMENTSOF(files); i++) {
+		_cleanup_free_ char *path = NULL;
+		if (asprintf(&path, "%s/%s", dir, files[i]) >= 0)
+			unlink(path);
+	}
 	rmdir(dir);
 }
 
@@ -517,6 +526,9 @@ static void upgrade_rollback(struct upgrade *u) {
 		vm_set_state(vm, VM_CRASHED, "the old QEMU died during the upgrade");
 		return upgrade_finish(u);
 	}
+	/* The exec failed or never came: the old binary answers on. */
+	if (u->ops && u->ops->in_place && u->old)
+		qmp_expect_restart(vm_qemu_qmp(u->old), false);
 	/* The old QEMU keeps the upgrade's callbacks until the rollback is
 	 * over, so its death meanwhile ends the upgrade as failed. */
 	u->rollback = (struct migration_rollback){
@@ -643,19 +655,40 @@ static void old_exited(struct vm_qemu *q, const char *how, int status, int sig, 
 			     phase_names[u->phase]);
 }
 
+static void target_event(struct vm_qemu *q, const char *name, struct json_object *data, int64_t ts,
+			 void *userdata);
+
 static void old_event(struct vm_qemu *q, const char *name, struct json_object *data, int64_t ts,
 		      void *userdata) {
 	struct upgrade *u = userdata;
 	if (streq(name, "STOP") && u->migrate_sent && u->stop_ts == 0)
 		u->stop_ts = ts;
+	if (u->exec_seen) /* the same process runs the new binary: it is the target */
+		target_event(q, name, data, ts, userdata);
+}
+
+/* A mode that spawns nothing: the process greeted again on its QMP channel
+ * and negotiated, so it runs the new binary now, which loads the guest. */
+static void old_ready(struct vm_qemu *q, void *userdata) {
+	struct upgrade *u = userdata;
+	if (!u->ops->in_place || u->phase != PHASE_TRANSFER || u->exec_seen)
+		return;
+	u->exec_seen = true;
+	u->source_done = true; /* the old binary's part is over */
+	upgrade_enter(u, PHASE_RESUME, "QEMU pid %d executed %s; waiting for it to run the guest",
+		      (int)u->old_pid, u->binary);
+	arm(u->poll_timer, 0);
 }
 
 static const struct vm_qemu_callbacks old_callbacks = {
+	.ready = old_ready,
 	.event = old_event,
 	.exited = old_exited,
 };
 
 static void upgrade_retire(struct upgrade *u) {
+	if (u->ops->in_place)
+		return upgrade_commit(u); /* the old binary's process is the new one's */
 	upgrade_enter(u, PHASE_RETIRE, "quitting the old QEMU pid %d", (int)u->old_pid);
 	if (!u->old)
 		return upgrade_commit(u);
@@ -696,10 +729,18 @@ static void upgrade_resumed(struct upgrade *u) {
 	evtimer_del(u->poll_timer);
 	evtimer_del(u->total_timer);
 
-	/* Custody moves: the VM's current QEMU is the target from now on. */
-	vm_adopt_qemu(vm, u->target);
+	if (u->ops->in_place) {
+		/* The same process runs the new binary: nothing to retire. */
+		int r = vm_qemu_exec_done(u->old, u->binary, u->probe);
+		if (r < 0)
+			log_vm_errno(LOG_WARNING, r, vm->name, "cannot record the new binary: %m");
+		u->old = NULL;
+	} else {
+		/* Custody moves: the VM's current QEMU is the target from now on. */
+		vm_adopt_qemu(vm, u->target);
+		u->target = NULL;
+	}
 	vm_watch_main(vm);
-	u->target = NULL;
 	upgrade_journal(u);
 	if (u->was_running && vm->state != VM_RUNNING)
 		vm_set_state(vm, VM_RUNNING, "guest resumed on the new QEMU");
@@ -740,11 +781,20 @@ static void poll_source(struct qmp *qmp, struct json_object *ret, const struct q
 	struct upgrade *u = userdata;
 	if (u->phase != PHASE_TRANSFER)
 		return;
+	if (err && err->error == -ERESTART)
+		return; /* the process executed the new binary: old_ready goes on */
 	if (err) {
 		upgrade_fail(u, "query-migrate on the old QEMU failed: %s", err->desc);
 		return;
 	}
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	if (streq_ptr(status, "completed") && u->ops->in_place) {
+		/* The exec follows; if it fails, the status turns to failed and
+		 * QEMU resumes the guest on the old binary. */
+		u->source_done = true;
+		arm(u->poll_timer, UPGRADE_POLL_MS);
+		return;
+	}
 	if (streq_ptr(status, "failed") || streq_ptr(status, "cancelled")) {
 		const char *desc = json_object_get_string(json_object_object_get(ret, "error-desc"));
 		upgrade_fail(u, "migration %s: %s", status, desc ? desc : "no reason given");
@@ -879,16 +929,61 @@ static void on_poll(evutil_socket_t fd, short what, void *userdata) {
 	case PHASE_TRANSFER:
 		qmp_command(vm_qemu_qmp(u->old), "query-migrate", NULL, UPGRADE_QMP_TIMEOUT_MS, poll_source, u);
 		return;
-	case PHASE_RESUME:
-		if (u->target && qmp_is_ready(vm_qemu_qmp(u->target)))
-			qmp_command(vm_qemu_qmp(u->target), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
+	case PHASE_RESUME: {
+		struct vm_qemu *t = u->ops->in_place ? u->old : u->target;
+		if (t && qmp_is_ready(vm_qemu_qmp(t)))
+			qmp_command(vm_qemu_qmp(t), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
 				    poll_target_status, u);
 		else
 			arm(u->poll_timer, UPGRADE_POLL_MS);
 		return;
+	}
 	default:
 		return;
 	}
+}
+
+static void on_exec_command_set(struct qmp *qmp, struct json_object *ret,
+				const struct qmp_error *err, void *userdata) {
+	struct upgrade *u = userdata;
+	if (u->phase != PHASE_SPAWN)
+		return;
+	if (err)
+		return upgrade_fail(u, "setting cpr-exec-command on QEMU pid %d failed: %s",
+				    (int)u->old_pid, err->desc);
+	/* From migrate on, the process may greet again from the new binary. */
+	qmp_expect_restart(qmp, true);
+	upgrade_next(u, "transfer", upgrade_send_migrate);
+}
+
+/* A mode that spawns nothing: the old QEMU is told what to execute once
+ * its state is in the file. QEMU execs a path (execvp), so the path is one
+ * that cannot be swapped: cprd's own fd of the binary it opened and checked,
+ * /proc/CPRD/fd/N, which the kernel resolves to that very file (and which a
+ * #! wrapper's interpreter can open as well, while cprd holds it). QEMU
+ * running as --qemu-user may not look into cprd's fds; it gets the checked
+ * path, which only root can change (docs/reliability.md). */
+static void upgrade_exec_setup(struct upgrade *u) {
+	char why[512], path[64];
+	u->exec_fd = binary_open(u->binary, why, sizeof(why));
+	if (u->exec_fd < 0)
+		return upgrade_fail(u, "%s", why);
+	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), u->exec_fd);
+	const char *exec_path = qemu_get_user(NULL, NULL) ? u->binary : path;
+	const struct cmdline_incoming in = {.kind = u->ops->incoming, .main_path = u->main_path};
+	_cleanup_(strv_freep) char **argv = NULL;
+	int r = vm_qemu_exec_argv(u->old, exec_path, u->probe, &in, &argv);
+	if (r < 0)
+		return upgrade_fail(u, "cannot build the command line: %s", strerror(-r));
+	struct json_object *cmd = json_object_new_array(), *p = json_object_new_object();
+	for (char **a = argv; *a; a++)
+		json_object_array_add(cmd, json_object_new_string(*a));
+	json_object_object_add(p, "cpr-exec-command", cmd);
+	u->target_pid = u->old_pid;
+	upgrade_journal(u);
+	if (qmp_command(vm_qemu_qmp(u->old), "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS,
+			on_exec_command_set, u) < 0)
+		upgrade_fail(u, "the old QEMU's QMP channel failed");
 }
 
 static void upgrade_spawn(struct upgrade *u) {
@@ -896,8 +991,13 @@ static void upgrade_spawn(struct upgrade *u) {
 	char buf[PATH_MAX];
 	int r;
 
-	upgrade_enter(u, PHASE_SPAWN, "starting %s (QEMU %u.%u.%u) with the held fds", u->binary,
-		      u->probe->major, u->probe->minor, u->probe->micro);
+	if (u->ops->in_place)
+		upgrade_enter(u, PHASE_SPAWN, "QEMU pid %d is to execute %s (QEMU %u.%u.%u) in place",
+			      (int)u->old_pid, u->binary, u->probe->major, u->probe->minor,
+			      u->probe->micro);
+	else
+		upgrade_enter(u, PHASE_SPAWN, "starting %s (QEMU %u.%u.%u) with the held fds",
+			      u->binary, u->probe->major, u->probe->minor, u->probe->micro);
 
 	/* The incoming sockets live in a private folder: only root (and with
 	 * --qemu-user, QEMU's user) reaches them. QEMU 10.0 accepts only a
@@ -912,9 +1012,12 @@ static void upgrade_spawn(struct upgrade *u) {
 	u->dir = strdup(buf);
 	if ((r = qemu_user_chown(buf)) < 0)
 		return upgrade_fail(u, "cannot give %s to QEMU's user: %s", buf, strerror(-r));
-	if (asprintf(&u->main_path, "%s/" UPGRADE_MAIN_SOCK, u->dir) < 0 ||
+	if (asprintf(&u->main_path, "%s/%s", u->dir,
+		     u->ops->in_place ? UPGRADE_STATE_FILE : UPGRADE_MAIN_SOCK) < 0 ||
 	    asprintf(&u->cpr_path, "%s/" UPGRADE_CPR_SOCK, u->dir) < 0)
 		return upgrade_fail(u, "out of memory");
+	if (u->ops->in_place)
+		return upgrade_exec_setup(u);
 
 	const struct cmdline_incoming in = {
 		.kind = u->ops->incoming,
@@ -1050,6 +1153,12 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 	if (!u->ops)
 		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "%s", why);
 	(void)upgrade_mode_from_string(u->ops->name, &u->mode);
+	if (u->ops->needs_exec && !vm->spec->allow_exec)
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE,
+				      "%s needs QEMU to execute the new binary itself, which its sandbox "
+				      "forbids unless the VM was created with allowExec (cprctl create "
+				      "--allow-exec)",
+				      u->ops->name);
 	upgrade_enter(u, PHASE_PREFLIGHT, "target %s is QEMU %u.%u.%u; mode %s", u->binary,
 		      result->major, result->minor, result->micro, upgrade_mode_to_string(u->mode));
 	if (qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, UPGRADE_QMP_TIMEOUT_MS,
@@ -1071,6 +1180,7 @@ int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request
 	u->progress = progress;
 	u->done = done;
 	u->userdata = userdata;
+	u->exec_fd = -1;
 	u->start_mono = now_usec(CLOCK_MONOTONIC);
 	u->start_real = now_usec(CLOCK_REALTIME);
 	u->phase_timer = evtimer_new(m->base, on_phase_timeout, u);

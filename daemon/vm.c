@@ -450,6 +450,42 @@ void vm_qemu_free(struct vm_qemu *q) {
 	free(q);
 }
 
+int vm_qemu_exec_argv(struct vm_qemu *q, const char *exec_path, const struct probe_result *probe,
+		      const struct cmdline_incoming *incoming, char ***ret) {
+	const struct cmdline cl = {
+		.binary = exec_path,
+		.spec = q->vm->spec,
+		.probe = probe,
+		.accel = vm_accel(q->vm),
+		.qmp_path = q->qmp_path,
+		.incoming = incoming,
+	};
+	int r = cmdline_build(&cl, ret);
+	if (r >= 0)
+		vm_log_cmdline(q->vm, *ret);
+	return r;
+}
+
+int vm_qemu_exec_done(struct vm_qemu *q, const char *binary, const struct probe_result *probe) {
+	char *b = strdup(binary);
+	struct probe_result *p = probe_result_dup(probe);
+	char *v = NULL;
+	if (!b || !p || asprintf(&v, "%u.%u.%u", probe->major, probe->minor, probe->micro) < 0) {
+		free(b);
+		probe_result_free(p);
+		return -ENOMEM;
+	}
+	free(q->binary);
+	q->binary = b;
+	probe_result_free(q->probe);
+	q->probe = p;
+	free(q->version);
+	q->version = v;
+	if (stat(binary, &q->binary_st) < 0)
+		memset(&q->binary_st, 0, sizeof(q->binary_st));
+	return q->vm->qemu == q ? vm_save_runtime(q->vm) : 0;
+}
+
 void vm_qemu_set_callbacks(struct vm_qemu *q, const struct vm_qemu_callbacks *cb, void *userdata) {
 	q->cb = *cb;
 	q->userdata = userdata;

@@ -172,6 +172,15 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		  const struct cmdline_incoming *incoming, const struct vm_qemu_callbacks *cb,
 		  void *userdata, struct vm_qemu **ret);
 void vm_qemu_free(struct vm_qemu *q);
+/* The command line q's process is to execute in place (cpr-exec): the
+ * same VM and held fds at the same numbers, run from exec_path, which
+ * stands for the binary probed as probe. NULL-ended, free with strv_free. */
+int vm_qemu_exec_argv(struct vm_qemu *q, const char *exec_path, const struct probe_result *probe,
+		      const struct cmdline_incoming *incoming, char ***ret);
+/* q's process now runs binary (probed as probe) after executing it in
+ * place: the same pid, pidfd and QMP channel. Updates what cprd knows of
+ * it and qemu.json. */
+int vm_qemu_exec_done(struct vm_qemu *q, const char *binary, const struct probe_result *probe);
 void vm_qemu_set_callbacks(struct vm_qemu *q, const struct vm_qemu_callbacks *cb, void *userdata);
 struct qmp *vm_qemu_qmp(struct vm_qemu *q);
 pid_t vm_qemu_pid(const struct vm_qemu *q);

@@ -8,6 +8,7 @@
 extern const char cprd_manager_idl[];
 
 /* UpgradeRequest.mode, in the order of cprd's enum upgrade_mode. */
-static const char *const cprd_upgrade_modes[] = {"auto", "cpr-transfer", "local-migrate"};
+static const char *const cprd_upgrade_modes[] = {"auto", "cpr-transfer", "local-migrate",
+						     "cpr-exec"};
 #define CPRD_TIMEOUT_SEC_MAX 3600     /* StopVM's and Upgrade's timeoutSec */
 #define CPRD_UPGRADE_PARALLEL_MAX 64  /* UpgradeMany's parallel */

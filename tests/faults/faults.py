@@ -91,7 +91,10 @@ def qemus_by_marker(name):
         if d.isdigit():
             pid = int(d)
             args = T.cmdline(pid)
-            if args and "qemu" in os.path.basename(args[0]) and marker in args and T.pid_alive(pid):
+            # A QEMU run through a wrapper (11.1) runs as its loader:
+            # ld-linux-x86-64.so.2 --library-path DIR .../qemu-system-x86_64
+            if args and any("qemu" in os.path.basename(a) for a in args[:4]) and marker in args \
+                    and T.pid_alive(pid):
                 out.append(pid)
     return sorted(out)
 
@@ -116,7 +119,7 @@ def guest_ticks_via_qemu(pid):
 class Run:
     """One cprd in a private folder, one VM, one upgrade with a fault."""
 
-    def __init__(self, case_name, hold=None, hold_ms=HOLD_MS, state_tmpfs=False):
+    def __init__(self, case_name, hold=None, hold_ms=HOLD_MS, state_tmpfs=False, qemu=None):
         # Short paths: the upgrade's sockets must fit in sun_path (108).
         self.tmp = tempfile.mkdtemp(prefix="cf-")
         self.cprd = T.Cprd(self.tmp)
@@ -128,6 +131,9 @@ class Run:
         self.restarted = False
         self.killed = False  # the current cprd was killed by the case
         self.state_tmpfs = state_tmpfs
+        # The QEMU the VM starts on and moves to (11.1 for cpr-exec, which
+        # gets allowExec).
+        self.qemu = qemu or T.QEMU10
 
     def mount_state_tmpfs(self):
         """A 1 MiB tmpfs on the state folder, to be filled by a case."""
@@ -188,8 +194,8 @@ class Run:
         return self.ok("status", self.name, "--json").json
 
     def create_and_start(self):
-        self.ok("create", self.name, "--memory", 64, "--qemu", T.QEMU10, "--accel", "tcg",
-                "--disk", T.GUEST_IMAGE + ",readonly")
+        self.ok("create", self.name, "--memory", 64, "--qemu", self.qemu, "--accel", "tcg",
+                "--disk", T.GUEST_IMAGE + ",readonly", *(["--allow-exec"] if self.qemu != T.QEMU10 else []))
         vm = self.ok("start", self.name, "--json").json
         self.old_pid = vm["pid"]
         T.wait_until(lambda: (self.cprd.read_guest(self.name) or (b"", 0))[0] == T.GUEST_MAGIC and
@@ -239,8 +245,8 @@ class Run:
 
     # -- the upgrade ------------------------------------------------------------------
 
-    def upgrade_bg(self, *extra, mode="cpr-transfer"):
-        self.upgrade_proc = self.cprd.ctl_bg("upgrade", self.name, "--qemu", T.QEMU10, "--json",
+    def upgrade_bg(self, *extra, mode="cpr-transfer", qemu=None):
+        self.upgrade_proc = self.cprd.ctl_bg("upgrade", self.name, "--qemu", qemu or self.qemu, "--json",
                                              "--mode", mode, *extra)
         return self.upgrade_proc
 
@@ -294,7 +300,7 @@ class Run:
         """After the fault, the VM is fit for the next upgrade: it commits
         and the guest moves on, with the same RAM."""
         before = self.held_fd_kinds()
-        r = self.ctl("upgrade", self.name, "--qemu", T.QEMU10, "--json", timeout=90)
+        r = self.ctl("upgrade", self.name, "--qemu", self.qemu, "--json", timeout=90)
         check(r.rc == 0, "the next upgrade failed: %r" % r)
         vm = self.status()
         check(vm["state"] == "running" and vm.get("pid") not in (None, qpid),
@@ -455,10 +461,10 @@ def fill(path):
 CASES = []
 
 
-def case(name, expected, hold=None, hold_ms=HOLD_MS, state_tmpfs=False):
+def case(name, expected, hold=None, hold_ms=HOLD_MS, state_tmpfs=False, qemu=None):
     def deco(fn):
         CASES.append({"name": name, "expected": expected, "fn": fn, "hold": hold, "hold_ms": hold_ms,
-                      "tmpfs": state_tmpfs})
+                      "tmpfs": state_tmpfs, "qemu": qemu})
         return fn
     return deco
 
@@ -734,6 +740,50 @@ def client_gone_after_resume(r):
     return r.verify("committed", "new")
 
 
+# cpr-exec (QEMU 11.1 -> 11.1: the same process executes the new binary) -----------------------
+
+@case("cpr-exec: the new binary cannot be executed (its #! interpreter removed after preflight)",
+      "execvp fails inside QEMU, which resumes the guest: rolled back, guest on old binary, same pid",
+      hold="transfer", qemu=T.QEMU111)
+def exec_fails(r):
+    r.create_and_start()
+    w, sh = T.write_exec_wrapper(r.tmp, T.QEMU111)
+    r.upgrade_bg(mode="cpr-exec", qemu=w)
+    r.wait_hold()
+    os.unlink(sh)
+    rc, doc, err = r.upgrade_result()
+    check(rc != 0 and doc and doc.get("outcome") == "rolled-back" and "execvp" in doc.get("reason", ""),
+          "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    return r.verify("rolled-back", "old")
+
+
+@case("cpr-exec: the new binary exits at once (status 1 when it sees -incoming)",
+      "failed: the exec worked, so no old binary is left; VM crashed, RAM held",
+      qemu=T.QEMU111)
+def exec_new_binary_exits(r):
+    r.create_and_start()
+    w = T.write_wrapper(os.path.join(r.tmp, "qemu-exit1"), "exit1", real=T.QEMU111)
+    r.upgrade_bg(mode="cpr-exec", qemu=w)
+    rc, doc, err = r.upgrade_result()
+    check(rc != 0 and doc and doc.get("outcome") == "failed", "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    return r.verify("failed", None, state="crashed")
+
+
+@case("cpr-exec: QEMU kill -9 during the exec (the new binary stopped before it runs QEMU)",
+      "failed: VM crashed, RAM held", qemu=T.QEMU111)
+def exec_kill_during(r):
+    r.create_and_start()
+    w = T.write_wrapper(os.path.join(r.tmp, "qemu-hang"), "hang", real=T.QEMU111)
+    r.upgrade_bg(mode="cpr-exec", qemu=w)
+    # The process executed the wrapper, which stopped itself: between the
+    # old binary and the new one.
+    T.wait_until(lambda: T.proc_stat(r.old_pid)[0] == "T", 30, what="QEMU to stop inside the new binary")
+    r.sig(r.old_pid, signal.SIGKILL)
+    rc, doc, err = r.upgrade_result()
+    check(rc != 0 and doc and doc.get("outcome") == "failed", "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    return r.verify("failed", None, state="crashed")
+
+
 # ---- main ------------------------------------------------------------------------------------
 
 def main():
@@ -750,7 +800,10 @@ def main():
         run = None
         failed = False
         try:
-            run = Run(c["fn"].__name__, hold=c["hold"], hold_ms=c["hold_ms"], state_tmpfs=c["tmpfs"])
+            if c["qemu"] and not T.qemu_usable(c["qemu"]):
+                raise Skip("%s cannot run here" % c["qemu"])
+            run = Run(c["fn"].__name__, hold=c["hold"], hold_ms=c["hold_ms"], state_tmpfs=c["tmpfs"],
+                      qemu=c["qemu"])
             run.mount_state_tmpfs()
             run.start_cprd()
             result, verdict = c["fn"](run), "PASS"
@@ -772,7 +825,8 @@ def main():
         rows.append((c["name"], c["expected"], result, verdict, took))
 
     T.log("")
-    T.log("Fault matrix (QEMU %s -> %s, TCG, cpr-transfer)" % (T.QEMU10, T.QEMU10))
+    T.log("Fault matrix (QEMU %s -> %s, TCG, cpr-transfer; cpr-exec cases %s -> %s)" % (
+        T.QEMU10, T.QEMU10, T.QEMU111, T.QEMU111))
     T.log("")
     T.log("| case | expected | result | pass/fail |")
     T.log("|---|---|---|---|")

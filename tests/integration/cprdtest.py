@@ -337,6 +337,20 @@ exec "$REAL" "$@"
 }
 
 
+def write_exec_wrapper(folder, real):
+    """A #! wrapper that runs real through a copy of /bin/sh in folder;
+    returns (wrapper, that sh). Removing the sh after cprd probed the
+    wrapper makes a later execve of it fail (ENOENT), as a new binary that
+    vanished would."""
+    sh = os.path.join(folder, "sh")
+    shutil.copy("/bin/sh", sh)
+    w = os.path.join(folder, "qemu-new")
+    with open(w, "w") as f:
+        f.write("#!%s\nexec %s \"$@\"\n" % (sh, real))
+    os.chmod(w, 0o755)
+    return w, sh
+
+
 def write_wrapper(path, kind, real=None, delay="0.3"):
     body = (_WRAPPER_HEAD + _WRAPPER_BODY[kind]) % {"real": real or QEMU10, "delay": delay}
     with open(path, "w") as f:
@@ -711,16 +725,17 @@ class CprdTestCase(unittest.TestCase):
     def status(self, name):
         return self.ok("status", name, "--json").json
 
-    def create(self, name, qemu=None, machine="pc", memory=64):
+    def create(self, name, qemu=None, machine="pc", memory=64, allow_exec=False):
         """Creates a VM from the test guest; returns GetVM's answer."""
         self.ok("create", name, "--memory", memory, "--qemu", qemu or QEMU10, "--machine", machine,
-                "--accel", "tcg", "--disk", GUEST_IMAGE + ",readonly")
+                "--accel", "tcg", "--disk", GUEST_IMAGE + ",readonly",
+                *(["--allow-exec"] if allow_exec else []))
         return self.status(name)
 
-    def create_started(self, name, qemu=None, machine="pc", ticks=1):
+    def create_started(self, name, qemu=None, machine="pc", ticks=1, allow_exec=False):
         """Creates and starts a VM, waits until its counter reaches ticks;
         returns GetVM's answer."""
-        self.create(name, qemu=qemu, machine=machine)
+        self.create(name, qemu=qemu, machine=machine, allow_exec=allow_exec)
         self.start_vm(name)
         self.wait_guest_ticks(name, ticks)
         return self.status(name)

@@ -147,14 +147,7 @@ class UpgradeCase(T.CprdTestCase):
         # Same memfd (RAM was not copied), no fd leaked.
         self.assertEqual(self.cprd.memfd_inode(name), b["memfd_inode"], "guest RAM moved to another memfd")
         self.wait_fd_count(b["fd_count"])
-        # The guest keeps counting where it was, and keeps printing.
-        g = self.guest(name)
-        self.assertEqual(g[0], T.GUEST_MAGIC)
-        self.assertGreaterEqual(g[1], b["guest"][1])
-        wait_until(lambda: self.cprd.read_guest(name)[1] > g[1], 10, what="the counter to go on after the upgrade")
-        n = b["console_lines"]
-        wait_until(lambda: len(self.console_lines(name)) > n, 10, what="a console line after the upgrade")
-        self.assert_console_continuous(name, boots=1)
+        self.assert_guest_went_on(name, b)
         # The uptime goes on (it is the guest's, not the process's).
         self.assertGreaterEqual(vm["uptimeSec"], t_status - b["t"], "uptime restarted at the upgrade")
         self.assertGreaterEqual(vm["uptimeSec"], b["vm"]["uptimeSec"])
@@ -173,6 +166,28 @@ class UpgradeCase(T.CprdTestCase):
         self.assertIsInstance(rec["totalMs"], (int, float), rec)
         self.assertRegex(rec["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
         return vm
+
+    def restart_cprd_holding(self, phase, ms):
+        """Restarts cprd with the test hook: every upgrade waits ms before
+        phase."""
+        self.cprd.proc.send_signal(T.signal.SIGTERM)
+        self.cprd.proc.wait(30)
+        os.environ.update(CPRD_TEST_HOLD_PHASE=phase, CPRD_TEST_HOLD_MS=str(ms))
+        try:
+            self.cprd.start()
+        finally:
+            del os.environ["CPRD_TEST_HOLD_PHASE"], os.environ["CPRD_TEST_HOLD_MS"]
+
+    def assert_guest_went_on(self, name, b):
+        """The guest keeps counting where it was before the upgrade (b),
+        keeps printing, and booted once."""
+        g = self.guest(name)
+        self.assertEqual(g[0], T.GUEST_MAGIC)
+        self.assertGreaterEqual(g[1], b["guest"][1])
+        wait_until(lambda: self.cprd.read_guest(name)[1] > g[1], 10, what="the counter to go on after the upgrade")
+        n = b["console_lines"]
+        wait_until(lambda: len(self.console_lines(name)) > n, 10, what="a console line after the upgrade")
+        self.assert_console_continuous(name, boots=1)
 
     def assert_untouched(self, name, b, upgrades_added=0):
         """After a refusal or a rollback: the guest runs on the same QEMU as
@@ -419,13 +434,7 @@ class Upgrade(UpgradeCase):
         """The old QEMU gets x-ignore-shared once the target listens, before
         migrate is sent: a target that dies in between (held there by the
         test hook) must not leave it on."""
-        self.cprd.proc.send_signal(T.signal.SIGTERM)
-        self.cprd.proc.wait(30)
-        os.environ.update(CPRD_TEST_HOLD_PHASE="transfer", CPRD_TEST_HOLD_MS="3000")
-        try:
-            self.cprd.start()
-        finally:
-            del os.environ["CPRD_TEST_HOLD_PHASE"], os.environ["CPRD_TEST_HOLD_MS"]
+        self.restart_cprd_holding("transfer", 3000)
         self.create_started("hold", qemu=T.QEMU72, ticks=5)
         old = self.status("hold")["pid"]
         p = self.cprd.ctl_bg("upgrade", "hold", "--qemu", T.QEMU10, "--mode", "local-migrate", "--json")
@@ -537,6 +546,113 @@ class Upgrade(UpgradeCase):
         self.assertEqual(self.cprd.memfd_inode("fb"), b["memfd_inode"])
         self.wait_guest_ticks("fb", b["guest"][1] + 5)
         self.assert_console_continuous("fb")
+
+    # ---- cpr-exec (QEMU >= 10.2: the lab's 11.1) ------------------------------
+
+    def assert_exec_committed(self, name, b, r, to_binary):
+        """A committed cpr-exec: the same process runs the new binary, the
+        guest kept its RAM, its counter and its one boot."""
+        res = r.json
+        self.assertEqual((res["outcome"], res["mode"]), ("committed", "cpr-exec"), res)
+        self.assertEqual(res["pid"], b["pid"], "cpr-exec must keep the pid")
+        self.assertIsInstance(res["pauseMs"], (int, float), res)
+        self.assertGreaterEqual(res["totalMs"], res["pauseMs"])
+        ph = self.phases(r)
+        self.assertEqual([p for p in dict.fromkeys(ph) if p != "resume"],
+                         ["preflight", "spawn-target", "transfer", "verify", "commit"], ph)
+        T.log("    %s: cpr-exec %s -> %s, pause %.1f ms, total %.0f ms" % (
+            name, res["fromVersion"], res["toVersion"], res["pauseMs"], res["totalMs"]))
+        vm = self.status(name)
+        self.assertEqual((vm["state"], vm["pid"], vm["qemu"]), ("running", b["pid"], to_binary), vm)
+        self.assertEqual(vm["qemuVersion"], res["toVersion"])
+        self.assertEqual(os.path.realpath("/proc/%d/exe" % b["pid"]), exe_of(to_binary))
+        self.assertEqual(self.cprd.memfd_inode(name), b["memfd_inode"], "guest RAM moved to another memfd")
+        self.wait_children(self.running_pids())
+        self.wait_fd_count(b["fd_count"])
+        self.assert_guest_went_on(name, b)
+        rec = vm["upgrades"][-1]
+        self.assertEqual((rec["outcome"], rec["mode"], rec["fromPid"], rec["toPid"]),
+                         ("committed", "cpr-exec", b["pid"], b["pid"]), rec)
+        # QEMU executed the file cprd checked, through cprd's own fd of it.
+        self.assertIn("cprd: starting /proc/%d/fd/" % self.cprd.pid, self.cprd.qemu_log(name))
+        return vm
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_cpr_exec_111_to_111(self):
+        """cpr-exec keeps the pid, the pidfd, the QMP channel and every held
+        fd; a second one and a cpr-transfer work after it (their pause and
+        total are logged side by side)."""
+        self.create_started("cx", qemu=T.QEMU111, ticks=10, allow_exec=True)
+        self.assertTrue(self.status("cx")["spec"]["allowExec"])
+        b = self.before_upgrade("cx")
+        r = self.upgrade("cx", "--qemu", T.QEMU111, "--mode", "cpr-exec")
+        self.assert_exec_committed("cx", b, r, T.QEMU111)
+        # The QMP channel carries on: pause and resume go through it.
+        self.ok("pause", "cx")
+        self.wait_state("cx", "paused")
+        self.ok("resume", "cx")
+        self.wait_state("cx", "running")
+        b = self.before_upgrade("cx")
+        r = self.upgrade("cx", "--qemu", T.QEMU111, "--mode", "cpr-exec")
+        self.assert_exec_committed("cx", b, r, T.QEMU111)
+        b = self.before_upgrade("cx")
+        r = self.upgrade("cx", "--qemu", T.QEMU111, "--mode", "cpr-transfer")
+        self.assert_committed("cx", b, r, "cpr-transfer", "11.1", "11.1", T.QEMU111)
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_cpr_exec_refusals(self):
+        """cpr-exec needs allowExec (NotUpgradable otherwise, exit 1) and
+        QEMU 10.2 on both sides; auto never picks it."""
+        self.create_started("nx", qemu=T.QEMU111, ticks=5)
+        self.assertFalse(self.status("nx")["spec"]["allowExec"])
+        self.refused("nx", ["--qemu", T.QEMU111, "--mode", "cpr-exec"], 1, "allowExec")
+        self.create_started("ox", qemu=T.QEMU10, machine="pc-i440fx-10.0", ticks=5, allow_exec=True)
+        self.refused("ox", ["--qemu", T.QEMU111, "--mode", "cpr-exec"], 1, "10.2", "10.0.2")
+        b = self.before_upgrade("ox")
+        r = self.upgrade("ox", "--qemu", T.QEMU111)
+        self.assertEqual(r.json["mode"], "cpr-transfer", r.json)
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_cpr_exec_failed_exec_rolls_back(self):
+        """The new binary cannot be executed (its #! interpreter vanished
+        after preflight probed it): execvp fails inside QEMU, which resumes
+        the guest on the old binary; cprd reports rolled-back."""
+        self.restart_cprd_holding("transfer", 3000)
+        w, sh = T.write_exec_wrapper(self.tmp, T.QEMU111)
+        self.create_started("fx", qemu=T.QEMU111, ticks=5, allow_exec=True)
+        b = self.before_upgrade("fx")
+        p = self.cprd.ctl_bg("upgrade", "fx", "--qemu", w, "--mode", "cpr-exec", "--json")
+        wait_until(lambda: "test hook: holding 3000 ms before transfer" in self.cprd.read_log(), 60,
+                   what="the upgrade to wait before transfer")
+        os.unlink(sh)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 1, out + err)
+        res = json.loads(out.splitlines()[-1])
+        self.assertEqual((res["outcome"], res["failedPhase"]), ("rolled-back", "transfer"), res)
+        self.assertIn("execvp", res["reason"], res)
+        self.assertEqual(res["pid"], b["pid"], res)
+        self.assert_untouched("fx", b, upgrades_added=1)
+        # And it can still be upgraded for real.
+        b = self.before_upgrade("fx")
+        r = self.upgrade("fx", "--qemu", T.QEMU111, "--mode", "cpr-exec")
+        self.assert_exec_committed("fx", b, r, T.QEMU111)
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_cpr_exec_new_binary_fails(self):
+        """A new binary that runs and then exits (here a wrapper that exits
+        1 when it sees -incoming): the exec itself worked, so the old binary
+        is gone; the VM is crashed with its RAM still held, the upgrade
+        failed, and the VM starts again."""
+        w = T.write_wrapper(os.path.join(self.tmp, "qemu-exit1"), "exit1", real=T.QEMU111)
+        self.create_started("ex", qemu=T.QEMU111, ticks=5, allow_exec=True)
+        b = self.before_upgrade("ex")
+        r = self.ctl("upgrade", "ex", "--qemu", w, "--mode", "cpr-exec", "--json", timeout=180)
+        self.assertEqual(r.rc, 1, repr(r))
+        self.assertEqual(r.json["outcome"], "failed", r.json)
+        vm = self.wait_state("ex", "crashed")
+        self.assertEqual(self.cprd.memfd_inode("ex"), b["memfd_inode"], "the guest RAM memfd was let go")
+        self.start_vm("ex")
+        self.wait_guest_ticks("ex", 1)
 
     @unittest.skipUnless(HAVE_72 and HAVE_111, NEED_72 if not HAVE_72 else NEED_111)
     def test_local_migrate_72_to_111(self):
@@ -754,9 +870,9 @@ class QemuUser(UpgradeCase):
         self.cprd.start()
         self.addCleanup(self.cprd.stop)
 
-    def create_as_nobody(self, name, qemu):
+    def create_as_nobody(self, name, qemu, *extra):
         self.ok("create", name, "--memory", 64, "--qemu", qemu, "--accel", "tcg",
-                "--disk", self.image + ",readonly")
+                "--disk", self.image + ",readonly", *extra)
         self.start_vm(name)
         self.wait_guest_ticks(name, 5)
 
@@ -817,6 +933,21 @@ class QemuUser(UpgradeCase):
         r = self.upgrade("u5", "--qemu", T.QEMU111)
         self.assert_committed("u5", b, r, "cpr-transfer", "10.0", "11.1", T.QEMU111)
         self.assert_nobody(self.status("u5")["pid"])
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_cpr_exec_as_nobody(self):
+        """cpr-exec as nobody: QEMU may not open cprd's fds under /proc, so
+        it executes the checked path; the state file is in the folder
+        cprd gave nobody."""
+        self.create_as_nobody("u6", T.QEMU111, "--allow-exec")
+        b = self.before_upgrade("u6")
+        r = self.upgrade("u6", "--qemu", T.QEMU111, "--mode", "cpr-exec")
+        self.assertEqual((r.json["outcome"], r.json["pid"]), ("committed", b["pid"]), r.json)
+        self.assert_nobody(b["pid"])
+        started = [l for l in self.cprd.qemu_log("u6").splitlines() if l.startswith("cprd: starting ")]
+        self.assertTrue(started[-1].startswith("cprd: starting %s " % T.QEMU111), started[-1])
+        self.assertIn(" -incoming file:", started[-1])
+        self.assert_guest_went_on("u6", b)
 
     def test_disk_nobody_cannot_read(self):
         """QEMU's own refusal reaches the caller, and the VM stays stopped."""

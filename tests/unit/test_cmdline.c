@@ -163,7 +163,19 @@ START_TEST(test_recovery_monitor) {
 }
 END_TEST
 
-/* A target gets the start's command line with -incoming instead of -S. */
+/* A target gets the start's command line with -incoming (tail) at the end
+ * instead of -S: the same hardware. Both strings are changed. */
+static void assert_start_with_tail(char *start, char *target, const char *tail) {
+	ck_assert_msg(strlen(target) > strlen(tail) &&
+			      streq(target + strlen(target) - strlen(tail), tail),
+		      "%s", target);
+	char *s = strstr(start, " -S ");
+	ck_assert_ptr_nonnull(s);
+	memmove(s, s + 3, strlen(s + 3) + 1);
+	target[strlen(target) - strlen(tail)] = '\0';
+	ck_assert_str_eq(start, target);
+}
+
 START_TEST(test_incoming_cpr_transfer) {
 	struct cmdline c = base();
 	_cleanup_free_ char *start = build(&c);
@@ -176,15 +188,7 @@ START_TEST(test_incoming_cpr_transfer) {
 	const char *tail = " -incoming unix:/run/cprd/vms/g1/upgrade-x/main.sock -incoming "
 			   "{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\"socket\",\"type\":"
 			   "\"unix\",\"path\":\"/run/cprd/vms/g1/upgrade-x/cpr.sock\"}}";
-	ck_assert_msg(strlen(target) > strlen(tail) &&
-			      streq(target + strlen(target) - strlen(tail), tail),
-		      "%s", target);
-	/* The same hardware: strip -S from the start and the tail from the target. */
-	char *s = strstr(start, " -S ");
-	ck_assert_ptr_nonnull(s);
-	memmove(s, s + 3, strlen(s + 3) + 1);
-	target[strlen(target) - strlen(tail)] = '\0';
-	ck_assert_str_eq(start, target);
+	assert_start_with_tail(start, target, tail);
 }
 END_TEST
 
@@ -202,6 +206,36 @@ START_TEST(test_incoming_local_migrate) {
 }
 END_TEST
 
+/* QEMU may exec only when the spec opts in (cpr-exec needs it). */
+START_TEST(test_allow_exec) {
+	struct cmdline c = base();
+	_cleanup_free_ char *deny = build(&c);
+	ck_assert_msg(has(deny, " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
+				"resourcecontrol=deny "), "%s", deny);
+	spec.allow_exec = true;
+	_cleanup_free_ char *allow = build(&c);
+	ck_assert_msg(has(allow, " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=allow,"
+				 "resourcecontrol=deny "), "%s", allow);
+	ck_assert(!has(allow, "spawn=deny"));
+}
+END_TEST
+
+/* cpr-exec: the command line the process execs reads the state file. */
+START_TEST(test_incoming_file) {
+	struct cmdline c = base();
+	spec.allow_exec = true;
+	c.binary = "/proc/42/fd/17";
+	_cleanup_free_ char *start = build(&c);
+	c.incoming = &(struct cmdline_incoming){
+		.kind = CMDLINE_INCOMING_FILE,
+		.main_path = "/run/cprd/vms/g1/upgrade-x/vm.state",
+	};
+	_cleanup_free_ char *target = build(&c);
+	ck_assert_msg(strncmp(target, "/proc/42/fd/17 ", 15) == 0, "%s", target);
+	assert_start_with_tail(start, target, " -incoming file:/run/cprd/vms/g1/upgrade-x/vm.state");
+}
+END_TEST
+
 static Suite *cmdline_suite(void) {
 	Suite *s = suite_create("cmdline");
 	TCase *tc = tcase_create("argv");
@@ -214,6 +248,8 @@ static Suite *cmdline_suite(void) {
 	tcase_add_test(tc, test_recovery_monitor);
 	tcase_add_test(tc, test_incoming_cpr_transfer);
 	tcase_add_test(tc, test_incoming_local_migrate);
+	tcase_add_test(tc, test_allow_exec);
+	tcase_add_test(tc, test_incoming_file);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -107,23 +107,90 @@ START_TEST(test_find) {
 	ck_assert_ptr_eq(mode_find("cpr-transfer"), &mode_cpr_transfer);
 	ck_assert_ptr_eq(mode_find("local-migrate"), &mode_local_migrate);
 	ck_assert_ptr_null(mode_find("auto"));
-	ck_assert_ptr_null(mode_find("cpr-exec"));
+	ck_assert_ptr_eq(mode_find("cpr-exec"), &mode_cpr_exec);
 	ck_assert_ptr_null(mode_find(NULL));
 }
 END_TEST
+
+/* m's migrate arguments for the main channel (or file) at main_path, as
+ * plain JSON. */
+static void assert_migrate_args(const struct mode_ops *m, const char *main_path, const char *want) {
+	struct json_object *a = m->migrate_args(main_path, "/d/cpr.sock");
+	ck_assert_str_eq(json_object_to_json_string_ext(a, JSON_C_TO_STRING_PLAIN), want);
+	json_object_put(a);
+}
 
 START_TEST(test_cpr_transfer_ops) {
 	const struct mode_ops *m = &mode_cpr_transfer;
 	ck_assert_int_eq(m->incoming, CMDLINE_INCOMING_CPR_TRANSFER);
 	ck_assert_str_eq(m->qmp_mode, "cpr-transfer");
 	ck_assert(!m->ignore_shared);
-	struct json_object *a = m->migrate_args("/d/main.sock", "/d/cpr.sock");
-	ck_assert_str_eq(json_object_to_json_string_ext(a, JSON_C_TO_STRING_PLAIN),
-			 "{\"channels\":[{\"channel-type\":\"main\",\"addr\":{\"transport\":\"socket\","
-			 "\"type\":\"unix\",\"path\":\"\\/d\\/main.sock\"}},{\"channel-type\":\"cpr\","
-			 "\"addr\":{\"transport\":\"socket\",\"type\":\"unix\",\"path\":"
-			 "\"\\/d\\/cpr.sock\"}}]}");
-	json_object_put(a);
+	assert_migrate_args(m, "/d/main.sock",
+			    "{\"channels\":[{\"channel-type\":\"main\",\"addr\":{\"transport\":\"socket\","
+			    "\"type\":\"unix\",\"path\":\"\\/d\\/main.sock\"}},{\"channel-type\":\"cpr\","
+			    "\"addr\":{\"transport\":\"socket\",\"type\":\"unix\",\"path\":"
+			    "\"\\/d\\/cpr.sock\"}}]}");
+}
+END_TEST
+
+/* What probes of QEMU 11.1 find: cpr-exec (>= 10.2) beside cpr-transfer. */
+static struct probe_result qemu_111(void) {
+	struct probe_result q = qemu_10;
+	q.major = 11, q.minor = 1, q.micro = 3;
+	q.cpr_exec = true;
+	return q;
+}
+
+/* cpr-exec: only by name, only with QEMU >= 10.2 on both sides, and not
+ * to an older release. */
+START_TEST(test_cpr_exec_usable) {
+	struct probe_result q111 = qemu_111();
+	char why[512] = "";
+	ck_assert_ptr_eq(mode_pick("cpr-exec", &q111, "11.1.3", &q111, why, sizeof(why)), &mode_cpr_exec);
+	ck_assert_ptr_null(mode_pick("cpr-exec", &qemu_10, "10.0.2", &q111, why, sizeof(why)));
+	ck_assert_msg(strstr(why, "10.2") && strstr(why, "10.0.2") && strstr(why, "11.1.3"), "%s", why);
+	ck_assert_ptr_null(mode_pick("cpr-exec", &q111, "11.1.3", &qemu_10, why, sizeof(why)));
+	struct probe_result q102 = q111;
+	q102.major = 10, q102.minor = 2, q102.micro = 0;
+	ck_assert_ptr_null(mode_pick("cpr-exec", &q111, "11.1.3", &q102, why, sizeof(why)));
+	ck_assert_msg(strstr(why, "older"), "%s", why);
+	ck_assert_ptr_eq(mode_pick("cpr-exec", &q102, "10.2.0", &q111, why, sizeof(why)), &mode_cpr_exec);
+	/* aux-ram-share on the QEMU that runs the guest, as for cpr-transfer. */
+	struct probe_result noaux = q111;
+	noaux.aux_ram_share = false;
+	ck_assert_ptr_null(mode_pick("cpr-exec", &noaux, "11.1.3", &q111, why, sizeof(why)));
+}
+END_TEST
+
+START_TEST(test_auto_never_cpr_exec) {
+	struct probe_result q111 = qemu_111();
+	char why[512] = "";
+	ck_assert_ptr_eq(mode_pick("auto", &q111, "11.1.3", &q111, why, sizeof(why)), &mode_cpr_transfer);
+	/* Without cpr-transfer and x-ignore-shared, cpr-exec would be the only
+	 * usable mode: auto still refuses, and does not name it. */
+	struct probe_result only_exec = q111;
+	only_exec.cpr_transfer = only_exec.x_ignore_shared = false;
+	ck_assert_ptr_null(mode_pick("auto", &only_exec, "11.1.3", &only_exec, why, sizeof(why)));
+	ck_assert_msg(!strstr(why, "cpr-exec"), "%s", why);
+	ck_assert_ptr_eq(mode_pick("cpr-exec", &only_exec, "11.1.3", &only_exec, why, sizeof(why)),
+			 &mode_cpr_exec);
+	/* Nor is it what auto falls back to. */
+	ck_assert_ptr_eq(mode_fallback(&mode_cpr_transfer, &q111, "11.1.3", &q111), &mode_local_migrate);
+	ck_assert_ptr_null(mode_fallback(&mode_local_migrate, &q111, "11.1.3", &q111));
+	ck_assert(mode_cpr_exec.by_name_only);
+	ck_assert(!mode_cpr_transfer.by_name_only && !mode_local_migrate.by_name_only);
+}
+END_TEST
+
+START_TEST(test_cpr_exec_ops) {
+	const struct mode_ops *m = &mode_cpr_exec;
+	ck_assert_int_eq(m->incoming, CMDLINE_INCOMING_FILE);
+	ck_assert_str_eq(m->qmp_mode, "cpr-exec");
+	ck_assert(!m->ignore_shared);
+	ck_assert(m->in_place && m->needs_exec);
+	ck_assert(!mode_cpr_transfer.in_place && !mode_local_migrate.in_place);
+	ck_assert(!mode_cpr_transfer.needs_exec && !mode_local_migrate.needs_exec);
+	assert_migrate_args(m, "/d/vm.state", "{\"uri\":\"file:\\/d\\/vm.state\"}");
 }
 END_TEST
 
@@ -132,10 +199,7 @@ START_TEST(test_local_migrate_ops) {
 	ck_assert_int_eq(m->incoming, CMDLINE_INCOMING_DEFER);
 	ck_assert_ptr_null(m->qmp_mode);
 	ck_assert(m->ignore_shared);
-	struct json_object *a = m->migrate_args("/d/main.sock", "/d/cpr.sock");
-	ck_assert_str_eq(json_object_to_json_string_ext(a, JSON_C_TO_STRING_PLAIN),
-			 "{\"uri\":\"unix:\\/d\\/main.sock\"}");
-	json_object_put(a);
+	assert_migrate_args(m, "/d/main.sock", "{\"uri\":\"unix:\\/d\\/main.sock\"}");
 }
 END_TEST
 
@@ -153,6 +217,9 @@ static Suite *mode_suite(void) {
 	tc = tcase_create("ops");
 	tcase_add_test(tc, test_cpr_transfer_ops);
 	tcase_add_test(tc, test_local_migrate_ops);
+	tcase_add_test(tc, test_cpr_exec_usable);
+	tcase_add_test(tc, test_auto_never_cpr_exec);
+	tcase_add_test(tc, test_cpr_exec_ops);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -148,6 +148,7 @@ START_TEST(test_valid) {
 	ck_assert_str_eq(s->qemu, GOOD_BINARY);
 	ck_assert_str_eq(s->accel, "tcg");
 	ck_assert(!s->hugepages);
+	ck_assert(!s->allow_exec); /* QEMU may not exec unless the spec says so */
 	ck_assert_uint_eq(s->n_disks, 1);
 	ck_assert_str_eq(s->disks[0].path, disk);
 	ck_assert_str_eq(s->disks[0].format, "raw");
@@ -296,6 +297,7 @@ START_TEST(test_accel_hugepages) {
 	bad("accel", "0", "accel", "string");
 	bad("hugepages", "\"yes\"", "hugepages", "true or false");
 	bad("hugepages", "1", "hugepages", "true or false");
+	bad("allowExec", "\"yes\"", "allowExec", "true or false");
 }
 END_TEST
 

@@ -130,7 +130,7 @@ class LinuxGuestCase(T.CprdTestCase):
         recs = self.report(name)[1]
         return recs[-1][0] if recs else -1
 
-    def boot(self, name, qemu, machine="pc"):
+    def boot(self, name, qemu, machine="pc", extra=()):
         """Creates and starts the VM with a fresh data disk of its own; waits
         for the boot line and the first records. Returns (boot id, data disk
         path, seconds to the boot line)."""
@@ -138,7 +138,7 @@ class LinuxGuestCase(T.CprdTestCase):
         with open(data, "wb") as f:
             f.truncate(DATA_DISK_BYTES)
         self.ok("create", name, "--memory", MEMORY_MIB, "--qemu", qemu, "--machine", machine,
-                "--accel", "tcg", "--disk", LINUX_IMAGE + ",readonly", "--disk", data)
+                "--accel", "tcg", "--disk", LINUX_IMAGE + ",readonly", "--disk", data, *extra)
         t0 = time.monotonic()
         self.start_vm(name)
         boots = wait_until(lambda: self.report(name)[0], BOOT_TIMEOUT, interval=0.2,

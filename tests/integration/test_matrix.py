@@ -2,7 +2,8 @@
 """The compatibility matrix (issue 10, item 5): every ordered pair of QEMU
 7.2, 10.0 and 11.1, same-version pairs included, in each mode that the pair
 allows (auto and local-migrate always, cpr-transfer when both sides are
-10.0 or later), with the Linux test guest (tests/guest/linux) on a machine
+10.0 or later, cpr-exec for 11.1 -> 11.1 and, as a refusal, from 10.0),
+with the Linux test guest (tests/guest/linux) on a machine
 type both sides have: pc-i440fx-7.2 when either side is 7.2, else
 pc-i440fx-10.0.
 
@@ -62,7 +63,7 @@ import test_linux_guest as L
 # to an older one is refused in preflight: QEMU 10.1 and later send CPR state
 # that 10.0 cannot read (docs/compatibility.md, "Pairs and evidence").
 C, R = "committed", "refused"
-CPR, LM, AUTO = "cpr-transfer", "local-migrate", "auto"
+CPR, LM, AUTO, EXEC = "cpr-transfer", "local-migrate", "auto", "cpr-exec"
 EXPECTED = [
     # from   to      mode asked  outcome  mode chosen  the refusal's reason names
     ("7.2",  "7.2",  AUTO,       C,       LM,          ()),
@@ -79,6 +80,7 @@ EXPECTED = [
     ("10.0", "11.1", AUTO,       C,       CPR,         ()),
     ("10.0", "11.1", CPR,        C,       CPR,         ()),
     ("10.0", "11.1", LM,         C,       LM,          ()),
+    ("10.0", "11.1", EXEC,       R,       None,        ("cpr-exec", "10.2")),
     ("11.1", "7.2",  AUTO,       C,       LM,          ()),
     ("11.1", "7.2",  LM,         C,       LM,          ()),
     ("11.1", "10.0", CPR,        R,       None,        ("11.1", "10.0", "older")),
@@ -87,6 +89,7 @@ EXPECTED = [
     ("11.1", "11.1", AUTO,       C,       CPR,         ()),
     ("11.1", "11.1", CPR,        C,       CPR,         ()),
     ("11.1", "11.1", LM,         C,       LM,          ()),
+    ("11.1", "11.1", EXEC,       C,       EXEC,        ()),
 ]
 
 VERSIONS = ("7.2", "10.0", "11.1")
@@ -175,13 +178,17 @@ class Matrix(L.LinuxGuestCase):
 
     # -- the guest ---------------------------------------------------------------
 
-    def fresh_guest(self, src, machine, n):
+    def fresh_guest(self, src, machine, n, allow_exec=False):
+        """A guest on src; created with --allow-exec (spawn=allow in its
+        sandbox) only for the cpr-exec cases."""
         name = "m%02d" % n
-        boot_id, data, booted = self.boot(name, QEMU[src], machine=machine)
+        boot_id, data, booted = self.boot(name, QEMU[src], machine=machine,
+                                          extra=("--allow-exec",) if allow_exec else ())
         vm = self.status(name)
         self.assertEqual(vm["machine"], machine, vm)
         self.assertTrue(vm["qemuVersion"].startswith(src + "."), vm)
-        return {"name": name, "src": src, "machine": machine, "boot_id": boot_id, "data": data}
+        return {"name": name, "src": src, "machine": machine, "boot_id": boot_id, "data": data,
+                "exec": allow_exec}
 
     def drop_guest(self, g):
         """After a case that failed: the guest goes, whatever its state."""
@@ -261,7 +268,10 @@ class Matrix(L.LinuxGuestCase):
         self.assertTrue(res["toVersion"].startswith(dst + "."), res)
         self.assertIsInstance(res["pauseMs"], (int, float), res)
         self.assertGreaterEqual(res["totalMs"], res["pauseMs"], res)
-        self.assertNotEqual(res["pid"], b["pid"], "the QEMU pid did not change")
+        if chosen == EXEC:   # the same process executed the new binary
+            self.assertEqual(res["pid"], b["pid"], "cpr-exec changed the QEMU pid")
+        else:
+            self.assertNotEqual(res["pid"], b["pid"], "the QEMU pid did not change")
         vm = self.status(name)
         self.assertEqual(vm["state"], "running", vm)
         self.assertEqual(vm["pid"], res["pid"])
@@ -272,7 +282,8 @@ class Matrix(L.LinuxGuestCase):
         self.assertEqual(vm["upgrades"][-1]["outcome"], C, vm["upgrades"][-1])
         self.assertEqual(vm["upgrades"][-1]["mode"], chosen, vm["upgrades"][-1])
         self.assertEqual(self.cprd.memfd_inode(name), memfd, "guest RAM moved to another memfd")
-        wait_until(lambda: not T.pid_exists(b["pid"]), 20, what="the old QEMU pid %d to be gone" % b["pid"])
+        if chosen != EXEC:
+            wait_until(lambda: not T.pid_exists(b["pid"]), 20, what="the old QEMU pid %d to be gone" % b["pid"])
         self.assert_guest_alive(name, g["boot_id"], at, L.RECORDS_AFTER_UPGRADE)
         # Stops it and checks the console and every reported record on the disk.
         self.check_all(name, g["boot_id"], g["data"], 1)
@@ -314,7 +325,7 @@ class Matrix(L.LinuxGuestCase):
             self.cases.append(rec)
             label = label_of(rows[i])
             T.log("  case %d/%d: %s on %s" % (len(self.cases), len(rows), label, machine))
-            if guest and (guest["src"], guest["machine"]) != (src, machine):
+            if guest and (guest["src"], guest["machine"], guest["exec"]) != (src, machine, asked == EXEC):
                 self.finish_refused(guest)
                 self.write_results(t0)
                 guest = None
@@ -328,7 +339,7 @@ class Matrix(L.LinuxGuestCase):
                         rec["reusedGuest"] = True
                     else:
                         n += 1
-                        g = self.fresh_guest(src, machine, n)
+                        g = self.fresh_guest(src, machine, n, allow_exec=asked == EXEC)
                     rec["vm"] = g["name"]
                     still_on_src = self.run_case(g, src, dst, asked, outcome, chosen, words, rec)
                     if not still_on_src:

@@ -230,6 +230,14 @@ class Cprd:
                     out.append(line[len("cprd: starting "):].rstrip("\n"))
         return out
 
+    def console(self, name):
+        """The VM's console log as cprd wrote it."""
+        try:
+            with open(os.path.join(self.state_dir, "vms", name, "console.log"), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
     def cprctl_run(self, *args, timeout=600):
         cmd = [self.cprctl, "--address", self.address, *args]
         t0 = time.monotonic()
@@ -441,14 +449,17 @@ def fcntl_dupfd(fd, minimum):
 
 
 class Console:
-    """Our end of a guest's console socketpair; a thread drains it and
-    remembers when the last complete line came."""
+    """Our end of a guest's console socketpair; a thread drains it, keeps
+    the newest complete lines and remembers when the last one came."""
+
+    KEEP = 4000  # complete lines kept in self.history (the newest)
 
     def __init__(self):
         self.ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.lines = 0
         self.last_line = ""
         self.last_time = 0.0
+        self.history = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -464,8 +475,11 @@ class Console:
             buf += data
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                self.lines += 1
                 self.last_line = line.decode(errors="replace")
+                self.history.append(self.last_line)
+                if len(self.history) > self.KEEP:
+                    del self.history[:len(self.history) - self.KEEP]
+                self.lines += 1
                 self.last_time = time.monotonic()
 
     def wait_new_line(self, timeout):
@@ -476,6 +490,10 @@ class Console:
                 return True
             time.sleep(0.02)
         return False
+
+    def text(self):
+        """The complete lines kept so far, each ending in \\n."""
+        return "".join(line + "\n" for line in list(self.history))
 
     def close(self):
         self.peer.close()

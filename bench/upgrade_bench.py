@@ -21,13 +21,20 @@ For each guest size (default 256 MiB, 1 GiB, 4 GiB, 8 GiB):
      downtime and total-time from query-migrate.
 And (d) 20 VMs of 64 MiB upgraded with `cprctl upgrade vm1..vm20 --parallel
 N` for N = 1, 2, 4.
+And (e) every QEMU pair and mode (10.0, 11.1 and 7.2; cpr-transfer,
+cpr-exec, local-migrate), with the Linux test guest (or --guest boot): the
+pause and total of `cprctl upgrade --mode M` beside the floor of the same
+pair and mode driven over QMP on QEMUs with cprd's command line. A mode
+cprd refuses is printed as "not available: REASON".
 
 It prints figures; it is not a test. It exits non-zero if something it drives
 fails (an upgrade does not commit, a guest stops ticking, a migration fails).
 
 Usage: upgrade_bench.py [--sizes 256M,1G,4G,8G] [--quick] [--reps N]
-                        [--no-plain] [--no-many] [--cprd PATH] [--cprctl PATH]
-                        [--qemu PATH] [--guest-image PATH] [--keep]
+                        [--no-plain] [--no-many] [--no-pairs] [--guest linux|boot]
+                        [--pair FROM,TO,MODE] [--cprd PATH] [--cprctl PATH]
+                        [--qemu PATH] [--qemu72 PATH] [--qemu111 PATH]
+                        [--guest-image PATH] [--linux-image PATH] [--keep]
 """
 import argparse
 import json
@@ -478,6 +485,539 @@ def bench_many(cprd, a):
     return out
 
 
+# ---- (e) pairs: every QEMU pair and mode ------------------------------------------
+
+# (from, to, mode), in the order they run and print.
+PAIRS = [("10.0", "10.0", "cpr-transfer"), ("10.0", "11.1", "cpr-transfer"),
+         ("11.1", "11.1", "cpr-transfer"), ("11.1", "11.1", "cpr-exec"),
+         ("11.1", "10.0", "local-migrate"), ("7.2", "10.0", "local-migrate"),
+         ("7.2", "11.1", "local-migrate"), ("10.0", "10.0", "local-migrate")]
+PAIR_MIB = 256                 # as tests/integration/test_linux_guest.py
+PAIR_DATA_BYTES = 16 * MiB     # the Linux guest's data disk (tests/guest/README.md)
+LINUX_BOOT_TIMEOUT = 180       # about 10 s alone under TCG; two boot at once here
+LINUX_RECORDS_AFTER = 2        # records the guest must report after each upgrade
+LINUX_BOOT_RE = re.compile(r"cprd-linux: boot ([0-9a-f-]{36})")
+LINUX_REC_RE = re.compile(r"cprd-linux: rec (\d+) ram (\S+)")
+
+
+class NotAvailable(Exception):
+    """cprd refuses a mode (or QEMU cannot do a floor here): the row says why."""
+
+
+def first_line(text, limit=300):
+    """The first line of a message (cprctl's error, without its "Try
+    'cprctl ... --help'" hint), shortened."""
+    lines = [x.strip() for x in (text or "").strip().splitlines()
+             if x.strip() and not x.strip().startswith("Try '")]
+    s = lines[0] if lines else ""
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+def linux_report(text):
+    """The Linux guest's console: (boot ids, last record reported or -1,
+    records reported with the RAM pattern changed, trouble lines)."""
+    boots, last, bad, other = [], -1, [], []
+    for line in text.split("\n")[:-1]:  # complete lines only
+        line = line.rstrip("\r")
+        m = LINUX_BOOT_RE.fullmatch(line)
+        if m:
+            boots.append(m.group(1))
+            continue
+        m = LINUX_REC_RE.fullmatch(line)
+        if m:
+            last = int(m.group(1))
+            if m.group(2) != "ok":
+                bad.append(last)
+            continue
+        if "cprd-linux:" in line:
+            other.append(line)
+    return boots, last, bad, other
+
+
+class Liveness:
+    """Whether a guest booted once and goes on after each upgrade. The Linux
+    guest: its console (boot line, then fsync'd records a few times a
+    second); the boot-sector guest: its tick counter in guest RAM."""
+
+    def __init__(self, guest, what, console_text=None, ram_fd=None):
+        self.guest, self.what = guest, what
+        self.console_text, self.ram_fd = console_text, ram_fd
+        self.boot_id = None
+        self.ticks = None
+        self.boot_s = None
+
+    def _report(self):
+        boots, last, bad, other = linux_report(self.console_text())
+        if len(boots) > 1 or (self.boot_id and boots and boots[0] != self.boot_id):
+            raise BenchError(f"{self.what}: the guest booted again ({len(boots)} boot lines)")
+        if bad:
+            raise BenchError(f"{self.what}: the guest found its RAM pattern changed (record {bad[0]})")
+        if other:
+            raise BenchError(f"{self.what}: the guest says: {other[0]}")
+        return boots, last
+
+    def wait_boot(self, t_started, timeout=LINUX_BOOT_TIMEOUT):
+        """Waits for the boot line and the first records (or the ticks)."""
+        if self.guest == "boot":
+            self.ticks = wait_guest_ticking(self.ram_fd, timeout, self.what)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                boots, last = self._report()
+                if boots and self.boot_id is None:
+                    self.boot_id = boots[0]
+                    self.boot_s = time.monotonic() - t_started
+                if boots and last >= 1:
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{self.what}: no boot line and first records on the console "
+                                     f"within {timeout} s")
+                time.sleep(0.1)
+        if self.boot_s is None:
+            self.boot_s = time.monotonic() - t_started
+
+    def check(self, after):
+        """After an upgrade: the guest goes on (more records, or ticks)."""
+        if self.guest == "boot":
+            self.ticks = check_ticking(self.ram_fd, f"{self.what} after {after}", self.ticks)
+            return
+        at = self._report()[1]
+        deadline = time.monotonic() + 60
+        while self._report()[1] < at + LINUX_RECORDS_AFTER:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.what}: no new records on the console within 60 s after {after} "
+                                 f"(the last was {at})")
+            time.sleep(0.05)
+
+
+def machine_for(src, dst):
+    """A machine type both QEMUs have (a guest created on 7.2 keeps 7.2's)."""
+    return "pc-i440fx-7.2" if "7.2" in (src, dst) else "pc-i440fx-10.0"
+
+
+def pair_guest_disks(a, data):
+    if a.guest == "linux":
+        return [f"{a.linux_image},readonly", data]
+    return [f"{a.guest_image},readonly"]
+
+
+class PairCprd:
+    """A VM of the private cprd on the pair's first QEMU, upgraded to the
+    second with `cprctl upgrade NAME --qemu Q --mode M --json`."""
+
+    def __init__(self, cprd, a, wd, idx, src, dst, mode):
+        self.cprd, self.a, self.src, self.dst, self.mode = cprd, a, src, dst, mode
+        self.name = f"pair{idx}"
+        self.data = os.path.join(wd, f"{self.name}-data.img")
+        self.res = {"pause": [], "wall": [], "total": [], "modes": set()}
+        self.na = None          # why cprd refuses the mode
+        self.created = self.fd = self.live = None
+        self.cmdline = None     # the first QEMU's command line, as cprd logged it
+        self.target_cmdline = None  # the newest target's, once cprd upgraded
+        self.t_started = None
+
+    def create_start(self):
+        """Creates and starts the VM; checks with --dry-run that cprd would
+        do the upgrade (a refusal makes the row 'not available' and stops
+        the VM, whose command line still serves the floor)."""
+        a = self.a
+        if a.guest == "linux":
+            with open(self.data, "wb") as f:
+                f.truncate(PAIR_DATA_BYTES)
+        args = ["create", self.name, "--memory", str(PAIR_MIB), "--qemu", a.qemus[self.src],
+                "--machine", machine_for(self.src, self.dst), "--accel", "tcg"]
+        for d in pair_guest_disks(a, self.data):
+            args += ["--disk", d]
+        if self.mode == "cpr-exec":
+            p, _ = self.cprd.cprctl_run(*args, "--allow-exec")
+            if p.returncode != 0:
+                self.na = f"`cprctl create --allow-exec`: {first_line(p.stderr or p.stdout)}"
+                p, _ = self.cprd.cprctl_run(*args)  # for the floor's command line
+        else:
+            p, _ = self.cprd.cprctl_run(*args)
+        if p.returncode != 0:
+            raise BenchError(f"cprctl {' '.join(args)}: {first_line(p.stderr or p.stdout)}")
+        self.created = True
+        self.t_started = time.monotonic()
+        self.cprd.start_vm(self.name)
+        self.cmdline = self.cprd.qemu_cmdlines(self.name)[0]
+        if self.na is None:
+            self.dry_run()
+        if self.na is not None:
+            self.cprd.stop_vm(self.name)
+            return
+        what = f"cprd {self.name} ({self.src})"
+        if self.a.guest == "boot":
+            self.fd = open_rw(self.cprd.ram_fd_path(self.name))
+        self.live = Liveness(self.a.guest, what, lambda: self.cprd.console(self.name), self.fd)
+
+    def _upgrade_args(self):
+        return [self.name, "--qemu", self.a.qemus[self.dst], "--mode", self.mode]
+
+    def dry_run(self):
+        p, _ = self.cprd.cprctl_run("upgrade", *self._upgrade_args(), "--dry-run", "--json")
+        result = None
+        for line in p.stdout.splitlines():
+            try:
+                o = json.loads(line)
+            except ValueError:
+                continue
+            if "outcome" in o:
+                result = o
+        if result and result.get("outcome") == "dry-run":
+            return
+        if result:
+            self.na = f"cprd: {result.get('outcome')}: {result.get('reason', '')}".rstrip(": ")
+        else:
+            self.na = f"cprctl (exit {p.returncode}): {first_line(p.stderr or p.stdout)}"
+
+    def wait_boot(self):
+        if self.live:
+            self.live.wait_boot(self.t_started)
+
+    def upgrade(self, rep):
+        n_lines = len(self.cprd.qemu_cmdlines(self.name))
+        rc, lines, err, wall = run_cprctl_upgrade(self.cprd, *self._upgrade_args(), timeout=300)
+        result = None
+        for _, o in lines:
+            if "outcome" in o:
+                result = o
+        outcome = result.get("outcome") if result else None
+        if outcome == "refused" or (result is None and rc == 2) or "NotUpgradable" in err:
+            reason = result.get("reason", "") if result else first_line(err)
+            self.na = f"cprd: refused: {reason}"
+            log(f"  cprd    {self.src} -> {self.dst} {self.mode}: not available: {self.na}")
+            return
+        if rc != 0 or outcome != "committed":
+            raise BenchError(f"cprctl upgrade {self.name} {self.src} -> {self.dst} --mode {self.mode} (exit {rc}) "
+                             f"did not commit: {json.dumps(result) if result else first_line(err)}")
+        if "pauseMs" not in result:
+            raise BenchError(f"cprctl upgrade {self.name}: no pauseMs in {result}")
+        self.res["pause"].append(result["pauseMs"])
+        self.res["total"].append(result.get("totalMs"))
+        self.res["wall"].append(wall)
+        self.res["modes"].add(result.get("mode"))
+        cmdlines = self.cprd.qemu_cmdlines(self.name)
+        if len(cmdlines) > n_lines:
+            self.target_cmdline = cmdlines[-1]
+        self.cprd.get_vm(self.name)  # remembers the new QEMU's pid for cleanup
+        log(f"  cprd    {self.src} -> {self.dst} {self.mode} rep {rep + 1}: pause {result['pauseMs']:.2f} ms, "
+            f"cprd totalMs {result.get('totalMs', 0):.0f}, wall {wall:.0f} ms")
+        self.live.check(f"upgrade {rep + 1}")
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.created:
+            self.cprd.stop_vm(self.name)
+            self.cprd.delete_vm(self.name)
+            self.created = None
+
+
+def set_machine_aux_ram_share(arg, on):
+    parts = [p for p in arg.split(",") if p != "aux-ram-share=on"]
+    return ",".join(parts + (["aux-ram-share=on"] if on else []))
+
+
+def strip_incoming(argv):
+    return argv_without(argv_without(argv, "-incoming", lambda v: True), "-S")
+
+
+class PairFloor:
+    """The same pair and mode driven from here with the fewest QMP commands
+    on QEMUs started with cprd's command line (QMP fd 3, console fd 4, a
+    memfd made here on fd 5): cpr-transfer as in (b); local-migrate with
+    x-ignore-shared on both and the target on -incoming defer +
+    migrate-incoming; cpr-exec with mode=cpr-exec, cpr-exec-command and
+    migrate to a file: URI (the same process execs the new binary)."""
+
+    def __init__(self, a, wd, idx, src, dst, mode, cmdline, runtime_dir, cprd_data):
+        self.a, self.wd, self.src, self.dst, self.mode = a, wd, src, dst, mode
+        self.tag = f"floor-pair{idx}"
+        self.relocate = (runtime_dir, os.path.join(wd, f"{self.tag}-rt"))
+        self.log_path = os.path.join(wd, f"{self.tag}.log")
+        self.data = os.path.join(wd, f"{self.tag}-data.img")
+        self.cprd_data = cprd_data
+        self.notes = []
+        self.argv = self._adapt(split_cmdline(cmdline))
+        if "-S" not in self.argv or "mem-path=/proc/self/fd/5" not in cmdline:
+            raise BenchError(f"unexpected cprd command line: {cmdline}")
+        # startup: the new QEMU from spawn (exec: from STOP) until it is
+        # ready (cpr socket listening, QMP answering, or its greeting)
+        self.res = {"pause": [], "total": [], "migrate_total": [], "startup": []}
+        self.na = None
+        self.console = Console()
+        self.cur = self.memfd = self.live = None
+
+    def _adapt(self, argv):
+        """cprd's line for this floor: its own data disk, and spawn=allow
+        in the sandbox for cpr-exec (cprd's own line denies exec unless the
+        VM's spec opts in)."""
+        out = []
+        for arg in argv:
+            if self.a.guest == "linux" and arg.startswith(f"file={self.cprd_data},"):
+                arg = arg.replace(f"file={self.cprd_data},", f"file={self.data},", 1)
+            if self.mode == "cpr-exec" and arg.startswith("on,") and "spawn=deny" in arg:
+                arg = arg.replace("spawn=deny", "spawn=allow")
+                if "spawn=deny -> spawn=allow" not in self.notes:
+                    self.notes.append("spawn=deny -> spawn=allow")
+            out.append(arg)
+        return out
+
+    def target_argv(self, cprd_target_cmdline):
+        """The new QEMU's line: cprd's own target line when cprd upgraded
+        this pair (without its -incoming arguments), else the source's
+        with the new binary (and aux-ram-share=on, which 7.2 lacks)."""
+        if cprd_target_cmdline:
+            argv = self._adapt(strip_incoming(split_cmdline(cprd_target_cmdline)))
+            if argv[0] != self.a.qemus[self.dst]:
+                # cprd may name the binary by a fd it holds (/proc/PID/fd/N).
+                note = f"cprd's target binary {argv[0]}, the floor's {self.a.qemus[self.dst]}"
+                if note not in self.notes:
+                    self.notes.append(note)
+                argv[0] = self.a.qemus[self.dst]
+            return argv
+        out = [self.a.qemus[self.dst]]
+        for arg in strip_incoming(self.argv)[1:]:
+            if ",memory-backend=ram0" in arg and arg.startswith("pc-"):
+                arg = set_machine_aux_ram_share(arg, self.dst != "7.2")
+            out.append(arg)
+        return out
+
+    def start(self):
+        if self.a.guest == "linux":
+            with open(self.data, "wb") as f:
+                f.truncate(PAIR_DATA_BYTES)
+        self.memfd = os.memfd_create(self.tag, os.MFD_CLOEXEC)
+        os.ftruncate(self.memfd, PAIR_MIB * MiB)
+        t0 = time.monotonic()
+        self.cur = Guest(self.argv, self.memfd, self.console, self.log_path, self.relocate)
+        try:
+            self.cur.qmp.wait_reply(0)
+            self.cur.qmp.cmd("cont")
+        except BenchError as e:
+            raise BenchError(f"{self.tag}: {e}; QEMU: {log_tail(self.log_path)}")
+        self.live = Liveness(self.a.guest, f"floor ({self.src})", self.console.text, self.memfd)
+        self.t_started = t0
+
+    def wait_boot(self):
+        self.live.wait_boot(self.t_started)
+
+    def transfer(self, rep, cprd_target_cmdline):
+        d = os.path.join(self.wd, f"{self.tag}-{rep}")
+        os.mkdir(d, 0o700)
+        targv = self.target_argv(cprd_target_cmdline)
+        try:
+            if self.mode == "cpr-transfer":
+                pause, total, mig, startup = self._cpr_transfer(d, targv)
+            elif self.mode == "local-migrate":
+                pause, total, mig, startup = self._local_migrate(d, targv)
+            else:
+                pause, total, mig, startup = self._cpr_exec(d, targv)
+        except NotAvailable:
+            raise
+        except BenchError as e:
+            raise BenchError(f"{self.tag} {self.src} -> {self.dst} {self.mode} {rep + 1}: {e}; "
+                             f"QEMU: {log_tail(self.log_path)}")
+        self.res["pause"].append(pause)
+        self.res["total"].append(total)
+        self.res["migrate_total"].append(mig)
+        self.res["startup"].append(startup)
+        log(f"  floor   {self.src} -> {self.dst} {self.mode} rep {rep + 1}: pause {pause:.2f} ms, "
+            f"total {total:.0f} ms, migrate->RESUME {mig:.0f} ms")
+        self.live.check(f"{self.mode} {rep + 1}")
+
+    def _cpr_transfer(self, d, targv):
+        main, cpr = os.path.join(d, "main.sock"), os.path.join(d, "cpr.sock")
+        targv = targv + ["-incoming", f"unix:{main}",
+                         "-incoming", json.dumps(unix_channel("cpr", cpr), separators=(",", ":"))]
+        cur = self.cur
+        cur.qmp.events.clear()
+        t_start = time.time()
+        cur.qmp.cmd("migrate-set-parameters", {"mode": "cpr-transfer"})
+        t_spawn = time.time()
+        tgt = Guest(targv, self.memfd, self.console, self.log_path, self.relocate)
+        try:
+            wait_socket(cpr, tgt.proc)
+            t0 = time.time()
+            cur.qmp.cmd("migrate", {"channels": [unix_channel("main", main), unix_channel("cpr", cpr)]})
+            resume = tgt.qmp.wait_event("RESUME", 60)
+            stop = cur.qmp.wait_event("STOP", 10)
+        except BaseException:
+            tgt.quit(5)
+            raise
+        cur.quit()
+        self.cur = tgt
+        return ((resume[1] - stop[1]) * 1000, (resume[1] - t_start) * 1000, (resume[1] - t0) * 1000,
+                (t0 - t_spawn) * 1000)
+
+    def _local_migrate(self, d, targv):
+        path = os.path.join(d, "main.sock")
+        cur = self.cur
+        cur.qmp.events.clear()
+        t_start = time.time()
+        cur.qmp.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared",
+                                                                   "state": True}]})
+        t_spawn = time.time()
+        tgt = Guest(targv + ["-incoming", "defer"], self.memfd, self.console, self.log_path, self.relocate)
+        try:
+            tgt.qmp.wait_reply(0)
+            t_ready = time.time()
+            tgt.qmp.cmd("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared",
+                                                                       "state": True}]})
+            tgt.qmp.cmd("migrate-incoming", {"uri": f"unix:{path}"})
+            wait_socket(path, tgt.proc)
+            t0 = time.time()
+            cur.qmp.cmd("migrate", {"uri": f"unix:{path}"})
+            resume = tgt.qmp.wait_event("RESUME", 60)
+            stop = cur.qmp.wait_event("STOP", 10)
+        except BaseException:
+            tgt.quit(5)
+            raise
+        cur.quit()
+        self.cur = tgt
+        return ((resume[1] - stop[1]) * 1000, (resume[1] - t_start) * 1000, (resume[1] - t0) * 1000,
+                (t_ready - t_spawn) * 1000)
+
+    def _cpr_exec(self, d, targv):
+        """The QEMU process execs targv (with -incoming file:STATE) in
+        place; QMP (fd 3), the console and the memfd stay open across the
+        exec. The new QEMU greets on the same socket; events reach us only
+        once qmp_capabilities is answered, so it is sent at the greeting
+        (the new QEMU loads the state and resumes after its monitor is up)."""
+        state = os.path.join(d, "vm.state")
+        cur = self.cur
+        cur.qmp.events.clear()
+        t_start = time.time()
+        try:
+            cur.qmp.cmd("migrate-set-parameters", {"mode": "cpr-exec",
+                                                    "cpr-exec-command": targv + ["-incoming", f"file:{state}"]})
+        except BenchError as e:
+            raise NotAvailable(f"QEMU {self.src} refuses cpr-exec: {e}")
+        cur.qmp.greeting = None
+        t0 = time.time()
+        try:
+            cur.qmp.cmd("migrate", {"uri": f"file:{state}"})
+        except BenchError as e:
+            raise NotAvailable(f"QEMU {self.src}: migrate in cpr-exec mode: {e}")
+        stop = cur.qmp.wait_event("STOP", 10)
+        deadline = time.monotonic() + 60
+        while cur.qmp.greeting is None:
+            if not cur.proc.alive():
+                raise BenchError("QEMU ended during the exec")
+            cur.qmp._read_msg(deadline)
+        t_greeting = time.time()
+        cur.qmp.events = [e for e in cur.qmp.events if e[0] != "RESUME"]  # the old QEMU's, if any
+        cur.qmp.cmd("qmp_capabilities")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                resume = cur.qmp.wait_event("RESUME", 1)
+                break
+            except BenchError:
+                if not cur.proc.alive() or time.monotonic() > deadline:
+                    raise
+            st = cur.qmp.cmd("query-status")
+            if st.get("status") == "running" and not cur.qmp.event("RESUME"):
+                raise BenchError("the new QEMU resumed before QMP was negotiated: no RESUME timestamp")
+        if self.dst != self.src:
+            self.notes.append("exec'd another binary")
+        return ((resume[1] - stop[1]) * 1000, (resume[1] - t_start) * 1000, (resume[1] - t0) * 1000,
+                (t_greeting - stop[1]) * 1000)
+
+    def close(self):
+        if self.cur:
+            self.cur.quit()
+            self.cur = None
+        if self.memfd is not None:
+            os.close(self.memfd)
+            self.memfd = None
+        self.console.close()
+
+
+def bench_pair(cprd, a, wd, idx, pair):
+    """(e) for one (from, to, mode): the cprd VM and the floor's source boot
+    at the same time, then cprd's upgrades and the floor's alternate."""
+    src, dst, mode = pair
+    row = {"pair": pair, "cprd": None, "floor": None, "cprd_na": None, "floor_na": None,
+           "cprd_failed": None, "floor_failed": None, "boot": {}, "notes": []}
+    missing = [f"QEMU {v} ({a.qemus[v]}) is missing" for v in dict.fromkeys((src, dst))
+               if not os.path.exists(a.qemus[v])]
+    if missing:
+        row["cprd_na"] = row["floor_na"] = "; ".join(missing)
+        return row
+    pc = PairCprd(cprd, a, wd, idx, src, dst, mode)
+    pf = None
+    try:
+        try:
+            pc.create_start()
+        except BenchError as e:
+            row["cprd_failed"] = str(e)
+        row["cprd_na"] = pc.na
+        if pc.cmdline:
+            try:
+                pf = PairFloor(a, wd, idx, src, dst, mode, pc.cmdline, cprd.runtime_dir, pc.data)
+                pf.start()
+            except BenchError as e:
+                row["floor_failed"] = str(e)
+                if pf:
+                    pf.close()
+                pf = None
+        cprd_on = pc.na is None and row["cprd_failed"] is None
+        for what, side in (("cprd", pc if cprd_on else None), ("floor", pf)):
+            if side is None:
+                continue
+            try:
+                side.wait_boot()
+                row["boot"][what] = side.live.boot_s
+            except BenchError as e:
+                row[f"{what}_failed"] = str(e)
+        cprd_on = cprd_on and row["cprd_failed"] is None
+        floor_on = pf is not None and row["floor_failed"] is None
+        log(f"  booted: {', '.join(f'{k} {v:.1f} s' for k, v in row['boot'].items()) or 'nothing'}")
+        for rep in range(a.pair_reps):
+            if cprd_on:
+                try:
+                    pc.upgrade(rep)
+                except BenchError as e:
+                    row["cprd_failed"] = str(e)
+                    log(f"  cprd    {src} -> {dst} {mode}: FAILED: {e}")
+                if pc.na:
+                    row["cprd_na"] = pc.na
+                cprd_on = pc.na is None and row["cprd_failed"] is None
+            if floor_on:
+                try:
+                    pf.transfer(rep, pc.target_cmdline)
+                except NotAvailable as e:
+                    row["floor_na"] = str(e)
+                except BenchError as e:
+                    if mode == "cpr-exec":
+                        row["floor_na"] = f"QEMU cannot do it here: {e}"
+                    else:
+                        row["floor_failed"] = str(e)
+                if row["floor_na"] or row["floor_failed"]:
+                    log(f"  floor   {src} -> {dst} {mode}: {row['floor_na'] or row['floor_failed']}")
+                    floor_on = False
+    finally:
+        row["load"] = loadavg().split()[0]
+        row["cprd"] = pc.res
+        if pf:
+            row["floor"] = pf.res
+            row["notes"] += pf.notes
+            pf.close()
+        pc.close()
+    return row
+
+
+def bench_pairs(cprd, a, wd):
+    rows = []
+    for idx, pair in enumerate(a.pairs, 1):
+        log(f"pair {pair[0]} -> {pair[1]} {pair[2]} ({a.guest} guest):")
+        rows.append(bench_pair(cprd, a, wd, idx, pair))
+    return rows
+
+
 # ---- output --------------------------------------------------------------------------
 
 def ms(v):
@@ -494,11 +1034,13 @@ def spread(v):
     return f"{min(v):.2f}-{max(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
 
-def print_report(a, rows, many):
+def print_report(a, rows, many, prs=None):
     if rows:
         print_sizes(a, rows)
     if many:
         print_many(a, many)
+    if prs:
+        print_pairs(a, prs)
     print()
     print(f"load average at the end: {loadavg()}")
 
@@ -607,6 +1149,123 @@ def print_many(a, many):
         print("  per VM = wall time / number of VMs")
 
 
+def pair_name(pair):
+    return f"{pair[0]} -> {pair[1]} {pair[2]}"
+
+
+def pair_figures(r):
+    """(cprd pause, cprd total, floor pause, floor total) medians or None."""
+    c, f = r["cprd"] or {}, r["floor"] or {}
+    cp = median(c["pause"]) if c.get("pause") else None
+    cw = median(c["wall"]) if c.get("wall") else None
+    fp = median(f["pause"]) if f.get("pause") else None
+    ft = median(f["total"]) if f.get("total") else None
+    return cp, cw, fp, ft
+
+
+def print_pairs(a, prs):
+    print()
+    guest = (f"Linux guest ({os.path.basename(a.linux_image)})" if a.guest == "linux"
+             else f"boot-sector guest ({os.path.basename(a.guest_image)})")
+    print(f"(e) Upgrades per QEMU pair and mode: {guest}, {PAIR_MIB} MiB, TCG, RAM not dirtied; "
+          f"medians of {a.pair_reps} run(s);\ncprd and floor runs alternate; load = 1-minute load "
+          f"average after the pair")
+    cols = ["from", "to", "mode", "cprd pause (median, range)", "floor pause", "ratio", "cprd total",
+            "floor total", "load"]
+    table = []
+    for r in prs:
+        src, dst, mode = r["pair"]
+        cp, cw, fp, ft = pair_figures(r)
+        c = r["cprd"] or {}
+        floor_cells = [ms(fp) if fp is not None else ("n/a" if r["floor_na"] else "FAILED"),
+                       ms(ft) if ft is not None else ("n/a" if r["floor_na"] else "FAILED")]
+        if r["cprd_na"] or (cp is None and r["cprd_failed"]):
+            why = (f"not available: {r['cprd_na']}" if r["cprd_na"] else f"FAILED: {r['cprd_failed']}")
+            floor = (f"; floor pause {ms(fp)}, floor total {ms(ft)}" if fp is not None
+                     else f"; floor: {r['floor_na'] or r['floor_failed'] or '-'}")
+            table.append([src, dst, mode, why + floor, r.get("load", "")])
+            continue
+        pause = f"{ms(cp)} ({spread(c['pause'])})" if len(c["pause"]) > 1 else ms(cp)
+        ratio = f"{cp / fp:.2f}x" if fp else "-"
+        table.append([src, dst, mode, pause, *floor_cells[:1], ratio, ms(cw), floor_cells[1], r.get("load", "")])
+    full = [t for t in table if len(t) == len(cols)]
+    widths = [max([len(cols[i])] + [len(t[i]) for t in full]) for i in range(len(cols))]
+    print(" | ".join(cols[i].ljust(widths[i]) for i in range(len(cols))))
+    print("-+-".join("-" * w for w in widths))
+    for t in table:
+        if len(t) == len(cols):
+            print(" | ".join(t[i].ljust(widths[i]) if i < 3 else t[i].rjust(widths[i]) for i in range(len(cols))))
+        else:
+            print(" | ".join(t[i].ljust(widths[i]) for i in range(3)) + " | " + t[3] + f" (load {t[4]})")
+    print()
+    print("  cprd pause: pauseMs of `cprctl upgrade NAME --qemu TO --mode MODE --json` (QEMU's STOP event on the "
+          "old QEMU to RESUME on the new one); range over the runs")
+    print("  floor pause: the same STOP -> RESUME timestamps when the upgrade is driven from here with the fewest "
+          "QMP commands on QEMUs with cprd's command line; ratio = cprd pause / floor pause")
+    print("  cprd total: wall time around the cprctl process; floor total: from the floor's first step (spawn of "
+          "the target, or migrate-set-parameters for cpr-exec) to RESUME on the new QEMU")
+    print()
+    print("Details")
+    for r in prs:
+        c, f = r["cprd"] or {}, r["floor"] or {}
+        print(f"  {pair_name(r['pair'])}: machine {machine_for(*r['pair'][:2])}"
+              f"{'; booted in ' + ', '.join(f'{k} {v:.1f} s' for k, v in r['boot'].items()) if r['boot'] else ''}")
+        if c.get("pause"):
+            modes = ", ".join(sorted(m for m in c["modes"] if m))
+            print(f"      cprd: pause {spread(c['pause'])} ms, cprd totalMs "
+                  f"{spread([x for x in c['total'] if x is not None])}, wall {spread(c['wall'])} ms"
+                  f"{'; mode reported ' + modes if modes else ''}")
+        if r["cprd_na"]:
+            print(f"      cprd: not available: {r['cprd_na']}")
+        if r["cprd_failed"]:
+            print(f"      cprd: FAILED: {r['cprd_failed']}")
+        if f.get("pause"):
+            ready = {"cpr-transfer": "spawn -> cpr socket listening", "local-migrate": "spawn -> QMP answering",
+                     "cpr-exec": "STOP -> QMP greeting after the exec"}[r["pair"][2]]
+            print(f"      floor: pause {spread(f['pause'])} ms, total {spread(f['total'])} ms, migrate->RESUME "
+                  f"{spread(f['migrate_total'])} ms, new QEMU starting ({ready}) {spread(f['startup'])} ms"
+                  f"{'; ' + ', '.join(r['notes']) if r['notes'] else ''}")
+        if r["floor_na"]:
+            print(f"      floor: not available: {r['floor_na']}")
+        if r["floor_failed"]:
+            print(f"      floor: FAILED: {r['floor_failed']}")
+    print()
+    print("Targets")
+    by_mode = {}
+    for r in prs:
+        cp, _, fp, _ = pair_figures(r)
+        by_mode.setdefault(r["pair"][2], []).append((r, cp, fp))
+    for mode, items in by_mode.items():
+        ratios = [(r, cp / fp) for r, cp, fp in items if cp is not None and fp]
+        missing = [pair_name(r["pair"]) for r, cp, fp in items if cp is None or not fp]
+        if ratios:
+            ok = all(x <= 1.2 for _, x in ratios)
+            verdict = "met" if ok else "NOT met"
+            if missing:
+                verdict += " where measured"
+        else:
+            verdict = "not measured"
+        measured = ", ".join(f"{r['pair'][0]} -> {r['pair'][1]} {x:.2f}x" for r, x in ratios)
+        if missing:
+            measured += f"{'; not measured: ' if ratios else ''}{', '.join(missing)}"
+        print(f"  {mode}: pause within 1.2x of the floor: {verdict} ({measured})")
+    ex = next((r for r in prs if r["pair"] == ("11.1", "11.1", "cpr-exec")), None)
+    tr = next((r for r in prs if r["pair"] == ("11.1", "11.1", "cpr-transfer")), None)
+    if ex and tr:
+        _, ecw, _, eft = pair_figures(ex)
+        _, tcw, _, tft = pair_figures(tr)
+        floor = (f"; floor: cpr-exec {ms(eft)} vs cpr-transfer {ms(tft)}"
+                 if eft is not None and tft is not None else "")
+        if ecw is not None and tcw is not None:
+            print(f"  11.1 -> 11.1 cpr-exec total below cpr-transfer's: {'met' if ecw < tcw else 'NOT met'} "
+                  f"(cprd total: cpr-exec {ms(ecw)}, cpr-transfer {ms(tcw)}{floor})")
+        else:
+            why = ex["cprd_na"] or ex["cprd_failed"] or tr["cprd_na"] or tr["cprd_failed"] or "-"
+            print(f"  11.1 -> 11.1 cpr-exec total below cpr-transfer's: not measured (cprd: {why}){floor}")
+    else:
+        print("  11.1 -> 11.1 cpr-exec total below cpr-transfer's: not measured in this run")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cprd", default=os.path.join(REPO, "build/daemon/cprd"))
@@ -614,20 +1273,48 @@ def main():
     ap.add_argument("--qemu", default="/usr/bin/qemu-system-x86_64")
     ap.add_argument("--guest-image", default=os.path.join(REPO, "build/tests/guest/cprd-guest.img"))
     ap.add_argument("--sizes", help="comma-separated guest sizes, such as 256M,1G (default 256M,1G,4G,8G); "
-                    "none: only the many-VM part")
+                    "none: leave out (a) to (c)")
     ap.add_argument("--quick", action="store_true",
                     help="256M,1G (unless --sizes), one run per size, --parallel 1 and 4 only")
-    ap.add_argument("--reps", type=int, help="upgrades per size (default 5, 1 with --quick)")
+    ap.add_argument("--reps", type=int, help="upgrades per size (default 5, 1 with --quick) and per pair "
+                    "of (e) (default 3, 1 with --quick)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain migrations")
     ap.add_argument("--no-many", action="store_true", help="skip the 20-VM upgrade")
     ap.add_argument("--many-vms", type=int, default=20)
     ap.add_argument("--many-mib", type=int, default=64)
     ap.add_argument("--parallel", help="comma-separated --parallel values (default 1,2,4)")
+    ap.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True,
+                    help="(e): upgrade each QEMU pair in each mode beside its floor (default on)")
+    ap.add_argument("--pair", action="append", metavar="FROM,TO,MODE",
+                    help="only this pair of (e), such as 11.1,11.1,cpr-exec (repeatable)")
+    ap.add_argument("--guest", choices=["linux", "boot"],
+                    help="the guest of (e): linux (default when --linux-image exists) or boot (the boot sector)")
+    ap.add_argument("--linux-image", default=os.environ.get("CPRD_LINUX_GUEST_IMAGE") or
+                    os.path.join(REPO, "build/tests/guest/linux/cprd-linux.img"))
+    ap.add_argument("--qemu72", default=os.environ.get("CPRD_QEMU72") or "/opt/cprd/qemu-system-x86_64-7.2")
+    ap.add_argument("--qemu111", default=os.environ.get("CPRD_QEMU111") or "/opt/cprd/qemu-system-x86_64-11.1")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, cprd state)")
     a = ap.parse_args()
     for path in (a.cprd, a.cprctl, a.qemu, a.guest_image):
         if not os.path.exists(path):
             sys.exit(f"upgrade_bench: {path} does not exist (build first: cmake --build build)")
+    if a.guest is None:
+        a.guest = "linux" if os.path.exists(a.linux_image) else "boot"
+    elif a.guest == "linux" and a.pairs and not os.path.exists(a.linux_image):
+        sys.exit(f"upgrade_bench: {a.linux_image} does not exist (build the target cprd-linux-guest, "
+                 f"or pass --linux-image or --guest boot)")
+    # cprd wants absolute paths in a VM's spec.
+    a.guest_image, a.linux_image = os.path.abspath(a.guest_image), os.path.abspath(a.linux_image)
+    a.qemus = {"10.0": a.qemu, "7.2": a.qemu72, "11.1": a.qemu111}
+    a.pairs = list(PAIRS) if a.pairs else []
+    if a.pair:
+        want = [tuple(x.strip() for x in p.split(",")) for p in a.pair]
+        unknown = [",".join(w) for w in want if w not in PAIRS]
+        if unknown:
+            sys.exit(f"upgrade_bench: --pair {' '.join(unknown)} is not one of "
+                     f"{' '.join(','.join(p) for p in PAIRS)}")
+        a.pairs = [p for p in a.pairs if p in want]
+    a.pair_reps = a.reps or (1 if a.quick else 3)
     sizes = a.sizes if a.sizes is not None else ("256M,1G" if a.quick else "256M,1G,4G,8G")
     a.sizes = [] if sizes.strip().lower() == "none" else [parse_size(s) for s in sizes.split(",") if s.strip()]
     a.reps = a.reps or (1 if a.quick else 5)
@@ -635,7 +1322,7 @@ def main():
 
     wd = Workdir("cprd-upgrade-bench-", a.keep)
     cprd = Cprd(a.cprd, a.cprctl, os.path.join(wd.path, "cprd"))
-    rows, many = [], []
+    rows, many, prs = [], [], []
     try:
         print(f"cprd upgrade benchmark: {a.cprd}, {a.cprctl}")
         print(f"host: {os.cpu_count()} CPUs, {meminfo('MemTotal') / GiB:.1f} GiB RAM, "
@@ -653,12 +1340,19 @@ def main():
         if not a.no_many:
             log(f"{a.many_vms} VMs of {a.many_mib} MiB:")
             many = bench_many(cprd, a)
-        print_report(a, rows, many)
+        if a.pairs:
+            log(f"(e) pairs, {a.guest} guest, load average {loadavg()}:")
+            prs = bench_pairs(cprd, a, wd.path)
+        print_report(a, rows, many, prs)
+        failed = [pair_name(r["pair"]) for r in prs if r["cprd_failed"] or r["floor_failed"]]
+        if failed:
+            print(f"upgrade_bench: FAILED in (e): {', '.join(failed)} (see Details)", file=sys.stderr)
+            return 1
         return 0
     except (BenchError, OSError) as e:
         print(f"upgrade_bench: FAILED: {e}", file=sys.stderr)
-        if rows:
-            print_report(a, rows, many)
+        if rows or many or prs:
+            print_report(a, rows, many, prs)
         return 1
     finally:
         cprd.stop()

@@ -842,6 +842,17 @@ class PairFloor:
             wait_socket(cpr, tgt.proc)
             t0 = time.time()
             cur.qmp.cmd("migrate", {"channels": [unix_channel("main", main), unix_channel("cpr", cpr)]})
+        except BaseException:
+            tgt.quit(5)
+            raise
+        return self._handed_over(tgt, t_start, t0, t0 - t_spawn)
+
+    def _handed_over(self, tgt, t_start, t0, startup):
+        """After migrate was sent at t0: waits for the target's RESUME and
+        the source's STOP, retires the source; (pause, total, from migrate,
+        the target's start-up) in ms."""
+        cur = self.cur
+        try:
             resume = tgt.qmp.wait_event("RESUME", 60)
             stop = cur.qmp.wait_event("STOP", 10)
         except BaseException:
@@ -850,7 +861,7 @@ class PairFloor:
         cur.quit()
         self.cur = tgt
         return ((resume[1] - stop[1]) * 1000, (resume[1] - t_start) * 1000, (resume[1] - t0) * 1000,
-                (t0 - t_spawn) * 1000)
+                startup * 1000)
 
     def _local_migrate(self, d, targv):
         path = os.path.join(d, "main.sock")
@@ -870,15 +881,10 @@ class PairFloor:
             wait_socket(path, tgt.proc)
             t0 = time.time()
             cur.qmp.cmd("migrate", {"uri": f"unix:{path}"})
-            resume = tgt.qmp.wait_event("RESUME", 60)
-            stop = cur.qmp.wait_event("STOP", 10)
         except BaseException:
             tgt.quit(5)
             raise
-        cur.quit()
-        self.cur = tgt
-        return ((resume[1] - stop[1]) * 1000, (resume[1] - t_start) * 1000, (resume[1] - t0) * 1000,
-                (t_ready - t_spawn) * 1000)
+        return self._handed_over(tgt, t_start, t0, t_ready - t_spawn)
 
     def _cpr_exec(self, d, targv):
         """The QEMU process execs targv (with -incoming file:STATE) in

@@ -279,6 +279,16 @@ class Run:
                     pass
         return self.upgrade_proc.returncode, doc, err.strip()
 
+    def kill_target_mid_transfer(self):
+        """Once the upgrade holds before transfer: stops the target, so the
+        transfer cannot finish, lets migrate go out, then kills it."""
+        self.wait_hold()
+        t = self.target_pid()
+        self.sig(t, signal.SIGSTOP)
+        self.wait_log("upgrade transfer:")
+        time.sleep(0.3)
+        self.sig(t, signal.SIGKILL)
+
     def sig(self, pid, s):
         os.kill(pid, s)
         if s == signal.SIGSTOP:
@@ -486,12 +496,7 @@ def target_kill_spawn(r):
 def target_kill_transfer(r):
     r.create_and_start()
     r.upgrade_bg()
-    r.wait_hold()
-    t = r.target_pid()
-    r.sig(t, signal.SIGSTOP)  # keeps the transfer from finishing
-    r.wait_log("upgrade transfer:")
-    time.sleep(0.3)
-    r.sig(t, signal.SIGKILL)
+    r.kill_target_mid_transfer()
     rc, doc, err = r.upgrade_result()
     check(rc != 0, "cprctl upgrade succeeded: %s" % doc)
     return r.verify("rolled-back", "old")
@@ -503,12 +508,7 @@ def target_kill_transfer(r):
 def target_kill_transfer_auto(r):
     r.create_and_start()
     r.upgrade_bg(mode="auto")
-    r.wait_hold()
-    t = r.target_pid()
-    r.sig(t, signal.SIGSTOP)  # keeps the transfer from finishing
-    r.wait_log("upgrade transfer:")
-    time.sleep(0.3)
-    r.sig(t, signal.SIGKILL)
+    r.kill_target_mid_transfer()
     rc, doc, err = r.upgrade_result()
     check(rc == 0 and doc and doc.get("mode") == "local-migrate", "cprctl: rc %d, %s, %s" % (rc, doc, err))
     got = [(a["mode"], a["outcome"], a["phase"]) for a in doc.get("attempts", [])]

@@ -267,7 +267,21 @@ def unix_channel(kind, path):
 
 # ---- (b) the floor -------------------------------------------------------------
 
-class FloorRun:
+class Floor:
+    """What the floors share: the QEMU that runs the guest now (cur), the
+    memfd made here for its RAM, and the console."""
+
+    def close(self):
+        if self.cur:
+            self.cur.quit()
+            self.cur = None
+        if self.memfd is not None:
+            os.close(self.memfd)
+            self.memfd = None
+        self.console.close()
+
+
+class FloorRun(Floor):
     """(b): cpr-transfer driven from here with the fewest QMP commands, on
     QEMUs with cprd's command line and a memfd made here."""
 
@@ -324,14 +338,6 @@ class FloorRun:
         log(f"  floor   {fmt_size(self.size):>7} rep {rep + 1}: pause {pause:.2f} ms, "
             f"migrate->RESUME {self.res['total'][-1]:.1f} ms, spawn->RESUME {self.res['spawn_total'][-1]:.1f} ms")
 
-    def close(self):
-        if self.cur:
-            self.cur.quit()
-            self.cur = None
-        if self.memfd is not None:
-            os.close(self.memfd)
-            self.memfd = None
-        self.console.close()
 
 
 def bench_size(cprd, a, wd, size):
@@ -724,7 +730,7 @@ def strip_incoming(argv):
     return argv_without(argv_without(argv, "-incoming", lambda v: True), "-S")
 
 
-class PairFloor:
+class PairFloor(Floor):
     """The same pair and mode driven from here with the fewest QMP commands
     on QEMUs started with cprd's command line (QMP fd 3, console fd 4, a
     memfd made here on fd 5): cpr-transfer as in (b); local-migrate with
@@ -932,14 +938,6 @@ class PairFloor:
         return ((resume[1] - stop[1]) * 1000, (resume[1] - t_start) * 1000, (resume[1] - t0) * 1000,
                 (t_greeting - stop[1]) * 1000)
 
-    def close(self):
-        if self.cur:
-            self.cur.quit()
-            self.cur = None
-        if self.memfd is not None:
-            os.close(self.memfd)
-            self.memfd = None
-        self.console.close()
 
 
 def bench_pair(cprd, a, wd, idx, pair):

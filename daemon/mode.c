@@ -22,17 +22,25 @@ const struct mode_ops *mode_find(const char *name) {
 	return NULL;
 }
 
+/* The first mode from modes[from] on that auto may choose for this pair. */
+static const struct mode_ops *auto_first_usable(size_t from, const struct probe_result *old,
+						const char *old_version, const struct probe_result *new) {
+	char scratch[256];
+	for (size_t i = from; i < ELEMENTSOF(modes); i++)
+		if (!modes[i]->by_name_only &&
+		    modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
+			return modes[i];
+	return NULL;
+}
+
 const struct mode_ops *mode_pick(const char *name, const struct probe_result *old,
 				 const char *old_version, const struct probe_result *new, char *why,
 				 size_t size) {
 	const struct mode_ops *m = mode_find(name);
 	if (m)
 		return m->usable(old, old_version, new, why, size) ? m : NULL;
-	char scratch[256];
-	for (size_t i = 0; i < ELEMENTSOF(modes); i++)
-		if (!modes[i]->by_name_only &&
-		    modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
-			return modes[i];
+	if ((m = auto_first_usable(0, old, old_version, new)))
+		return m;
 	size_t used = (size_t)snprintf(why, size, "neither");
 	for (size_t i = 0, n = 0; i < ELEMENTSOF(modes) && used < size; i++)
 		if (!modes[i]->by_name_only)
@@ -46,14 +54,9 @@ const struct mode_ops *mode_pick(const char *name, const struct probe_result *ol
 
 const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct probe_result *old,
 				     const char *old_version, const struct probe_result *new) {
-	char scratch[256];
-	bool after = false;
-	for (size_t i = 0; i < ELEMENTSOF(modes); i++) {
-		if (after && !modes[i]->by_name_only &&
-		    modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
-			return modes[i];
-		after = after || modes[i] == failed;
-	}
+	for (size_t i = 0; i < ELEMENTSOF(modes); i++)
+		if (modes[i] == failed)
+			return auto_first_usable(i + 1, old, old_version, new);
 	return NULL;
 }
 

@@ -9,35 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "custody.h"
 #include "macro.h"
 #include "probe.h"
 #include "spec.h"
 #include "util.h"
-
-struct strv {
-	char **v;
-	size_t n;
-	bool oom;
-};
-
-/* Appends a formatted argument; a failure is remembered in oom. */
-static _printf_(2, 3) void strv_addf(struct strv *s, const char *fmt, ...) {
-	va_list ap;
-	char *str = NULL;
-	va_start(ap, fmt);
-	if (vasprintf(&str, fmt, ap) < 0)
-		str = NULL;
-	va_end(ap);
-	char **n = str ? realloc(s->v, (s->n + 2) * sizeof(char *)) : NULL;
-	if (!n) {
-		free(str);
-		s->oom = true;
-		return;
-	}
-	s->v = n;
-	s->v[s->n++] = str;
-	s->v[s->n] = NULL;
-}
 
 /* A start's and an upgrade target's command line differ only in -S versus
  * the incoming arguments, so both build the same virtual hardware. */
@@ -73,14 +49,14 @@ int cmdline_build(const struct cmdline *c, char ***ret) {
 	strv_addf(&a, "%lluM", (unsigned long long)s->memory_mib);
 	strv_addf(&a, "-smp");
 	strv_addf(&a, "%u", s->cpus);
-	/* Guest RAM is the memfd cprd holds, reached through our fd number. */
-	strv_addf(&a, "-object");
-	strv_addf(&a, "memory-backend-file,id=ram0,size=%lluM,share=on,mem-path=/proc/self/fd/%d",
-		  (unsigned long long)s->memory_mib, CMDLINE_FD_RAM);
-	strv_addf(&a, "-chardev");
-	strv_addf(&a, "socket,id=qmp,fd=%d", CMDLINE_FD_QMP);
-	strv_addf(&a, "-mon");
-	strv_addf(&a, "chardev=qmp,mode=control");
+	/* Guest RAM, QMP, the console: each kind of held fd names its own. */
+	const struct custody_vm cv = {
+		.name = s->name,
+		.ram_bytes = s->memory_mib << 20,
+		.hugepages = s->hugepages,
+	};
+	for (unsigned k = 0; k < custody_n_kinds; k++)
+		custody_kinds[k]->qemu_args(&cv, c->fds, &a);
 	if (c->qmp_path) {
 		/* A second monitor on a socket in the VM's private runtime folder:
 		 * the way back in when the socketpair above was lost (cprd was
@@ -90,10 +66,6 @@ int cmdline_build(const struct cmdline *c, char ***ret) {
 		strv_addf(&a, "-mon");
 		strv_addf(&a, "chardev=qmp-recovery,mode=control");
 	}
-	strv_addf(&a, "-chardev");
-	strv_addf(&a, "socket,id=console,fd=%d", CMDLINE_FD_CONSOLE);
-	strv_addf(&a, "-serial");
-	strv_addf(&a, "chardev:console");
 	strv_addf(&a, "-nic");
 	strv_addf(&a, "none");
 	for (size_t i = 0; i < s->n_disks; i++) {

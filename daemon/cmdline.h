@@ -1,18 +1,12 @@
 /* cmdline: the command line of a VM's QEMU, built from its spec, what the
- * probe found in the binary, the accelerator chosen at boot and what an
- * upgrade's target adds. Pure (no I/O), so a unit test checks each part. */
+ * probe found in the binary, the accelerator chosen at boot, what each kind
+ * of held fd adds (custody.h) and what an upgrade's target adds. Pure (no
+ * I/O), so a unit test checks each part. */
 #pragma once
 
+struct custody_qemu_fds;
 struct probe_result;
 struct vm_spec;
-
-/* The fds every QEMU of a VM gets, at these numbers (qemu.c puts them there). */
-#define CMDLINE_FD_QMP 3
-#define CMDLINE_FD_CONSOLE 4
-#define CMDLINE_FD_RAM 5
-/* QEMU also keeps a copy of cprd's own console end, unused by QEMU, so a
- * cprd that lost its fds (no fd store) can fetch it back (pidfd_getfd). */
-#define CMDLINE_FD_CONSOLE_CPRD 6
 
 /* How an upgrade's target takes the guest in, by upgrade mode. */
 enum cmdline_incoming_kind {
@@ -33,6 +27,8 @@ struct cmdline {
 	const struct vm_spec *spec;       /* spec->machine is the pinned type */
 	const struct probe_result *probe; /* of binary; NULL: nothing known */
 	const char *accel;                /* "tcg" or "kvm" */
+	/* The numbers QEMU has the held fds at (custody_qemu_fds_assign). */
+	const struct custody_qemu_fds *fds;
 	const char *qmp_path;             /* the recovery monitor's socket, or NULL */
 	/* An upgrade target's way in; NULL for a start, which gets -S. */
 	const struct cmdline_incoming *incoming;

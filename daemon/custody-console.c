@@ -12,6 +12,7 @@
 #include "custody.h"
 #include "log.h"
 #include "macro.h"
+#include "util.h"
 
 static int console_open(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]) {
 	if (fds[CUSTODY_CONSOLE] >= 0 && fds[CUSTODY_CONSOLE_QEMU] >= 0)
@@ -29,11 +30,14 @@ static int console_open(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]) {
 }
 
 static int console_recover(const struct custody_vm *vm, pid_t pid, int pidfd,
-			   int fds[_CUSTODY_VM_MAX]) {
+			   const struct custody_qemu_fds *at, int fds[_CUSTODY_VM_MAX]) {
 	if (fds[CUSTODY_CONSOLE] >= 0)
 		return 0;
-	int ours = (int)syscall(SYS_pidfd_getfd, pidfd, custody_fds[CUSTODY_CONSOLE].qemu_fd, 0);
-	int theirs = (int)syscall(SYS_pidfd_getfd, pidfd, custody_fds[CUSTODY_CONSOLE_QEMU].qemu_fd, 0);
+	if (at->n[CUSTODY_CONSOLE] < 0 || at->n[CUSTODY_CONSOLE_QEMU] < 0)
+		return log_vm_errno(LOG_WARNING, -EBADF, vm->name,
+				    "QEMU pid %d was not given the console", (int)pid);
+	int ours = (int)syscall(SYS_pidfd_getfd, pidfd, at->n[CUSTODY_CONSOLE], 0);
+	int theirs = (int)syscall(SYS_pidfd_getfd, pidfd, at->n[CUSTODY_CONSOLE_QEMU], 0);
 	struct stat a, b;
 	if (ours < 0 || theirs < 0 || fstat(ours, &a) < 0 || fstat(theirs, &b) < 0 ||
 	    !S_ISSOCK(a.st_mode) || !S_ISSOCK(b.st_mode)) {
@@ -51,8 +55,19 @@ static int console_recover(const struct custody_vm *vm, pid_t pid, int pidfd,
 	return 0;
 }
 
+/* The guest's serial port is QEMU's end; cprd's spare copy is named
+ * nowhere. */
+static void console_qemu_args(const struct custody_vm *vm, const struct custody_qemu_fds *at,
+			      struct strv *argv) {
+	strv_addf(argv, "-chardev");
+	strv_addf(argv, "socket,id=console,fd=%d", at->n[CUSTODY_CONSOLE_QEMU]);
+	strv_addf(argv, "-serial");
+	strv_addf(argv, "chardev:console");
+}
+
 const struct custody_ops custody_console = {
 	.kind = "console",
 	.open = console_open,
 	.recover = console_recover,
+	.qemu_args = console_qemu_args,
 };

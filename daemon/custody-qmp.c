@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include "custody.h"
+#include "util.h"
 
 int custody_qmp_open(int *ours, int *theirs) {
 	int sv[2];
@@ -15,3 +16,20 @@ int custody_qmp_open(int *ours, int *theirs) {
 	*theirs = sv[1];
 	return 0;
 }
+
+/* The monitor cprd drives. (The recovery monitor on a socket path is no
+ * held fd: cmdline.c adds it.) */
+static void qmp_qemu_args(const struct custody_vm *vm, const struct custody_qemu_fds *at,
+			  struct strv *argv) {
+	strv_addf(argv, "-chardev");
+	strv_addf(argv, "socket,id=qmp,fd=%d", at->n[CUSTODY_QMP]);
+	strv_addf(argv, "-mon");
+	strv_addf(argv, "chardev=qmp,mode=control");
+}
+
+/* Per QEMU process: made by custody_qmp_open for each, never taken back
+ * (cprd reconnects through the recovery monitor instead). */
+const struct custody_ops custody_qmp = {
+	.kind = "qmp",
+	.qemu_args = qmp_qemu_args,
+};

@@ -13,6 +13,7 @@
 #include "custody.h"
 #include "log.h"
 #include "macro.h"
+#include "util.h"
 
 static int ram_open(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]) {
 	struct stat st;
@@ -40,10 +41,13 @@ static int ram_open(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]) {
 }
 
 static int ram_recover(const struct custody_vm *vm, pid_t pid, int pidfd,
-		       int fds[_CUSTODY_VM_MAX]) {
+		       const struct custody_qemu_fds *at, int fds[_CUSTODY_VM_MAX]) {
 	if (fds[CUSTODY_RAM] >= 0)
 		return 0;
-	int qemu_fd = custody_fds[CUSTODY_RAM].qemu_fd;
+	int qemu_fd = at->n[CUSTODY_RAM];
+	if (qemu_fd < 0)
+		return log_vm_errno(LOG_WARNING, -EBADF, vm->name,
+				    "QEMU pid %d was not given the guest RAM", (int)pid);
 	int ram = (int)syscall(SYS_pidfd_getfd, pidfd, qemu_fd, 0);
 	char link[256] = "", memfd_name[128], self[64];
 	snprintf(self, sizeof(self), "/proc/self/fd/%d", ram);
@@ -63,8 +67,18 @@ static int ram_recover(const struct custody_vm *vm, pid_t pid, int pidfd,
 	return 0;
 }
 
+/* QEMU maps the memfd through its own fd's path; the machine's
+ * memory-backend names it as ram0. */
+static void ram_qemu_args(const struct custody_vm *vm, const struct custody_qemu_fds *at,
+			  struct strv *argv) {
+	strv_addf(argv, "-object");
+	strv_addf(argv, "memory-backend-file,id=ram0,size=%lluM,share=on,mem-path=/proc/self/fd/%d",
+		  (unsigned long long)(vm->ram_bytes >> 20), at->n[CUSTODY_RAM]);
+}
+
 const struct custody_ops custody_ram = {
 	.kind = "ram",
 	.open = ram_open,
 	.recover = ram_recover,
+	.qemu_args = ram_qemu_args,
 };

@@ -1,25 +1,90 @@
-/* The table of the fds cprd holds for a VM (see custody.h): their names in
- * the fd store and in GetVM, and their numbers in QEMU, which are the
- * command line's (cmdline.h). */
+/* The table of the fds cprd holds for a VM (see custody.h), their names in
+ * the fd store and in GetVM, and the numbers they get inside each QEMU. */
 #include "custody.h"
 
-#include "cmdline.h"
+#include <errno.h>
+#include <json-c/json.h>
+#include <string.h>
+
 #include "macro.h"
+#include "util.h"
 
 const struct custody_fd custody_fds[_CUSTODY_MAX] = {
-	[CUSTODY_RAM] = {.name = "ram0", .kind = "ram", .qemu_fd = CMDLINE_FD_RAM},
+	[CUSTODY_CONSOLE_QEMU] = {.name = "console-qemu", .kind = "console", .to_qemu = true},
+	[CUSTODY_RAM] = {.name = "ram0", .kind = "ram", .to_qemu = true},
 	/* A spare copy QEMU never uses, so a cprd without its fd store can
 	 * take cprd's own end back (custody-console.c). */
-	[CUSTODY_CONSOLE] = {.name = "console", .kind = "console", .qemu_fd = CMDLINE_FD_CONSOLE_CPRD},
-	[CUSTODY_CONSOLE_QEMU] = {.name = "console-qemu", .kind = "console",
-				  .qemu_fd = CMDLINE_FD_CONSOLE},
-	/* QEMU gets the other end of the socketpair, as CMDLINE_FD_QMP. */
-	[CUSTODY_QMP] = {.name = "qmp", .kind = "qmp", .qemu_fd = -1, .target_name = "qmp-target"},
+	[CUSTODY_CONSOLE] = {.name = "console", .kind = "console", .to_qemu = true},
+	/* QEMU gets the other end of the socketpair. */
+	[CUSTODY_QMP] = {.name = "qmp", .kind = "qmp", .to_qemu = true, .target_name = "qmp-target"},
 };
 
-const struct custody_ops *const custody_vm_kinds[] = {
+/* RAM first: the machine's memory-backend names it. */
+const struct custody_ops *const custody_kinds[] = {
 	&custody_ram,
+	&custody_qmp,
 	&custody_console,
 };
 
-const unsigned custody_n_vm_kinds = ELEMENTSOF(custody_vm_kinds);
+const unsigned custody_n_kinds = ELEMENTSOF(custody_kinds);
+
+/* The first number after stdin, stdout and stderr. */
+#define CUSTODY_QEMU_FD_FIRST 3
+/* A QEMU never gets more; a record that says otherwise is corrupt. */
+#define CUSTODY_QEMU_FD_LAST 1023
+
+const struct custody_qemu_fds custody_qemu_fds_legacy = {.n = {
+	[CUSTODY_QMP] = 3,
+	[CUSTODY_CONSOLE_QEMU] = 4,
+	[CUSTODY_RAM] = 5,
+	[CUSTODY_CONSOLE] = 6,
+}};
+
+void custody_qemu_fds_assign(const int held[_CUSTODY_VM_MAX], struct custody_qemu_fds *ret) {
+	int next = CUSTODY_QEMU_FD_FIRST;
+	ret->n[CUSTODY_QMP] = next++;
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		ret->n[i] = custody_fds[i].to_qemu && held[i] >= 0 ? next++ : -1;
+}
+
+struct json_object *custody_qemu_fds_to_json(const struct custody_qemu_fds *f) {
+	struct json_object *o = json_object_new_object();
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		if (f->n[i] >= 0)
+			json_object_object_add(o, custody_fds[i].name, json_object_new_int(f->n[i]));
+	return o;
+}
+
+static int custody_id_of(const char *name) {
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		if (streq(custody_fds[i].name, name))
+			return (int)i;
+	return -1;
+}
+
+int custody_qemu_fds_from_json(struct json_object *o, struct custody_qemu_fds *ret, char *why,
+			       size_t size) {
+	struct custody_qemu_fds f;
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		f.n[i] = -1;
+	if (!json_object_is_type(o, json_type_object))
+		return json_refuse(why, size, "fds is not an object");
+	json_object_object_foreach(o, name, value) {
+		int id = custody_id_of(name);
+		if (id < 0)
+			return json_refuse(why, size, "fds names \"%s\", which is no held fd", name);
+		int64_t n = 0;
+		int r = json_field_int(o, name, true, CUSTODY_QEMU_FD_FIRST, CUSTODY_QEMU_FD_LAST, &n,
+				       why, size);
+		if (r < 0)
+			return r;
+		for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+			if (f.n[i] == n)
+				return json_refuse(why, size, "fds gives %s and %s the same number %d",
+						   custody_fds[i].name, name, (int)n);
+		f.n[id] = (int)n;
+		(void)value;
+	}
+	*ret = f;
+	return 0;
+}

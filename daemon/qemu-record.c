@@ -28,6 +28,7 @@ struct json_object *qemu_record_to_json(const struct qemu_record *r) {
 	json_object_object_add(o, "xIgnoreShared", json_object_new_boolean(r->x_ignore_shared));
 	json_object_object_add(o, "auxRamShare", json_object_new_boolean(r->aux_ram_share));
 	json_object_object_add(o, "hasModes", json_object_new_boolean(r->has_modes));
+	json_object_object_add(o, "fds", custody_qemu_fds_to_json(&r->fds));
 	return o;
 }
 
@@ -63,6 +64,10 @@ int qemu_record_from_json(struct json_object *o, struct qemu_record *ret, char *
 		e = json_refuse(why, size, "qmpPath \"%s\" is not an absolute socket path", r.qmp_path);
 		goto fail;
 	}
+	struct json_object *fds = json_object_object_get(o, "fds");
+	r.fds = custody_qemu_fds_legacy;
+	if (fds && (e = custody_qemu_fds_from_json(fds, &r.fds, why, size)) < 0)
+		goto fail;
 	if (!r.version && !(r.version = strdup("unknown"))) {
 		e = -ENOMEM;
 		goto fail;

@@ -10,6 +10,8 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "custody.h"
+
 struct json_object;
 
 struct qemu_record {
@@ -23,6 +25,9 @@ struct qemu_record {
 	char *qmp_path; /* its recovery monitor's socket, or NULL */
 	/* What its probe found, for an upgrade from it. */
 	bool cpr_transfer, x_ignore_shared, aux_ram_share, has_modes;
+	/* The numbers it has the held fds at; a record without them is of a
+	 * QEMU an older cprd started, which had custody_qemu_fds_legacy's. */
+	struct custody_qemu_fds fds;
 };
 
 struct json_object *qemu_record_to_json(const struct qemu_record *r);

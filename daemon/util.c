@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -244,6 +245,24 @@ void strv_free(char **v) {
 	for (char **i = v; *i; i++)
 		free(*i);
 	free(v);
+}
+
+void strv_addf(struct strv *s, const char *fmt, ...) {
+	va_list ap;
+	char *str = NULL;
+	va_start(ap, fmt);
+	if (vasprintf(&str, fmt, ap) < 0)
+		str = NULL;
+	va_end(ap);
+	char **n = str ? realloc(s->v, (s->n + 2) * sizeof(char *)) : NULL;
+	if (!n) {
+		free(str);
+		s->oom = true;
+		return;
+	}
+	s->v = n;
+	s->v[s->n++] = str;
+	s->v[s->n] = NULL;
 }
 
 int fd_cloexec(int fd) {

@@ -62,6 +62,14 @@ int json_field_int(struct json_object *o, const char *key, bool required, int64_
 /* NULL-terminated string arrays. */
 void strv_free(char **v);
 static inline void strv_freep(char ***v) { strv_free(*v); }
+/* An array being built: strv_addf appends a formatted string and remembers
+ * a failure in oom, so a builder checks once at the end. */
+struct strv {
+	char **v; /* NULL-terminated once anything was added */
+	size_t n;
+	bool oom;
+};
+void strv_addf(struct strv *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int fd_cloexec(int fd);
 
 /* Field 22 of /proc/PID/stat: when the process started, in clock ticks

@@ -40,6 +40,8 @@ struct vm_qemu {
 	int qmp_fd;       /* our end's number, for GetVM's list of held fds */
 	uint64_t starttime; /* /proc/PID/stat's, to recognise the process later */
 	char *qmp_path;     /* its recovery monitor socket, or NULL */
+	/* The numbers it has the held fds at, in its record too. */
+	struct custody_qemu_fds fds;
 	struct vm_qemu_callbacks cb;
 	void *userdata;
 };
@@ -196,8 +198,9 @@ static int vm_ensure_custody(struct vm *vm) {
 	const struct custody_vm cv = vm_custody_vm(vm);
 	int before[_CUSTODY_VM_MAX];
 	memcpy(before, vm->held, sizeof(before));
-	for (unsigned k = 0; k < custody_n_vm_kinds && r >= 0; k++)
-		r = custody_vm_kinds[k]->open(&cv, vm->held);
+	for (unsigned k = 0; k < custody_n_kinds && r >= 0; k++)
+		if (custody_kinds[k]->open)
+			r = custody_kinds[k]->open(&cv, vm->held);
 	vm_custody_adopt(vm, before);
 	return r;
 }
@@ -366,12 +369,15 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	r = vm_ensure_custody(vm);
 	if (r < 0)
 		return r;
+	struct custody_qemu_fds at;
+	custody_qemu_fds_assign(vm->held, &at);
 	_cleanup_free_ char *qmp_path = vm_recovery_socket(vm);
 	const struct cmdline cl = {
 		.binary = binary,
 		.spec = vm->spec,
 		.probe = probe,
 		.accel = vm_accel(vm),
+		.fds = &at,
 		.qmp_path = qmp_path,
 		.incoming = incoming,
 	};
@@ -386,13 +392,14 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	if (!q)
 		return -ENOMEM;
 	q->qmp_path = TAKE_PTR(qmp_path);
+	q->fds = at;
 
-	/* QEMU's QMP end, and every per-VM fd at its number. */
-	struct qemu_fd fds[1 + _CUSTODY_VM_MAX] = {{qmp_theirs, CMDLINE_FD_QMP}};
-	size_t n_fds = 1;
-	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
-		if (custody_fds[i].qemu_fd >= 0)
-			fds[n_fds++] = (struct qemu_fd){vm->held[i], custody_fds[i].qemu_fd};
+	/* QEMU's QMP end and every per-VM fd, at the numbers handed out. */
+	struct qemu_fd fds[_CUSTODY_MAX];
+	size_t n_fds = 0;
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		if (at.n[i] >= 0)
+			fds[n_fds++] = (struct qemu_fd){i == CUSTODY_QMP ? qmp_theirs : vm->held[i], at.n[i]};
 
 	vm_log_cmdline(vm, argv);
 	q->log_offset = lseek(vm->qemu_log_fd, 0, SEEK_END); /* its stderr starts here */
@@ -457,6 +464,8 @@ int vm_qemu_exec_argv(struct vm_qemu *q, const char *exec_path, const struct pro
 		.spec = q->vm->spec,
 		.probe = probe,
 		.accel = vm_accel(q->vm),
+		/* The process keeps its fds, at the same numbers, across the exec. */
+		.fds = &q->fds,
 		.qmp_path = q->qmp_path,
 		.incoming = incoming,
 	};
@@ -632,6 +641,7 @@ struct json_object *vm_qemu_record(struct vm_qemu *q) {
 		.x_ignore_shared = p && p->x_ignore_shared,
 		.aux_ram_share = p && p->aux_ram_share,
 		.has_modes = vm_qemu_has_migration_modes(q),
+		.fds = q->fds,
 	};
 	return qemu_record_to_json(&r);
 }
@@ -681,13 +691,15 @@ static struct probe_result *probe_from_record(const struct qemu_record *rec) {
 }
 
 /* Fds lost with the fd store: QEMU (pid, pidfd) still holds each at its
- * number; every kind takes its own back. */
-static void vm_recover_custody(struct vm *vm, pid_t pid, int pidfd) {
+ * number in at; every kind takes its own back. */
+static void vm_recover_custody(struct vm *vm, pid_t pid, int pidfd,
+			       const struct custody_qemu_fds *at) {
 	const struct custody_vm cv = vm_custody_vm(vm);
 	int before[_CUSTODY_VM_MAX];
 	memcpy(before, vm->held, sizeof(before));
-	for (unsigned k = 0; k < custody_n_vm_kinds; k++)
-		(void)custody_vm_kinds[k]->recover(&cv, pid, pidfd, vm->held);
+	for (unsigned k = 0; k < custody_n_kinds; k++)
+		if (custody_kinds[k]->recover)
+			(void)custody_kinds[k]->recover(&cv, pid, pidfd, at, vm->held);
 	vm_custody_adopt(vm, before);
 }
 
@@ -751,7 +763,8 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 		q->cb = *cb;
 	q->userdata = userdata;
 	q->qmp_path = TAKE_PTR(rec.qmp_path);
-	vm_recover_custody(vm, pid, pidfd);
+	q->fds = rec.fds;
+	vm_recover_custody(vm, pid, pidfd, &q->fds);
 	r = qemu_adopt(vm->host->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);

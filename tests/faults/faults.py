@@ -66,7 +66,6 @@ import cprdtest as T  # noqa: E402
 AREA = "faults"  # ctest's name for this runner (tests/ci-skips.txt)
 
 HOLD_MS = 2500
-VM_FD_RAM = 5  # the guest RAM memfd's number inside QEMU (daemon/vm.h)
 
 
 class Fail(Exception):
@@ -99,10 +98,26 @@ def qemus_by_marker(name):
     return sorted(out)
 
 
-def guest_ticks_via_qemu(pid):
-    """The guest's tick counter read through QEMU's own memfd (fd 5)."""
+def qemu_ram_fd(cprd, name, pid):
+    """The guest RAM memfd's number inside QEMU pid, as the VM's qemu.json
+    records it (custody hands the numbers out per QEMU)."""
     try:
-        f = os.open("/proc/%d/fd/%d" % (pid, VM_FD_RAM), os.O_RDONLY | os.O_CLOEXEC)
+        with open(os.path.join(cprd.runtime_dir, "vms", name, "qemu.json")) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if rec.get("pid") != pid:
+        return None
+    return rec.get("fds", {}).get("ram0")
+
+
+def guest_ticks_via_qemu(cprd, name, pid):
+    """The guest's tick counter read through QEMU's own memfd."""
+    n = qemu_ram_fd(cprd, name, pid)
+    if n is None:
+        return None
+    try:
+        f = os.open("/proc/%d/fd/%d" % (pid, n), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -361,10 +376,12 @@ class Run:
         else:
             mem = "memfd held" if held == self.memfd_ino else "memfd lost (%s)" % memfd
         if qpid is not None:
-            t0 = guest_ticks_via_qemu(qpid)
-            check(t0 is not None, "cannot read the guest's counter through QEMU %d" % qpid)
+            ticks = lambda: guest_ticks_via_qemu(self.cprd, self.name, qpid)  # noqa: E731
+            t0 = ticks()
+            check(t0 is not None, "cannot read the guest's counter through QEMU %d's RAM fd (qemu.json: %s)"
+                  % (qpid, qemu_ram_fd(self.cprd, self.name, qpid)))
             try:
-                t1 = T.wait_until(lambda: (guest_ticks_via_qemu(qpid) or 0) > t0 and guest_ticks_via_qemu(qpid),
+                t1 = T.wait_until(lambda: (ticks() or 0) > t0 and ticks(),
                                   10, what="the guest's counter to advance")
             except AssertionError:
                 raise Fail("the guest does not run: its counter stays at %d" % t0)

@@ -738,6 +738,67 @@ class Upgrade(UpgradeCase):
 
     # ---- outdated and many -----------------------------------------------------
 
+    def qemu_fds(self, name, pid):
+        """The numbers qemu.json records for QEMU pid, each checked against
+        what that process really holds there."""
+        with open(os.path.join(self.cprd.runtime_dir, "vms", name, "qemu.json")) as f:
+            rec = json.load(f)
+        self.assertEqual(rec["pid"], pid, rec)
+        fds = rec["fds"]
+        self.assertEqual(set(fds), {"qmp", "console-qemu", "ram0", "console"}, fds)
+        self.assertEqual(len(set(fds.values())), len(fds), fds)
+        ram = os.readlink("/proc/%d/fd/%d" % (pid, fds["ram0"]))
+        self.assertTrue(ram.startswith("/memfd:cprd:%s:ram0" % name), ram)
+        for n in ("qmp", "console-qemu", "console"):
+            self.assertTrue(os.readlink("/proc/%d/fd/%d" % (pid, fds[n])).startswith("socket:"), n)
+        return rec, fds
+
+    def restart_without_fd_store(self, name, drop_fds):
+        """Stops cprd (no fd store here), optionally strips the numbers from
+        qemu.json as a cprd from before them would have left it, and starts
+        it again; the guest must be found, whole, on the same QEMU."""
+        pid = self.status(name)["pid"]
+        memfd = os.stat("/proc/%d/fd/%d" % (pid, self.qemu_fds(name, pid)[1]["ram0"])).st_ino
+        ticks = self.wait_guest_ticks(name, 1)[1]
+        self.cprd.proc.send_signal(T.signal.SIGTERM)
+        self.cprd.proc.wait(30)
+        if drop_fds:
+            path = os.path.join(self.cprd.runtime_dir, "vms", name, "qemu.json")
+            with open(path) as f:
+                rec = json.load(f)
+            del rec["fds"]
+            with open(path, "w") as f:
+                json.dump(rec, f)
+        self.cprd.start()
+        wait_until(lambda: self.status(name)["state"] == "running", 30, what="%s running after the restart" % name)
+        self.assertEqual(self.status(name)["pid"], pid)
+        # The memfd and the console came back from QEMU, at the right numbers.
+        self.assertEqual(self.cprd.memfd_inode(name), memfd)
+        self.wait_guest_ticks(name, ticks + 1)
+        kinds = sorted(f["name"] for f in self.status(name)["fds"])
+        self.assertEqual(kinds, [name + "." + n for n in ("console", "console-qemu", "qmp", "ram0")], kinds)
+        return pid
+
+    def test_fd_numbers_recorded_and_recovered(self):
+        """QEMU's fd numbers are recorded in qemu.json and used to take the
+        fds back after a restart without the fd store; a record from a cprd
+        that did not write them means the old fixed numbers."""
+        self.create_started("fdn")
+        pid = self.status("fdn")["pid"]
+        _, fds = self.qemu_fds("fdn", pid)
+        self.assertEqual(fds, {"qmp": 3, "console-qemu": 4, "ram0": 5, "console": 6})
+        self.restart_without_fd_store("fdn", drop_fds=False)
+        # The rewritten record keeps them.
+        self.qemu_fds("fdn", pid)
+        self.restart_without_fd_store("fdn", drop_fds=True)
+        self.qemu_fds("fdn", pid)
+        # And the guest upgrades from there, its console whole.
+        r = self.upgrade("fdn", "--mode", "cpr-transfer")
+        self.assertEqual(r.json["outcome"], "committed", r.json)
+        self.qemu_fds("fdn", r.json["pid"])
+        self.wait_guest_ticks("fdn", self.wait_guest_ticks("fdn", 1)[1] + 1)
+        self.assert_console_continuous("fdn")
+
     def test_outdated(self):
         copy = os.path.join(self.tmp, "bin", "qemu-system-x86_64")
         os.makedirs(os.path.dirname(copy))

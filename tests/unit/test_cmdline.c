@@ -11,6 +11,7 @@
 
 #include "check-run.h"
 #include "cmdline.h"
+#include "custody.h"
 #include "macro.h"
 #include "probe.h"
 #include "spec.h"
@@ -44,6 +45,7 @@ static struct cmdline base(void) {
 		.spec = &spec,
 		.probe = &qemu_10,
 		.accel = "tcg",
+		.fds = &custody_qemu_fds_legacy,
 	};
 }
 
@@ -155,11 +157,26 @@ START_TEST(test_recovery_monitor) {
 	struct cmdline c = base();
 	c.qmp_path = "/run/cprd/vms/g1/qmp-1a2b.sock";
 	_cleanup_free_ char *argv = build(&c);
-	ck_assert_msg(has(argv, " -chardev socket,id=qmp,fd=3 -mon chardev=qmp,mode=control "
+	ck_assert_msg(has(argv, " -chardev socket,id=console,fd=4 -serial chardev:console "
 				"-chardev socket,id=qmp-recovery,path=/run/cprd/vms/g1/qmp-1a2b.sock,"
-				"server=on,wait=off -mon chardev=qmp-recovery,mode=control "
-				"-chardev socket,id=console,fd=4 "),
+				"server=on,wait=off -mon chardev=qmp-recovery,mode=control -nic none"),
 		      "%s", argv);
+}
+END_TEST
+
+/* Each held fd is named at the number custody handed out for this QEMU,
+ * whatever it is; the console's spare copy (cprd's end) is named nowhere. */
+START_TEST(test_fd_numbers) {
+	struct cmdline c = base();
+	struct custody_qemu_fds at = {.n = {
+		[CUSTODY_QMP] = 7, [CUSTODY_CONSOLE_QEMU] = 12, [CUSTODY_RAM] = 9, [CUSTODY_CONSOLE] = 30}};
+	c.fds = &at;
+	_cleanup_free_ char *argv = build(&c);
+	ck_assert_msg(has(argv, "share=on,mem-path=/proc/self/fd/9 -chardev socket,id=qmp,fd=7 -mon "
+				"chardev=qmp,mode=control -chardev socket,id=console,fd=12 -serial "
+				"chardev:console "),
+		      "%s", argv);
+	ck_assert_msg(!has(argv, "30"), "%s", argv);
 }
 END_TEST
 
@@ -243,6 +260,7 @@ static Suite *cmdline_suite(void) {
 	tcase_add_test(tc, test_start_whole);
 	tcase_add_test(tc, test_probe_results);
 	tcase_add_test(tc, test_spec_fields);
+	tcase_add_test(tc, test_fd_numbers);
 	tcase_add_test(tc, test_disks);
 	tcase_add_test(tc, test_hugepages);
 	tcase_add_test(tc, test_recovery_monitor);

@@ -1,9 +1,11 @@
 /* Check suite for daemon/custody*.c: the table of held fds (names, kinds,
- * numbers in QEMU), guest RAM and console made as QEMU needs them, and both
- * taken back from a process that holds them at their numbers, as a
- * restarted cprd without its fd store takes them from QEMU. */
+ * the numbers handed out in QEMU and their record in qemu.json), guest RAM
+ * and console made as QEMU needs them, and both taken back from a process
+ * that holds them at the numbers its record gives, as a restarted cprd
+ * without its fd store takes them from QEMU. */
 #include <check.h>
 #include <errno.h>
+#include <json-c/json.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,7 +17,6 @@
 #include <unistd.h>
 
 #include "check-run.h"
-#include "cmdline.h"
 #include "custody.h"
 #include "macro.h"
 #include "util.h"
@@ -48,16 +49,73 @@ START_TEST(test_table) {
 	ck_assert_str_eq(custody_fds[CUSTODY_QMP].name, "qmp");
 	ck_assert_str_eq(custody_fds[CUSTODY_QMP].target_name, "qmp-target");
 	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
-		for (unsigned j = i + 1; j < _CUSTODY_MAX; j++) {
+		for (unsigned j = i + 1; j < _CUSTODY_MAX; j++)
 			ck_assert_str_ne(custody_fds[i].name, custody_fds[j].name);
-			ck_assert(custody_fds[i].qemu_fd < 0 ||
-				  custody_fds[i].qemu_fd != custody_fds[j].qemu_fd);
-		}
-	/* The numbers the command line names. */
-	ck_assert_int_eq(custody_fds[CUSTODY_RAM].qemu_fd, CMDLINE_FD_RAM);
-	ck_assert_int_eq(custody_fds[CUSTODY_CONSOLE_QEMU].qemu_fd, CMDLINE_FD_CONSOLE);
+	/* Every kind names its fds on QEMU's command line; per-VM kinds make
+	 * theirs, QMP's are made with each QEMU. */
+	for (unsigned k = 0; k < custody_n_kinds; k++) {
+		ck_assert_ptr_nonnull(custody_kinds[k]->qemu_args);
+		ck_assert_int_eq(!custody_kinds[k]->open, custody_kinds[k] == &custody_qmp);
+	}
+}
+END_TEST
+
+static void numbers_eq(const struct custody_qemu_fds *a, const struct custody_qemu_fds *b) {
 	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
-		ck_assert_int_ne(custody_fds[i].qemu_fd, CMDLINE_FD_QMP);
+		ck_assert_msg(a->n[i] == b->n[i], "%s: %d != %d", custody_fds[i].name, a->n[i], b->n[i]);
+}
+
+/* Numbers from 3 up, QMP first, only for what is held; a VM holding all
+ * gets what QEMUs had before numbers were recorded. */
+START_TEST(test_qemu_fds_assign) {
+	int held[_CUSTODY_VM_MAX];
+	struct custody_qemu_fds at;
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		held[i] = 100 + (int)i;
+	custody_qemu_fds_assign(held, &at);
+	numbers_eq(&at, &custody_qemu_fds_legacy);
+	ck_assert_int_eq(at.n[CUSTODY_QMP], 3);
+	ck_assert_int_eq(at.n[CUSTODY_RAM], 5);
+
+	held[CUSTODY_CONSOLE_QEMU] = -1;
+	custody_qemu_fds_assign(held, &at);
+	ck_assert_int_eq(at.n[CUSTODY_QMP], 3);
+	ck_assert_int_eq(at.n[CUSTODY_CONSOLE_QEMU], -1);
+	ck_assert_int_eq(at.n[CUSTODY_RAM], 4);
+	ck_assert_int_eq(at.n[CUSTODY_CONSOLE], 5);
+}
+END_TEST
+
+/* What goes into qemu.json comes back the same; a corrupt list is refused
+ * with a reason that names the problem. */
+START_TEST(test_qemu_fds_json) {
+	struct custody_qemu_fds at = custody_qemu_fds_legacy, back;
+	at.n[CUSTODY_CONSOLE] = -1;
+	at.n[CUSTODY_RAM] = 40;
+	_cleanup_json_ struct json_object *o = custody_qemu_fds_to_json(&at);
+	ck_assert_str_eq(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN),
+			 "{\"console-qemu\":4,\"ram0\":40,\"qmp\":3}");
+	char why[256] = "";
+	ck_assert_int_eq(custody_qemu_fds_from_json(o, &back, why, sizeof(why)), 0);
+	numbers_eq(&back, &at);
+
+	static const struct {
+		const char *json, *why;
+	} bad[] = {
+		{"[3]", "fds is not an object"},
+		{"{\"qmp\":3,\"floppy\":4}", "fds names \"floppy\", which is no held fd"},
+		{"{\"qmp\":3,\"ram0\":3}", "fds gives qmp and ram0 the same number 3"},
+		{"{\"ram0\":2}", "ram0 2 is out of range"},
+		{"{\"ram0\":1024}", "ram0 1024 is out of range"},
+		{"{\"ram0\":\"5\"}", "ram0 is not a number"},
+	};
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+		_cleanup_json_ struct json_object *b = json_tokener_parse(bad[i].json);
+		ck_assert_ptr_nonnull(b);
+		why[0] = '\0';
+		ck_assert_int_eq(custody_qemu_fds_from_json(b, &back, why, sizeof(why)), -EBADMSG);
+		ck_assert_str_eq(why, bad[i].why);
+	}
 }
 END_TEST
 
@@ -110,9 +168,9 @@ START_TEST(test_console_open) {
 }
 END_TEST
 
-/* A stand-in for QEMU: holds the per-VM fds at their numbers, as qemu.c
- * hands them over, until killed. */
-static pid_t holder(const int fds[_CUSTODY_VM_MAX]) {
+/* A stand-in for QEMU: holds the per-VM fds at their numbers in at, as
+ * qemu.c hands them over, until killed. */
+static pid_t holder(const int fds[_CUSTODY_VM_MAX], const struct custody_qemu_fds *at) {
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -120,7 +178,7 @@ static pid_t holder(const int fds[_CUSTODY_VM_MAX]) {
 		for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
 			moved[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 100);
 		for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
-			if (moved[i] < 0 || dup2(moved[i], custody_fds[i].qemu_fd) < 0)
+			if (moved[i] < 0 || dup2(moved[i], at->n[i]) < 0)
 				_exit(1);
 		for (;;)
 			pause();
@@ -135,13 +193,18 @@ START_TEST(test_recover) {
 	fds_init(back);
 	ck_assert_int_eq(custody_ram.open(&vm, made), 0);
 	ck_assert_int_eq(custody_console.open(&vm, made), 0);
-	pid_t pid = holder(made);
+	/* Numbers of the record's choosing, not the ones cprd would give. */
+	struct custody_qemu_fds at = custody_qemu_fds_legacy;
+	at.n[CUSTODY_RAM] = 41;
+	at.n[CUSTODY_CONSOLE] = 42;
+	at.n[CUSTODY_CONSOLE_QEMU] = 43;
+	pid_t pid = holder(made, &at);
 	int pidfd = pidfd_open_pid(pid);
 	ck_assert_int_ge(pidfd, 0);
 	usleep(100 * 1000); /* the holder's dup2s */
 
-	ck_assert_int_eq(custody_ram.recover(&vm, pid, pidfd, back), 0);
-	ck_assert_int_eq(custody_console.recover(&vm, pid, pidfd, back), 0);
+	ck_assert_int_eq(custody_ram.recover(&vm, pid, pidfd, &at, back), 0);
+	ck_assert_int_eq(custody_console.recover(&vm, pid, pidfd, &at, back), 0);
 	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++) {
 		ck_assert_int_ge(back[i], 0);
 		ck_assert_int_eq(fstat(made[i], &a), 0);
@@ -156,7 +219,12 @@ START_TEST(test_recover) {
 	fds_init(other);
 	struct custody_vm someone = vm;
 	someone.name = "t2";
-	ck_assert_int_eq(custody_ram.recover(&someone, pid, pidfd, other), -EBADF);
+	ck_assert_int_eq(custody_ram.recover(&someone, pid, pidfd, &at, other), -EBADF);
+	ck_assert_int_eq(other[CUSTODY_RAM], -1);
+	/* Nor is whatever another number holds (the console, here). */
+	struct custody_qemu_fds wrong = at;
+	wrong.n[CUSTODY_RAM] = at.n[CUSTODY_CONSOLE];
+	ck_assert_int_eq(custody_ram.recover(&vm, pid, pidfd, &wrong, other), -EBADF);
 	ck_assert_int_eq(other[CUSTODY_RAM], -1);
 
 	kill(pid, SIGKILL);
@@ -181,6 +249,8 @@ static Suite *custody_suite(void) {
 	Suite *s = suite_create("custody");
 	TCase *tc = tcase_create("kinds");
 	tcase_add_test(tc, test_table);
+	tcase_add_test(tc, test_qemu_fds_assign);
+	tcase_add_test(tc, test_qemu_fds_json);
 	tcase_add_test(tc, test_ram_open);
 	tcase_add_test(tc, test_console_open);
 	tcase_add_test(tc, test_qmp_open);

@@ -1,7 +1,8 @@
 /* Check suite for daemon/qemu-record.c: a QEMU's record goes into qemu.json
  * and comes back the same; a record missing a field, with a field of the
  * wrong type or out of range, or with a path cprd would not have written is
- * refused with a reason that names the field. */
+ * refused with a reason that names the field. The numbers QEMU has the held
+ * fds at are part of it; a record without them means the fixed old ones. */
 #include <check.h>
 #include <errno.h>
 #include <json-c/json.h>
@@ -27,6 +28,9 @@ static struct qemu_record sample(void) {
 		.x_ignore_shared = true,
 		.aux_ram_share = true,
 		.has_modes = true,
+		/* Not the numbers cprd hands out today: the record's own. */
+		.fds = {.n = {[CUSTODY_QMP] = 3, [CUSTODY_RAM] = 8, [CUSTODY_CONSOLE] = -1,
+			      [CUSTODY_CONSOLE_QEMU] = 9}},
 	};
 }
 
@@ -47,13 +51,16 @@ START_TEST(test_round_trip) {
 	ck_assert_str_eq(out.version, in.version);
 	ck_assert_str_eq(out.qmp_path, in.qmp_path);
 	ck_assert(out.cpr_transfer && out.x_ignore_shared && out.aux_ram_share && out.has_modes);
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		ck_assert_int_eq(out.fds.n[i], in.fds.n[i]);
 	qemu_record_done(&out);
 	json_object_put(back);
 	json_object_put(o);
 }
 END_TEST
 
-/* What a QEMU 7.2 without a recovery monitor leaves: no qmpPath, flags off. */
+/* What a QEMU 7.2 without a recovery monitor leaves: no qmpPath, flags off;
+ * and what an older cprd wrote: no fds. */
 START_TEST(test_optional_fields) {
 	struct qemu_record in = sample(), out;
 	char why[256] = "";
@@ -63,7 +70,11 @@ START_TEST(test_optional_fields) {
 	struct json_object *o = qemu_record_to_json(&in);
 	ck_assert(!json_object_object_get_ex(o, "qmpPath", NULL));
 	json_object_object_del(o, "hasModes");
+	/* A QEMU started before the numbers were recorded had the fixed ones. */
+	json_object_object_del(o, "fds");
 	ck_assert_int_eq(qemu_record_from_json(o, &out, why, sizeof(why)), 0);
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
+		ck_assert_int_eq(out.fds.n[i], custody_qemu_fds_legacy.n[i]);
 	ck_assert_ptr_null(out.qmp_path);
 	ck_assert_str_eq(out.version, "unknown");
 	ck_assert(!out.cpr_transfer && out.x_ignore_shared && !out.has_modes);
@@ -112,6 +123,10 @@ START_TEST(test_corrupt) {
 	snprintf(reason, sizeof(reason), "qmpPath \"%s\" is not an absolute socket path", long_path);
 	refused("qmpPath", json_object_new_string(long_path), reason);
 	refused("cprTransfer", json_object_new_string("yes"), "cprTransfer is not true or false");
+	refused("fds", json_object_new_int(5), "fds is not an object");
+	refused("fds", json_tokener_parse("{\"ram0\":5,\"qmp\":5}"),
+		"fds gives ram0 and qmp the same number 5");
+	refused("fds", json_tokener_parse("{\"tape\":5}"), "fds names \"tape\", which is no held fd");
 }
 END_TEST
 

@@ -21,6 +21,7 @@ static struct json_object *record(int pid) {
 		.starttime = 1000 + (uint64_t)pid,
 		.binary = "/usr/bin/qemu-system-x86_64",
 		.version = "10.0.2",
+		.fds = custody_qemu_fds_legacy,
 	};
 	return qemu_record_to_json(&r);
 }

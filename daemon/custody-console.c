@@ -65,9 +65,20 @@ static void console_qemu_args(const struct custody_vm *vm, const struct custody_
 	strv_addf(argv, "chardev:console");
 }
 
+/* Both ends come back, or neither is used. */
+static void console_restored(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]) {
+	if (fds[CUSTODY_CONSOLE] < 0 || fds[CUSTODY_CONSOLE_QEMU] < 0) {
+		fds[CUSTODY_CONSOLE] = safe_close(fds[CUSTODY_CONSOLE]);
+		fds[CUSTODY_CONSOLE_QEMU] = safe_close(fds[CUSTODY_CONSOLE_QEMU]);
+		return;
+	}
+	fcntl(fds[CUSTODY_CONSOLE], F_SETFL, fcntl(fds[CUSTODY_CONSOLE], F_GETFL) | O_NONBLOCK);
+}
+
 const struct custody_ops custody_console = {
 	.kind = "console",
 	.open = console_open,
+	.restored = console_restored,
 	.recover = console_recover,
 	.qemu_args = console_qemu_args,
 };

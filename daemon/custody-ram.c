@@ -76,9 +76,22 @@ static void ram_qemu_args(const struct custody_vm *vm, const struct custody_qemu
 		  (unsigned long long)(vm->ram_bytes >> 20), at->n[CUSTODY_RAM]);
 }
 
+static void ram_restored(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]) {
+	struct stat st;
+	if (fds[CUSTODY_RAM] < 0)
+		return;
+	if (fstat(fds[CUSTODY_RAM], &st) < 0) {
+		fds[CUSTODY_RAM] = safe_close(fds[CUSTODY_RAM]);
+		return;
+	}
+	log_vm(LOG_INFO, vm->name, "guest RAM memfd (%llu MiB) back from the fd store as fd %d",
+	       (unsigned long long)((uint64_t)st.st_size >> 20), fds[CUSTODY_RAM]);
+}
+
 const struct custody_ops custody_ram = {
 	.kind = "ram",
 	.open = ram_open,
+	.restored = ram_restored,
 	.recover = ram_recover,
 	.qemu_args = ram_qemu_args,
 };

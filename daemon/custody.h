@@ -78,6 +78,9 @@ struct custody_ops {
 	 * remakes what no longer fits vm). Negative errno, logged. NULL for a
 	 * per-QEMU kind, made with each QEMU. */
 	int (*open)(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]);
+	/* Checks the kind's per-VM fds that came back from the fd store, and
+	 * closes (sets to -1) what cannot be used as it is. NULL: all are. */
+	void (*restored)(const struct custody_vm *vm, int fds[_CUSTODY_VM_MAX]);
 	/* Takes the kind's per-VM fds that are still -1 back from the QEMU
 	 * behind pidfd, which has them at the numbers in at, checking they are
 	 * what cprd gave it. Negative errno, logged. NULL: not taken back. */

@@ -214,19 +214,10 @@ void vm_restore_custody(struct vm *vm) {
 		snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[i].name);
 		vm->held[i] = systemd_take_fd(name);
 	}
-	/* The console comes back whole or not at all. */
-	if (vm->held[CUSTODY_CONSOLE] < 0 || vm->held[CUSTODY_CONSOLE_QEMU] < 0) {
-		vm->held[CUSTODY_CONSOLE] = safe_close(vm->held[CUSTODY_CONSOLE]);
-		vm->held[CUSTODY_CONSOLE_QEMU] = safe_close(vm->held[CUSTODY_CONSOLE_QEMU]);
-	} else
-		fcntl(vm->held[CUSTODY_CONSOLE], F_SETFL,
-		      fcntl(vm->held[CUSTODY_CONSOLE], F_GETFL) | O_NONBLOCK);
-	struct stat st;
-	if (vm->held[CUSTODY_RAM] >= 0 && fstat(vm->held[CUSTODY_RAM], &st) == 0)
-		log_vm(LOG_INFO, vm->name, "guest RAM memfd (%llu MiB) back from the fd store as fd %d",
-		       (unsigned long long)((uint64_t)st.st_size >> 20), vm->held[CUSTODY_RAM]);
-	else
-		vm->held[CUSTODY_RAM] = safe_close(vm->held[CUSTODY_RAM]);
+	const struct custody_vm cv = vm_custody_vm(vm);
+	for (unsigned k = 0; k < custody_n_kinds; k++)
+		if (custody_kinds[k]->restored)
+			custody_kinds[k]->restored(&cv, vm->held);
 	vm_watch_console(vm);
 }
 

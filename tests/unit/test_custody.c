@@ -168,6 +168,29 @@ START_TEST(test_console_open) {
 }
 END_TEST
 
+/* What comes back from the fd store: the console whole or not at all, its
+ * cprd end non-blocking again; RAM kept. */
+START_TEST(test_restored) {
+	int fds[_CUSTODY_VM_MAX];
+	fds_init(fds);
+	ck_assert_int_eq(custody_ram.open(&vm, fds), 0);
+	ck_assert_int_eq(custody_console.open(&vm, fds), 0);
+	int ram = fds[CUSTODY_RAM];
+	fcntl(fds[CUSTODY_CONSOLE], F_SETFL, 0); /* as the fd store hands it back */
+	custody_ram.restored(&vm, fds);
+	custody_console.restored(&vm, fds);
+	ck_assert_int_eq(fds[CUSTODY_RAM], ram);
+	ck_assert(fcntl(fds[CUSTODY_CONSOLE], F_GETFL) & O_NONBLOCK);
+
+	/* Half a console is none. */
+	fds[CUSTODY_CONSOLE_QEMU] = safe_close(fds[CUSTODY_CONSOLE_QEMU]);
+	custody_console.restored(&vm, fds);
+	ck_assert_int_eq(fds[CUSTODY_CONSOLE], -1);
+	ck_assert_int_eq(fds[CUSTODY_RAM], ram);
+	fds_close(fds);
+}
+END_TEST
+
 /* A stand-in for QEMU: holds the per-VM fds at their numbers in at, as
  * qemu.c hands them over, until killed. */
 static pid_t holder(const int fds[_CUSTODY_VM_MAX], const struct custody_qemu_fds *at) {
@@ -253,6 +276,7 @@ static Suite *custody_suite(void) {
 	tcase_add_test(tc, test_qemu_fds_json);
 	tcase_add_test(tc, test_ram_open);
 	tcase_add_test(tc, test_console_open);
+	tcase_add_test(tc, test_restored);
 	tcase_add_test(tc, test_qmp_open);
 	/* Tagged: it needs pidfd_open, which valgrind 3.19 does not know, so
 	 * tests/valgrind.sh leaves it out there (CK_EXCLUDE_TAGS=pidfd). */

@@ -195,7 +195,7 @@ int tap_open(const char *ifname, const char *bridge, const uint8_t guest_mac[6],
 	 * IFF_TUN_EXCL: a device of that name made since we looked is an
 	 * error (EBUSY), never one to attach to. */
 	ifreq_name(&ifr, ifname);
-	ifr.ifr_flags = TAP_FLAGS | IFF_TUN_EXCL;
+	ifr.ifr_flags = (short)(TAP_FLAGS | IFF_TUN_EXCL); /* 0x8000 is the sign bit: the same bits */
 	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
 		r = negative_errno();
 		if (r == -EBUSY)

@@ -13,6 +13,7 @@
 
 #include "binary.h"
 #include "macro.h"
+#include "tap.h"
 
 void spec_free(struct vm_spec *s) {
 	if (!s)
@@ -26,6 +27,9 @@ void spec_free(struct vm_spec *s) {
 		free(s->disks[i].format);
 	}
 	free(s->disks);
+	for (size_t i = 0; i < s->n_nics; i++)
+		free(s->nics[i].bridge);
+	free(s->nics);
 	free(s);
 }
 
@@ -201,10 +205,90 @@ static int parse_disks(struct json_object *o, bool check_host, struct vm_spec *s
 	return 0;
 }
 
+/* nics[i] of a spec into nic; a MAC left out is derived from the VM's name
+ * and i, so it is stored with the spec and stays the VM's. */
+static int parse_nic(struct json_object *d, size_t i, const char *vm, struct spec_nic *nic,
+		     struct spec_error *err) {
+	static const char *const nic_keys[] = {"bridge", "mac", NULL};
+	char field[64], prefix[32];
+	const char *s, *why;
+	int r;
+
+	snprintf(prefix, sizeof(prefix), "nics[%zu].", i);
+	if (!json_object_is_type(d, json_type_object)) {
+		snprintf(field, sizeof(field), "nics[%zu]", i);
+		return fail(err, field, "must be an object with bridge and mac");
+	}
+	if ((r = check_keys(d, nic_keys, prefix, err)) < 0)
+		return r;
+
+	snprintf(field, sizeof(field), "nics[%zu].bridge", i);
+	if ((r = get_string(d, "bridge", field, true, 64, &s, err)) < 0)
+		return r;
+	if (!tap_ifname_valid(s))
+		return fail(err, field,
+			    "'%.64s' is not an interface name (1 to 15 printable characters, none of / : %% "
+			    "or a space, and not . or ..)",
+			    s);
+	if (!(nic->bridge = strdup(s)))
+		return -ENOMEM;
+
+	snprintf(field, sizeof(field), "nics[%zu].mac", i);
+	if ((r = get_string(d, "mac", field, false, 64, &s, err)) < 0)
+		return r;
+	if (!s)
+		tap_derive_mac(vm, (unsigned)i, nic->mac);
+	else if (tap_mac_parse(s, nic->mac, &why) < 0)
+		return fail(err, field, "'%.64s' %s", s, why);
+	return 0;
+}
+
+/* The spec's NICs: at most SPEC_NICS_MAX, no MAC twice. */
+static int parse_nics(struct json_object *o, struct vm_spec *spec, struct spec_error *err) {
+	struct json_object *v;
+	if (!json_object_object_get_ex(o, "nics", &v) || !v)
+		return 0;
+	if (!json_object_is_type(v, json_type_array))
+		return fail(err, "nics", "must be an array");
+	size_t n = json_object_array_length(v);
+	if (n > SPEC_NICS_MAX)
+		return fail(err, "nics", "too many NICs: at most %d, not %zu", SPEC_NICS_MAX, n);
+	spec->nics = calloc(n ? n : 1, sizeof(*spec->nics));
+	if (!spec->nics)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		spec->n_nics = i + 1;
+		int r = parse_nic(json_object_array_get_idx(v, i), i, spec->name, &spec->nics[i], err);
+		if (r < 0)
+			return r;
+		for (size_t j = 0; j < i; j++)
+			if (memcmp(spec->nics[j].mac, spec->nics[i].mac, 6) == 0) {
+				char field[64], mac[TAP_MAC_STRLEN];
+				struct json_object *given = NULL;
+				json_object_object_get_ex(json_object_array_get_idx(v, i), "mac", &given);
+				snprintf(field, sizeof(field), "nics[%zu].mac", i);
+				tap_mac_format(spec->nics[i].mac, mac);
+				return fail(err, field, "%s%s is nics[%zu]'s already; each NIC needs a MAC of its own",
+					    given ? "" : "the derived ", mac, j);
+			}
+	}
+	return 0;
+}
+
+int spec_check_bridges(const struct vm_spec *s, struct spec_error *err) {
+	for (size_t i = 0; i < s->n_nics; i++)
+		if (!tap_bridge_exists(s->nics[i].bridge)) {
+			char field[64];
+			snprintf(field, sizeof(field), "nics[%zu].bridge", i);
+			return fail(err, field, "bridge %s does not exist", s->nics[i].bridge);
+		}
+	return 0;
+}
+
 static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 		 struct spec_error *err) {
 	static const char *const keys[] = {"name", "memory", "cpus", "machine", "qemu", "accel",
-					   "hugepages", "allowExec", "disks", "devices", NULL};
+					   "hugepages", "allowExec", "disks", "devices", "nics", NULL};
 	const char *s;
 	int64_t n;
 	int r;
@@ -289,6 +373,11 @@ static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 	TRY(get_bool(o, "allowExec", "allowExec", &spec->allow_exec, err));
 
 	TRY(parse_disks(o, check_host, spec, err));
+	if (!spec->name) {
+		r = -ENOMEM;
+		goto out;
+	}
+	TRY(parse_nics(o, spec, err));
 
 	if (!spec->name || !spec->machine || !spec->qemu || !spec->accel) {
 		r = -ENOMEM;
@@ -330,5 +419,15 @@ struct json_object *spec_to_json(const struct vm_spec *s) {
 	}
 	json_object_object_add(o, "disks", disks);
 	json_object_object_add(o, "devices", json_object_new_array());
+	struct json_object *nics = json_object_new_array();
+	for (size_t i = 0; i < s->n_nics; i++) {
+		struct json_object *d = json_object_new_object();
+		char mac[TAP_MAC_STRLEN];
+		tap_mac_format(s->nics[i].mac, mac);
+		json_object_object_add(d, "bridge", json_object_new_string(s->nics[i].bridge));
+		json_object_object_add(d, "mac", json_object_new_string(mac));
+		json_object_array_add(nics, d);
+	}
+	json_object_object_add(o, "nics", nics);
 	return o;
 }

@@ -14,11 +14,20 @@ struct json_object;
 #define SPEC_MEMORY_MIN_MIB 16
 #define SPEC_PATH_MAX 1024
 #define SPEC_MACHINE_MAX 64
+#define SPEC_NICS_MAX 8 /* TAP_PER_VM_MAX */
 
 struct spec_disk {
 	char *path;
 	char *format; /* raw or qcow2 */
 	bool readonly;
+};
+
+/* A virtio-net NIC whose tap device cprd makes and holds, on a bridge. */
+struct spec_nic {
+	char *bridge;   /* a valid interface name; that it exists is checked
+			 * when the VM is created and started (spec_check_bridges) */
+	uint8_t mac[6]; /* as given, or derived from the VM's name and the
+			 * NIC's index when the spec left it out, and stored */
 };
 
 struct vm_spec {
@@ -34,6 +43,8 @@ struct vm_spec {
 	bool allow_exec;
 	struct spec_disk *disks;
 	size_t n_disks;
+	struct spec_nic *nics; /* in the order the guest sees them */
+	size_t n_nics;
 };
 
 struct spec_error {
@@ -50,5 +61,9 @@ int spec_from_json_trusted(struct json_object *o, struct vm_spec **ret, struct s
 struct json_object *spec_to_json(const struct vm_spec *s);
 void spec_free(struct vm_spec *s);
 bool spec_name_valid(const char *name);
+/* Checks that every NIC's bridge is a bridge in cprd's network namespace
+ * now: at create and before a start makes the taps. Fails with -EINVAL and
+ * fills err ("nics[1].bridge", "bridge br9 does not exist"). */
+int spec_check_bridges(const struct vm_spec *s, struct spec_error *err);
 /* Checks that path names a file this daemon may run as QEMU. */
 int spec_check_binary(const char *path, struct spec_error *err, const char *field);

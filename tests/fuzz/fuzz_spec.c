@@ -6,7 +6,9 @@
  * Contracts checked: a refusal names a field and gives a reason; the host
  * check is never more lenient than the syntax check; an accepted spec
  * survives spec_to_json -> spec_from_json_trusted unchanged; its name is
- * one spec_name_valid() accepts. */
+ * one spec_name_valid() accepts; its NICs are at most SPEC_NICS_MAX, on
+ * bridges with valid interface names, with unicast MACs none of which is
+ * given twice (a derived one included). */
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdint.h>
@@ -15,6 +17,7 @@
 #include "fuzz_check.h"
 #include "log.h"
 #include "spec.h"
+#include "tap.h"
 #include "varlink.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -37,6 +40,16 @@ static void check_spec(const struct vm_spec *s) {
 	for (size_t i = 0; i < s->n_disks; i++) {
 		CHECK(s->disks[i].path && s->disks[i].path[0] == '/' && !strchr(s->disks[i].path, ','));
 		CHECK(s->disks[i].format);
+	}
+	CHECK(s->n_nics <= SPEC_NICS_MAX);
+	for (size_t i = 0; i < s->n_nics; i++) {
+		CHECK(s->nics[i].bridge && tap_ifname_valid(s->nics[i].bridge));
+		char mac[TAP_MAC_STRLEN];
+		uint8_t back[6];
+		tap_mac_format(s->nics[i].mac, mac);
+		CHECK(tap_mac_parse(mac, back, NULL) == 0);
+		for (size_t j = 0; j < i; j++)
+			CHECK(memcmp(s->nics[i].mac, s->nics[j].mac, 6) != 0);
 	}
 }
 

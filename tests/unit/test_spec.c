@@ -13,6 +13,7 @@
 
 #include "check-run.h"
 #include "spec.h"
+#include "tap.h"
 
 /* A binary every Debian machine has, owned by root in root's folders. */
 #define GOOD_BINARY "/bin/sh"
@@ -153,6 +154,7 @@ START_TEST(test_valid) {
 	ck_assert_str_eq(s->disks[0].path, disk);
 	ck_assert_str_eq(s->disks[0].format, "raw");
 	ck_assert(s->disks[0].readonly);
+	ck_assert_uint_eq(s->n_nics, 0);
 
 	/* What is written to vm.json reads back as the same spec. */
 	struct json_object *j = spec_to_json(s);
@@ -338,6 +340,142 @@ START_TEST(test_devices_and_unknown) {
 }
 END_TEST
 
+/* A spec with nics set to the JSON text value. */
+static struct vm_spec *with_nics(const char *value) {
+	struct json_object *o = valid();
+	struct spec_error err = {0};
+	struct vm_spec *s = NULL;
+	set(o, "nics", value);
+	ck_assert_msg(spec_from_json(o, &s, &err) == 0, "%s: %s", err.field, err.reason);
+	json_object_put(o);
+	return s;
+}
+
+static void mac_is(const struct spec_nic *nic, const char *want) {
+	char mac[TAP_MAC_STRLEN];
+	tap_mac_format(nic->mac, mac);
+	ck_assert_str_eq(mac, want);
+}
+
+START_TEST(test_nics) {
+	struct vm_spec *s = with_nics("[{\"bridge\": \"br0\", \"mac\": \"52:54:00:AB:cd:01\"},"
+				      " {\"bridge\": \"virbr-lab.1\"}]");
+	ck_assert_uint_eq(s->n_nics, 2);
+	ck_assert_str_eq(s->nics[0].bridge, "br0");
+	mac_is(&s->nics[0], "52:54:00:ab:cd:01"); /* stored in lower case */
+	ck_assert_str_eq(s->nics[1].bridge, "virbr-lab.1");
+	/* Left out: derived from the VM's name and the NIC's index. */
+	uint8_t derived[6];
+	tap_derive_mac("vm-1.test_x", 1, derived);
+	ck_assert_mem_eq(s->nics[1].mac, derived, 6);
+
+	/* Stored, so it reads back as given: the MAC stays the VM's. */
+	struct json_object *j = spec_to_json(s);
+	struct json_object *nics = json_object_object_get(j, "nics");
+	ck_assert_uint_eq(json_object_array_length(nics), 2);
+	struct json_object *n1 = json_object_array_get_idx(nics, 1);
+	char want[TAP_MAC_STRLEN];
+	tap_mac_format(derived, want);
+	ck_assert_str_eq(json_object_get_string(json_object_object_get(n1, "mac")), want);
+	struct spec_error err = {0};
+	struct vm_spec *back = NULL;
+	ck_assert_int_eq(spec_from_json_trusted(j, &back, &err), 0);
+	ck_assert_mem_eq(back->nics[1].mac, derived, 6);
+	struct json_object *j2 = spec_to_json(back);
+	ck_assert(json_object_equal(j, j2));
+	json_object_put(j);
+	json_object_put(j2);
+	spec_free(back);
+	spec_free(s);
+
+	/* The most NICs allowed, every MAC derived and none twice. */
+	char eight[512] = "[";
+	for (int i = 0; i < SPEC_NICS_MAX; i++)
+		strcat(eight, i ? ", {\"bridge\": \"br0\"}" : "{\"bridge\": \"br0\"}");
+	strcat(eight, "]");
+	s = with_nics(eight);
+	ck_assert_uint_eq(s->n_nics, SPEC_NICS_MAX);
+	spec_free(s);
+
+	/* null and [] mean none; the spec always lists them, as disks. */
+	s = with_nics("null");
+	ck_assert_uint_eq(s->n_nics, 0);
+	j = spec_to_json(s);
+	ck_assert_uint_eq(json_object_array_length(json_object_object_get(j, "nics")), 0);
+	json_object_put(j);
+	spec_free(s);
+	s = with_nics("[]");
+	ck_assert_uint_eq(s->n_nics, 0);
+	spec_free(s);
+}
+END_TEST
+
+START_TEST(test_nics_bad) {
+	bad("nics", "{}", "nics", "must be an array");
+	bad("nics", "\"br0\"", "nics", "must be an array");
+	char nine[512] = "[";
+	for (int i = 0; i <= SPEC_NICS_MAX; i++)
+		strcat(nine, i ? ", {\"bridge\": \"br0\"}" : "{\"bridge\": \"br0\"}");
+	strcat(nine, "]");
+	bad("nics", nine, "nics", "too many NICs: at most 8, not 9");
+	bad("nics", "[\"br0\"]", "nics[0]", "must be an object");
+	bad("nics", "[{}]", "nics[0].bridge", "missing");
+	bad("nics", "[{\"bridge\": 0}]", "nics[0].bridge", "must be a string");
+	bad("nics", "[{\"bridge\": \"br0\", \"model\": \"e1000\"}]", "nics[0].model", "not a known field");
+	bad("nics", "[{\"bridge\": \"br0\"}, {\"bridge\": \"\"}]", "nics[1].bridge", "not an interface name");
+	bad("nics", "[{\"bridge\": \"br/0\"}]", "nics[0].bridge", "not an interface name");
+	bad("nics", "[{\"bridge\": \"br 0\"}]", "nics[0].bridge", "not an interface name");
+	bad("nics", "[{\"bridge\": \"..\"}]", "nics[0].bridge", "not an interface name");
+	bad("nics", "[{\"bridge\": \"a-bridge-name-16\"}]", "nics[0].bridge", "not an interface name");
+	bad("nics", "[{\"bridge\": \"br\\u0000x\"}]", "nics[0].bridge", "NUL");
+	bad("nics", "[{\"bridge\": \"br0\"}, {\"bridge\": \"br0\", \"mac\": \"52:54:00:12:34\"}]",
+	    "nics[1].mac", "'52:54:00:12:34' is not six pairs of hex digits");
+	bad("nics", "[{\"bridge\": \"br0\", \"mac\": 5}]", "nics[0].mac", "must be a string");
+	bad("nics", "[{\"bridge\": \"br0\", \"mac\": \"01:00:5e:00:00:01\"}]", "nics[0].mac", "multicast");
+	bad("nics", "[{\"bridge\": \"br0\", \"mac\": \"ff:ff:ff:ff:ff:ff\"}]", "nics[0].mac", "multicast");
+	bad("nics", "[{\"bridge\": \"br0\", \"mac\": \"00:00:00:00:00:00\"}]", "nics[0].mac", "all zeros");
+	/* The same MAC twice in one VM, given (in either case) or derived. */
+	bad("nics",
+	    "[{\"bridge\": \"br0\", \"mac\": \"52:54:00:12:34:56\"},"
+	    " {\"bridge\": \"br1\", \"mac\": \"52:54:00:12:34:56\"}]",
+	    "nics[1].mac", "52:54:00:12:34:56 is nics[0]'s already");
+	bad("nics",
+	    "[{\"bridge\": \"br0\"}, {\"bridge\": \"br0\"},"
+	    " {\"bridge\": \"br1\", \"mac\": \"52:54:00:AA:bb:cc\"},"
+	    " {\"bridge\": \"br1\", \"mac\": \"52:54:00:aa:BB:CC\"}]",
+	    "nics[3].mac", "52:54:00:aa:bb:cc is nics[2]'s already");
+	uint8_t m[6];
+	char given[TAP_MAC_STRLEN], value[256];
+	tap_derive_mac("vm-1.test_x", 1, m);
+	tap_mac_format(m, given);
+	snprintf(value, sizeof(value), "[{\"bridge\": \"br0\", \"mac\": \"%s\"}, {\"bridge\": \"br0\"}]",
+		 given);
+	char words[128];
+	snprintf(words, sizeof(words), "the derived %s is nics[0]'s already", given);
+	bad("nics", value, "nics[1].mac", words);
+}
+END_TEST
+
+/* Whether the bridges exist is the host's business, asked at create and
+ * start, not the parser's. */
+START_TEST(test_check_bridges) {
+	struct vm_spec *s = with_nics("[{\"bridge\": \"lo\"}]");
+	struct spec_error err = {0};
+	ck_assert_int_eq(spec_check_bridges(s, &err), -EINVAL); /* lo is no bridge */
+	ck_assert_str_eq(err.field, "nics[0].bridge");
+	spec_free(s);
+	s = with_nics("[{\"bridge\": \"cprd-no-br9\"}]");
+	memset(&err, 0, sizeof(err));
+	ck_assert_int_eq(spec_check_bridges(s, &err), -EINVAL);
+	ck_assert_str_eq(err.field, "nics[0].bridge");
+	ck_assert_str_eq(err.reason, "bridge cprd-no-br9 does not exist");
+	spec_free(s);
+	s = with_nics("[]");
+	ck_assert_int_eq(spec_check_bridges(s, &err), 0);
+	spec_free(s);
+}
+END_TEST
+
 START_TEST(test_name_valid) {
 	ck_assert(spec_name_valid("a"));
 	ck_assert(spec_name_valid("vm-1_2.x"));
@@ -365,6 +503,9 @@ static Suite *spec_suite(void) {
 	tcase_add_test(tc, test_accel_hugepages);
 	tcase_add_test(tc, test_disks);
 	tcase_add_test(tc, test_devices_and_unknown);
+	tcase_add_test(tc, test_nics);
+	tcase_add_test(tc, test_nics_bad);
+	tcase_add_test(tc, test_check_bridges);
 	tcase_add_test(tc, test_name_valid);
 	suite_add_tcase(s, tc);
 	return s;

@@ -318,6 +318,10 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 		return 0;
 	if (spec_from_json(o, &spec, &err) < 0)
 		return api_error_invalid_spec(c, err.field, err.reason);
+	if (spec_check_bridges(spec, &err) < 0) {
+		spec_free(spec);
+		return api_error_invalid_spec(c, err.field, err.reason);
+	}
 	if (manager_find(m, spec->name)) {
 		int r = error_kv(c, API_ERROR("VMExists"), "name", spec->name, NULL);
 		spec_free(spec);
@@ -389,6 +393,11 @@ static int method_start_vm(struct vl_call *c, struct json_object *params, void *
 	if (vm_is_active(vm))
 		return api_error_bad_state(c, vm->name, vm_state_to_string(vm->state),
 					   "the VM is already running");
+	/* A bridge removed since the VM was created: before any tap is made. */
+	struct spec_error err;
+	memset(&err, 0, sizeof(err));
+	if (spec_check_bridges(vm->spec, &err) < 0)
+		return api_error_invalid_spec(c, err.field, err.reason);
 	int r = vm_start(vm, api_on_vm_done, vl_call_ref(c));
 	if (r < 0) {
 		vl_call_unref(c);

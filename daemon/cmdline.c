@@ -54,6 +54,8 @@ int cmdline_build(const struct cmdline *c, char ***ret) {
 		.name = s->name,
 		.ram_bytes = s->memory_mib << 20,
 		.hugepages = s->hugepages,
+		.nics = s->nics,
+		.n_nics = s->n_nics,
 	};
 	for (unsigned k = 0; k < custody_n_kinds; k++)
 		custody_kinds[k]->qemu_args(&cv, c->fds, &a);

@@ -15,6 +15,9 @@ const struct custody_fd custody_fds[_CUSTODY_MAX] = {
 	/* A spare copy QEMU never uses, so a cprd without its fd store can
 	 * take cprd's own end back (custody-console.c). */
 	[CUSTODY_CONSOLE] = {.name = "console", .kind = "console", .to_qemu = true},
+#define TAP(i) [CUSTODY_TAP0 + i] = {.name = "tap" #i, .kind = "tap", .to_qemu = true}
+	TAP(0), TAP(1), TAP(2), TAP(3), TAP(4), TAP(5), TAP(6), TAP(7),
+#undef TAP
 	/* QEMU gets the other end of the socketpair. */
 	[CUSTODY_QMP] = {.name = "qmp", .kind = "qmp", .to_qemu = true, .target_name = "qmp-target"},
 };
@@ -24,6 +27,7 @@ const struct custody_ops *const custody_kinds[] = {
 	&custody_ram,
 	&custody_qmp,
 	&custody_console,
+	&custody_tap,
 };
 
 const unsigned custody_n_kinds = ELEMENTSOF(custody_kinds);
@@ -34,10 +38,11 @@ const unsigned custody_n_kinds = ELEMENTSOF(custody_kinds);
 #define CUSTODY_QEMU_FD_LAST 1023
 
 const struct custody_qemu_fds custody_qemu_fds_legacy = {.n = {
-	[CUSTODY_QMP] = 3,
 	[CUSTODY_CONSOLE_QEMU] = 4,
 	[CUSTODY_RAM] = 5,
 	[CUSTODY_CONSOLE] = 6,
+	[CUSTODY_TAP0 ... _CUSTODY_TAP_END - 1] = -1, /* no NICs then */
+	[CUSTODY_QMP] = 3,
 }};
 
 void custody_qemu_fds_assign(const int held[_CUSTODY_VM_MAX], struct custody_qemu_fds *ret) {

@@ -2,7 +2,8 @@
  * RAM, console, QMP) has an ops table in a file of its own (custody-ram.c,
  * custody-console.c, custody-qmp.c): it makes the kind's fds, names them on
  * QEMU's command line and takes them back from a running QEMU when systemd's
- * fd store lost them. The numbers the fds have inside each QEMU are handed
+ * fd store lost them (custody-tap.c: the NICs' tap devices, likewise). The
+ * numbers the fds have inside each QEMU are handed
  * out here when the QEMU starts and kept in its record (qemu.json). The
  * rest of cprd loops over custody_fds and custody_kinds to hand the fds to
  * QEMU, keep them in the fd store, list them in GetVM, keep them across a
@@ -18,7 +19,12 @@
 #include <sys/types.h>
 
 struct json_object;
+struct spec_nic;
 struct strv;
+
+/* At most this many NICs per VM (tap.h's TAP_PER_VM_MAX, spec.h's
+ * SPEC_NICS_MAX): each has a held tap fd of its own. */
+#define CUSTODY_TAPS 8
 
 /* The fds a VM holds. The per-VM ones outlive any one QEMU and are handed
  * to each QEMU of the VM; the per-QEMU ones belong to one QEMU process.
@@ -27,7 +33,9 @@ enum custody_id {
 	CUSTODY_CONSOLE_QEMU, /* QEMU's end of the console socketpair */
 	CUSTODY_RAM,          /* the guest RAM memfd */
 	CUSTODY_CONSOLE,      /* cprd's end of the console socketpair */
-	_CUSTODY_VM_MAX,
+	CUSTODY_TAP0,         /* the tap device of NIC i is CUSTODY_TAP0 + i */
+	_CUSTODY_TAP_END = CUSTODY_TAP0 + CUSTODY_TAPS,
+	_CUSTODY_VM_MAX = _CUSTODY_TAP_END,
 	CUSTODY_QMP = _CUSTODY_VM_MAX, /* cprd's end of the current QEMU's QMP socketpair */
 	_CUSTODY_MAX,
 };
@@ -70,6 +78,8 @@ struct custody_vm {
 	const char *name;
 	uint64_t ram_bytes; /* the guest's memory */
 	bool hugepages;
+	const struct spec_nic *nics; /* in the order the guest sees them */
+	size_t n_nics;
 };
 
 struct custody_ops {
@@ -93,7 +103,7 @@ struct custody_ops {
 };
 
 /* Every kind, in the order they are made and their arguments come. */
-extern const struct custody_ops custody_ram, custody_qmp, custody_console;
+extern const struct custody_ops custody_ram, custody_qmp, custody_console, custody_tap;
 extern const struct custody_ops *const custody_kinds[];
 extern const unsigned custody_n_kinds;
 

@@ -26,6 +26,7 @@
 #include "qmp.h"
 #include "spec.h"
 #include "systemd.h"
+#include "tap.h"
 #include "util.h"
 
 struct vm_qemu {
@@ -178,6 +179,8 @@ static struct custody_vm vm_custody_vm(const struct vm *vm) {
 		.name = vm->name,
 		.ram_bytes = vm->spec->memory_mib * 1024 * 1024,
 		.hugepages = vm->spec->hugepages,
+		.nics = vm->spec->nics,
+		.n_nics = vm->spec->n_nics,
 	};
 }
 
@@ -784,6 +787,25 @@ bool vm_outdated(struct vm *vm) {
 	       st.st_mtim.tv_nsec != vm->qemu->binary_st.st_mtim.tv_nsec;
 }
 
+/* GetVM's nics: each NIC of the spec with the name of its tap device (the
+ * same for the VM's whole life), and whether cprd holds the tap now. */
+static struct json_object *vm_nics_to_json(const struct vm *vm) {
+	struct json_object *nics = json_object_new_array();
+	for (size_t i = 0; i < vm->spec->n_nics; i++) {
+		const struct spec_nic *n = &vm->spec->nics[i];
+		char mac[TAP_MAC_STRLEN], ifname[IFNAMSIZ] = "";
+		tap_mac_format(n->mac, mac);
+		tap_name(vm->name, (unsigned)i, ifname);
+		struct json_object *o = json_object_new_object();
+		json_object_object_add(o, "bridge", json_object_new_string(n->bridge));
+		json_object_object_add(o, "mac", json_object_new_string(mac));
+		json_object_object_add(o, "tap", json_object_new_string(ifname));
+		json_object_object_add(o, "held", json_object_new_boolean(vm->held[CUSTODY_TAP0 + i] >= 0));
+		json_object_array_add(nics, o);
+	}
+	return nics;
+}
+
 /* ---- start and stop ------------------------------------------------------ */
 
 
@@ -1163,6 +1185,7 @@ struct json_object *vm_to_json(struct vm *vm) {
 		if (i != CUSTODY_QMP || (vm->qemu && vm->qemu->qmp))
 			add_fd(fds, &custody_fds[i], vm_held_fd(vm, i), vm->name);
 	json_object_object_add(o, "fds", fds);
+	json_object_object_add(o, "nics", vm_nics_to_json(vm));
 	if (vm->last_exit)
 		json_object_object_add(o, "lastExit", json_object_get(vm->last_exit));
 	json_object_object_add(o, "upgrades", json_object_get(vm->history_json ? vm->history_json : vm->history));

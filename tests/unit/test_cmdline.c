@@ -180,6 +180,33 @@ START_TEST(test_fd_numbers) {
 }
 END_TEST
 
+/* Each NIC: a tap netdev at its held fd's number and a virtio-net device
+ * with its MAC, ids by index (the same on both sides of an upgrade), no
+ * option ROM. No NIC: no netdev at all. */
+START_TEST(test_nics) {
+	struct cmdline c = base();
+	_cleanup_free_ char *none = build(&c);
+	ck_assert_msg(!has(none, "-netdev"), "%s", none);
+
+	struct spec_nic nics[] = {
+		{.bridge = "br0", .mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56}},
+		{.bridge = "br1", .mac = {0x52, 0x54, 0x00, 0xab, 0xcd, 0xef}},
+	};
+	spec.nics = nics;
+	spec.n_nics = ELEMENTSOF(nics);
+	struct custody_qemu_fds at = custody_qemu_fds_legacy;
+	at.n[CUSTODY_TAP0] = 7;
+	at.n[CUSTODY_TAP0 + 1] = 8;
+	c.fds = &at;
+	_cleanup_free_ char *argv = build(&c);
+	ck_assert_msg(has(argv, " -netdev tap,id=net0,fd=7 -device "
+				"virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,id=nic0,romfile= "
+				"-netdev tap,id=net1,fd=8 -device "
+				"virtio-net-pci,netdev=net1,mac=52:54:00:ab:cd:ef,id=nic1,romfile= "),
+		      "%s", argv);
+}
+END_TEST
+
 /* A target gets the start's command line with -incoming (tail) at the end
  * instead of -S: the same hardware. Both strings are changed. */
 static void assert_start_with_tail(char *start, char *target, const char *tail) {
@@ -261,6 +288,7 @@ static Suite *cmdline_suite(void) {
 	tcase_add_test(tc, test_probe_results);
 	tcase_add_test(tc, test_spec_fields);
 	tcase_add_test(tc, test_fd_numbers);
+	tcase_add_test(tc, test_nics);
 	tcase_add_test(tc, test_disks);
 	tcase_add_test(tc, test_hugepages);
 	tcase_add_test(tc, test_recovery_monitor);

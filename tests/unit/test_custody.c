@@ -48,6 +48,10 @@ START_TEST(test_table) {
 	ck_assert_str_eq(custody_fds[CUSTODY_CONSOLE_QEMU].name, "console-qemu");
 	ck_assert_str_eq(custody_fds[CUSTODY_QMP].name, "qmp");
 	ck_assert_str_eq(custody_fds[CUSTODY_QMP].target_name, "qmp-target");
+	ck_assert_str_eq(custody_fds[CUSTODY_TAP0].name, "tap0");
+	ck_assert_str_eq(custody_fds[CUSTODY_TAP0 + CUSTODY_TAPS - 1].name, "tap7");
+	for (unsigned i = 0; i < CUSTODY_TAPS; i++)
+		ck_assert_str_eq(custody_fds[CUSTODY_TAP0 + i].kind, "tap");
 	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
 		for (unsigned j = i + 1; j < _CUSTODY_MAX; j++)
 			ck_assert_str_ne(custody_fds[i].name, custody_fds[j].name);
@@ -71,9 +75,19 @@ START_TEST(test_qemu_fds_assign) {
 	int held[_CUSTODY_VM_MAX];
 	struct custody_qemu_fds at;
 	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
-		held[i] = 100 + (int)i;
+		held[i] = i < CUSTODY_TAP0 ? 100 + (int)i : -1;
 	custody_qemu_fds_assign(held, &at);
 	numbers_eq(&at, &custody_qemu_fds_legacy);
+
+	/* NICs' taps come after: the numbers before them do not move. */
+	held[CUSTODY_TAP0] = 200;
+	held[CUSTODY_TAP0 + 2] = 202;
+	custody_qemu_fds_assign(held, &at);
+	ck_assert_int_eq(at.n[CUSTODY_CONSOLE], 6);
+	ck_assert_int_eq(at.n[CUSTODY_TAP0], 7);
+	ck_assert_int_eq(at.n[CUSTODY_TAP0 + 1], -1);
+	ck_assert_int_eq(at.n[CUSTODY_TAP0 + 2], 8);
+	held[CUSTODY_TAP0] = held[CUSTODY_TAP0 + 2] = -1;
 	ck_assert_int_eq(at.n[CUSTODY_QMP], 3);
 	ck_assert_int_eq(at.n[CUSTODY_RAM], 5);
 
@@ -199,9 +213,9 @@ static pid_t holder(const int fds[_CUSTODY_VM_MAX], const struct custody_qemu_fd
 	if (pid == 0) {
 		int moved[_CUSTODY_VM_MAX];
 		for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
-			moved[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 100);
+			moved[i] = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 100);
 		for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
-			if (moved[i] < 0 || dup2(moved[i], at->n[i]) < 0)
+			if (fds[i] >= 0 && (moved[i] < 0 || dup2(moved[i], at->n[i]) < 0))
 				_exit(1);
 		for (;;)
 			pause();
@@ -228,7 +242,7 @@ START_TEST(test_recover) {
 
 	ck_assert_int_eq(custody_ram.recover(&vm, pid, pidfd, &at, back), 0);
 	ck_assert_int_eq(custody_console.recover(&vm, pid, pidfd, &at, back), 0);
-	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++) {
+	for (unsigned i = 0; i < CUSTODY_TAP0; i++) {
 		ck_assert_int_ge(back[i], 0);
 		ck_assert_int_eq(fstat(made[i], &a), 0);
 		ck_assert_int_eq(fstat(back[i], &b), 0);

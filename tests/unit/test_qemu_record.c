@@ -28,14 +28,22 @@ static struct qemu_record sample(void) {
 		.x_ignore_shared = true,
 		.aux_ram_share = true,
 		.has_modes = true,
-		/* Not the numbers cprd hands out today: the record's own. */
-		.fds = {.n = {[CUSTODY_QMP] = 3, [CUSTODY_RAM] = 8, [CUSTODY_CONSOLE] = -1,
-			      [CUSTODY_CONSOLE_QEMU] = 9}},
 	};
 }
 
+/* Not the numbers cprd hands out today: the record's own. */
+static struct qemu_record sample_with_fds(void) {
+	struct qemu_record r = sample();
+	r.fds = custody_qemu_fds_legacy;
+	r.fds.n[CUSTODY_RAM] = 8;
+	r.fds.n[CUSTODY_CONSOLE] = -1;
+	r.fds.n[CUSTODY_CONSOLE_QEMU] = 9;
+	r.fds.n[CUSTODY_TAP0] = 10;
+	return r;
+}
+
 START_TEST(test_round_trip) {
-	struct qemu_record in = sample(), out;
+	struct qemu_record in = sample_with_fds(), out;
 	char why[256] = "";
 	struct json_object *o = qemu_record_to_json(&in);
 	/* Through text, as through the file. */
@@ -62,7 +70,7 @@ END_TEST
 /* What a QEMU 7.2 without a recovery monitor leaves: no qmpPath, flags off;
  * and what an older cprd wrote: no fds. */
 START_TEST(test_optional_fields) {
-	struct qemu_record in = sample(), out;
+	struct qemu_record in = sample_with_fds(), out;
 	char why[256] = "";
 	in.qmp_path = NULL;
 	in.version = NULL;
@@ -85,7 +93,7 @@ END_TEST
 
 /* Each corruption, applied to a good record, and the reason it must give. */
 static void refused(const char *key, struct json_object *value, const char *reason) {
-	struct qemu_record in = sample(), out = {0};
+	struct qemu_record in = sample_with_fds(), out = {0};
 	char why[256] = "";
 	struct json_object *o = qemu_record_to_json(&in);
 	if (value == (struct json_object *)-1)

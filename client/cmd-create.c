@@ -15,6 +15,7 @@
 struct create_opts {
 	struct json_object *spec;  /* built from flags */
 	struct json_object *disks;
+	struct json_object *nics;
 	const char *file;
 	bool bad;
 };
@@ -54,6 +55,52 @@ static int parse_disk(const char *arg, struct json_object **ret) {
 	return 0;
 }
 
+/* bridge=BR[,mac=MAC]: the shape is checked here, the names and the MAC
+ * by cprd (InvalidSpec names nics[N].bridge or nics[N].mac). */
+static int parse_nic(const char *arg, struct json_object **ret) {
+	_cleanup_free_ char *copy = strdup(arg);
+	if (!copy)
+		return -ENOMEM;
+	_cleanup_json_ struct json_object *n = json_object_new_object();
+	char *save = NULL;
+	if (!*arg) {
+		fprintf(stderr, "cprctl create: --nic needs bridge=BR[,mac=MAC]\n");
+		return -EINVAL;
+	}
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		const char *key = tok, *value = eq ? eq + 1 : NULL;
+		if (eq)
+			*eq = '\0';
+		if (!eq && !streq(key, "bridge") && !streq(key, "mac")) {
+			fprintf(stderr, "cprctl create: --nic %s: '%s' is not KEY=VALUE; use bridge=BR[,mac=MAC]\n",
+				arg, key);
+			return -EINVAL;
+		}
+		if (!streq(key, "bridge") && !streq(key, "mac")) {
+			fprintf(stderr, "cprctl create: unknown NIC option '%s' in --nic %s; use bridge=BR[,mac=MAC]\n",
+				key, arg);
+			return -EINVAL;
+		}
+		if (!value || !*value) {
+			fprintf(stderr, "cprctl create: --nic %s: %s needs a value, as in %s\n", arg, key,
+				streq(key, "bridge") ? "bridge=br0" : "mac=52:54:00:12:34:56");
+			return -EINVAL;
+		}
+		if (jget(n, key)) {
+			fprintf(stderr, "cprctl create: --nic %s gives %s twice\n", arg, key);
+			return -EINVAL;
+		}
+		json_object_object_add(n, key, json_object_new_string(value));
+	}
+	if (!jget(n, "bridge")) {
+		fprintf(stderr, "cprctl create: --nic %s names no bridge; use bridge=BR[,mac=MAC]\n", arg);
+		return -EINVAL;
+	}
+	*ret = TAKE_PTR(n);
+	return 0;
+}
+
 static int create_opt(int opt, const char *arg, void *userdata) {
 	struct create_opts *o = userdata;
 	int64_t v;
@@ -88,6 +135,13 @@ static int create_opt(int opt, const char *arg, void *userdata) {
 		json_object_array_add(o->disks, d);
 		return 0;
 	}
+	case 'n': {
+		struct json_object *n;
+		if (parse_nic(arg, &n) < 0)
+			return -1;
+		json_object_array_add(o->nics, n);
+		return 0;
+	}
 	case 'f':
 		o->file = arg;
 		return 0;
@@ -101,12 +155,13 @@ static int create_run(struct ctx *ctx, int argc, char **argv) {
 		{"qemu", required_argument, NULL, 'q'},   {"machine", required_argument, NULL, 'M'},
 		{"accel", required_argument, NULL, 'a'},  {"disk", required_argument, NULL, 'd'},
 		{"hugepages", no_argument, NULL, 'H'},     {"file", required_argument, NULL, 'f'},
-		{"allow-exec", no_argument, NULL, 'X'},
+		{"allow-exec", no_argument, NULL, 'X'},   {"nic", required_argument, NULL, 'n'},
 		{},
 	};
 	_cleanup_json_ struct json_object *spec = json_object_new_object();
 	_cleanup_json_ struct json_object *disks = json_object_new_array();
-	struct create_opts o = {.spec = spec, .disks = disks};
+	_cleanup_json_ struct json_object *nics = json_object_new_array();
+	struct create_opts o = {.spec = spec, .disks = disks, .nics = nics};
 	int r = parse_options(ctx, &cmd_create, argc, argv, "f:", longopts, create_opt, &o);
 	if (r != 0)
 		return r < 0 ? EXIT_INVALID : EXIT_OK;
@@ -137,6 +192,8 @@ static int create_run(struct ctx *ctx, int argc, char **argv) {
 		json_object_object_add(final, "name", json_object_new_string(name));
 	if (json_object_array_length(disks) > 0)
 		json_object_object_add(final, "disks", json_object_get(disks));
+	if (json_object_array_length(nics) > 0)
+		json_object_object_add(final, "nics", json_object_get(nics));
 	if (!jget(final, "name")) {
 		usage_error(&cmd_create, "needs a VM name");
 		return EXIT_INVALID;
@@ -169,6 +226,9 @@ const struct cmd cmd_create = {
 		"  --machine TYPE     machine type or alias, pinned to a versioned type (default pc)\n"
 		"  --accel ACCEL      tcg, kvm or auto (default auto)\n"
 		"  --disk PATH[,format=raw|qcow2][,readonly]   a disk; repeat for more\n"
+		"  --nic bridge=BR[,mac=MAC]   a virtio-net NIC on a tap that cprd attaches to\n"
+		"                     bridge BR; MAC defaults to one derived from the VM's\n"
+		"                     name (52:54:00:...); repeat for more (at most 8)\n"
 		"  --hugepages        back guest RAM with huge pages\n"
 		"  --allow-exec       let QEMU exec a new binary in place (-sandbox spawn=allow),\n"
 		"                     which 'upgrade --mode cpr-exec' needs\n"

@@ -35,7 +35,7 @@ fi
 
 BUILD_PKGS=(build-essential cmake pkg-config binutils
 	libevent-dev libjson-c-dev libsystemd-dev check linux-libc-dev)
-TEST_PKGS=(varlink-go python3 socat procps valgrind clang libclang-rt-14-dev
+TEST_PKGS=(varlink-go python3 socat procps iproute2 valgrind clang libclang-rt-14-dev
 	systemd-container debootstrap dosfstools mtools syslinux syslinux-common cpio)
 
 echo "install-deps: build and test packages"

@@ -14,6 +14,12 @@ Paths come from the environment (ctest sets them, see CMakeLists.txt):
                        the sanitizer stage sets it, see tests/sanitize.sh)
   CI=true              a skipped test fails unless tests/ci-skips.txt lists it
 Run with Debian's /usr/bin/python3.
+
+A test whose class sets netlab = True runs its cprd inside a network
+namespace of its own (NetLab): a bridge with the host end of the lab
+network, 10.99.0.1/24, and nothing else; the taps cprd makes land there.
+Run as a script, this file is the helpers that work inside that namespace
+(ping, TCP stream and sink against the Linux guest): see net_helper().
 """
 
 import errno
@@ -445,6 +451,7 @@ class Cprd:
         self.log_path = os.path.join(root, "cprd.log")
         self.proc = None
         self.extra_args = []    # more cprd options (--qemu-user, say)
+        self.netns = None       # a NetLab to run cprd in (ip netns exec)
         self.seen_pids = {}     # pid: argv of what this cprd ran, to stop at teardown
         self.spawned = []       # other processes a test started (Popen)
 
@@ -454,9 +461,11 @@ class Cprd:
 
     def start(self):
         self._log = open(self.log_path, "ab")
+        # ip netns exec execs cprd itself (no fork): proc.pid is cprd's.
+        prefix = self.netns.prefix() if self.netns else []
         self.proc = subprocess.Popen(
-            [CPRD, "--state-dir", self.state_dir, "--runtime-dir", self.runtime_dir,
-             "--log-level", "debug"] + self.extra_args,
+            prefix + [CPRD, "--state-dir", self.state_dir, "--runtime-dir", self.runtime_dir,
+                      "--log-level", "debug"] + self.extra_args,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, close_fds=True)
         deadline = time.monotonic() + 15
         while not os.path.exists(self.socket):
@@ -668,6 +677,8 @@ class CprdTestCase(unittest.TestCase):
     """Starts a cprd for every test; stops it and everything it ran after."""
 
     maxDiff = None
+    # True: cprd runs in a network namespace of the test's own (self.net).
+    netlab = False
 
     def run(self, result=None):
         result = result if result is not None else self.defaultTestResult()
@@ -690,6 +701,16 @@ class CprdTestCase(unittest.TestCase):
 
     def setUp(self):
         self.cprd = Cprd(self.tmp)
+        self.net = None
+        if self.netlab:
+            self.net = NetLab()
+            try:
+                self.net.create()
+            except NetLabUnavailable as e:
+                self.skipTest(str(e))
+            # Cleanups run last first: the namespace goes after cprd.
+            self.addCleanup(self.net.remove)
+            self.cprd.netns = self.net
         self.cprd.start()
         self.addCleanup(self.cprd.stop)
 
@@ -836,6 +857,363 @@ class Sampler(threading.Thread):
         return self.samples
 
 
+# ---- the lab network ----------------------------------------------------------
+
+class NetLabUnavailable(Exception):
+    pass
+
+
+class NetLab:
+    """A network namespace the test makes and removes: a bridge BRIDGE with
+    HOST_ADDR/PREFIX on it (the host end of the guest's network) and lo,
+    nothing else. cprd started in it (Cprd.netns) makes its taps there, so
+    the guest's NIC lands on this bridge and no interface of the host is
+    touched. Every process started in it is stopped by pid at remove(),
+    before the namespace is deleted by the name this object made."""
+
+    BRIDGE = "br0"
+    HOST_ADDR = "10.99.0.1"
+    GUEST_ADDR = "10.99.0.2"  # the Linux guest's default (its cprd.ip=)
+    PREFIX = 24
+    GUEST_PORT = 5201         # the guest's cprd-net server
+    _made = 0
+
+    def __init__(self):
+        NetLab._made += 1
+        self.name = "cprdt-%d-%d" % (os.getpid(), NetLab._made)
+        self.created = False
+        self.procs = []
+
+    def _ip(self, *args, check=True):
+        p = subprocess.run(["ip"] + [str(a) for a in args], capture_output=True, text=True, timeout=30)
+        if check and p.returncode != 0:
+            raise AssertionError("ip %s: %s" % (" ".join(str(a) for a in args), p.stderr.strip()))
+        return p
+
+    def create(self):
+        if os.geteuid() != 0:
+            raise NetLabUnavailable("a network namespace needs root")
+        if not shutil.which("ip"):
+            raise NetLabUnavailable("ip (iproute2) is missing")
+        if os.path.exists("/run/netns/" + self.name):
+            raise AssertionError("network namespace %s exists already" % self.name)
+        p = self._ip("netns", "add", self.name, check=False)
+        if p.returncode != 0:
+            raise NetLabUnavailable("ip netns add %s: %s" % (self.name, p.stderr.strip()))
+        self.created = True
+        try:
+            n = ["-n", self.name]
+            self._ip(*n, "link", "set", "lo", "up")
+            self._ip(*n, "link", "add", self.BRIDGE, "type", "bridge")
+            self._ip(*n, "addr", "add", "%s/%d" % (self.HOST_ADDR, self.PREFIX), "dev", self.BRIDGE)
+            self._ip(*n, "link", "set", self.BRIDGE, "up")
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def prefix(self):
+        """What runs a command inside the namespace."""
+        return ["ip", "netns", "exec", self.name]
+
+    def popen(self, *argv, **kw):
+        """Starts argv inside the namespace; stopped by pid at remove()."""
+        p = subprocess.Popen(self.prefix() + [str(a) for a in argv], **kw)
+        self.procs.append(p)
+        return p
+
+    def run(self, *argv, timeout=60):
+        return subprocess.run(self.prefix() + [str(a) for a in argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def links(self):
+        """{name: ip -j -d link's object} of the namespace's interfaces."""
+        out = self._ip("-n", self.name, "-j", "-d", "link", "show").stdout
+        return {l["ifname"]: l for l in json.loads(out or "[]")}
+
+    def ports(self):
+        """{name: link} of the interfaces on the bridge."""
+        return {n: l for n, l in self.links().items() if l.get("master") == self.BRIDGE}
+
+    def popen_with_tap(self, ifname, argv, fd=3, **kw):
+        """Starts argv (a QEMU without cprd: a floor, or a by-hand check)
+        inside the namespace with a new tap ifname on the bridge as its fd
+        fd, as cprd would hand it over: argv can say -netdev
+        tap,id=net0,fd=3. The tap goes away with the process."""
+        return self.popen(sys.executable, os.path.abspath(__file__), "net-tap-exec", ifname, self.BRIDGE,
+                          fd, *argv, **kw)
+
+    def _helper(self, *args):
+        return NetHelper(self.popen(sys.executable, os.path.abspath(__file__), *args,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True), args[0])
+
+    def ping(self, addr=None, interval=0.01):
+        """Pings addr (the guest) every interval seconds until stop();
+        result() then gives sent, received, lost, lost_runs, max_gap_ms
+        (the longest time without a reply) and max_rtt_ms."""
+        return self._helper("net-ping", addr or self.GUEST_ADDR, interval)
+
+    def stream(self, lines, every=0, pause=0, addr=None, stall=60):
+        """Asks the guest for a TCP stream of lines 64-byte lines (a pause
+        of pause seconds after every every lines) and checks every byte;
+        result() gives bytes, lines, end (the guest's end line came),
+        first_bad, reset, error, max_gap_ms. stall: seconds without data
+        that count as an error."""
+        return self._helper("net-stream", addr or self.GUEST_ADDR, self.GUEST_PORT, lines, every,
+                            pause, stall)
+
+    def sink(self, nbytes, chunk=65536, pause=0, addr=None, stall=60):
+        """Sends nbytes to the guest (chunk bytes, then a pause of pause
+        seconds) and compares the SHA-256 the guest answers with its own;
+        result() gives bytes, match, reset, error."""
+        return self._helper("net-sink", addr or self.GUEST_ADDR, self.GUEST_PORT, nbytes, chunk,
+                            pause, stall)
+
+    def remove(self):
+        for p in self.procs:
+            if p.poll() is None:
+                kill_pid(p.pid, signal.SIGKILL)
+            try:
+                p.communicate(timeout=10)
+            except Exception:
+                pass
+        if not self.created:
+            return
+        # Whatever else runs in it was started there by this test (cprd,
+        # its QEMUs): by pid, from the namespace's own list.
+        p = self._ip("netns", "pids", self.name, check=False)
+        for pid in (int(x) for x in p.stdout.split() if x.isdigit()):
+            log("netlab: killing pid %d (%s), left in %s" % (pid, " ".join(cmdline(pid))[:100], self.name))
+            kill_pid(pid, signal.SIGKILL)
+        self._ip("netns", "del", self.name, check=False)
+        self.created = False
+
+
+class NetHelper:
+    """A helper (net_helper) running inside a NetLab."""
+
+    def __init__(self, popen, what):
+        self.popen, self.what = popen, what
+
+    def stop(self):
+        """Asks it to finish (a ping runs until then)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
+    def result(self, timeout=120):
+        """Its report (a dict); raises AssertionError if it gave none."""
+        try:
+            out, err = self.popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_pid(self.popen.pid)
+            out, err = self.popen.communicate(timeout=10)
+            raise AssertionError("%s did not finish in %.0f s; stderr: %s" % (self.what, timeout, err))
+        lines = [l for l in out.splitlines() if l.strip()]
+        if not lines:
+            raise AssertionError("%s exited with %s and reported nothing; stderr: %s" %
+                                 (self.what, self.popen.returncode, err.strip()[-2000:]))
+        return json.loads(lines[-1])
+
+
+# ---- inside the namespace: python3 cprdtest.py net-ping|net-stream|net-sink --
+
+STREAM_PATTERN = b"cprd-net-stream-abcdefghijklmnopqrstuvwxyz-0123456789."
+
+
+def stream_line(i):
+    """Line i of the guest's send stream (tests/guest/linux/cprd-net)."""
+    return b"%08d %s\n" % (i, STREAM_PATTERN)
+
+
+def _icmp_checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+
+
+def _stop_on_signal():
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *a: stop.set())
+    return stop
+
+
+def _net_ping(addr, interval):
+    import select
+    interval = float(interval)
+    stop = _stop_on_signal()
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_ICMP)
+    ident = os.getpid() & 0xffff
+    sent, replies = [], {}
+    next_t = time.monotonic()
+    end = None
+    while True:
+        now = time.monotonic()
+        if end is None and stop.is_set():
+            end = now + 1.0  # a second for the last replies
+        if end is not None and now >= end:
+            break
+        if end is None and now >= next_t:
+            i = len(sent)
+            body = struct.pack("!Q", i) + b"cprd-ping" * 4
+            head = struct.pack("!BBHHH", 8, 0, 0, ident, i & 0xffff)
+            pkt = struct.pack("!BBHHH", 8, 0, _icmp_checksum(head + body), ident, i & 0xffff) + body
+            try:
+                s.sendto(pkt, (addr, 0))
+            except OSError:
+                pass  # counts as lost
+            sent.append(now)
+            # On schedule, but never a burst to catch up after a stall.
+            next_t = max(next_t + interval, now)
+        wait = max(0.0, (next_t if end is None else end) - time.monotonic())
+        r, _, _ = select.select([s], [], [], wait)
+        if not r:
+            continue
+        data = s.recv(2048)
+        ihl = (data[0] & 0x0f) * 4
+        icmp = data[ihl:]
+        if len(icmp) < 16:
+            continue
+        typ, _, _, rid, _ = struct.unpack("!BBHHH", icmp[:8])
+        if typ != 0 or rid != ident:
+            continue
+        (i,) = struct.unpack("!Q", icmp[8:16])
+        if i < len(sent) and i not in replies:
+            replies[i] = time.monotonic()
+    lost = [i for i in range(len(sent)) if i not in replies]
+    runs, run = [], []
+    for i in lost:
+        if run and i != run[-1] + 1:
+            runs.append(run)
+            run = []
+        run.append(i)
+    if run:
+        runs.append(run)
+    times = sorted(replies.values())
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    rtts = sorted(replies[i] - sent[i] for i in replies)
+    return {"sent": len(sent), "received": len(replies), "lost": len(lost),
+            "lost_runs": [[r[0], len(r)] for r in runs][:50],
+            "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+            "max_rtt_ms": round(rtts[-1] * 1000, 1) if rtts else None,
+            "median_rtt_ms": round(rtts[len(rtts) // 2] * 1000, 2) if rtts else None,
+            "seconds": round(sent[-1] - sent[0], 2) if sent else 0}
+
+
+def _net_stream(addr, port, lines, every, pause, stall):
+    lines, stall = int(lines), float(stall)
+    out = {"bytes": 0, "lines": 0, "end": False, "first_bad": None, "reset": False, "error": None,
+           "max_gap_ms": 0.0}
+    t0 = time.monotonic()
+    try:
+        s = socket.create_connection((addr, int(port)), timeout=10)
+        s.settimeout(stall)
+        s.sendall(b"send %d %d %s\n" % (lines, int(every), str(pause).encode()))
+        pending, last = b"", time.monotonic()
+        end_line = b"cprd-net end %d\n" % lines
+        while True:
+            data = s.recv(262144)
+            now = time.monotonic()
+            out["max_gap_ms"] = max(out["max_gap_ms"], round((now - last) * 1000, 1))
+            last = now
+            if not data:
+                break
+            out["bytes"] += len(data)
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                line += b"\n"
+                if out["lines"] < lines and line == stream_line(out["lines"]):
+                    out["lines"] += 1
+                elif out["lines"] == lines and line == end_line and not out["end"]:
+                    out["end"] = True
+                elif out["first_bad"] is None:
+                    out["first_bad"] = "after %d good lines: %r" % (out["lines"], line[:100])
+        if pending and out["first_bad"] is None:
+            out["first_bad"] = "a partial last line: %r" % pending[:100]
+    except ConnectionResetError as e:
+        out["reset"], out["error"] = True, str(e)
+    except OSError as e:
+        out["error"] = "%s: %s" % (type(e).__name__, e)
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def _net_sink(addr, port, nbytes, chunk, pause, stall):
+    import hashlib
+    nbytes, chunk, pause = int(nbytes), int(chunk), float(pause)
+    out = {"bytes": 0, "match": False, "reset": False, "error": None, "answer": None}
+    t0 = time.monotonic()
+    h = hashlib.sha256()
+    try:
+        s = socket.create_connection((addr, int(port)), timeout=10)
+        s.settimeout(float(stall))
+        s.sendall(b"sink %d\n" % nbytes)
+        i = 0
+        while out["bytes"] < nbytes:
+            block = b"".join(stream_line(i + k) for k in range(chunk // 64 + 1))
+            block = block[:min(chunk, nbytes - out["bytes"])]
+            i += chunk // 64 + 1
+            s.sendall(block)
+            h.update(block)
+            out["bytes"] += len(block)
+            if pause:
+                time.sleep(pause)
+        answer = b""
+        while not answer.endswith(b"\n"):
+            data = s.recv(4096)
+            if not data:
+                break
+            answer += data
+        out["answer"] = answer.decode("ascii", "replace").strip()
+        out["match"] = out["answer"] == "cprd-net sink %d %s" % (nbytes, h.hexdigest())
+    except ConnectionResetError as e:
+        out["reset"], out["error"] = True, str(e)
+    except OSError as e:
+        out["error"] = "%s: %s" % (type(e).__name__, e)
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def _net_tap_exec(ifname, bridge, fd, *argv):
+    """Makes tap ifname (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, not
+    persistent), puts it on bridge and up, and execs argv with it as fd."""
+    import fcntl
+    TUNSETIFF = 0x400454ca
+    IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_TUN_EXCL = 0x0002, 0x1000, 0x4000, 0x8000
+    fd = int(fd)
+    tap = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    fcntl.ioctl(tap, TUNSETIFF, struct.pack("16sH", ifname.encode(),
+                                            IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL))
+    subprocess.run(["ip", "link", "set", ifname, "master", bridge, "up"], check=True)
+    if tap != fd:
+        os.dup2(tap, fd)
+        os.close(tap)
+    os.set_inheritable(fd, True)  # the one fd that crosses exec
+    os.execv(argv[0], list(argv))
+
+
+def net_helper(argv):
+    """python3 cprdtest.py net-ping ADDR INTERVAL
+                           net-stream ADDR PORT LINES EVERY PAUSE STALL
+                           net-sink ADDR PORT BYTES CHUNK PAUSE STALL
+                           net-tap-exec IFNAME BRIDGE FD PROGRAM ARGS...
+    Runs inside a NetLab (NetLab.ping, .stream, .sink, .popen_with_tap
+    start it); the first three print their report as one JSON line."""
+    helpers = {"net-ping": _net_ping, "net-stream": _net_stream, "net-sink": _net_sink}
+    if argv and argv[0] == "net-tap-exec" and len(argv) > 4:
+        _net_tap_exec(*argv[1:])
+    if not argv or argv[0] not in helpers:
+        print(net_helper.__doc__, file=sys.stderr)
+        return 2
+    print(json.dumps(helpers[argv[0]](*argv[1:])), flush=True)
+    return 0
+
+
 # ---- main ---------------------------------------------------------------------
 
 def main(qemus=(QEMU10,)):
@@ -866,3 +1244,7 @@ def main(qemus=(QEMU10,)):
     if result.testsRun and skipped == result.testsRun:
         sys.exit(SKIP)
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(net_helper(sys.argv[1:]))

@@ -14,7 +14,8 @@ import cprdtest as T
 from cprdtest import wait_until
 
 
-class BadInput(T.CprdTestCase):
+class Refusing(T.CprdTestCase):
+    """What the test classes below share: a refusal that changed nothing."""
 
     def snapshot(self):
         """What a refused request must leave as it was. Logs of a running
@@ -61,7 +62,8 @@ class BadInput(T.CprdTestCase):
             f.write(spec if isinstance(spec, str) else json.dumps(spec))
         return path
 
-    # -------------------------------------------------------------------------
+
+class BadInput(Refusing):
 
     def test_names(self):
         for name in ("a/b", "..", ".", "a b", "x" * 65, "", "vm\u00e9", "../x", "a\\b"):
@@ -206,6 +208,66 @@ class BadInput(T.CprdTestCase):
         self.assertEqual(self.status("f0")["spec"]["memory"], 64)
         self.ok("create", "f1", "-f", path)
         self.assertEqual(self.status("f1")["machine"], "pc-i440fx-10.0")
+
+
+class Nics(Refusing):
+    """NICs in a spec (issue 12), with cprd in a network namespace of the
+    test's own whose bridge br0 exists: refusals name nics[N] and the field,
+    a bad --nic is refused by cprctl itself, and a MAC left out is derived
+    and stored with the spec."""
+
+    netlab = True
+
+    def test_lab(self):
+        """cprd runs in the lab's namespace, where br0 has the host end of
+        the lab network and no port yet; the host has no such bridge."""
+        mine = os.stat("/proc/self/ns/net").st_ino
+        cprds = os.stat("/proc/%d/ns/net" % self.cprd.pid).st_ino
+        self.assertEqual(cprds, os.stat("/run/netns/" + self.net.name).st_ino)
+        self.assertNotEqual(cprds, mine)
+        links = self.net.links()
+        self.assertEqual(links[self.net.BRIDGE]["linkinfo"]["info_kind"], "bridge", links)
+        self.assertEqual(self.net.ports(), {})
+        r = self.net.run("ip", "-j", "addr", "show", "dev", self.net.BRIDGE)
+        self.assertIn('"local":"%s","prefixlen":24' % self.net.HOST_ADDR, r.stdout)
+
+    def test_nic_refused(self):
+        a = self.create_args("n1")
+        mac = "52:54:00:12:34:56"
+        for nic, words in (("br0", ("--nic", "KEY=VALUE")),
+                           ("", ("--nic", "bridge=BR")),
+                           ("bridge=br0,model=e1000", ("unknown NIC option 'model'",)),
+                           ("mac=" + mac, ("names no bridge",)),
+                           ("bridge=br0,bridge=br1", ("bridge twice",)),
+                           ("bridge=", ("bridge needs a value",)),
+                           ("bridge=a/b", ("nics[0].bridge", "not an interface name")),
+                           ("bridge=br0,mac=52:54:00:12:34", ("nics[0].mac", "hex digits")),
+                           ("bridge=br0,mac=01:00:5e:00:00:01", ("nics[0].mac", "multicast")),
+                           ("bridge=br0,mac=00:00:00:00:00:00", ("nics[0].mac", "all zeros"))):
+            with self.subTest(nic=nic):
+                self.refused(a + ["--nic", nic], 2, *words)
+        self.refused(a + ["--nic", "bridge=br0,mac=" + mac, "--nic", "bridge=br0,mac=" + mac.upper()], 2,
+                     "nics[1].mac", "nics[0]'s already")
+        self.refused(a + ["--nic", "bridge=br0"] * 9, 2, "nics", "too many NICs")
+        path = self.spec_file("nics.json", {"name": "n1", "memory": 64, "qemu": T.QEMU10,
+                                            "nics": {"bridge": "br0"}})
+        self.refused(["create", "-f", path], 2, "nics", "array")
+
+    def test_nic_mac_derived_and_stored(self):
+        self.ok(*self.create_args("n2") + ["--nic", "bridge=br0", "--nic", "bridge=br0,mac=52:54:00:AA:bb:CC"])
+        nics = self.status("n2")["spec"]["nics"]
+        self.assertEqual(len(nics), 2, nics)
+        self.assertEqual(nics[1], {"bridge": "br0", "mac": "52:54:00:aa:bb:cc"})
+        derived = nics[0]["mac"]
+        self.assertRegex(derived, r"^52:54:00:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}$")
+        self.assertEqual(int(derived[-2:], 16) & 7, 0, "index 0 in the low bits")
+        # Stored, not derived again on every read.
+        with open(os.path.join(self.cprd.vm_dir("n2"), "vm.json")) as f:
+            self.assertIn('"mac":"%s"' % derived, f.read().replace(" ", ""))
+        # The same name gets the same MAC again.
+        self.ok("delete", "n2")
+        self.ok(*self.create_args("n2") + ["--nic", "bridge=br0"])
+        self.assertEqual(self.status("n2")["spec"]["nics"][0]["mac"], derived)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 #
 # writes OUTDIR/cprd-linux.img, a FAT boot disk with syslinux, Debian's
 # kernel (linux-image-6.1.*-amd64, the version linux-image-amd64 names) and
-# an initramfs of busybox-static and six virtio modules whose /init is
-# ./init (next to this script). SeaBIOS boots the disk from virtio-blk; the
+# an initramfs of busybox-static and nine modules (virtio, virtio-blk,
+# virtio-net) whose /init is ./init (next to this script), with
+# ./cprd-net as /bin/cprd-net. SeaBIOS boots the disk from virtio-blk; the
 # kernel talks on ttyS0. See ../README.md.
 #
 # The .debs are kept in $CPRD_TEST_DEB_CACHE (default /var/cache/cprd-test/debs),
@@ -35,8 +36,11 @@ IMG=$OUT/cprd-linux.img
 STAMP=$OUT/cprd-linux.stamp
 # Fixed timestamps for everything that goes into the images (2000-01-01).
 export SOURCE_DATE_EPOCH=946684800
-MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk"
-APPLETS="sh mount insmod sleep sha256sum dd blockdev head cat printf echo"
+# In the order init loads them: virtio_net needs net_failover, which needs
+# failover (their modinfo "depends=").
+MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
+	failover net_failover virtio_net"
+APPLETS="sh mount insmod sleep sha256sum dd blockdev head cat printf echo ip nc awk ping"
 CMDLINE="console=ttyS0 quiet"
 SYSLINUX_BIOS=/usr/lib/syslinux/modules/bios
 
@@ -133,7 +137,7 @@ key=$( {
 	echo "modules $MODULES"
 	echo "applets $APPLETS"
 	echo "syslinux $syslinux_ver"
-	sha256sum "$HERE/build.sh" "$HERE/init" | cut -d' ' -f1
+	sha256sum "$HERE/build.sh" "$HERE/init" "$HERE/cprd-net" | cut -d' ' -f1
 	echo "$(basename "$KDEB") $(stat -c %s "$KDEB")"
 	echo "$(basename "$BDEB") $(stat -c %s "$BDEB")"
 } | sha256sum | cut -d' ' -f1)
@@ -152,7 +156,8 @@ kver=$(dpkg-deb -f "$KDEB" Package)
 kver=${kver#linux-image-}
 members=(./boot/vmlinuz-$kver)
 for m in $MODULES; do
-	members+=("./lib/modules/$kver/kernel/drivers/*/$m.ko")
+	# drivers/*/ and net/core/ (failover): * matches / here.
+	members+=("./lib/modules/$kver/kernel/*/$m.ko")
 done
 mkdir "$WORK/deb"
 dpkg-deb --fsys-tarfile "$KDEB" | tar -x -C "$WORK/deb" --wildcards "${members[@]}"
@@ -161,6 +166,7 @@ dpkg-deb --fsys-tarfile "$BDEB" | tar -x -C "$WORK/deb" ./bin/busybox
 R=$WORK/root
 mkdir -p "$R"/{bin,dev,proc,sys,tmp,lib/modules}
 install -m 0755 "$HERE/init" "$R/init"
+install -m 0755 "$HERE/cprd-net" "$R/bin/cprd-net"
 install -m 0755 "$WORK/deb/bin/busybox" "$R/bin/busybox"
 for a in $APPLETS; do
 	ln -s busybox "$R/bin/$a"

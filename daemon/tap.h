@@ -29,7 +29,8 @@ bool tap_ifname_valid(const char *name);
  * empty or index >= TAP_PER_VM_MAX. */
 int tap_name(const char *vm, unsigned index, char buf[static IFNAMSIZ]);
 
-/* Creates the tap device ifname (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, not
+/* Creates the tap device ifname (IFF_TAP|IFF_NO_PI, no virtio-net header:
+ * see tap.c; not
  * persistent: it goes away when its last fd is closed), sets its own MAC
  * to guest_mac with the first byte fe when guest_mac is not NULL (so a
  * bridge, which takes the lowest MAC of its ports, never takes the tap's),
@@ -45,7 +46,7 @@ int tap_name(const char *vm, unsigned index, char buf[static IFNAMSIZ]);
 int tap_open(const char *ifname, const char *bridge, const uint8_t guest_mac[6], char *why,
 	     size_t size);
 
-/* Whether fd is a tap device (IFF_TAP, IFF_NO_PI, IFF_VNET_HDR) named
+/* Whether fd is a tap device (IFF_TAP, IFF_NO_PI, no IFF_VNET_HDR) named
  * ifname: what a tap fd taken back from a QEMU (pidfd_getfd) must be
  * before cprd holds it again. 0; -EBADFD when fd is no tun/tap fd or is
  * not attached to a device; -ESTALE when it is a tap of another name or

@@ -950,7 +950,8 @@ class NetLab:
 
     def ping(self, addr=None, interval=0.01):
         """Pings addr (the guest) every interval seconds until stop();
-        result() then gives sent, received, lost, lost_runs, max_gap_ms
+        result() then gives sent, received, lost, lost_runs, lost_at (when
+        each lost one was sent, by time.monotonic()), max_gap_ms
         (the longest time without a reply) and max_rtt_ms."""
         return self._helper("net-ping", addr or self.GUEST_ADDR, interval)
 
@@ -1098,6 +1099,9 @@ def _net_ping(addr, interval):
     rtts = sorted(replies[i] - sent[i] for i in replies)
     return {"sent": len(sent), "received": len(replies), "lost": len(lost),
             "lost_runs": [[r[0], len(r)] for r in runs][:50],
+            # When each lost ping was sent (time.monotonic(), the same clock
+            # in every process), to tell which step lost it.
+            "lost_at": [round(sent[i], 4) for i in lost][:200],
             "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
             "max_rtt_ms": round(rtts[-1] * 1000, 1) if rtts else None,
             "median_rtt_ms": round(rtts[len(rtts) // 2] * 1000, 2) if rtts else None,

@@ -269,6 +269,55 @@ class Nics(Refusing):
         self.ok(*self.create_args("n2") + ["--nic", "bridge=br0"])
         self.assertEqual(self.status("n2")["spec"]["nics"][0]["mac"], derived)
 
+    def test_missing_bridge_refused(self):
+        """A bridge that does not exist, at create and (removed since) at
+        start: InvalidSpec naming nics[N].bridge; no tap is left behind."""
+        self.refused(self.create_args("n3") + ["--nic", "bridge=br0", "--nic", "bridge=br9"], 2,
+                     "nics[1].bridge", "bridge br9 does not exist")
+        self.net.run("ip", "link", "add", "br9", "type", "bridge")
+        self.ok(*self.create_args("n3") + ["--nic", "bridge=br0", "--nic", "bridge=br9"])
+        self.assertEqual(self.net.run("ip", "link", "del", "br9").returncode, 0)
+        self.refused(["start", "n3"], 2, "nics[1].bridge", "bridge br9 does not exist")
+        self.assertEqual(self.net.ports(), {}, "a refused start left a tap")
+        self.assertEqual([n["held"] for n in self.status("n3")["nics"]], [False, False])
+
+    def test_tap_held_while_running(self):
+        """A started VM's NICs: one tap each on its bridge, up, named in
+        GetVM and held (kind tap); stopping the VM removes them, and a new
+        start makes them again."""
+        self.ok(*self.create_args("n4") + ["--nic", "bridge=br0", "--nic", "bridge=br0"])
+        self.assertEqual(self.status("n4")["nics"][0]["held"], False)
+        self.start_vm("n4")
+        vm = self.status("n4")
+        taps = [n["tap"] for n in vm["nics"]]
+        self.assertEqual(taps, ["cprd-n4-0", "cprd-n4-1"], vm["nics"])
+        self.assertEqual([n["held"] for n in vm["nics"]], [True, True])
+        held = sorted(f["name"] for f in vm["fds"] if f["kind"] == "tap")
+        self.assertEqual(held, ["n4.tap0", "n4.tap1"], vm["fds"])
+        ports = self.net.ports()
+        self.assertEqual(sorted(ports), taps, ports)
+        for t in taps:
+            self.assertIn("UP", ports[t]["flags"], ports[t])
+            self.assertEqual(ports[t]["linkinfo"]["info_kind"], "tun", ports[t])
+        # QEMU has the very taps cprd holds.
+        qemu_taps = [l for l in (os.readlink("/proc/%d/fd/%s" % (vm["pid"], fd))
+                                 for fd in os.listdir("/proc/%d/fd" % vm["pid"])) if l == "/dev/net/tun"]
+        self.assertEqual(len(qemu_taps), 2, "QEMU holds %d tun fds" % len(qemu_taps))
+        self.ok("stop", "n4", "--force")
+        self.wait_state("n4", "stopped")
+        wait_until(lambda: self.net.ports() == {}, 10, what="the taps to go with the stop")
+        self.assertEqual([n["held"] for n in self.status("n4")["nics"]], [False, False])
+        self.start_vm("n4")
+        self.assertEqual(sorted(self.net.ports()), taps)
+        # A crash keeps them (the VM's custody), a delete does not.
+        T.kill_pid(self.status("n4")["pid"], T.signal.SIGKILL)
+        self.wait_state("n4", "crashed")
+        self.assertEqual(sorted(self.net.ports()), taps)
+        self.ok("stop", "n4")
+        self.ok("delete", "n4")
+        wait_until(lambda: self.net.ports() == {}, 10, what="the taps to go with the delete")
+
+
 
 if __name__ == "__main__":
     T.main(qemus=(T.QEMU10,))

@@ -35,6 +35,8 @@ LINUX_IMAGE = T._default("CPRD_LINUX_GUEST_IMAGE",
                          os.path.join(T.SOURCE_DIR, "build/tests/guest/linux/cprd-linux.img"))
 HAVE_72 = T.qemu_usable(T.QEMU72)
 NEED_72 = "QEMU 7.2 (%s) is missing" % T.QEMU72
+HAVE_111 = T.qemu_usable(T.QEMU111)
+NEED_111 = "QEMU 11.1 (%s) is missing" % T.QEMU111
 
 MEMORY_MIB = 256
 DATA_DISK_BYTES = 16 << 20   # 32768 records, over two hours of them
@@ -294,6 +296,116 @@ class GuestNetwork(T.CprdTestCase):
         boots, recs, other = console_report(text())
         self.assertEqual((len(boots), other), (1, []))
         self.assertGreater(len(recs), 3)
+
+
+class NicUpgrades(LinuxGuestCase):
+    """Issue 12: a guest's connections survive upgrades. cprd runs in the
+    test's own network namespace (NetLab) and makes the guest's NIC's tap on
+    the lab bridge. While the guest's NIC is pinged every 10 ms and streams
+    a counted TCP stream to the lab, the VM is upgraded several times in
+    both modes (and across QEMU releases), and cprd is restarted in the
+    middle (no fd store: the tap comes back from QEMU). Each upgrade may
+    cost at most one ping; the stream keeps its connection (no reset) and
+    delivers every byte; the taps cprd holds are the same device
+    throughout; and, as everywhere, the guest booted once and its disk
+    holds every record it reported."""
+
+    netlab = True
+
+    def boot_with_nic(self, name, qemu, machine):
+        r = self.boot(name, qemu, machine=machine, extra=("--nic", "bridge=" + self.net.BRIDGE))
+        wait_until(lambda: net_lines(self.cprd.console(name)), 60 * T.SLOWDOWN, interval=0.2,
+                   what="%s's NIC to come up" % name)
+        self.assertEqual(net_lines(self.cprd.console(name)), ["%s/%d" % (self.net.GUEST_ADDR, self.net.PREFIX)])
+        return r
+
+    def tap_ifindex(self, name):
+        """The tap's interface index: a new device would get a new one."""
+        tap = self.status(name)["nics"][0]["tap"]
+        return self.net.links()[tap]["ifindex"]
+
+    def nic_upgrade(self, name, qemu, mode):
+        vm = self.status(name)
+        r = self.ok("upgrade", name, "--qemu", qemu, "--mode", mode, "--json", timeout=180).json
+        self.assertEqual((r["outcome"], r["mode"]), ("committed", mode), r)
+        self.assertNotEqual(r["pid"], vm["pid"])
+        at = self.last_reported(name)
+        wait_until(lambda: self.last_reported(name) >= at + 3, 30 * T.SLOWDOWN, interval=0.1,
+                   what="records after the upgrade")
+        T.log("    %s: %s %s -> %s, pause %.1f ms" % (name, mode, r["fromVersion"], r["toVersion"], r["pauseMs"]))
+        return r
+
+    def restart_cprd(self, name):
+        pid = self.status(name)["pid"]
+        self.cprd.proc.send_signal(T.signal.SIGTERM)
+        self.cprd.proc.wait(30)
+        self.cprd.start()
+        wait_until(lambda: self.status(name)["state"] == "running", 30, what="%s running after the restart" % name)
+        vm = self.status(name)
+        self.assertEqual(vm["pid"], pid)
+        self.assertEqual([n["held"] for n in vm["nics"]], [True], vm["nics"])
+        T.log("    %s: cprd restarted (no fd store); the tap came back from QEMU pid %d" % (name, pid))
+
+    def run_steps(self, name, steps, lines=15000):
+        """Does steps (("upgrade", qemu, mode) or ("restart",)) while a ping
+        and a TCP stream run; checks the network across them: each step
+        costs at most one ping (one sent from its start to the next step's),
+        none is lost outside them, and the stream delivers every
+        byte without a reset."""
+        ifindex = self.tap_ifindex(name)
+        ping = self.net.ping()
+        # Paced at about a thousand lines a second: it outlasts the steps.
+        stream = self.net.stream(lines, every=100, pause=0.1, stall=60 * T.SLOWDOWN)
+        starts = []
+        for step in steps:
+            starts.append(time.monotonic())
+            if step[0] == "restart":
+                self.restart_cprd(name)
+            else:
+                self.nic_upgrade(name, step[1], step[2])
+            self.assertEqual(self.tap_ifindex(name), ifindex, "the tap is another device now")
+        steps_end = time.monotonic()
+        # A step's window: from its start to the next step's, the last one's
+        # to a second after it ended (a late reply still counts).
+        windows = [(step, a, b) for step, a, b in zip(steps, starts, starts[1:] + [steps_end + 1.0])]
+        st = stream.result(600)
+        ping.stop()
+        p = ping.result()
+        T.log("    %s: ping every 10 ms: %d sent, %d lost %s, longest gap %s ms; stream %d bytes in %s s, "
+              "longest gap %s ms" % (name, p["sent"], p["lost"], p["lost_runs"], p["max_gap_ms"], st["bytes"],
+                                     st["seconds"], st["max_gap_ms"]))
+        self.assertEqual((st["lines"], st["end"], st["first_bad"], st["reset"], st["error"]),
+                         (lines, True, None, False, None), st)
+        self.assertEqual(st["bytes"], lines * 64 + len("cprd-net end %d\n" % lines))
+        self.assertGreater(st["seconds"], steps_end - starts[0], "the stream ended before the steps did")
+        unexplained = list(p["lost_at"])
+        for step, a, b in windows:
+            mine = [t for t in p["lost_at"] if a <= t <= b]
+            T.log("    %s: %s lost %d ping%s" % (name, " ".join(str(x) for x in step).replace(T.QEMU10, "10.0")
+                                                 .replace(T.QEMU111, "11.1"), len(mine), "" if len(mine) == 1 else "s"))
+            self.assertLessEqual(len(mine), 1, "%s lost %d pings: %s" % (step, len(mine), p))
+            unexplained = [t for t in unexplained if t not in mine]
+        self.assertEqual(unexplained, [], "pings lost outside the steps: %s" % p)
+        return p, st
+
+    @unittest.skipUnless(HAVE_111, NEED_111)
+    def test_nic_across_upgrades_and_restart(self):
+        name = "net1"
+        # A machine type 10.0 and 11.1 both have.
+        boot_id, data, _ = self.boot_with_nic(name, T.QEMU10, "pc-i440fx-10.0")
+        steps = [("upgrade", T.QEMU10, "cpr-transfer"), ("upgrade", T.QEMU10, "local-migrate"),
+                 ("restart",), ("upgrade", T.QEMU111, "cpr-transfer"),
+                 ("upgrade", T.QEMU111, "local-migrate"), ("upgrade", T.QEMU10, "local-migrate")]
+        self.run_steps(name, steps)
+        self.check_all(name, boot_id, data, sum(1 for s in steps if s[0] == "upgrade"))
+
+    @unittest.skipUnless(HAVE_72, NEED_72)
+    def test_nic_72_to_10(self):
+        name = "net72"
+        boot_id, data, _ = self.boot_with_nic(name, T.QEMU72, "pc")
+        self.assertEqual(self.status(name)["machine"], "pc-i440fx-7.2")
+        self.run_steps(name, [("upgrade", T.QEMU10, "local-migrate"), ("upgrade", T.QEMU10, "cpr-transfer")])
+        self.check_all(name, boot_id, data, 2)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,18 @@ struct json_object;
 #define SPEC_MEMORY_MIN_MIB 16
 #define SPEC_PATH_MAX 1024
 #define SPEC_MACHINE_MAX 64
+#define SPEC_DEVICES_MAX 8
+#define SPEC_PCI_ADDR_LEN 12 /* DDDD:BB:DD.F */
 
 struct spec_disk {
 	char *path;
 	char *format; /* raw or qcow2 */
 	bool readonly;
+};
+
+/* A host PCI device assigned to the guest through VFIO. */
+struct spec_device {
+	char pci[SPEC_PCI_ADDR_LEN + 1]; /* DDDD:BB:DD.F in lower case, as sysfs names it */
 };
 
 struct vm_spec {
@@ -34,6 +41,8 @@ struct vm_spec {
 	bool allow_exec;
 	struct spec_disk *disks;
 	size_t n_disks;
+	struct spec_device *devices;
+	size_t n_devices;
 };
 
 struct spec_error {
@@ -50,5 +59,7 @@ int spec_from_json_trusted(struct json_object *o, struct vm_spec **ret, struct s
 struct json_object *spec_to_json(const struct vm_spec *s);
 void spec_free(struct vm_spec *s);
 bool spec_name_valid(const char *name);
+/* Whether s is a PCI address DDDD:BB:DD.F (hex, device 00-1f, function 0-7). */
+bool spec_pci_valid(const char *s);
 /* Checks that path names a file this daemon may run as QEMU. */
 int spec_check_binary(const char *path, struct spec_error *err, const char *field);

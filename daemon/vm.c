@@ -20,6 +20,7 @@
 #include "cmdline.h"
 #include "log.h"
 #include "macro.h"
+#include "mode.h"
 #include "probe.h"
 #include "qemu-record.h"
 #include "qemu.h"
@@ -236,6 +237,25 @@ int vm_devices_check(const struct vm_spec *spec, const char **device, char *why,
 	}
 	*device = NULL;
 	return 0;
+}
+
+void vm_mode_guest(const struct vm *vm, struct mode_guest *ret) {
+	*ret = (struct mode_guest){
+		.n_devices = vm->spec->n_devices,
+		.tcg = !streq_ptr(vm->accel, "kvm"), /* unknown counts as the worse */
+	};
+	for (size_t i = 0; i < vm->spec->n_devices && !ret->irq_device; i++) {
+		struct vfio_irqs irqs;
+		const char *pci = vm->spec->devices[i].pci;
+		int r = vfio_device_irqs(VM_HOST_ROOT, pci, &irqs);
+		if (r < 0)
+			snprintf(ret->irq_what, sizeof(ret->irq_what),
+				 "a config space cprd cannot read (%s), so it may", strerror(-r));
+		else
+			vfio_irqs_describe(&irqs, ret->irq_what, sizeof(ret->irq_what));
+		if (r < 0 || vfio_irqs_any(&irqs))
+			ret->irq_device = pci;
+	}
 }
 
 /* Makes what a VM's QEMU needs from us and that outlives any one QEMU. */

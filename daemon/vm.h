@@ -14,6 +14,7 @@ struct event;
 struct event_base;
 struct json_object;
 struct cmdline_incoming;
+struct mode_guest;
 struct probe_result;
 struct qemu_proc;
 struct qmp;
@@ -167,6 +168,9 @@ void vm_release_custody(struct vm *vm);
  * sysfs, then the kernel's container, which needs the group closed). On
  * failure *device is the one at fault and why says why. */
 int vm_devices_check(const struct vm_spec *spec, const char **device, char *why, size_t size);
+/* What the upgrade modes must know of the running guest: its devices, its
+ * accelerator, and which device can interrupt (read from sysfs now). */
+void vm_mode_guest(const struct vm *vm, struct mode_guest *ret);
 
 struct json_object *vm_to_json(struct vm *vm);
 /* True when the binary the running QEMU came from changed on disk. */

@@ -16,6 +16,7 @@ struct create_opts {
 	struct json_object *spec;  /* built from flags */
 	struct json_object *disks;
 	struct json_object *nics;
+	struct json_object *devices;
 	const char *file;
 	bool bad;
 };
@@ -101,6 +102,20 @@ static int parse_nic(const char *arg, struct json_object **ret) {
 	return 0;
 }
 
+/* pci=ADDR: the address itself is cprd's to check, so the message is the
+ * same whatever the client. */
+static int parse_device(const char *arg, struct json_object **ret) {
+	if (strncmp(arg, "pci=", 4) != 0 || !arg[4] || strchr(arg, ',')) {
+		usage_error(&cmd_create, "--device takes pci=DDDD:BB:DD.F (such as pci=0000:01:00.0), not '%s'",
+			    arg);
+		return -EINVAL;
+	}
+	struct json_object *d = json_object_new_object();
+	json_object_object_add(d, "pci", json_object_new_string(arg + 4));
+	*ret = d;
+	return 0;
+}
+
 static int create_opt(int opt, const char *arg, void *userdata) {
 	struct create_opts *o = userdata;
 	int64_t v;
@@ -142,6 +157,13 @@ static int create_opt(int opt, const char *arg, void *userdata) {
 		json_object_array_add(o->nics, n);
 		return 0;
 	}
+	case 'D': {
+		struct json_object *d;
+		if (parse_device(arg, &d) < 0)
+			return -1;
+		json_object_array_add(o->devices, d);
+		return 0;
+	}
 	case 'f':
 		o->file = arg;
 		return 0;
@@ -156,12 +178,14 @@ static int create_run(struct ctx *ctx, int argc, char **argv) {
 		{"accel", required_argument, NULL, 'a'},  {"disk", required_argument, NULL, 'd'},
 		{"hugepages", no_argument, NULL, 'H'},     {"file", required_argument, NULL, 'f'},
 		{"allow-exec", no_argument, NULL, 'X'},   {"nic", required_argument, NULL, 'n'},
+		{"device", required_argument, NULL, 'D'},
 		{},
 	};
 	_cleanup_json_ struct json_object *spec = json_object_new_object();
 	_cleanup_json_ struct json_object *disks = json_object_new_array();
 	_cleanup_json_ struct json_object *nics = json_object_new_array();
-	struct create_opts o = {.spec = spec, .disks = disks, .nics = nics};
+	_cleanup_json_ struct json_object *devices = json_object_new_array();
+	struct create_opts o = {.spec = spec, .disks = disks, .nics = nics, .devices = devices};
 	int r = parse_options(ctx, &cmd_create, argc, argv, "f:", longopts, create_opt, &o);
 	if (r != 0)
 		return r < 0 ? EXIT_INVALID : EXIT_OK;
@@ -194,6 +218,8 @@ static int create_run(struct ctx *ctx, int argc, char **argv) {
 		json_object_object_add(final, "disks", json_object_get(disks));
 	if (json_object_array_length(nics) > 0)
 		json_object_object_add(final, "nics", json_object_get(nics));
+	if (json_object_array_length(devices) > 0)
+		json_object_object_add(final, "devices", json_object_get(devices));
 	if (!jget(final, "name")) {
 		usage_error(&cmd_create, "needs a VM name");
 		return EXIT_INVALID;
@@ -232,6 +258,8 @@ const struct cmd cmd_create = {
 		"  --hugepages        back guest RAM with huge pages\n"
 		"  --allow-exec       let QEMU exec a new binary in place (-sandbox spawn=allow),\n"
 		"                     which 'upgrade --mode cpr-exec' needs\n"
+		"  --device pci=ADDR  assign the host PCI device ADDR (DDDD:BB:DD.F, bound to\n"
+		"                     vfio-pci) through VFIO; repeat for more\n"
 		"  -f, --file FILE    read the spec (JSON, as in 'cprctl status --json') from FILE\n",
 	.run = create_run,
 };

@@ -76,6 +76,10 @@ static int status_run(struct ctx *ctx, int argc, char **argv) {
 		printf("Disk %zu:       %s (%s%s)\n", i, jstr(d, "path"), jstr(d, "format"),
 		       jbool(d, "readonly") ? ", read-only" : "");
 	}
+	struct json_object *devices = jget(spec, "devices");
+	for (size_t i = 0; i < json_object_array_length(devices); i++)
+		printf("Device %zu:     %s (VFIO, QEMU id hostdev%zu)\n", i,
+		       jstr(json_object_array_get_idx(devices, i), "pci"), i);
 	struct json_object *fds = jget(vm, "fds");
 	if (json_object_array_length(fds) > 0) {
 		printf("Held fds:    ");

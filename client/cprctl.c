@@ -122,6 +122,11 @@ int report_error(const char *command, const char *error, struct json_object *p) 
 			jstr(p, "operation"));
 		return EXIT_FAILED;
 	}
+	if (streq(error, "io.cprd.Manager.DeviceUnavailable")) {
+		fprintf(stderr, "cprctl: device %s cannot be assigned, nothing was changed: %s.\n",
+			jstr(p, "device"), reason);
+		return EXIT_FAILED;
+	}
 	if (streq(error, "io.cprd.Manager.QEMUProbeFailed")) {
 		fprintf(stderr, "cprctl: %s cannot be used as QEMU: %s.\n", jstr(p, "binary"), reason);
 		return EXIT_FAILED;

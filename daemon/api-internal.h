@@ -20,6 +20,7 @@ int api_error_busy(struct vl_call *c, const char *name, const char *operation);
 int api_error_invalid_spec(struct vl_call *c, const char *field, const char *reason);
 int api_error_probe_failed(struct vl_call *c, const char *binary, const char *reason);
 int api_error_not_upgradable(struct vl_call *c, const char *name, const char *reason);
+int api_error_device_unavailable(struct vl_call *c, const char *device, const char *reason);
 int api_error_failed(struct vl_call *c, const char *fmt, ...) _printf_(2, 3);
 
 /* Whether the caller may call this method; replies PermissionDenied if not. */

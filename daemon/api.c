@@ -62,6 +62,10 @@ int api_error_probe_failed(struct vl_call *c, const char *binary, const char *re
 	return error_kv(c, API_ERROR("QEMUProbeFailed"), "binary", binary, "reason", reason, NULL);
 }
 
+int api_error_device_unavailable(struct vl_call *c, const char *device, const char *reason) {
+	return error_kv(c, API_ERROR("DeviceUnavailable"), "device", device, "reason", reason, NULL);
+}
+
 int api_error_not_upgradable(struct vl_call *c, const char *name, const char *reason) {
 	return error_kv(c, API_ERROR("NotUpgradable"), "name", name, "reason", reason, NULL);
 }
@@ -307,6 +311,28 @@ static void create_on_probe(struct probe *p, int error, struct probe_result *res
 	free(cr);
 }
 
+/* A device belongs to one VM of cprd, and the host must be able to give it
+ * (vm_devices_check): else DeviceUnavailable, and nothing is made. */
+static int create_refuse_devices(struct manager *m, struct vl_call *c, const struct vm_spec *spec) {
+	char why[768];
+	const char *device = NULL;
+	for (size_t i = 0; i < spec->n_devices; i++) {
+		const struct vm *owner = manager_device_owner(m, spec->devices[i].pci);
+		if (owner) {
+			snprintf(why, sizeof(why),
+				 "it is assigned to VM %s already, and a device belongs to one VM of "
+				 "cprd (delete %s first)",
+				 owner->name, owner->name);
+			api_error_device_unavailable(c, spec->devices[i].pci, why);
+			return -EBUSY;
+		}
+	}
+	int r = vm_devices_check(spec, &device, why, sizeof(why));
+	if (r < 0)
+		api_error_device_unavailable(c, device, why);
+	return r;
+}
+
 static int method_create_vm(struct vl_call *c, struct json_object *params, void *userdata) {
 	struct manager *m = userdata;
 	struct json_object *o = json_object_object_get(params, "spec");
@@ -330,6 +356,10 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 	if (m->n_vms >= MANAGER_VMS_MAX) {
 		spec_free(spec);
 		return api_error_failed(c, "cprd holds %d VMs already, its limit", MANAGER_VMS_MAX);
+	}
+	if (create_refuse_devices(m, c, spec) < 0) {
+		spec_free(spec);
+		return 0;
 	}
 
 	_cleanup_free_ char *dir = manager_vm_state_dir(m, spec->name);
@@ -378,6 +408,9 @@ static void api_on_vm_done(struct vm *vm, const struct vm_outcome *o, void *user
 		break;
 	case VM_ERROR_BAD_STATE:
 		api_error_bad_state(c, vm->name, vm_state_to_string(o->state), o->reason);
+		break;
+	case VM_ERROR_DEVICE_UNAVAILABLE:
+		api_error_device_unavailable(c, o->device, o->reason);
 		break;
 	case VM_ERROR_FAILED:
 		api_error_failed(c, "%s", o->reason);

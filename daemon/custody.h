@@ -1,9 +1,10 @@
 /* custody: the fds cprd holds for a VM, described as data. Each kind (guest
- * RAM, console, QMP) has an ops table in a file of its own (custody-ram.c,
- * custody-console.c, custody-qmp.c): it makes the kind's fds, names them on
- * QEMU's command line and takes them back from a running QEMU when systemd's
- * fd store lost them (custody-tap.c: the NICs' tap devices, likewise). The
- * numbers the fds have inside each QEMU are handed
+ * RAM, console, QMP, VFIO) has an ops table in a file of its own
+ * (custody-ram.c, custody-console.c, custody-qmp.c, custody-vfio.c): it
+ * makes the kind's fds (or takes copies of those QEMU opened itself), names
+ * them on QEMU's command line and takes them back from a running QEMU when
+ * systemd's fd store lost them (custody-tap.c: the NICs' tap devices,
+ * likewise). The numbers the fds have inside each QEMU are handed
  * out here when the QEMU starts and kept in its record (qemu.json). The
  * rest of cprd loops over custody_fds and custody_kinds to hand the fds to
  * QEMU, keep them in the fd store, list them in GetVM, keep them across a
@@ -19,12 +20,16 @@
 #include <sys/types.h>
 
 struct json_object;
+struct spec_device;
 struct spec_nic;
 struct strv;
 
 /* At most this many NICs per VM (tap.h's TAP_PER_VM_MAX, spec.h's
  * SPEC_NICS_MAX): each has a held tap fd of its own. */
 #define CUSTODY_TAPS 8
+/* Copies of QEMU's VFIO fds held per VM, at most this many of each (the
+ * spec's SPEC_DEVICES_MAX). */
+#define CUSTODY_VFIO_MAX 8
 
 /* The fds a VM holds. The per-VM ones outlive any one QEMU and are handed
  * to each QEMU of the VM; the per-QEMU ones belong to one QEMU process.
@@ -35,7 +40,12 @@ enum custody_id {
 	CUSTODY_CONSOLE,      /* cprd's end of the console socketpair */
 	CUSTODY_TAP0,         /* the tap device of NIC i is CUSTODY_TAP0 + i */
 	_CUSTODY_TAP_END = CUSTODY_TAP0 + CUSTODY_TAPS,
-	_CUSTODY_VM_MAX = _CUSTODY_TAP_END,
+	/* Copies of what QEMU opened for the assigned devices, CUSTODY_VFIO_MAX
+	 * of each, in the order of their numbers in QEMU (custody-vfio.c). */
+	CUSTODY_VFIO_CONTAINER = _CUSTODY_TAP_END,
+	CUSTODY_VFIO_GROUP = CUSTODY_VFIO_CONTAINER + CUSTODY_VFIO_MAX,
+	CUSTODY_VFIO_DEVICE = CUSTODY_VFIO_GROUP + CUSTODY_VFIO_MAX,
+	_CUSTODY_VM_MAX = CUSTODY_VFIO_DEVICE + CUSTODY_VFIO_MAX,
 	CUSTODY_QMP = _CUSTODY_VM_MAX, /* cprd's end of the current QEMU's QMP socketpair */
 	_CUSTODY_MAX,
 };
@@ -49,6 +59,10 @@ struct custody_fd {
 	/* The per-QEMU fd a restarted cprd finds in the fd store while an
 	 * upgrade's target has its own: NAME.<target_name>. */
 	const char *target_name;
+	/* QEMU opens it itself; cprd holds a copy taken from the QEMU
+	 * (custody_ops.from_qemu), which no QEMU is given, and which cprd
+	 * gives up before it starts a fresh QEMU for the VM. */
+	bool from_qemu;
 };
 
 extern const struct custody_fd custody_fds[_CUSTODY_MAX];
@@ -80,6 +94,8 @@ struct custody_vm {
 	bool hugepages;
 	const struct spec_nic *nics; /* in the order the guest sees them */
 	size_t n_nics;
+	const struct spec_device *devices; /* assigned through VFIO */
+	size_t n_devices;
 };
 
 struct custody_ops {
@@ -100,10 +116,18 @@ struct custody_ops {
 	 * at. Pure: tests/unit/test_cmdline.c checks them. */
 	void (*qemu_args)(const struct custody_vm *vm, const struct custody_qemu_fds *at,
 			  struct strv *argv);
+	/* Takes copies of the kind's per-VM fds that QEMU opened itself from
+	 * the QEMU behind pidfd, once that QEMU is the VM's: after it started
+	 * the guest, after an upgrade committed to it, after a restarted cprd
+	 * attached to it. What is held already and complete stays (such fds
+	 * go from QEMU to QEMU with CPR: the same files). Negative errno,
+	 * logged. NULL: QEMU opens nothing of the kind. */
+	int (*from_qemu)(const struct custody_vm *vm, pid_t pid, int pidfd, int fds[_CUSTODY_VM_MAX]);
 };
 
 /* Every kind, in the order they are made and their arguments come. */
-extern const struct custody_ops custody_ram, custody_qmp, custody_console, custody_tap;
+extern const struct custody_ops custody_ram, custody_qmp, custody_console, custody_tap,
+	custody_vfio;
 extern const struct custody_ops *const custody_kinds[];
 extern const unsigned custody_n_kinds;
 

@@ -152,6 +152,14 @@ struct vm *manager_find(struct manager *m, const char *name) {
 	return NULL;
 }
 
+struct vm *manager_device_owner(struct manager *m, const char *pci) {
+	for (size_t i = 0; i < m->n_vms; i++)
+		for (size_t k = 0; k < m->vms[i]->spec->n_devices; k++)
+			if (streq(m->vms[i]->spec->devices[k].pci, pci))
+				return m->vms[i];
+	return NULL;
+}
+
 int manager_add(struct manager *m, struct vm *vm) {
 	if (manager_find(m, vm->name))
 		return -EEXIST;

@@ -40,6 +40,8 @@ void manager_free(struct manager *m);
 int manager_load(struct manager *m);
 
 struct vm *manager_find(struct manager *m, const char *name);
+/* The VM whose spec assigns the host PCI device pci, or NULL. */
+struct vm *manager_device_owner(struct manager *m, const char *pci);
 int manager_add(struct manager *m, struct vm *vm);
 void manager_remove(struct manager *m, struct vm *vm);
 

@@ -28,4 +28,7 @@ const struct mode_ops mode_cpr_exec = {
 	.qmp_mode = "cpr-exec",
 	.incoming = CMDLINE_INCOMING_FILE,
 	.migrate_args = cpr_exec_migrate_args,
+	/* VFIO CPR registers for cpr-exec too, from its first release (10.2,
+	 * "vfio: cpr-exec mode"). */
+	.devices_since = "10.2",
 };

@@ -35,4 +35,6 @@ const struct mode_ops mode_cpr_transfer = {
 	.qmp_mode = "cpr-transfer",
 	.ignore_shared = false,
 	.migrate_args = cpr_transfer_migrate_args,
+	/* VFIO devices go over in the CPR state from QEMU 10.1 on. */
+	.devices_since = "10.1",
 };

@@ -22,25 +22,83 @@ const struct mode_ops *mode_find(const char *name) {
 	return NULL;
 }
 
+/* Whether both QEMUs are release since ("10.1") or later. */
+static bool both_since(const char *since, const struct probe_result *old,
+		       const struct probe_result *new) {
+	unsigned major = 0, minor = 0;
+	sscanf(since, "%u.%u", &major, &minor);
+	return old && (old->major > major || (old->major == major && old->minor >= minor)) &&
+	       (new->major > major || (new->major == major && new->minor >= minor));
+}
+
+/* Whether m can carry the guest's assigned devices between these QEMUs. */
+static bool devices_usable(const struct mode_ops *m, const struct mode_guest *g,
+			   const struct probe_result *old, const char *old_version,
+			   const struct probe_result *new, char *why, size_t size) {
+	if (!g || g->n_devices == 0)
+		return true;
+	if (!m->devices_since) {
+		snprintf(why, size,
+			 "%s cannot move a guest with assigned devices (VFIO): QEMU does not "
+			 "migrate their state; use cpr-transfer",
+			 m->name);
+		return false;
+	}
+	if (!both_since(m->devices_since, old, new)) {
+		snprintf(why, size,
+			 "%s carries assigned devices (VFIO) only with QEMU %s or later on both "
+			 "sides; the guest runs on QEMU %s and the target is QEMU %u.%u.%u",
+			 m->name, m->devices_since, old_version ? old_version : "?", new->major,
+			 new->minor, new->micro);
+		return false;
+	}
+	if (g->tcg && g->irq_device) {
+		/* Seen in the lab: QEMU 11.1.3 with edu (INTx) assigned died of
+		 * SIGSEGV when migrate started, and the guest was lost. */
+		snprintf(why, size,
+			 "%s of a guest with assigned devices needs KVM when a device can "
+			 "interrupt: %s has %s, and QEMU's VFIO CPR moves device interrupts with "
+			 "KVM irqfds (hw/vfio/cpr.c), so under TCG the old QEMU would crash and "
+			 "the guest be lost; run the guest with accel kvm",
+			 m->name, g->irq_device, g->irq_what);
+		return false;
+	}
+	return true;
+}
+
+static bool usable(const struct mode_ops *m, const struct mode_guest *g,
+		   const struct probe_result *old, const char *old_version,
+		   const struct probe_result *new, char *why, size_t size) {
+	return m->usable(old, old_version, new, why, size) &&
+	       devices_usable(m, g, old, old_version, new, why, size);
+}
+
 /* The first mode from modes[from] on that auto may choose for this pair. */
-static const struct mode_ops *auto_first_usable(size_t from, const struct probe_result *old,
+static const struct mode_ops *auto_first_usable(size_t from, const struct mode_guest *g,
+						const struct probe_result *old,
 						const char *old_version, const struct probe_result *new) {
-	char scratch[256];
+	char scratch[512];
 	for (size_t i = from; i < ELEMENTSOF(modes); i++)
 		if (!modes[i]->by_name_only &&
-		    modes[i]->usable(old, old_version, new, scratch, sizeof(scratch)))
+		    usable(modes[i], g, old, old_version, new, scratch, sizeof(scratch)))
 			return modes[i];
 	return NULL;
 }
 
-const struct mode_ops *mode_pick(const char *name, const struct probe_result *old,
-				 const char *old_version, const struct probe_result *new, char *why,
-				 size_t size) {
+const struct mode_ops *mode_pick(const char *name, const struct mode_guest *guest,
+				 const struct probe_result *old, const char *old_version,
+				 const struct probe_result *new, char *why, size_t size) {
 	const struct mode_ops *m = mode_find(name);
 	if (m)
-		return m->usable(old, old_version, new, why, size) ? m : NULL;
-	if ((m = auto_first_usable(0, old, old_version, new)))
+		return usable(m, guest, old, old_version, new, why, size) ? m : NULL;
+	if ((m = auto_first_usable(0, guest, old, old_version, new)))
 		return m;
+	/* With devices, why the first mode auto could take them in failed. */
+	for (size_t i = 0; guest && guest->n_devices && i < ELEMENTSOF(modes); i++)
+		if (!modes[i]->by_name_only && modes[i]->devices_since) {
+			(void)usable(modes[i], guest, old, old_version, new, why, size);
+			return NULL;
+		}
 	size_t used = (size_t)snprintf(why, size, "neither");
 	for (size_t i = 0, n = 0; i < ELEMENTSOF(modes) && used < size; i++)
 		if (!modes[i]->by_name_only)
@@ -52,11 +110,12 @@ const struct mode_ops *mode_pick(const char *name, const struct probe_result *ol
 	return NULL;
 }
 
-const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct probe_result *old,
-				     const char *old_version, const struct probe_result *new) {
+const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct mode_guest *guest,
+				     const struct probe_result *old, const char *old_version,
+				     const struct probe_result *new) {
 	for (size_t i = 0; i < ELEMENTSOF(modes); i++)
 		if (modes[i] == failed)
-			return auto_first_usable(i + 1, old, old_version, new);
+			return auto_first_usable(i + 1, guest, old, old_version, new);
 	return NULL;
 }
 

@@ -13,6 +13,16 @@
 struct json_object;
 struct probe_result;
 
+/* What a mode must know of the guest besides its two QEMUs. */
+struct mode_guest {
+	size_t n_devices; /* host PCI devices assigned through VFIO */
+	bool tcg;         /* it runs under TCG (not KVM) */
+	/* The first device that can raise interrupts (or whose config space
+	 * could not be read), and what it has: "an interrupt pin (INTx)". */
+	const char *irq_device;
+	char irq_what[128];
+};
+
 struct mode_ops {
 	const char *name; /* as in UpgradeRequest.mode */
 	/* Whether a guest can move this way from a QEMU probed as old (which
@@ -41,24 +51,31 @@ struct mode_ops {
 	bool needs_exec;
 	/* auto never picks it; only asked for by name. */
 	bool by_name_only;
+	/* For a guest with assigned devices: the QEMU release from which on
+	 * both QEMUs carry them over in this mode ("10.1"); NULL: the mode
+	 * cannot. The modes that can use QEMU's VFIO CPR, which moves a
+	 * device's interrupts with KVM irqfds: under TCG only devices without
+	 * interrupts can go. */
+	const char *devices_since;
 };
 
 extern const struct mode_ops mode_cpr_transfer, mode_local_migrate, mode_cpr_exec;
 
 /* The mode called name, or NULL ("auto" is no mode but a choice). */
 const struct mode_ops *mode_find(const char *name);
-/* The mode to use: name's when it is usable, or with "auto" the first
- * usable one in the order of preference (cpr-transfer, then local-migrate;
- * never a by_name_only mode such as cpr-exec).
- * NULL with why filled when there is none. */
-const struct mode_ops *mode_pick(const char *name, const struct probe_result *old,
-				 const char *old_version, const struct probe_result *new, char *why,
-				 size_t size);
+/* The mode to use for guest (NULL: no devices): name's when it is usable,
+ * or with "auto" the first usable one in the order of preference
+ * (cpr-transfer, then local-migrate; never a by_name_only mode such as
+ * cpr-exec). NULL with why filled when there is none. */
+const struct mode_ops *mode_pick(const char *name, const struct mode_guest *guest,
+				 const struct probe_result *old, const char *old_version,
+				 const struct probe_result *new, char *why, size_t size);
 
 /* After failed, which auto chose and which rolled back: the next usable
  * mode in auto's order, or NULL when there is none. */
-const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct probe_result *old,
-				     const char *old_version, const struct probe_result *new);
+const struct mode_ops *mode_fallback(const struct mode_ops *failed, const struct mode_guest *guest,
+				     const struct probe_result *old, const char *old_version,
+				     const struct probe_result *new);
 
 /* usable for the CPR modes (cpr-transfer, cpr-exec): old_has and new_has
  * say whether each QEMU has the mode, which QEMU has since version since.

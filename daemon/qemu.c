@@ -294,6 +294,7 @@ int qemu_adopt(struct event_base *base, pid_t pid, int pidfd, const char *label,
 
 pid_t qemu_proc_pid(const struct qemu_proc *p) { return p->pid; }
 bool qemu_proc_running(const struct qemu_proc *p) { return p->running; }
+int qemu_proc_pidfd(const struct qemu_proc *p) { return p->pidfd; }
 
 int qemu_proc_kill(struct qemu_proc *p, int sig) {
 	if (!p->running)

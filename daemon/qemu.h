@@ -65,6 +65,8 @@ int qemu_adopt(struct event_base *base, pid_t pid, int pidfd, const char *label,
 	       qemu_exit_fn on_exit, void *userdata, struct qemu_proc **ret);
 
 pid_t qemu_proc_pid(const struct qemu_proc *p);
+/* The pidfd it is watched through (still the proc's), for pidfd_getfd. */
+int qemu_proc_pidfd(const struct qemu_proc *p);
 bool qemu_proc_running(const struct qemu_proc *p);
 int qemu_proc_kill(struct qemu_proc *p, int sig);
 /* cprd is exiting: free without waiting for children (guests keep running). */

@@ -2,10 +2,12 @@
  * checked here before any other part of cprd sees it. */
 #include "spec.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
@@ -30,6 +32,7 @@ void spec_free(struct vm_spec *s) {
 	for (size_t i = 0; i < s->n_nics; i++)
 		free(s->nics[i].bridge);
 	free(s->nics);
+	free(s->devices);
 	free(s);
 }
 
@@ -176,16 +179,10 @@ static int parse_disk(struct json_object *d, size_t i, bool check_host, struct s
 	return get_bool(d, "readonly", field, &disk->readonly, err);
 }
 
-/* The spec's disks and devices (none may be assigned yet). */
+/* The spec's disks. */
 static int parse_disks(struct json_object *o, bool check_host, struct vm_spec *spec,
 		       struct spec_error *err) {
 	struct json_object *v;
-	if (json_object_object_get_ex(o, "devices", &v) && v) {
-		if (!json_object_is_type(v, json_type_array))
-			return fail(err, "devices", "must be an array");
-		if (json_object_array_length(v) > 0)
-			return fail(err, "devices", "device assignment (VFIO) is not supported yet");
-	}
 	if (!json_object_object_get_ex(o, "disks", &v) || !v)
 		return 0;
 	if (!json_object_is_type(v, json_type_array))
@@ -275,6 +272,73 @@ static int parse_nics(struct json_object *o, struct vm_spec *spec, struct spec_e
 	return 0;
 }
 
+bool spec_pci_valid(const char *s) {
+	static const char hex[] = "0123456789abcdefABCDEF";
+	if (strlen(s) != SPEC_PCI_ADDR_LEN || s[4] != ':' || s[7] != ':' || s[10] != '.')
+		return false;
+	for (size_t i = 0; i < SPEC_PCI_ADDR_LEN; i++)
+		if (i != 4 && i != 7 && i != 10 && !strchr(hex, s[i]))
+			return false;
+	unsigned dev = (unsigned)strtoul(s + 8, NULL, 16);
+	return dev <= 0x1f && s[11] >= '0' && s[11] <= '7';
+}
+
+/* devices[i] of a spec: {"pci": "DDDD:BB:DD.F"}. Whether the host has the
+ * device and it can be assigned is checked where it is used (vfio.c). */
+static int parse_device(struct json_object *d, size_t i, struct spec_device *dev,
+			struct spec_error *err) {
+	static const char *const device_keys[] = {"pci", NULL};
+	char field[64], prefix[32];
+	const char *s;
+	int r;
+
+	snprintf(prefix, sizeof(prefix), "devices[%zu].", i);
+	snprintf(field, sizeof(field), "devices[%zu]", i);
+	if (!json_object_is_type(d, json_type_object))
+		return fail(err, field, "must be an object with pci");
+	if ((r = check_keys(d, device_keys, prefix, err)) < 0)
+		return r;
+	snprintf(field, sizeof(field), "devices[%zu].pci", i);
+	if ((r = get_string(d, "pci", field, true, 64, &s, err)) < 0)
+		return r;
+	if (!spec_pci_valid(s))
+		return fail(err, field,
+			    "must be a PCI address DDDD:BB:DD.F such as 0000:01:00.0 (as lspci -D "
+			    "shows it), not '%.64s'", s);
+	for (size_t k = 0; k <= SPEC_PCI_ADDR_LEN; k++)
+		dev->pci[k] = (char)tolower((unsigned char)s[k]);
+	return 0;
+}
+
+/* The host devices assigned to the guest, each at most once. */
+static int parse_devices(struct json_object *o, struct vm_spec *spec, struct spec_error *err) {
+	struct json_object *v;
+	if (!json_object_object_get_ex(o, "devices", &v) || !v)
+		return 0;
+	if (!json_object_is_type(v, json_type_array))
+		return fail(err, "devices", "must be an array");
+	size_t n = json_object_array_length(v);
+	if (n > SPEC_DEVICES_MAX)
+		return fail(err, "devices", "at most %d devices, not %zu", SPEC_DEVICES_MAX, n);
+	spec->devices = calloc(n ? n : 1, sizeof(*spec->devices));
+	if (!spec->devices)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		int r = parse_device(json_object_array_get_idx(v, i), i, &spec->devices[i], err);
+		if (r < 0)
+			return r;
+		for (size_t k = 0; k < i; k++)
+			if (streq(spec->devices[k].pci, spec->devices[i].pci)) {
+				char field[64];
+				snprintf(field, sizeof(field), "devices[%zu].pci", i);
+				return fail(err, field, "names %s, which devices[%zu] names already",
+					    spec->devices[i].pci, k);
+			}
+		spec->n_devices = i + 1;
+	}
+	return 0;
+}
+
 int spec_check_bridges(const struct vm_spec *s, struct spec_error *err) {
 	for (size_t i = 0; i < s->n_nics; i++)
 		if (!tap_bridge_exists(s->nics[i].bridge)) {
@@ -284,6 +348,7 @@ int spec_check_bridges(const struct vm_spec *s, struct spec_error *err) {
 		}
 	return 0;
 }
+
 
 static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 		 struct spec_error *err) {
@@ -378,6 +443,7 @@ static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 		goto out;
 	}
 	TRY(parse_nics(o, spec, err));
+	TRY(parse_devices(o, spec, err));
 
 	if (!spec->name || !spec->machine || !spec->qemu || !spec->accel) {
 		r = -ENOMEM;
@@ -429,5 +495,12 @@ struct json_object *spec_to_json(const struct vm_spec *s) {
 		json_object_array_add(nics, d);
 	}
 	json_object_object_add(o, "nics", nics);
+	struct json_object *devices = json_object_new_array();
+	for (size_t i = 0; i < s->n_devices; i++) {
+		struct json_object *d = json_object_new_object();
+		json_object_object_add(d, "pci", json_object_new_string(s->devices[i].pci));
+		json_object_array_add(devices, d);
+	}
+	json_object_object_add(o, "devices", devices);
 	return o;
 }

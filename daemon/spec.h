@@ -15,6 +15,8 @@ struct json_object;
 #define SPEC_PATH_MAX 1024
 #define SPEC_MACHINE_MAX 64
 #define SPEC_NICS_MAX 8 /* TAP_PER_VM_MAX */
+#define SPEC_DEVICES_MAX 8
+#define SPEC_PCI_ADDR_LEN 12 /* DDDD:BB:DD.F */
 
 struct spec_disk {
 	char *path;
@@ -28,6 +30,11 @@ struct spec_nic {
 			 * when the VM is created and started (spec_check_bridges) */
 	uint8_t mac[6]; /* as given, or derived from the VM's name and the
 			 * NIC's index when the spec left it out, and stored */
+};
+
+/* A host PCI device assigned to the guest through VFIO. */
+struct spec_device {
+	char pci[SPEC_PCI_ADDR_LEN + 1]; /* DDDD:BB:DD.F in lower case, as sysfs names it */
 };
 
 struct vm_spec {
@@ -45,6 +52,8 @@ struct vm_spec {
 	size_t n_disks;
 	struct spec_nic *nics; /* in the order the guest sees them */
 	size_t n_nics;
+	struct spec_device *devices;
+	size_t n_devices;
 };
 
 struct spec_error {
@@ -65,5 +74,7 @@ bool spec_name_valid(const char *name);
  * now: at create and before a start makes the taps. Fails with -EINVAL and
  * fills err ("nics[1].bridge", "bridge br9 does not exist"). */
 int spec_check_bridges(const struct vm_spec *s, struct spec_error *err);
+/* Whether s is a PCI address DDDD:BB:DD.F (hex, device 00-1f, function 0-7). */
+bool spec_pci_valid(const char *s);
 /* Checks that path names a file this daemon may run as QEMU. */
 int spec_check_binary(const char *path, struct spec_error *err, const char *field);

@@ -87,6 +87,7 @@ struct upgrade {
 	enum upgrade_mode asked;    /* as the caller asked: auto may fall back */
 	enum upgrade_mode mode;     /* the mode of the attempt under way */
 	const struct mode_ops *ops; /* the mode chosen at preflight */
+	struct mode_guest guest;    /* what the modes must know of the guest */
 	/* Every attempt that got past preflight, oldest first: auto retries a
 	 * rolled-back cpr-transfer with local-migrate once. */
 	struct json_object *attempts;
@@ -505,7 +506,7 @@ static void upgrade_on_rollback(struct migration_rollback *r, int error, const c
 	bool in_time = evtimer_pending(u->total_timer, NULL);
 	if (as_before && in_time && u->asked == UPGRADE_MODE_AUTO && !u->attempts && u->old) {
 		const struct mode_ops *next =
-			mode_fallback(u->ops, vm_qemu_probe(u->old), u->from_version, u->probe);
+			mode_fallback(u->ops, &u->guest, vm_qemu_probe(u->old), u->from_version, u->probe);
 		if (next)
 			return upgrade_retry(u, next);
 	}
@@ -1148,8 +1149,9 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 				      vm->spec->machine);
 
 	char why[512];
-	u->ops = mode_pick(upgrade_mode_to_string(u->mode), old, u->from_version, result, why,
-			   sizeof(why));
+	vm_mode_guest(vm, &u->guest);
+	u->ops = mode_pick(upgrade_mode_to_string(u->mode), &u->guest, old, u->from_version, result,
+			   why, sizeof(why));
 	if (!u->ops)
 		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "%s", why);
 	(void)upgrade_mode_from_string(u->ops->name, &u->mode);

@@ -20,6 +20,7 @@
 #include "cmdline.h"
 #include "log.h"
 #include "macro.h"
+#include "mode.h"
 #include "probe.h"
 #include "qemu-record.h"
 #include "qemu.h"
@@ -28,6 +29,7 @@
 #include "systemd.h"
 #include "tap.h"
 #include "util.h"
+#include "vfio.h"
 
 struct vm_qemu {
 	struct vm *vm;
@@ -181,16 +183,82 @@ static struct custody_vm vm_custody_vm(const struct vm *vm) {
 		.hugepages = vm->spec->hugepages,
 		.nics = vm->spec->nics,
 		.n_nics = vm->spec->n_nics,
+		.devices = vm->spec->devices,
+		.n_devices = vm->spec->n_devices,
 	};
 }
 
-/* After a kind made or took back fds: into the fd store with them, and the
- * console is read from now on. */
+/* After a kind made, took back or replaced fds: the fd store holds what we
+ * hold, and the console is read from now on. */
 static void vm_custody_adopt(struct vm *vm, const int before[_CUSTODY_VM_MAX]) {
-	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
-		if (vm->held[i] >= 0 && vm->held[i] != before[i])
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++) {
+		if (vm->held[i] == before[i])
+			continue;
+		if (before[i] >= 0)
+			vm_unstore_fd(vm, custody_fds[i].name);
+		if (vm->held[i] >= 0)
 			vm_store_fd(vm, custody_fds[i].name, vm->held[i]);
+	}
 	vm_watch_console(vm);
+}
+
+/* The QEMU (pid, pidfd) is the VM's now: each kind takes copies of what
+ * that QEMU opened itself (custody_ops.from_qemu). */
+static void vm_custody_from_qemu(struct vm *vm, pid_t pid, int pidfd) {
+	const struct custody_vm cv = vm_custody_vm(vm);
+	int before[_CUSTODY_VM_MAX];
+	memcpy(before, vm->held, sizeof(before));
+	for (unsigned k = 0; k < custody_n_kinds; k++)
+		if (custody_kinds[k]->from_qemu)
+			(void)custody_kinds[k]->from_qemu(&cv, pid, pidfd, vm->held);
+	vm_custody_adopt(vm, before);
+}
+
+/* Before a fresh QEMU for the VM (not an upgrade's target): the copies of
+ * what an earlier QEMU opened itself go, since a VFIO group opens only once
+ * and the new QEMU opens it anew. */
+static void vm_custody_give_up_from_qemu(struct vm *vm) {
+	int before[_CUSTODY_VM_MAX];
+	memcpy(before, vm->held, sizeof(before));
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		if (custody_fds[i].from_qemu && vm->held[i] >= 0)
+			vm->held[i] = safe_close(vm->held[i]);
+	if (memcmp(before, vm->held, sizeof(before)) != 0)
+		log_vm(LOG_INFO, vm->name, "gave up the copies of the last QEMU's VFIO fds");
+	vm_custody_adopt(vm, before);
+}
+
+int vm_devices_check(const struct vm_spec *spec, const char **device, char *why, size_t size) {
+	for (size_t i = 0; i < spec->n_devices; i++) {
+		struct vfio_device d;
+		*device = spec->devices[i].pci;
+		int r = vfio_device_check(VM_HOST_ROOT, *device, &d, why, size);
+		if (r >= 0)
+			r = vfio_kernel_check(VM_HOST_ROOT, d.group, why, size);
+		if (r < 0)
+			return r;
+	}
+	*device = NULL;
+	return 0;
+}
+
+void vm_mode_guest(const struct vm *vm, struct mode_guest *ret) {
+	*ret = (struct mode_guest){
+		.n_devices = vm->spec->n_devices,
+		.tcg = !streq_ptr(vm->accel, "kvm"), /* unknown counts as the worse */
+	};
+	for (size_t i = 0; i < vm->spec->n_devices && !ret->irq_device; i++) {
+		struct vfio_irqs irqs;
+		const char *pci = vm->spec->devices[i].pci;
+		int r = vfio_device_irqs(VM_HOST_ROOT, pci, &irqs);
+		if (r < 0)
+			snprintf(ret->irq_what, sizeof(ret->irq_what),
+				 "a config space cprd cannot read (%s), so it may", strerror(-r));
+		else
+			vfio_irqs_describe(&irqs, ret->irq_what, sizeof(ret->irq_what));
+		if (r < 0 || vfio_irqs_any(&irqs))
+			ret->irq_device = pci;
+	}
 }
 
 /* Makes what a VM's QEMU needs from us and that outlives any one QEMU. */
@@ -469,6 +537,8 @@ int vm_qemu_exec_argv(struct vm_qemu *q, const char *exec_path, const struct pro
 	return r;
 }
 
+static void vm_qemu_take_custody(struct vm_qemu *q);
+
 int vm_qemu_exec_done(struct vm_qemu *q, const char *binary, const struct probe_result *probe) {
 	char *b = strdup(binary);
 	struct probe_result *p = probe_result_dup(probe);
@@ -486,7 +556,10 @@ int vm_qemu_exec_done(struct vm_qemu *q, const char *binary, const struct probe_
 	q->version = v;
 	if (stat(binary, &q->binary_st) < 0)
 		memset(&q->binary_st, 0, sizeof(q->binary_st));
-	return q->vm->qemu == q ? vm_save_runtime(q->vm) : 0;
+	if (q->vm->qemu != q)
+		return 0;
+	vm_qemu_take_custody(q);
+	return vm_save_runtime(q->vm);
 }
 
 void vm_qemu_set_callbacks(struct vm_qemu *q, const struct vm_qemu_callbacks *cb, void *userdata) {
@@ -505,6 +578,14 @@ bool vm_qemu_has_migration_modes(const struct vm_qemu *q) {
 	return q && q->probe && q->probe->migration_modes && q->probe->migration_modes[0];
 }
 int vm_qemu_kill(struct vm_qemu *q, int sig) { return q->proc ? qemu_proc_kill(q->proc, sig) : -ESRCH; }
+
+/* q's QEMU is the VM's (it started the guest, an upgrade committed to it,
+ * it runs a new binary in place): the VM takes copies of what it opened
+ * itself. (A QEMU attached after a restart: vm_qemu_attach.) */
+static void vm_qemu_take_custody(struct vm_qemu *q) {
+	if (q->proc && qemu_proc_running(q->proc))
+		vm_custody_from_qemu(q->vm, qemu_proc_pid(q->proc), qemu_proc_pidfd(q->proc));
+}
 
 /* The last lines QEMU wrote, from where this process started writing. */
 static struct json_object *vm_qemu_stderr_tail(struct vm_qemu *q) {
@@ -566,6 +647,8 @@ struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q) {
 	vm_unstore_fd(vm, custody_fds[CUSTODY_QMP].target_name);
 	if (q && q->qmp_fd >= 0)
 		vm_store_fd(vm, custody_fds[CUSTODY_QMP].name, q->qmp_fd);
+	if (q)
+		vm_qemu_take_custody(q);
 	vm_save_runtime(vm);
 	return old;
 }
@@ -759,6 +842,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 	q->qmp_path = TAKE_PTR(rec.qmp_path);
 	q->fds = rec.fds;
 	vm_recover_custody(vm, pid, pidfd, &q->fds);
+	vm_custody_from_qemu(vm, pid, pidfd);
 	r = qemu_adopt(vm->host->base, pid, TAKE_FD(pidfd), vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
 		vm_qemu_free(q);
@@ -916,6 +1000,7 @@ static void vm_on_cont(struct qmp *qmp, struct json_object *ret, const struct qm
 	vm_op_done(vm);
 	vm->started_usec = now_usec(CLOCK_REALTIME);
 	vm_save_runtime(vm);
+	vm_qemu_take_custody(vm->qemu);
 	vm_set_state(vm, VM_RUNNING, "guest started");
 	vm->host->emit(vm->host, vm, "started", "guest started");
 	vm_done(vm, &(struct vm_outcome){.error = VM_OK});
@@ -945,6 +1030,21 @@ static void vm_start_fail(struct vm *vm, const struct vm_outcome *o) {
 	vm_done(vm, o);
 }
 
+/* A group the last QEMU had is still open in cprd's copies: they go first,
+ * then the devices are checked as at create. False: the start failed. */
+static bool vm_start_devices(struct vm *vm) {
+	char why[768];
+	const char *device = NULL;
+	vm_custody_give_up_from_qemu(vm);
+	if (vm_devices_check(vm->spec, &device, why, sizeof(why)) >= 0)
+		return true;
+	vm_start_fail(vm, &(struct vm_outcome){.error = VM_ERROR_DEVICE_UNAVAILABLE,
+					       .state = vm->state,
+					       .device = device,
+					       .reason = why});
+	return false;
+}
+
 static void vm_on_start_probe(struct probe *p, int error, struct probe_result *result,
 			      const char *reason, void *userdata) {
 	struct vm *vm = userdata;
@@ -964,6 +1064,10 @@ static void vm_on_start_probe(struct probe *p, int error, struct probe_result *r
 			.error = VM_ERROR_BAD_STATE, .state = vm->state, .reason = why});
 	}
 
+	if (!vm_start_devices(vm)) {
+		probe_result_free(result);
+		return;
+	}
 	int r = vm_qemu_spawn(vm, vm->spec->qemu, result, NULL, &vm_main_callbacks, vm, &vm->qemu);
 	probe_result_free(result);
 	if (r < 0) {

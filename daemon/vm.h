@@ -14,6 +14,7 @@ struct event;
 struct event_base;
 struct json_object;
 struct cmdline_incoming;
+struct mode_guest;
 struct probe_result;
 struct qemu_proc;
 struct qmp;
@@ -65,6 +66,7 @@ enum vm_error {
 	VM_ERROR_FAILED,       /* Failed */
 	VM_ERROR_PROBE_FAILED, /* QEMUProbeFailed: the binary could not be probed */
 	VM_ERROR_BAD_STATE,    /* BadState: the VM cannot do it as it is */
+	VM_ERROR_DEVICE_UNAVAILABLE, /* DeviceUnavailable: a device of the spec */
 };
 
 /* How a start or a stop ended, for whoever asked. */
@@ -72,6 +74,7 @@ struct vm_outcome {
 	enum vm_error error;
 	enum vm_state state; /* the state the failure was met in */
 	const char *binary;  /* the binary a probe failed on */
+	const char *device;  /* the device that is unavailable */
 	const char *reason;  /* a sentence, for every failure */
 };
 
@@ -159,6 +162,15 @@ int vm_stop(struct vm *vm, bool force, int timeout_sec, vm_done_fn done, void *u
 void vm_restore_custody(struct vm *vm);
 /* Releases the fds held for the VM (stopped on purpose or deleted). */
 void vm_release_custody(struct vm *vm);
+/* The host root the devices are looked up under (vfio.h). */
+#define VM_HOST_ROOT ""
+/* Whether the host can give the guest each device of spec now (vfio.h:
+ * sysfs, then the kernel's container, which needs the group closed). On
+ * failure *device is the one at fault and why says why. */
+int vm_devices_check(const struct vm_spec *spec, const char **device, char *why, size_t size);
+/* What the upgrade modes must know of the running guest: its devices, its
+ * accelerator, and which device can interrupt (read from sysfs now). */
+void vm_mode_guest(const struct vm *vm, struct mode_guest *ret);
 
 struct json_object *vm_to_json(struct vm *vm);
 /* True when the binary the running QEMU came from changed on disk. */
@@ -193,8 +205,9 @@ bool vm_qemu_has_migration_modes(const struct vm_qemu *q);
 int vm_qemu_kill(struct vm_qemu *q, int sig);
 /* The last lines this QEMU wrote on stderr, joined, for error messages. */
 void vm_qemu_stderr_summary(struct vm_qemu *q, char *buf, size_t size);
-/* Makes q the VM's current QEMU (after an upgrade). The old one is returned
- * to the caller. */
+/* Makes q the VM's current QEMU (after an upgrade), and takes copies of
+ * what it opened itself (custody_ops.from_qemu). The old one is returned to
+ * the caller. */
 struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q);
 /* Gives the VM's current QEMU the callbacks of a VM not being upgraded. */
 void vm_watch_main(struct vm *vm);

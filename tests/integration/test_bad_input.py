@@ -190,7 +190,10 @@ class BadInput(Refusing):
              ("disks[0].readonly",)),
             ("a disk path with a comma", dict(good, disks=[{"path": T.GUEST_IMAGE + ",if=ide"}]),
              ("disks[0].path",)),
-            ("devices", dict(good, devices=[{"path": "/dev/vfio/devices/vfio0"}]), ("devices",)),
+            ("a device by path", dict(good, devices=[{"path": "/dev/vfio/devices/vfio0"}]),
+             ("devices[0].path", "not a known field")),
+            ("a device without pci", dict(good, devices=[{}]), ("devices[0].pci", "missing")),
+            ("a device as a string", dict(good, devices=["0000:00:03.0"]), ("devices[0]", "object")),
             ("missing memory", {k: v for k, v in good.items() if k != "memory"}, ("memory", "missing")),
         ]
         for what, spec, words in cases:
@@ -208,6 +211,88 @@ class BadInput(Refusing):
         self.assertEqual(self.status("f0")["spec"]["memory"], 64)
         self.ok("create", "f1", "-f", path)
         self.assertEqual(self.status("f1")["machine"], "pc-i440fx-10.0")
+
+    # ---- assigned devices (issue 11): this host has no VFIO device, so
+    # every device is refused before anything is made -------------------------
+
+    @staticmethod
+    def host_pci_devices():
+        """This host's PCI devices, each with the driver it is bound to ("" for none)."""
+        found = []
+        root = "/sys/bus/pci/devices"
+        for addr in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            link = os.path.join(root, addr, "driver")
+            found.append((addr, os.path.basename(os.readlink(link)) if os.path.islink(link) else ""))
+        return found
+
+    def test_device_syntax(self):
+        """cprctl's own syntax (exit 2, naming --device), then cprd's
+        (InvalidSpec naming the field)."""
+        base = self.create_args("v1")
+        for arg in ("0000:00:03.0", "pci=", "host=0000:00:03.0", "pci=0000:00:03.0,x-vga=on"):
+            with self.subTest(arg=arg):
+                self.refused(base + ["--device", arg], 2, "--device", "pci=DDDD:BB:DD.F")
+        for addr in ("00:03.0", "0000:00:03", "0000:00:20.0", "0000:00:03.8", "0000:00:0g.0"):
+            with self.subTest(addr=addr):
+                self.refused(base + ["--device", "pci=" + addr], 2, "invalid VM spec", "devices[0].pci",
+                             "DDDD:BB:DD.F", addr)
+        self.refused(base + ["--device", "pci=0000:ff:1f.7", "--device", "pci=0000:FF:1F.7"], 2,
+                     "devices[1].pci", "0000:ff:1f.7", "devices[0] names already")
+        nine = sum((["--device", "pci=0000:0%d:00.0" % i] for i in range(1, 10)), [])
+        self.refused(base + nine, 2, "devices", "at most 8")
+
+    def test_device_unavailable(self):
+        """A device the host cannot give: DeviceUnavailable (exit 1) naming
+        the device and the cause, and no VM is made."""
+        self.refused(self.create_args("v1") + ["--device", "pci=0000:ff:1f.7"], 1,
+                     "device 0000:ff:1f.7 cannot be assigned", "no PCI device 0000:ff:1f.7", "lspci -D")
+        # The second of two is named too.
+        self.refused(self.create_args("v1") + ["--device", "pci=0000:fe:00.0", "--device", "pci=0000:ff:1f.7"],
+                     1, "device 0000:fe:00.0")
+        # Real devices of this host, bound to another driver or to none:
+        # the error names the driver and how to rebind, and cprd rebinds
+        # nothing (the driver is the same after).
+        tried = 0
+        for addr, driver in self.host_pci_devices():
+            if driver == "vfio-pci" or (driver and tried & 1) or (not driver and tried & 2):
+                continue
+            tried |= 1 if driver else 2
+            with self.subTest(device=addr, driver=driver):
+                words = (["bound to %s, not to vfio-pci" % driver, "/sys/bus/pci/drivers/%s/unbind" % driver]
+                         if driver else ["bound to no driver"])
+                self.refused(self.create_args("v1") + ["--device", "pci=" + addr], 1, "device " + addr,
+                             "driver_override", "drivers_probe", *words)
+                self.assertEqual(dict(self.host_pci_devices())[addr], driver)
+        if not tried:
+            T.log("test_device_unavailable: this host has no PCI device to try as bound")
+
+    def test_device_at_start(self):
+        """A stored spec whose device the host cannot give (it went away or
+        was rebound since create): StartVM is refused the same way, before
+        any QEMU runs, and the spec stays as it was."""
+        self.ok(*self.create_args("v2"))
+        self.cprd.proc.send_signal(T.signal.SIGTERM)
+        self.cprd.proc.wait(30)
+        path = os.path.join(self.cprd.vm_dir("v2"), "vm.json")
+        with open(path) as f:
+            stored = json.load(f)
+        stored["spec"]["devices"] = [{"pci": "0000:ff:1f.7"}]
+        with open(path, "w") as f:
+            json.dump(stored, f)
+        self.cprd.start()
+        self.assertEqual(self.status("v2")["spec"]["devices"], [{"pci": "0000:ff:1f.7"}])
+        started = self.cprd.read_log().count("started QEMU")
+        r = self.ctl("start", "v2")
+        self.assertEqual(r.rc, 1, repr(r))
+        for w in ("device 0000:ff:1f.7 cannot be assigned", "no PCI device 0000:ff:1f.7"):
+            self.assertIn(w, r.stderr, repr(r))
+        self.assertEqual(self.cprd.read_log().count("started QEMU"), started)
+        self.wait_children([])
+        vm = self.status("v2")
+        self.assertNotIn("pid", vm)
+        self.assertEqual(vm["fds"], [])
+        with open(path) as f:
+            self.assertEqual(json.load(f)["spec"], stored["spec"])
 
 
 class Nics(Refusing):

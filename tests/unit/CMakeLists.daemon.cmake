@@ -8,7 +8,8 @@
 #   upgrade_journal upgrade.json's writer and reader
 #   custody         the held fds, and taking them back from a process
 #   tap             tap names, MACs; as root, taps in a network namespace
-foreach(name spec util cmdline mode qemu_record upgrade_journal custody tap)
+#   vfio            a host PCI device's checks, against a fake sysfs tree
+foreach(name spec util cmdline mode qemu_record upgrade_journal custody tap vfio)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

@@ -1,7 +1,7 @@
 /* Check suite for daemon/cmdline.c: the whole command line of a start, then
  * what each spec field, each probe result (QEMU 7.2 against 10.0), the
- * accelerator, the recovery monitor and each upgrade mode's incoming
- * arguments change in it, and that huge pages change nothing there (they
+ * accelerator, the recovery monitor, assigned devices and each upgrade
+ * mode's incoming arguments change in it, and that huge pages change nothing there (they
  * are a property of the memfd cprd holds). */
 #include <check.h>
 #include <stdbool.h>
@@ -280,11 +280,42 @@ START_TEST(test_incoming_file) {
 }
 END_TEST
 
+/* Assigned devices: QEMU opens them itself (the legacy VFIO container), so
+ * each is named by its address, with an id that is the same for a start
+ * and an upgrade's target, by which the target finds the device's fds in
+ * the CPR state. */
+START_TEST(test_devices) {
+	static const struct spec_device devices[] = {{.pci = "0000:01:00.0"}, {.pci = "0000:02:00.1"}};
+	spec.devices = (struct spec_device *)devices;
+	spec.n_devices = ELEMENTSOF(devices);
+	struct cmdline c = base();
+	_cleanup_free_ char *start = build(&c);
+	ck_assert_msg(has(start, " -serial chardev:console -device vfio-pci,host=0000:01:00.0,id=hostdev0 "
+				 "-device vfio-pci,host=0000:02:00.1,id=hostdev1 -nic none"),
+		      "%s", start);
+	c.incoming = &(struct cmdline_incoming){
+		.kind = CMDLINE_INCOMING_CPR_TRANSFER,
+		.main_path = "/d/main.sock",
+		.cpr_path = "/d/cpr.sock",
+	};
+	_cleanup_free_ char *target = build(&c);
+	assert_start_with_tail(start, target,
+			       " -incoming unix:/d/main.sock -incoming {\"channel-type\":\"cpr\",\"addr\":"
+			       "{\"transport\":\"socket\",\"type\":\"unix\",\"path\":\"/d/cpr.sock\"}}");
+	/* None: no vfio-pci at all (test_start_whole has the whole line). */
+	spec.n_devices = 0;
+	c.incoming = NULL;
+	_cleanup_free_ char *none = build(&c);
+	ck_assert_msg(!has(none, "vfio"), "%s", none);
+}
+END_TEST
+
 static Suite *cmdline_suite(void) {
 	Suite *s = suite_create("cmdline");
 	TCase *tc = tcase_create("argv");
 	tcase_add_checked_fixture(tc, setup, NULL);
 	tcase_add_test(tc, test_start_whole);
+	tcase_add_test(tc, test_devices);
 	tcase_add_test(tc, test_probe_results);
 	tcase_add_test(tc, test_spec_fields);
 	tcase_add_test(tc, test_fd_numbers);

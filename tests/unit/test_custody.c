@@ -2,7 +2,9 @@
  * the numbers handed out in QEMU and their record in qemu.json), guest RAM
  * and console made as QEMU needs them, and both taken back from a process
  * that holds them at the numbers its record gives, as a restarted cprd
- * without its fd store takes them from QEMU. */
+ * without its fd store takes them from QEMU; the VFIO kind's copies, which
+ * no QEMU is given, and which it neither takes nor drops for a VM without
+ * devices. (Real VFIO fds are the nested lab's.) */
 #include <check.h>
 #include <errno.h>
 #include <json-c/json.h>
@@ -19,6 +21,7 @@
 #include "check-run.h"
 #include "custody.h"
 #include "macro.h"
+#include "spec.h"
 #include "util.h"
 
 static const struct custody_vm vm = {.name = "t1", .ram_bytes = 16 << 20};
@@ -56,10 +59,24 @@ START_TEST(test_table) {
 		for (unsigned j = i + 1; j < _CUSTODY_MAX; j++)
 			ck_assert_str_ne(custody_fds[i].name, custody_fds[j].name);
 	/* Every kind names its fds on QEMU's command line; per-VM kinds make
-	 * theirs, QMP's are made with each QEMU. */
+	 * theirs or take copies of what QEMU opened, QMP's are made with each
+	 * QEMU. */
 	for (unsigned k = 0; k < custody_n_kinds; k++) {
-		ck_assert_ptr_nonnull(custody_kinds[k]->qemu_args);
-		ck_assert_int_eq(!custody_kinds[k]->open, custody_kinds[k] == &custody_qmp);
+		const struct custody_ops *o = custody_kinds[k];
+		ck_assert_ptr_nonnull(o->qemu_args);
+		ck_assert_int_eq(!o->open, o == &custody_qmp || o == &custody_vfio);
+		ck_assert_int_eq(!!o->from_qemu, o == &custody_vfio);
+	}
+	/* VFIO: copies of what QEMU opened, given to no QEMU. */
+	ck_assert_str_eq(custody_fds[CUSTODY_VFIO_CONTAINER].name, "vfio-container0");
+	ck_assert_str_eq(custody_fds[CUSTODY_VFIO_GROUP + 7].name, "vfio-group7");
+	ck_assert_str_eq(custody_fds[CUSTODY_VFIO_DEVICE + 3].name, "vfio-device3");
+	for (unsigned i = 0; i < _CUSTODY_MAX; i++) {
+		bool vfio = i >= CUSTODY_VFIO_CONTAINER && i < _CUSTODY_VM_MAX;
+		if (vfio)
+			ck_assert_str_eq(custody_fds[i].kind, "vfio");
+		ck_assert_int_eq(custody_fds[i].from_qemu, vfio);
+		ck_assert_int_eq(custody_fds[i].to_qemu, !vfio);
 	}
 }
 END_TEST
@@ -91,6 +108,9 @@ START_TEST(test_qemu_fds_assign) {
 	ck_assert_int_eq(at.n[CUSTODY_QMP], 3);
 	ck_assert_int_eq(at.n[CUSTODY_RAM], 5);
 
+	/* VFIO copies held or not, no QEMU gets a number for them. */
+	for (unsigned i = CUSTODY_VFIO_CONTAINER; i < _CUSTODY_VM_MAX; i++)
+		ck_assert_int_eq(at.n[i], -1);
 	held[CUSTODY_CONSOLE_QEMU] = -1;
 	custody_qemu_fds_assign(held, &at);
 	ck_assert_int_eq(at.n[CUSTODY_QMP], 3);
@@ -106,7 +126,9 @@ START_TEST(test_qemu_fds_json) {
 	struct custody_qemu_fds at = custody_qemu_fds_legacy, back;
 	at.n[CUSTODY_CONSOLE] = -1;
 	at.n[CUSTODY_RAM] = 40;
+	at.n[CUSTODY_VFIO_DEVICE] = 0; /* as a zeroed struct has it: never written */
 	_cleanup_json_ struct json_object *o = custody_qemu_fds_to_json(&at);
+	at.n[CUSTODY_VFIO_DEVICE] = -1;
 	ck_assert_str_eq(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN),
 			 "{\"console-qemu\":4,\"ram0\":40,\"qmp\":3}");
 	char why[256] = "";
@@ -118,6 +140,7 @@ START_TEST(test_qemu_fds_json) {
 	} bad[] = {
 		{"[3]", "fds is not an object"},
 		{"{\"qmp\":3,\"floppy\":4}", "fds names \"floppy\", which is no held fd"},
+		{"{\"qmp\":3,\"vfio-device0\":4}", "fds names \"vfio-device0\", which no QEMU is given"},
 		{"{\"qmp\":3,\"ram0\":3}", "fds gives qmp and ram0 the same number 3"},
 		{"{\"ram0\":2}", "ram0 2 is out of range"},
 		{"{\"ram0\":1024}", "ram0 1024 is out of range"},
@@ -213,9 +236,9 @@ static pid_t holder(const int fds[_CUSTODY_VM_MAX], const struct custody_qemu_fd
 	if (pid == 0) {
 		int moved[_CUSTODY_VM_MAX];
 		for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
-			moved[i] = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 100);
+			moved[i] = fds[i] < 0 || at->n[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 100);
 		for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
-			if (fds[i] >= 0 && (moved[i] < 0 || dup2(moved[i], at->n[i]) < 0))
+			if (fds[i] >= 0 && at->n[i] >= 0 && (moved[i] < 0 || dup2(moved[i], at->n[i]) < 0))
 				_exit(1);
 		for (;;)
 			pause();
@@ -243,6 +266,8 @@ START_TEST(test_recover) {
 	ck_assert_int_eq(custody_ram.recover(&vm, pid, pidfd, &at, back), 0);
 	ck_assert_int_eq(custody_console.recover(&vm, pid, pidfd, &at, back), 0);
 	for (unsigned i = 0; i < CUSTODY_TAP0; i++) {
+		if (custody_fds[i].from_qemu)
+			continue;
 		ck_assert_int_ge(back[i], 0);
 		ck_assert_int_eq(fstat(made[i], &a), 0);
 		ck_assert_int_eq(fstat(back[i], &b), 0);
@@ -264,11 +289,42 @@ START_TEST(test_recover) {
 	ck_assert_int_eq(custody_ram.recover(&vm, pid, pidfd, &wrong, other), -EBADF);
 	ck_assert_int_eq(other[CUSTODY_RAM], -1);
 
+	/* A VM without devices takes no VFIO copies and keeps what it has. */
+	ck_assert_int_eq(custody_vfio.from_qemu(&vm, pid, pidfd, back), 0);
+	for (unsigned i = CUSTODY_VFIO_CONTAINER; i < _CUSTODY_VM_MAX; i++)
+		ck_assert_int_eq(back[i], -1);
+	/* With a device, from a process that has no VFIO fd open: nothing. */
+	static const struct spec_device dev = {.pci = "0000:00:03.0"};
+	struct custody_vm with_dev = vm;
+	with_dev.devices = &dev;
+	with_dev.n_devices = 1;
+	ck_assert_int_eq(custody_vfio.from_qemu(&with_dev, pid, pidfd, other), -ENOENT);
+	for (unsigned i = 0; i < _CUSTODY_VM_MAX; i++)
+		ck_assert_int_eq(other[i], -1);
+
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 	close(pidfd);
 	fds_close(made);
 	fds_close(back);
+}
+END_TEST
+
+/* What comes back from the fd store as a VFIO copy must be one: anything
+ * else (here a memfd and a socket) is closed. */
+START_TEST(test_vfio_restored) {
+	int fds[_CUSTODY_VM_MAX];
+	fds_init(fds);
+	ck_assert_int_eq(custody_ram.open(&vm, fds), 0);
+	ck_assert_int_eq(custody_console.open(&vm, fds), 0);
+	fds[CUSTODY_VFIO_CONTAINER] = dup(fds[CUSTODY_RAM]);
+	fds[CUSTODY_VFIO_DEVICE + 1] = dup(fds[CUSTODY_CONSOLE]);
+	custody_vfio.restored(&vm, fds);
+	for (unsigned i = CUSTODY_VFIO_CONTAINER; i < _CUSTODY_VM_MAX; i++)
+		ck_assert_int_eq(fds[i], -1);
+	ck_assert_int_ge(fds[CUSTODY_RAM], 0);
+	ck_assert_int_ge(fds[CUSTODY_CONSOLE], 0);
+	fds_close(fds);
 }
 END_TEST
 
@@ -291,6 +347,7 @@ static Suite *custody_suite(void) {
 	tcase_add_test(tc, test_ram_open);
 	tcase_add_test(tc, test_console_open);
 	tcase_add_test(tc, test_restored);
+	tcase_add_test(tc, test_vfio_restored);
 	tcase_add_test(tc, test_qmp_open);
 	/* Tagged: it needs pidfd_open, which valgrind 3.19 does not know, so
 	 * tests/valgrind.sh leaves it out there (CK_EXCLUDE_TAGS=pidfd). */

@@ -59,8 +59,10 @@ START_TEST(test_round_trip) {
 	ck_assert_str_eq(out.version, in.version);
 	ck_assert_str_eq(out.qmp_path, in.qmp_path);
 	ck_assert(out.cpr_transfer && out.x_ignore_shared && out.aux_ram_share && out.has_modes);
+	/* Those no QEMU is given (VFIO copies) have no number, whatever the
+	 * zeroed sample says. */
 	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
-		ck_assert_int_eq(out.fds.n[i], in.fds.n[i]);
+		ck_assert_int_eq(out.fds.n[i], custody_fds[i].to_qemu ? in.fds.n[i] : -1);
 	qemu_record_done(&out);
 	json_object_put(back);
 	json_object_put(o);

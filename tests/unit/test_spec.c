@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "check-run.h"
+#include "macro.h"
 #include "spec.h"
 #include "tap.h"
 
@@ -332,9 +333,58 @@ START_TEST(test_disks) {
 }
 END_TEST
 
-START_TEST(test_devices_and_unknown) {
+/* Devices are named by PCI address; only the syntax is the spec's to
+ * check (the host's devices are vfio.c's, see test_vfio.c). */
+START_TEST(test_devices) {
 	bad("devices", "{}", "devices", "array");
-	bad("devices", "[{\"host\": \"0000:01:00.0\"}]", "devices", "not supported");
+	bad("devices", "[\"0000:01:00.0\"]", "devices[0]", "object with pci");
+	bad("devices", "[{\"host\": \"0000:01:00.0\"}]", "devices[0].host", "not a known field");
+	bad("devices", "[{}]", "devices[0].pci", "missing");
+	bad("devices", "[{\"pci\": 3}]", "devices[0].pci", "string");
+	static const char *const addrs[] = {"01:00.0", "0000:01:00", "0000:01:00.8", "0000:01:20.0",
+					    "0000-01-00.0", "0000:0g:00.0", "00000:01:00.0", ""};
+	for (size_t i = 0; i < ELEMENTSOF(addrs); i++) {
+		char v[64];
+		snprintf(v, sizeof(v), "[{\"pci\": \"0000:01:00.0\"}, {\"pci\": \"%s\"}]", addrs[i]);
+		bad("devices", v, "devices[1].pci", "PCI address DDDD:BB:DD.F");
+	}
+	bad("devices", "[{\"pci\": \"0000:01:00.0\"}, {\"pci\": \"0000:01:00.0\"}]", "devices[1].pci",
+	    "devices[0] names already");
+	/* The same device in upper case is the same device. */
+	bad("devices", "[{\"pci\": \"0000:0a:00.0\"}, {\"pci\": \"0000:0A:00.0\"}]", "devices[1].pci",
+	    "0000:0a:00.0");
+	bad("devices",
+	    "[{\"pci\": \"0000:01:00.0\"}, {\"pci\": \"0000:01:00.1\"}, {\"pci\": \"0000:01:00.2\"},"
+	    " {\"pci\": \"0000:01:00.3\"}, {\"pci\": \"0000:01:00.4\"}, {\"pci\": \"0000:01:00.5\"},"
+	    " {\"pci\": \"0000:01:00.6\"}, {\"pci\": \"0000:01:00.7\"}, {\"pci\": \"0000:02:00.0\"}]",
+	    "devices", "at most 8");
+
+	/* Good ones: kept in lower case, in order, and back from vm.json. */
+	struct json_object *o = valid();
+	set(o, "devices", "[{\"pci\": \"0000:0A:1f.7\"}, {\"pci\": \"ffff:ff:00.0\"}]");
+	struct spec_error err = {0};
+	struct vm_spec *s = NULL;
+	ck_assert_int_eq(spec_from_json(o, &s, &err), 0);
+	ck_assert_uint_eq(s->n_devices, 2);
+	ck_assert_str_eq(s->devices[0].pci, "0000:0a:1f.7");
+	ck_assert_str_eq(s->devices[1].pci, "ffff:ff:00.0");
+	struct json_object *j = spec_to_json(s);
+	ck_assert_str_eq(json_object_to_json_string_ext(json_object_object_get(j, "devices"),
+							JSON_C_TO_STRING_PLAIN),
+			 "[{\"pci\":\"0000:0a:1f.7\"},{\"pci\":\"ffff:ff:00.0\"}]");
+	struct vm_spec *back = NULL;
+	ck_assert_int_eq(spec_from_json_trusted(j, &back, &err), 0);
+	ck_assert_uint_eq(back->n_devices, 2);
+	ck_assert_str_eq(back->devices[1].pci, "ffff:ff:00.0");
+	spec_free(back);
+	json_object_put(j);
+	spec_free(s);
+	json_object_put(o);
+	ck_assert(spec_pci_valid("0000:00:03.0") && !spec_pci_valid("0000:00:03.0 "));
+}
+END_TEST
+
+START_TEST(test_unknown) {
 	bad("firmware", "\"/tmp/x\"", "firmware", "not a known field");
 	bad("Name", "\"x\"", "Name", "not a known field");
 }
@@ -502,10 +552,11 @@ static Suite *spec_suite(void) {
 	tcase_add_test(tc, test_qemu);
 	tcase_add_test(tc, test_accel_hugepages);
 	tcase_add_test(tc, test_disks);
-	tcase_add_test(tc, test_devices_and_unknown);
 	tcase_add_test(tc, test_nics);
 	tcase_add_test(tc, test_nics_bad);
 	tcase_add_test(tc, test_check_bridges);
+	tcase_add_test(tc, test_devices);
+	tcase_add_test(tc, test_unknown);
 	tcase_add_test(tc, test_name_valid);
 	suite_add_tcase(s, tc);
 	return s;

@@ -27,6 +27,10 @@ After every case the guarantee is checked:
     (same inode) as before the upgrade; after a cprd restart without
     systemd's fd store (as here) cprd takes it back from QEMU with
     pidfd_getfd, so it is checked there too;
+  - the VM has a NIC (cprd runs in a network namespace of the case's own
+    with a bridge): its tap is the very device made at the start (same
+    ifindex), on the bridge and up, held in GetVM, for as long as the RAM
+    is held, also after a cprd restart (taken back from QEMU);
   - cprd's state matches reality: status pid == the live QEMU, the state
     (running / crashed), the upgrade's outcome in the history;
   - nothing leaks: cprd's children are exactly the live QEMU (no target, no
@@ -149,6 +153,10 @@ class Run:
         # The QEMU the VM starts on and moves to (11.1 for cpr-exec, which
         # gets allowExec).
         self.qemu = qemu or T.QEMU10
+        # The VM has a NIC: cprd runs in a network namespace of the case's
+        # own, whose bridge gets the tap (issue 12). The tap is custody
+        # like the RAM: it must outlive every fault the RAM outlives.
+        self.net = T.NetLab()
 
     def mount_state_tmpfs(self):
         """A 1 MiB tmpfs on the state folder, to be filled by a case."""
@@ -210,7 +218,8 @@ class Run:
 
     def create_and_start(self):
         self.ok("create", self.name, "--memory", 64, "--qemu", self.qemu, "--accel", "tcg",
-                "--disk", T.GUEST_IMAGE + ",readonly", *(["--allow-exec"] if self.qemu != T.QEMU10 else []))
+                "--disk", T.GUEST_IMAGE + ",readonly", "--nic", "bridge=" + self.net.BRIDGE,
+                *(["--allow-exec"] if self.qemu != T.QEMU10 else []))
         vm = self.ok("start", self.name, "--json").json
         self.old_pid = vm["pid"]
         T.wait_until(lambda: (self.cprd.read_guest(self.name) or (b"", 0))[0] == T.GUEST_MAGIC and
@@ -219,7 +228,28 @@ class Run:
                      what="the probe to be gone")
         self.memfd_ino = self.cprd.memfd_inode(self.name)
         self.fd_kinds = self.held_fd_kinds()
+        self.tap = vm["nics"][0]["tap"]
+        self.tap_ifindex = self.net.links()[self.tap]["ifindex"]
         return vm
+
+    def tap_note(self, held):
+        """The NIC's tap: while the VM's custody is held, the very device
+        made at the start, on the bridge and up, in GetVM as held; once the
+        custody is released, gone."""
+        links = self.net.links()
+        nic = self.status()["nics"][0]
+        if held:
+            check(self.tap in links, "the tap %s is gone" % self.tap)
+            check(links[self.tap]["ifindex"] == self.tap_ifindex,
+                  "the tap %s is another device (ifindex %s -> %s)" % (self.tap, self.tap_ifindex,
+                                                                      links[self.tap]["ifindex"]))
+            check(links[self.tap].get("master") == self.net.BRIDGE and "UP" in links[self.tap]["flags"],
+                  "the tap %s is off the bridge or down: %s" % (self.tap, links[self.tap]))
+            check(nic["held"], "GetVM says the tap is not held: %s" % nic)
+            return "tap held"
+        check(self.tap not in links, "the tap %s outlived the VM's custody" % self.tap)
+        check(not nic["held"], "GetVM says the tap is held: %s" % nic)
+        return "tap gone"
 
     def held_fd_kinds(self):
         """{kind: count} of the fds cprd holds (client connections to its
@@ -234,6 +264,11 @@ class Run:
                 k = "pipe"
             elif t.startswith("/memfd:"):
                 k = t[:-len(" (deleted)")] if t.endswith(" (deleted)") else t
+            elif t in ("/dev/net/tun", "/net/tun"):
+                # A tap. Taken back from QEMU by a cprd started anew with
+                # ip netns exec (a mount namespace of its own), its path
+                # shows relative to /dev, which that namespace cannot see.
+                k = "tun"
             else:
                 k = t
             out[k] = out.get(k, 0) + 1
@@ -413,7 +448,7 @@ class Run:
         leftovers = [n for n in (os.listdir(rdir) if os.path.isdir(rdir) else [])
                      if n.startswith("upgrade")]
         check(not leftovers, "left in %s: %s" % (rdir, leftovers))
-        summary = "%s; %s; %s%s" % (got, runs, mem, fd_note)
+        summary = "%s; %s; %s, %s%s" % (got, runs, mem, self.tap_note(held is not None), fd_note)
         if qpid is not None and again:
             summary += "; " + self.upgrade_again(qpid)
         return summary
@@ -454,6 +489,7 @@ class Run:
             T.kill_pid(pid, signal.SIGKILL)
         if self.tmpfs:
             subprocess.run(["umount", "-l", self.tmpfs], capture_output=True)
+        self.net.remove()
         if T.KEEP or failed:
             T.log("  kept %s" % self.tmp)
         else:
@@ -821,6 +857,11 @@ def main():
                 raise Skip("%s cannot run here" % c["qemu"])
             run = Run(c["fn"].__name__, hold=c["hold"], hold_ms=c["hold_ms"], state_tmpfs=c["tmpfs"],
                       qemu=c["qemu"])
+            try:
+                run.net.create()
+            except T.NetLabUnavailable as e:
+                raise Skip("no network namespace for the VM's NIC: %s" % e)
+            run.cprd.netns = run.net
             run.mount_state_tmpfs()
             run.start_cprd()
             result, verdict = c["fn"](run), "PASS"

@@ -51,7 +51,7 @@ flock 9
 
 # ---- the packages -------------------------------------------------------------
 
-# shellcheck source=debs.sh
+# shellcheck source=tests/guest/linux/debs.sh
 . "$HERE/debs.sh"
 KDEB=$(deb_fetch "$(deb_kernel_package)")
 BDEB=$(deb_fetch busybox-static)

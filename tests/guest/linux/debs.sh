@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Fetching Debian packages for the test guests, once, into a cache: sourced
 # by build.sh (the Linux test guest) and tests/vfio-lab/build-l1.sh (the
 # VFIO lab's L1 guest). Bash; the caller has set -euo pipefail and defines

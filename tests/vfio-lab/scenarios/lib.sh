@@ -8,6 +8,7 @@
 #   LAB: NOTE TEXT                        anything else worth reading
 # A scenario's checks all pass when it exits 0 and printed no FAIL.
 
+# shellcheck disable=SC2034 # cpr_transfer's results are the scenarios' to use
 # shellcheck disable=SC1091 # written by l1-init
 . /run/lab.env
 
@@ -185,7 +186,6 @@ cpr_transfer() {
 	fi
 	CPR_DOWNTIME_MS=$(sed -n 's/.*"downtime": \([0-9]*\).*/\1/p' "$dir/old-query.log")
 	CPR_OLD_LOCKED="$(locked "$old")"
-	CPR_OLD_VMLCK=$(vmlck_kb "$old")
 	CPR_NEW_LOCKED_EARLY="$(locked "$new")"
 
 	if ! wait_exit "$watcher" 30; then
@@ -205,4 +205,64 @@ cpr_transfer() {
 	L2_PID=$new
 	L2_QMP=$new_qmp
 	return 0
+}
+
+# ---- cprd in L1 (the cprd scenarios) ------------------------------------------------
+#
+# run-lab.py puts the cprd and cprctl it was given in /lab/bin (LAB_CPRD,
+# LAB_CPRCTL) and the libraries they link at their host paths. cprd runs
+# as root with its own folders; its log goes to $LAB_OUT/cprd.log.
+
+CPRD_SOCKET=/run/cprd/io.cprd.Manager
+CPRD_STATE=/var/lib/cprd
+CPRD_RUNTIME=/run/cprd
+
+cprctl() { "$LAB_CPRCTL" --address "unix:$CPRD_SOCKET" "$@"; }
+
+# cprd_start: starts cprd, waits for its socket; sets CPRD_PID. Status 1
+# when it did not come up.
+cprd_start() {
+	if [ -z "$LAB_CPRD" ] || [ -z "$LAB_CPRCTL" ]; then
+		fail cprd "the payload has no cprd/cprctl (run-lab.py --cprd/--cprctl)"
+		return 1
+	fi
+	mkdir -p "$CPRD_STATE" "$CPRD_RUNTIME"
+	"$LAB_CPRD" --socket "$CPRD_SOCKET" --state-dir "$CPRD_STATE" --runtime-dir "$CPRD_RUNTIME" \
+		--log-level debug </dev/null >"$LAB_OUT/cprd.log" 2>&1 &
+	CPRD_PID=$!
+	if ! wait_for 30 test -S "$CPRD_SOCKET"; then
+		fail cprd "cprd did not come up: $(tail -n 3 "$LAB_OUT/cprd.log")"
+		return 1
+	fi
+	note "cprd $("$LAB_CPRD" --version 2>&1 | head -n 1) started, pid $CPRD_PID"
+}
+
+# cprd_stop: SIGTERM to cprd (its QEMUs go on running: stop the VMs first).
+cprd_stop() {
+	kill "$CPRD_PID" 2>/dev/null
+	wait_exit "$CPRD_PID" 15
+}
+
+# cprd_vm_serial NAME: where cprd keeps the VM's console.
+cprd_vm_serial() { echo "$CPRD_STATE/vms/$1/console.log"; }
+
+# json_field KEY < JSON: the first scalar value of KEY, quotes removed.
+json_field() { sed -n 's/.*"'"$1"'": *"\{0,1\}\([^",}]*\)"\{0,1\}.*/\1/p' | head -n 1; }
+
+# cprd_vm_pid NAME: the pid of the VM's current QEMU.
+cprd_vm_pid() { cprctl --json status "$1" | json_field pid; }
+
+# cprd_held_kinds NAME: the kinds of the fds cprd holds for the VM, one a line.
+cprd_held_kinds() {
+	cprctl --json status "$1" | tr '{' '\n' | sed -n 's/.*"kind": *"\([^"]*\)".*/\1/p'
+}
+
+# cprd_own_vfio_fds: how many VFIO fds cprd itself holds.
+cprd_own_vfio_fds() { vfio_fds "$CPRD_PID"; }
+
+# cprd_keep_logs NAME: copies the VM's console and QEMU logs to $LAB_OUT.
+cprd_keep_logs() {
+	cp "$CPRD_STATE/vms/$1/console.log" "$LAB_OUT/$1-console.log" 2>/dev/null
+	cp "$CPRD_STATE/vms/$1/qemu.log" "$LAB_OUT/$1-qemu.log" 2>/dev/null
+	cprctl --json status "$1" >"$LAB_OUT/$1-status.json" 2>&1
 }

@@ -29,8 +29,8 @@ default: this tree's build). cprd-upgrade and cprd-refuse-edu need a
 cprctl whose `create` knows `--device` (issue 11); with an older one they
 are skipped, and a skip fails in CI (tests/ci-skips.txt).
 
-Everything is kept in the results folder (--results, default a new
-/tmp/cprd-vfio-lab-XXXXXX): per scenario l1-console.log, l0-qemu.log and
+Everything is kept in the results folder (--results, emptied first; default
+a new /tmp/cprd-vfio-lab-XXXXXX): per scenario l1-console.log, l0-qemu.log and
 out/ (the L2 serial log, L2 QEMUs' stderr, cprd's log).
 
 Ends with "N passed, M failed[, K skipped]", one count per scenario.
@@ -66,6 +66,7 @@ NEEDS_DEVICES = {"cprd-upgrade", "cprd-refuse-edu"}
 def needs_cprd(name):
     return name.startswith("cprd")
 LAB_RE = re.compile(r"LAB: (.*)$")
+MARKER = ".cprd-vfio-lab-results"
 
 
 def log(msg):
@@ -309,6 +310,23 @@ def handle_line(r, line, t0):
         log("   note: " + text[len("NOTE "):])
 
 
+def results_folder(path):
+    """A new temporary folder, or path emptied: a folder this script made
+    before (it holds MARKER), or one that does not exist yet."""
+    if not path:
+        where = tempfile.mkdtemp(prefix="cprd-vfio-lab-", dir="/tmp")
+    else:
+        where = os.path.abspath(path)
+        if os.path.exists(where):
+            if not os.path.exists(os.path.join(where, MARKER)) and os.listdir(where):
+                sys.exit("run-lab: %s exists and is not a results folder of run-lab.py" % where)
+            shutil.rmtree(where)
+        os.makedirs(where)
+    os.chmod(where, 0o755)
+    open(os.path.join(where, MARKER), "w").close()
+    return where
+
+
 # ---- main --------------------------------------------------------------------------------
 
 def main(argv):
@@ -353,9 +371,7 @@ def main(argv):
             return 1
         log("run-lab: L1 ready to boot (%.1f s)" % (time.monotonic() - t))
 
-    where = args.results or tempfile.mkdtemp(prefix="cprd-vfio-lab-", dir="/tmp")
-    os.makedirs(where, exist_ok=True)
-    os.chmod(where, 0o755)
+    where = results_folder(args.results)
     pay = make_payload(args, [n for n in names if n not in skipped], where)
     log("run-lab: results in %s" % where)
 

@@ -8,9 +8,10 @@
 # never rebooted and kept counting, the device was not reset (the guest's
 # own check on every line: pci-testdev's counter and selected test, and bus
 # mastering; and bus mastering in L1's view of the config space), and the
-# locked memory. Then a control: a reset of the device under the running
-# guest (sysfs) must turn the guest's lines BAD, which shows the check
-# would have seen one.
+# locked memory. Then two controls: a reset of the device under the running
+# guest (sysfs) must turn the guest's lines BAD, and once L2's QEMU quit
+# (the device's last fd closed) bus mastering must be off: the checks
+# would have seen a reset or a reopened device.
 
 # shellcheck source=tests/vfio-lab/scenarios/lib.sh
 . /payload/scenarios/lib.sh
@@ -81,4 +82,8 @@ check control-reset-seen "after a sysfs reset of $dev the guest says: $(last_pro
 
 labtool qmp "$L2_QMP" '{"execute": "quit"}' >/dev/null 2>&1
 wait_exit "$L2_PID" 15
+# The other control: once the device's last fd closed, vfio-pci released
+# (and reset) it, and bus mastering is off; so a transfer that had closed
+# and reopened the device would have shown in bus-master checks above.
+check control-release-seen "L2's QEMU gone, L1 sees command $(pci_command "$dev")" eval "! bus_master_on $dev"
 finish

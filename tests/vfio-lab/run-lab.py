@@ -270,9 +270,10 @@ def run_scenario(args, name, pay, where):
                     break
                 time.sleep(0.2)
     finally:
-        # L1 powers itself off after END; give it a moment, then by pid.
+        # L1 powers itself off after END: give it a moment. Otherwise (a
+        # timeout, an error here) stop L0's QEMU by its pid now.
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=30 if r.rc is not None else 0.1)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

@@ -36,7 +36,7 @@ fi
 BUILD_PKGS=(build-essential cmake pkg-config binutils
 	libevent-dev libjson-c-dev libsystemd-dev check linux-libc-dev)
 TEST_PKGS=(varlink-go python3 socat procps iproute2 valgrind clang libclang-rt-14-dev
-	systemd-container debootstrap dosfstools mtools syslinux syslinux-common cpio)
+	systemd-container debootstrap dosfstools mtools syslinux syslinux-common cpio lz4)
 
 echo "install-deps: build and test packages"
 apt-get install "${APT_OPTS[@]}" --no-install-recommends "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"

@@ -21,30 +21,16 @@
  * under TCG. The serial port is driven directly (port 0x3F8, polling the
  * LSR), not through int 14h, so nothing depends on the BIOS serial code.
  *
- * Assembled by GNU as directly (no C preprocessor), linked by guest.ld.
+ * Assembled by GNU as directly (no C preprocessor), linked by guest.ld. The
+ * constants and the tick and serial code are in guest-defs.inc and
+ * guest-io.inc, which guest-pci.S (the guest with a PCI device) shares.
  */
 
 	.code16
 	.text
 	.globl	_start
 
-	.equ	BOOT_ADDR,	0x7C00		/* where the BIOS loads the sector */
-
-	.equ	COM1,		0x3F8
-	.equ	COM1_LSR,	COM1 + 5
-	.equ	LSR_THRE,	0x20		/* transmit holding register empty */
-
-	.equ	BDA_TICKS,	0x46C		/* BIOS data area: u32 ticks since midnight */
-	.equ	TICKS_PER_DAY,	0x1800B0	/* SeaBIOS resets BDA_TICKS to 0 here */
-	.equ	TICKS_PER_LINE,	18		/* about one second */
-
-	/* The block tests read. Fixed address, see the header and README.md. */
-	.equ	BLK,		0x8000
-	.equ	BLK_MAGIC,	BLK + 0x00
-	.equ	BLK_TICKS,	BLK + 0x08
-	.equ	BLK_LINES,	BLK + 0x10
-	.equ	BLK_LAST_BDA,	BLK + 0x18
-	.equ	BLK_LAST_LINE,	BLK + 0x1C
+	.include	"guest-defs.inc"
 
 _start:
 	cli
@@ -98,27 +84,6 @@ main_loop:
 	jmp	main_loop
 
 /*
- * Add the ticks the BIOS counted since the last call to the u64 at
- * BLK_TICKS. Counting the difference rather than 1 per wakeup keeps the
- * count right when a wakeup was not the timer or a tick went by unseen.
- * A host reader may see a torn value when the low half carries into the
- * high half, once every 7.5 years of guest time.
- * Preserves all registers.
- */
-tick_update:
-	pushal
-	movl	BDA_TICKS, %eax		/* one 32-bit read: the IRQ 0 handler cannot tear it */
-	movl	%eax, %edx
-	subl	BLK_LAST_BDA, %edx
-	jae	1f
-	addl	$TICKS_PER_DAY, %edx	/* the BIOS wrapped the count at midnight */
-1:	movl	%eax, BLK_LAST_BDA
-	addl	%edx, BLK_TICKS
-	adcl	$0, BLK_TICKS + 4
-	popal
-	ret
-
-/*
  * "cprd-guest: line N counter C\n", C read when it is printed. The next
  * line is due 18 ticks after this one ends, so a console that stalled for
  * a while gets one line when it drains, not a burst of overdue ones.
@@ -148,87 +113,7 @@ line_done:
 	adcl	$0, BLK_LINES + 4
 	ret
 
-/* Print the NUL-terminated string at %si. Clobbers %al, %si. */
-puts:
-1:	lodsb
-	testb	%al, %al
-	jz	2f
-	call	putc
-	jmp	1b
-2:	ret
-
-/*
- * Print %ebx:%eax in decimal. Divides the 64-bit value by 10 in two 32-bit
- * steps (high half, then the remainder carried into the low half), pushing
- * digits least significant first. Clobbers %eax %ebx %cx %edx %esi %edi.
- */
-put_u64:
-	movl	$10, %esi
-	xorw	%cx, %cx
-1:	movl	%eax, %edi
-	movl	%ebx, %eax
-	xorl	%edx, %edx
-	divl	%esi			/* %eax = high / 10, %edx = high % 10 */
-	movl	%eax, %ebx
-	movl	%edi, %eax
-	divl	%esi			/* %edx:%eax / 10; %edx < 10 so it cannot overflow */
-	pushw	%dx
-	incw	%cx
-	movl	%eax, %edx
-	orl	%ebx, %edx
-	jnz	1b
-2:	popw	%ax
-	addb	$'0', %al
-	call	putc
-	loop	2b
-	ret
-
-/*
- * Send %al on COM1. If the transmitter is busy (QEMU keeps THRE clear while
- * its chardev backend cannot take more), sleep until the next tick instead
- * of spinning, and keep the tick counter going meanwhile: a stalled console
- * must neither burn host CPU nor make the guest look dead. With no UART at
- * all the port reads 0xFF, THRE looks set and the bytes go nowhere.
- * Preserves all registers.
- */
-putc:
-	pushw	%dx
-	pushw	%ax
-1:	movw	$COM1_LSR, %dx
-	inb	%dx, %al
-	testb	$LSR_THRE, %al
-	jnz	2f
-	sti
-	hlt
-	call	tick_update
-	jmp	1b
-2:	popw	%ax
-	movw	$COM1, %dx
-	outb	%al, %dx
-	popw	%dx
-	ret
-
-/* 115200 8N1, FIFOs on, no interrupts: we poll, and the BIOS has no handler. */
-serial_init:
-	movw	$serial_setup, %si
-1:	lodsb
-	movw	$COM1, %dx
-	addb	%al, %dl		/* COM1 is 0x3F8: adding 0..7 never carries */
-	lodsb
-	outb	%al, %dx
-	cmpw	$serial_setup_end, %si
-	jb	1b
-	ret
-
-serial_setup:	/* (register offset, value) */
-	.byte	1, 0x00			/* IER: no interrupts */
-	.byte	3, 0x80			/* LCR: DLAB on, to reach the divisor */
-	.byte	0, 0x01			/* DLL: divisor 1 = 115200 baud */
-	.byte	1, 0x00			/* DLM */
-	.byte	3, 0x03			/* LCR: 8 data bits, no parity, 1 stop, DLAB off */
-	.byte	2, 0x07			/* FCR: enable and clear both FIFOs */
-	.byte	4, 0x03			/* MCR: DTR, RTS; OUT2 off keeps IRQ 4 quiet */
-serial_setup_end:
+	.include	"guest-io.inc"
 
 magic:		.ascii	"CPRDGST1"
 msg_booted:	.asciz	"cprd-guest: booted\n"

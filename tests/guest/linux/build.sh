@@ -11,7 +11,7 @@
 # kernel talks on ttyS0. See ../README.md.
 #
 # The .debs are kept in $CPRD_TEST_DEB_CACHE (default /var/cache/cprd-test/debs),
-# so a rebuild needs no network. A stamp (OUTDIR/cprd-linux.stamp) holds a
+# so a rebuild needs no network (debs.sh, shared with the VFIO lab). A stamp (OUTDIR/cprd-linux.stamp) holds a
 # digest of everything the image is made of: when nothing changed, the
 # script does nothing.
 #
@@ -31,7 +31,6 @@ note() { echo "cprd-linux-guest: $*"; }
 [ $# -eq 1 ] || die "usage: $0 OUTDIR"
 OUT=$1
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-CACHE=${CPRD_TEST_DEB_CACHE:-/var/cache/cprd-test/debs}
 IMG=$OUT/cprd-linux.img
 STAMP=$OUT/cprd-linux.stamp
 # Fixed timestamps for everything that goes into the images (2000-01-01).
@@ -56,78 +55,11 @@ flock 9
 
 # ---- the packages -------------------------------------------------------------
 
-# candidate PACKAGE: the version apt would install, or nothing.
-candidate() {
-	apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v '(none)' || true
-}
-
-# newest_cached PATTERN: the cached .deb of the highest version matching the
-# glob PATTERN (package part of the name), or nothing.
-newest_cached() {
-	local best= bestver= f v
-	for f in "$CACHE"/$1_*_amd64.deb; do
-		[ -f "$f" ] || continue
-		v=$(dpkg-deb -f "$f" Version) || continue
-		if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$bestver"; then
-			best=$f bestver=$v
-		fi
-	done
-	echo "$best"
-}
-
-# fetch PACKAGE: prints the path of PACKAGE's .deb in the cache, downloading
-# the candidate version when the cache lacks it; without network (or root)
-# falls back to the newest cached copy.
-fetch() {
-	local pkg=$1 ver f
-	ver=$(candidate "$pkg")
-	if [ -n "$ver" ]; then
-		f=$CACHE/${pkg}_${ver//:/%3a}_amd64.deb
-		if [ -f "$f" ]; then
-			echo "$f"
-			return
-		fi
-		if [ "$(id -u)" = 0 ]; then
-			mkdir -p "$CACHE"
-			note "downloading $pkg $ver into $CACHE" >&2
-			# Into a folder of its own, then renamed: a build running
-			# beside this one never reads a half-written .deb.
-			dl=$(mktemp -d "$CACHE/.download.XXXXXX")
-			if (cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$ver" >&2) &&
-				[ -f "$dl/$(basename "$f")" ]; then
-				mv -f "$dl/$(basename "$f")" "$f"
-				rm -rf "$dl"
-				echo "$f"
-				return
-			fi
-			rm -rf "$dl"
-			note "apt-get download $pkg=$ver failed (no network?)" >&2
-		else
-			note "$pkg $ver is not in $CACHE and only root may download it there" >&2
-		fi
-	fi
-	f=$(newest_cached "$pkg")
-	if [ -n "$f" ]; then
-		note "using the cached $(basename "$f")" >&2
-		echo "$f"
-		return
-	fi
-	die "no .deb of $pkg in $CACHE, and it cannot be downloaded now: run this once as root with access to Debian's mirrors (apt-get update first), or set CPRD_TEST_DEB_CACHE to a folder that has it"
-}
-
-kpkg=
-if dep=$(apt-cache depends linux-image-amd64 2>/dev/null); then
-	kpkg=$(echo "$dep" | sed -n 's/^ *Depends: \(linux-image-6\.1\.[^ ]*-amd64\)$/\1/p' | head -n1)
-fi
-if [ -z "$kpkg" ]; then
-	# No apt lists (or a metapackage that names no 6.1 kernel): the newest
-	# 6.1 kernel in the cache.
-	f=$(newest_cached 'linux-image-6.1.*-amd64')
-	[ -n "$f" ] || die "apt-cache names no linux-image-6.1.*-amd64 for linux-image-amd64 and $CACHE has none; run apt-get update (as root)"
-	kpkg=$(dpkg-deb -f "$f" Package)
-fi
-KDEB=$(fetch "$kpkg")
-BDEB=$(fetch busybox-static)
+# shellcheck source=tests/guest/linux/debs.sh
+. "$HERE/debs.sh"
+KDEB=$(deb_fetch "$(deb_kernel_package)")
+BDEB=$(deb_fetch busybox-static)
+kpkg=$(dpkg-deb -f "$KDEB" Package)
 
 # ---- up to date? --------------------------------------------------------------
 
@@ -137,7 +69,7 @@ key=$( {
 	echo "modules $MODULES"
 	echo "applets $APPLETS"
 	echo "syslinux $syslinux_ver"
-	sha256sum "$HERE/build.sh" "$HERE/init" "$HERE/cprd-net" | cut -d' ' -f1
+	sha256sum "$HERE/build.sh" "$HERE/debs.sh" "$HERE/init" "$HERE/cprd-net" | cut -d' ' -f1
 	echo "$(basename "$KDEB") $(stat -c %s "$KDEB")"
 	echo "$(basename "$BDEB") $(stat -c %s "$BDEB")"
 } | sha256sum | cut -d' ' -f1)

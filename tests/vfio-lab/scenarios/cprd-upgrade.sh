@@ -1,0 +1,98 @@
+# shellcheck shell=sh
+# cprd-upgrade: issue 11's upgrade test. NEEDS THE DAEMON SIDE OF ISSUE 11
+# (spec `devices`, `cprctl create --device pci=ADDR`, held fds of kind
+# `vfio`); with a cprd without it, run-lab.py skips this scenario, and run
+# by hand it fails at create.
+#
+# cprd in L1 creates and starts the L2 guest (cprd-guest-pci) with
+# pci-testdev assigned, then upgrades its QEMU 11.1 -> 11.1 with
+# cpr-transfer, twice. After each upgrade: committed; the new QEMU holds the
+# device's VFIO fds and the old one is gone; GetVM still lists fds of kind
+# vfio and cprd itself holds VFIO fds; the guest never rebooted and kept
+# counting; the device was not reset (the guest's check on every line:
+# pci-testdev's counter and selected test, bus mastering; and bus mastering
+# in L1's config space, which vfio-pci clears when the device's last fd
+# closes); the locked memory moved to the new QEMU without being unpinned
+# (VmLck, as in plain-cpr).
+
+# shellcheck source=tests/vfio-lab/scenarios/lib.sh
+. /payload/scenarios/lib.sh
+
+dev=$LAB_TESTDEV
+vm=l2
+[ -n "$dev" ] || { fail setup "L1 has no pci-testdev"; finish; }
+cprd_start || finish
+note "pci-testdev $dev, IOMMU group $LAB_TESTDEV_GROUP"
+
+if ! cprctl create "$vm" --memory "$L2_MIB" --qemu "$LAB_QEMU" --accel tcg --machine pc \
+	--disk "$LAB_GUEST,readonly" --device "pci=$dev" >"$LAB_OUT/create.log" 2>&1; then
+	fail create "cprctl create $vm --device pci=$dev: $(cat "$LAB_OUT/create.log")"
+	cprd_stop
+	finish
+fi
+pass create "cprctl create $vm --device pci=$dev"
+if ! cprctl start "$vm" >"$LAB_OUT/start.log" 2>&1; then
+	fail start "cprctl start $vm: $(cat "$LAB_OUT/start.log")"
+	cprd_keep_logs "$vm"
+	cprd_stop
+	finish
+fi
+pass start "cprctl start $vm"
+L2_SERIAL=$(cprd_vm_serial "$vm")
+if ! wait_for 180 grep -q '^cprd-guest: pci ' "$L2_SERIAL" || ! wait_progress 3 120; then
+	fail boot "the guest did not come up; QEMU: $(tail -n 3 "$CPRD_STATE/vms/$vm/qemu.log" 2>&1)"
+	cprd_keep_logs "$vm"
+	finish
+fi
+pid=$(cprd_vm_pid "$vm")
+check l2-found-device "$(grep '^cprd-guest: pci ' "$L2_SERIAL")" \
+	grep -q '^cprd-guest: pci .* 1b36:0005 ' "$L2_SERIAL"
+check l2-device-ok "$(last_progress)" eval 'last_progress | grep -q " ok$"'
+check held-vfio "GetVM fds kinds: $(cprd_held_kinds "$vm" | sort | uniq -c | tr -s ' \n' ' ')" \
+	eval 'cprd_held_kinds "$vm" | grep -qx vfio'
+check cprd-holds-device "cprd holds $(cprd_own_vfio_fds) VFIO fds" [ "$(cprd_own_vfio_fds)" -ge 1 ]
+check bus-master-on "L1 sees command $(pci_command "$dev")" bus_master_on "$dev"
+figure cprd_locked_before "$(locked "$pid")"
+
+for round in 1 2; do
+	before=$(last_progress)
+	lines_before=$(progress_count)
+	old=$pid
+	cprctl --json upgrade "$vm" --qemu "$LAB_QEMU" --mode cpr-transfer >"$LAB_OUT/upgrade-$round.json" 2>&1
+	result=$(tail -n 1 "$LAB_OUT/upgrade-$round.json")
+	if ! echo "$result" | grep -q '"outcome": *"committed"'; then
+		fail "upgrade$round" "not committed: $result"
+		cprd_keep_logs "$vm"
+		break
+	fi
+	pid=$(cprd_vm_pid "$vm")
+	pass "upgrade$round" "committed, QEMU $old -> $pid, pause $(echo "$result" | json_field pauseMs) ms"
+	figure "cprd_upgrade${round}_pause_ms" "$(echo "$result" | json_field pauseMs)"
+	figure "cprd_upgrade${round}_total_ms" "$(echo "$result" | json_field totalMs)"
+	figure "cprd_upgrade${round}_new_locked" "$(locked "$pid")"
+	check "upgrade$round-old-gone" "old QEMU $old" eval "! alive $old"
+	n=$(vfio_fds "$pid")
+	check "upgrade$round-device-assigned" "new QEMU $pid has $n VFIO fds" [ "$n" -ge 2 ]
+	check "upgrade$round-held-vfio" "GetVM fds kinds: $(cprd_held_kinds "$vm" | sort | uniq -c | tr -s ' \n' ' ')" \
+		eval 'cprd_held_kinds "$vm" | grep -qx vfio'
+	if ! wait_progress 3 120; then
+		fail "upgrade$round-running" "no progress on the new QEMU (last: $(last_progress))"
+		break
+	fi
+	after=$(last_progress)
+	check "upgrade$round-kept-counting" "'$before' -> '$after'" \
+		[ "$(ticks_of "$after")" -gt "$(ticks_of "$before")" ]
+	check "upgrade$round-no-reboot" "$(boots) boot line(s)" [ "$(boots)" -eq 1 ]
+	bad=$(serial_lines | grep '^cprd-guest: line ' | tail -n +$((lines_before + 1)) | grep -vc ' ok$')
+	check "upgrade$round-device-not-reset" "$bad BAD lines since the upgrade; last: $after" [ "$bad" -eq 0 ]
+	check "upgrade$round-bus-master" "L1 sees command $(pci_command "$dev")" bus_master_on "$dev"
+	lck=$(vmlck_kb "$pid")
+	check "upgrade$round-pinned" "new QEMU VmLck $lck kB (guest RAM $((L2_MIB * 1024)) kB)" \
+		[ "$lck" -ge $((L2_MIB * 1024)) ]
+done
+
+cprd_keep_logs "$vm"
+check stop "cprctl stop $vm --force" cprctl stop "$vm" --force
+check released "after stop cprd holds $(cprd_own_vfio_fds) VFIO fds" [ "$(cprd_own_vfio_fds)" -eq 0 ]
+cprd_stop
+finish

@@ -57,9 +57,9 @@ static bool devices_usable(const struct mode_ops *m, const struct mode_guest *g,
 		 * SIGSEGV when migrate started, and the guest was lost. */
 		snprintf(why, size,
 			 "%s of a guest with assigned devices needs KVM when a device can "
-			 "interrupt: %s has %s, and QEMU's VFIO CPR moves device interrupts with "
-			 "KVM irqfds (hw/vfio/cpr.c), so under TCG the old QEMU would crash and "
-			 "the guest be lost; run the guest with accel kvm",
+			 "interrupt, and this guest runs under TCG: %s has %s, and QEMU's VFIO CPR "
+			 "moves device interrupts with KVM irqfds (hw/vfio/cpr.c), so under TCG the "
+			 "old QEMU would crash and the guest be lost; run the guest with accel kvm",
 			 m->name, g->irq_device, g->irq_what);
 		return false;
 	}

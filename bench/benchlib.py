@@ -159,8 +159,11 @@ class Varlink:
 class Cprd:
     """A private cprd. Its VMs are stopped and cprd itself ends on stop()."""
 
-    def __init__(self, binary, cprctl, workdir, log_level="info"):
+    def __init__(self, binary, cprctl, workdir, log_level="info", prefix=()):
         self.binary = binary
+        # What cprd's command line starts with: `ip netns exec NS` runs it in
+        # a network namespace (that execs cprd itself, so the pid is cprd's).
+        self.prefix = list(prefix)
         self.cprctl = cprctl
         self.dir = workdir
         self.state_dir = os.path.join(workdir, "state")
@@ -180,8 +183,8 @@ class Cprd:
         os.makedirs(self.dir, exist_ok=True)
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.binary, "--state-dir", self.state_dir, "--runtime-dir", self.runtime_dir,
-             "--log-level", self.log_level],
+            self.prefix + [self.binary, "--state-dir", self.state_dir, "--runtime-dir", self.runtime_dir,
+                           "--log-level", self.log_level],
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -504,6 +504,8 @@ LINUX_BOOT_TIMEOUT = 180       # about 10 s alone under TCG; two boot at once he
 LINUX_RECORDS_AFTER = 2        # records the guest must report after each upgrade
 LINUX_BOOT_RE = re.compile(r"cprd-linux: boot ([0-9a-f-]{36})")
 LINUX_REC_RE = re.compile(r"cprd-linux: rec (\d+) ram (\S+)")
+# A NIC brought up (net_bench.py's guest has one); "... failed" is trouble.
+LINUX_NET_RE = re.compile(r"cprd-linux: net eth0 (\d+\.\d+\.\d+\.\d+/\d+)")
 
 
 class NotAvailable(Exception):
@@ -525,6 +527,8 @@ def linux_report(text):
     boots, last, bad, other = [], -1, [], []
     for line in text.split("\n")[:-1]:  # complete lines only
         line = line.rstrip("\r")
+        if LINUX_NET_RE.fullmatch(line):
+            continue
         m = LINUX_BOOT_RE.fullmatch(line)
         if m:
             boots.append(m.group(1))

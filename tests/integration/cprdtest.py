@@ -948,12 +948,14 @@ class NetLab:
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True), args[0])
 
-    def ping(self, addr=None, interval=0.01):
+    def ping(self, addr=None, interval=0.01, reply_times=False):
         """Pings addr (the guest) every interval seconds until stop();
         result() then gives sent, received, lost, lost_runs, lost_at (when
         each lost one was sent, by time.monotonic()), max_gap_ms
-        (the longest time without a reply) and max_rtt_ms."""
-        return self._helper("net-ping", addr or self.GUEST_ADDR, interval)
+        (the longest time without a reply), max_rtt_ms, median_rtt_ms,
+        seconds and, with reply_times, reply_at (when each reply came,
+        sorted, by time.monotonic())."""
+        return self._helper("net-ping", addr or self.GUEST_ADDR, interval, 1 if reply_times else 0)
 
     def stream(self, lines, every=0, pause=0, addr=None, stall=60):
         """Asks the guest for a TCP stream of lines 64-byte lines (a pause
@@ -1043,7 +1045,7 @@ def _stop_on_signal():
     return stop
 
 
-def _net_ping(addr, interval):
+def _net_ping(addr, interval, reply_times="0"):
     import select
     interval = float(interval)
     stop = _stop_on_signal()
@@ -1097,15 +1099,22 @@ def _net_ping(addr, interval):
     times = sorted(replies.values())
     gaps = [b - a for a, b in zip(times, times[1:])]
     rtts = sorted(replies[i] - sent[i] for i in replies)
-    return {"sent": len(sent), "received": len(replies), "lost": len(lost),
-            "lost_runs": [[r[0], len(r)] for r in runs][:50],
-            # When each lost ping was sent (time.monotonic(), the same clock
-            # in every process), to tell which step lost it.
-            "lost_at": [round(sent[i], 4) for i in lost][:200],
-            "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
-            "max_rtt_ms": round(rtts[-1] * 1000, 1) if rtts else None,
-            "median_rtt_ms": round(rtts[len(rtts) // 2] * 1000, 2) if rtts else None,
-            "seconds": round(sent[-1] - sent[0], 2) if sent else 0}
+    out = {"sent": len(sent), "received": len(replies), "lost": len(lost),
+           "lost_runs": [[r[0], len(r)] for r in runs][:50],
+           # When each lost ping was sent (time.monotonic(), the same clock
+           # in every process), to tell which step lost it.
+           "lost_at": [round(sent[i], 4) for i in lost][:200],
+           "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+           "max_rtt_ms": round(rtts[-1] * 1000, 1) if rtts else None,
+           "median_rtt_ms": round(rtts[len(rtts) // 2] * 1000, 2) if rtts else None,
+           "seconds": round(sent[-1] - sent[0], 2) if sent else 0}
+    if reply_times == "1":
+        # When each reply came, in order, so that a caller can find the
+        # longest gap in a window of its own (the network bench: around
+        # each upgrade). Only on request: ~10 bytes per reply, and the
+        # tests print the whole result when they fail.
+        out["reply_at"] = [round(t, 4) for t in times]
+    return out
 
 
 def _net_stream(addr, port, lines, every, pause, stall):
@@ -1202,7 +1211,7 @@ def _net_tap_exec(ifname, bridge, fd, *argv):
 
 
 def net_helper(argv):
-    """python3 cprdtest.py net-ping ADDR INTERVAL
+    """python3 cprdtest.py net-ping ADDR INTERVAL [REPLY_TIMES]
                            net-stream ADDR PORT LINES EVERY PAUSE STALL
                            net-sink ADDR PORT BYTES CHUNK PAUSE STALL
                            net-tap-exec IFNAME BRIDGE FD PROGRAM ARGS...

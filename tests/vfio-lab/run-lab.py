@@ -55,12 +55,12 @@ import ci_skips  # noqa: E402
 AREA = "vfio_lab"
 GROUPS = {
     "plain": ["plain-cpr", "edu-dma"],
-    "cprd": ["cprd-smoke", "cprd-upgrade", "cprd-refuse-edu"],
+    "cprd": ["cprd-smoke", "cprd-upgrade", "cprd-refuse-edu", "cprd-target-dies"],
 }
 GROUPS["all"] = GROUPS["plain"] + GROUPS["cprd"]
 # Scenarios that run cprd (any scenario named cprd-* does), and those of
 # them that need issue 11's `cprctl create --device`.
-NEEDS_DEVICES = {"cprd-upgrade", "cprd-refuse-edu"}
+NEEDS_DEVICES = {"cprd-upgrade", "cprd-refuse-edu", "cprd-target-dies"}
 
 
 def needs_cprd(name):

@@ -91,8 +91,39 @@ for round in 1 2; do
 		[ "$lck" -ge $((L2_MIB * 1024)) ]
 done
 
+# Another VM may not have the device.
+cprctl create l2b --memory "$L2_MIB" --qemu "$LAB_QEMU" --accel tcg --machine pc \
+	--disk "$LAB_GUEST,readonly" --device "pci=$dev" >"$LAB_OUT/create-second.log" 2>&1
+rc=$?
+check refuse-second-vm "exit $rc: $(cat "$LAB_OUT/create-second.log")" \
+	eval '[ "$rc" -ne 0 ] && grep -q "assigned to VM $vm" "$LAB_OUT/create-second.log"'
+
+# A crash: cprd keeps its copies (the device stays open), and gives them up
+# before the fresh QEMU of a new start opens the group (it opens only once).
+pid=$(cprd_vm_pid "$vm")
+kill -9 "$pid"
+wait_for 30 eval 'cprctl --json status "$vm" | grep -q "\"state\": *\"crashed\""'
+check crash-keeps-device "crashed; cprd holds $(cprd_own_vfio_fds) VFIO fds, L1 sees command $(pci_command "$dev")" \
+	eval '[ "$(cprd_own_vfio_fds)" -ge 1 ] && bus_master_on "$dev"'
+if cprctl start "$vm" >"$LAB_OUT/start-after-crash.log" 2>&1 && wait_progress 2 120; then
+	pass start-after-crash "started again on QEMU $(cprd_vm_pid "$vm"): $(last_progress)"
+else
+	fail start-after-crash "$(cat "$LAB_OUT/start-after-crash.log"); QEMU: $(tail -n 2 "$CPRD_STATE/vms/$vm/qemu.log")"
+fi
+
 cprd_keep_logs "$vm"
 check stop "cprctl stop $vm --force" cprctl stop "$vm" --force
 check released "after stop cprd holds $(cprd_own_vfio_fds) VFIO fds" [ "$(cprd_own_vfio_fds)" -eq 0 ]
+
+# A device no longer bound to vfio-pci: the start is refused, naming the
+# driver question and how to rebind; cprd never rebinds by itself.
+echo "$dev" >"/sys/bus/pci/devices/$dev/driver/unbind"
+cprctl start "$vm" >"$LAB_OUT/start-unbound.log" 2>&1
+rc=$?
+check refuse-unbound "exit $rc: $(cat "$LAB_OUT/start-unbound.log")" \
+	eval '[ "$rc" -ne 0 ] && grep -q "vfio-pci" "$LAB_OUT/start-unbound.log" && grep -q "drivers_probe" "$LAB_OUT/start-unbound.log"'
+check unbound-stays "cprd did not rebind it" eval '[ ! -e "/sys/bus/pci/devices/$dev/driver" ]'
+echo vfio-pci >"/sys/bus/pci/devices/$dev/driver_override"
+echo "$dev" >/sys/bus/pci/drivers_probe
 cprd_stop
 finish

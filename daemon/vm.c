@@ -328,7 +328,7 @@ static const char *vm_accel(struct vm *vm) {
 	if (streq(vm->spec->accel, "tcg"))
 		return vm->accel = "tcg";
 	/* As QEMU's user: with --qemu-user, root's access proves nothing. */
-	return vm->accel = qemu_may_open_rw("/dev/kvm") ? "kvm" : "tcg";
+	return vm->accel = qemu_may_open_rw(NULL, "/dev/kvm") ? "kvm" : "tcg";
 }
 
 /* ---- QEMU processes ------------------------------------------------------ */

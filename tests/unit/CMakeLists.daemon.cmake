@@ -10,7 +10,8 @@
 #   tap             tap names, MACs; as root, taps in a network namespace
 #   vfio            a host PCI device's checks, against a fake sysfs tree
 #   users           --qemu-users: the range, the account files, the uid picked
-foreach(name spec util cmdline mode qemu_record upgrade_journal custody tap vfio users)
+#   disk_grant      disks given to a VM's user: records; as root, real files
+foreach(name spec util cmdline mode qemu_record upgrade_journal custody tap vfio users disk_grant)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

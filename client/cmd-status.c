@@ -60,6 +60,9 @@ static int status_run(struct ctx *ctx, int argc, char **argv) {
 	       jstr(vm, "qemuVersion") ? jstr(vm, "qemuVersion") : "", jstr(vm, "qemuVersion") ? ")" : "");
 	if (jget(vm, "pid"))
 		printf("PID:          %lld\n", (long long)jint(vm, "pid", 0));
+	if (jget(vm, "uid"))
+		printf("User:         uid %lld, gid %lld (the VM's own)\n", (long long)jint(vm, "uid", 0),
+		       (long long)jint(vm, "uid", 0));
 	if (jbool(vm, "outdated"))
 		printf("Outdated:     yes, the binary changed on disk since this QEMU started\n");
 	printf("Machine:      %s\n", jstr(vm, "machine"));

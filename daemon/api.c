@@ -79,6 +79,16 @@ int api_error_failed(struct vl_call *c, const char *fmt, ...) {
 	return error_kv(c, API_ERROR("Failed"), "reason", buf, NULL);
 }
 
+/* No uid of --qemu-users is left for a VM (manager_vm_uid). */
+static int api_error_uid_unavailable(struct manager *m, struct vl_call *c, int r) {
+	if (r != -ENOSPC)
+		return api_error_failed(c, "cannot give the VM a uid of its own: %s", strerror(-r));
+	return api_error_failed(c,
+				"every uid of --qemu-users %u-%u belongs to a VM already: delete a VM, "
+				"or restart cprd with a wider range",
+				(unsigned)m->qemu_users.first, (unsigned)m->qemu_users.last);
+}
+
 /* Replies {"vm": VM}. */
 static int api_reply_vm(struct vl_call *c, struct vm *vm) {
 	struct json_object *p = json_object_new_object();
@@ -381,6 +391,12 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 	manager_add(m, cr->vm);
 	cr->m = m;
 	cr->call = vl_call_ref(c);
+	/* Its own user comes first: the probe runs as that user already. */
+	if ((r = manager_vm_uid(m, cr->vm)) < 0) {
+		api_error_uid_unavailable(m, c, r);
+		create_abort(cr);
+		return 0;
+	}
 	char why[512];
 	_cleanup_close_ int bfd = binary_open(spec->qemu, why, sizeof(why));
 	if (bfd < 0) {
@@ -388,7 +404,8 @@ static int method_create_vm(struct vl_call *c, struct json_object *params, void 
 		create_abort(cr);
 		return 0;
 	}
-	r = probe_run(m->base, spec->qemu, bfd, NULL, create_on_probe, cr, NULL);
+	const struct probe_options po = {.user = vm_qemu_user(cr->vm)};
+	r = probe_run(m->base, spec->qemu, bfd, &po, create_on_probe, cr, NULL);
 	if (r < 0) {
 		api_error_probe_failed(c, spec->qemu, strerror(-r));
 		create_abort(cr);
@@ -431,7 +448,14 @@ static int method_start_vm(struct vl_call *c, struct json_object *params, void *
 	memset(&err, 0, sizeof(err));
 	if (spec_check_bridges(vm->spec, &err) < 0)
 		return api_error_invalid_spec(c, err.field, err.reason);
-	int r = vm_start(vm, api_on_vm_done, vl_call_ref(c));
+	/* A VM created before cprd had --qemu-users gets its user now. */
+	uid_t had = vm->uid;
+	int r = manager_vm_uid(userdata, vm);
+	if (r < 0)
+		return api_error_uid_unavailable(userdata, c, r);
+	if (vm->uid != had && (r = vm_save(vm)) < 0)
+		return api_error_failed(c, "cannot store %s's uid in %s: %s", vm->name, vm->dir, strerror(-r));
+	r = vm_start(vm, api_on_vm_done, vl_call_ref(c));
 	if (r < 0) {
 		vl_call_unref(c);
 		return api_error_failed(c, "cannot start %s: %s", vm->name, strerror(-r));

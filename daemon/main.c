@@ -24,6 +24,7 @@
 #include "manager.h"
 #include "qemu.h"
 #include "systemd.h"
+#include "users.h"
 #include "varlink.h"
 #include "vm.h"
 
@@ -46,6 +47,9 @@ static void help(void) {
 	       "  --allow-uid UID     let this uid change VMs too (repeatable; default root only)\n"
 	       "  --allow-group GROUP let this group change VMs too (repeatable)\n"
 	       "  --qemu-user USER    run QEMU as USER with its groups, not as root\n"
+	       "  --qemu-users FIRST-LAST\n"
+	       "                      give each VM a user of its own from this uid range\n"
+	       "                      (gid = uid, no groups), which no account may use\n"
 	       "  --version           print the version\n"
 	       "  -h, --help          this text\n",
 	       DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_RUNTIME_DIR);
@@ -138,6 +142,28 @@ static int parse_id(const char *arg, bool group, unsigned long *ret) {
 	return 0;
 }
 
+/* --qemu-users must name uids that nobody else has: no account, no group,
+ * no subordinate ids of a user's containers. Returns -1 to go on, or the
+ * exit status. */
+static int check_qemu_users(const struct users_range *r) {
+	char why[512];
+	if (!r->set)
+		return -1;
+	int e = users_check_accounts(r, "/etc/passwd", "/etc/group", "/etc/subuid", "/etc/subgid",
+				     why, sizeof(why));
+	if (e == -EEXIST) {
+		fprintf(stderr, "cprd: --qemu-users %u-%u is not free: %s; pick a range that no "
+				"account, group or subordinate id range uses (see docs/operations.md)\n",
+			(unsigned)r->first, (unsigned)r->last, why);
+		return 1;
+	}
+	if (e < 0) {
+		fprintf(stderr, "cprd: --qemu-users: %s\n", why);
+		return 1;
+	}
+	return -1;
+}
+
 /* One option. Returns -1 to go on, or the status cprd exits with. */
 static int parse_option(int c, const char *arg, struct manager_config *cfg) {
 	unsigned long id;
@@ -166,6 +192,14 @@ static int parse_option(int c, const char *arg, struct manager_config *cfg) {
 			return 2;
 		}
 		return -1;
+	case 'P': {
+		char why[256];
+		if (users_parse_range(arg, &cfg->qemu_users, why, sizeof(why)) < 0) {
+			fprintf(stderr, "cprd: --qemu-users %s: %s\n", arg, why);
+			return 2;
+		}
+		return -1;
+	}
 	case 'u':
 		if ((r = qemu_set_user(arg)) < 0) {
 			fprintf(stderr, "cprd: --qemu-user %s: %s\n", arg,
@@ -212,6 +246,7 @@ static int parse_args(int argc, char **argv, struct manager_config *cfg) {
 		{"allow-uid", required_argument, NULL, 'U'},
 		{"allow-group", required_argument, NULL, 'G'},
 		{"qemu-user", required_argument, NULL, 'u'},
+		{"qemu-users", required_argument, NULL, 'P'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{},
@@ -224,7 +259,12 @@ static int parse_args(int argc, char **argv, struct manager_config *cfg) {
 		fprintf(stderr, "cprd: unexpected argument '%s'. Try 'cprd --help'.\n", argv[optind]);
 		return 2;
 	}
-	return -1;
+	if (cfg->qemu_users.set && qemu_get_user(NULL, NULL)) {
+		fprintf(stderr, "cprd: --qemu-user and --qemu-users cannot be used together: one user "
+				"for every QEMU, or a user of its own for each VM\n");
+		return 2;
+	}
+	return check_qemu_users(&cfg->qemu_users);
 }
 
 /* Serves until SIGTERM or SIGINT; the exit status. */
@@ -261,6 +301,9 @@ static int run(const struct manager_config *cfg) {
 	gid_t qgid;
 	if (qemu_get_user(&quid, &qgid))
 		log_info("QEMU runs as uid %u gid %u, not as root", (unsigned)quid, (unsigned)qgid);
+	if (cfg->qemu_users.set)
+		log_info("each VM's QEMU runs as a uid of its own from %u-%u", (unsigned)cfg->qemu_users.first,
+			 (unsigned)cfg->qemu_users.last);
 	systemd_ready();
 	update_status(-1, 0, NULL);
 	systemd_watchdog_start(base);

@@ -47,6 +47,8 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	m->state_dir = strdup(cfg->state_dir);
 	m->runtime_dir = strdup(cfg->runtime_dir);
 	m->host.runtime_dir = m->runtime_dir;
+	m->qemu_users = cfg->qemu_users;
+	m->host.qemu_users = m->qemu_users.set ? &m->qemu_users : NULL;
 	if (!m->socket_path || !m->state_dir || !m->runtime_dir) {
 		manager_free(m);
 		return -ENOMEM;
@@ -65,9 +67,11 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	snprintf(path, sizeof(path), "%s/vms", m->runtime_dir);
 	/* The runtime folder holds the socket, so the socket's group must be
 	 * able to pass through it; what is below it stays private (with
-	 * --qemu-user, vms/ lets QEMU's user pass to its own folders). */
+	 * --qemu-user or --qemu-users, vms/ lets QEMU's users pass to their
+	 * own folders, each 0700). */
+	bool users = qemu_get_user(NULL, NULL) || m->qemu_users.set;
 	if ((r = mkdir_p(path, 0700)) < 0 || chmod(m->runtime_dir, 0755) < 0 ||
-	    chmod(path, qemu_get_user(NULL, NULL) ? 0711 : 0700) < 0) {
+	    chmod(path, users ? 0711 : 0700) < 0) {
 		r = r < 0 ? r : -errno;
 		log_error_errno(r, "cannot create runtime directory %s: %m", m->runtime_dir);
 		manager_free(m);
@@ -150,6 +154,35 @@ struct vm *manager_find(struct manager *m, const char *name) {
 		if (streq(m->vms[i]->name, name))
 			return m->vms[i];
 	return NULL;
+}
+
+int manager_vm_uid(struct manager *m, struct vm *vm) {
+	if (!m->qemu_users.set) {
+		if (vm->uid)
+			log_vm(LOG_INFO, vm->name, "no longer has a user of its own (cprd has no --qemu-users)");
+		vm_set_uid(vm, 0);
+		return 0;
+	}
+	_cleanup_free_ uid_t *used = calloc(m->n_vms ? m->n_vms : 1, sizeof(*used));
+	if (!used)
+		return -ENOMEM;
+	size_t n = 0;
+	bool taken = false;
+	for (size_t i = 0; i < m->n_vms; i++)
+		if (m->vms[i] != vm && m->vms[i]->uid) {
+			used[n++] = m->vms[i]->uid;
+			taken = taken || m->vms[i]->uid == vm->uid;
+		}
+	if (vm->uid && users_in_range(&m->qemu_users, vm->uid) && !taken)
+		return 0;
+	uid_t uid;
+	int r = users_pick(&m->qemu_users, used, n, &uid);
+	if (r < 0)
+		return r;
+	log_vm(LOG_INFO, vm->name, "its QEMUs run as uid %u gid %u%s", (unsigned)uid, (unsigned)uid,
+	       vm->uid ? " (its earlier uid is not in --qemu-users or is another VM's)" : "");
+	vm_set_uid(vm, uid);
+	return 0;
 }
 
 struct vm *manager_device_owner(struct manager *m, const char *pci) {

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "users.h"
 #include "varlink.h"
 #include "vm.h"
 
@@ -18,12 +19,14 @@ struct manager_config {
 	const char *state_dir;
 	const char *runtime_dir;
 	int listen_fd; /* socket activation, or -1 */
+	struct users_range qemu_users; /* --qemu-users, checked against the accounts */
 };
 
 struct manager {
 	struct event_base *base;
 	char *socket_path, *state_dir, *runtime_dir;
 	struct vm_host host; /* what each VM sees of the manager */
+	struct users_range qemu_users; /* each VM's own uid comes from here */
 	struct vl_server *server;
 	struct vm **vms;
 	size_t n_vms;
@@ -48,6 +51,13 @@ void manager_remove(struct manager *m, struct vm *vm);
 /* Tells WatchEvents subscribers and the log. */
 void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message);
 int manager_watch(struct manager *m, struct vl_call *call);
+
+/* Gives vm a uid of its own from --qemu-users before a QEMU of it runs (at
+ * create and start): it keeps the one it has while that is in the range
+ * and no other VM's; else it gets the lowest free one (saved by the caller
+ * with the VM). Without --qemu-users the VM has none. -ENOSPC: every uid
+ * of the range is another VM's. */
+int manager_vm_uid(struct manager *m, struct vm *vm);
 
 /* A VM's folder: <state>/vms/NAME (0700). */
 char *manager_vm_state_dir(struct manager *m, const char *name);

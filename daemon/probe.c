@@ -60,6 +60,10 @@ struct probe {
 	uint64_t timeout_usec;
 	uint64_t started_usec;
 	bool no_cache;
+	/* Whom the child runs as (its groups are the caller's, which outlive
+	 * the spawn); has_user false: the default user. */
+	struct qemu_identity user;
+	bool has_user;
 
 	probe_done_fn done;
 	void *userdata;
@@ -421,6 +425,7 @@ static int probe_spawn(struct probe *p) {
 		.log_fd = out_w,
 		.exec_error_fd = exec_w,
 		.die_with_parent = true,
+		.user = p->has_user ? &p->user : NULL,
 	};
 	r = qemu_fork(&so, &p->pid, &p->pidfd);
 	if (r < 0)
@@ -1105,6 +1110,10 @@ static struct probe *probe_new(struct event_base *base, const char *path,
 	p->started_usec = now_usec();
 	p->timeout_usec = opts && opts->timeout_usec > 0 ? opts->timeout_usec : PROBE_TIMEOUT_USEC;
 	p->no_cache = opts && opts->no_cache;
+	if (opts && opts->user) {
+		p->user = *opts->user;
+		p->has_user = true;
+	}
 	p->path = strdup(path);
 	p->result = calloc(1, sizeof(*p->result));
 	p->defer_ev = evtimer_new(base, probe_on_defer, p);

@@ -50,9 +50,14 @@ struct probe_result {
 	uint64_t duration_usec; /* how long the probe run took */
 };
 
+struct qemu_identity;
+
 struct probe_options {
 	uint64_t timeout_usec; /* 0: PROBE_TIMEOUT_USEC */
 	bool no_cache;         /* run QEMU even if the file is cached */
+	/* Whom the binary runs as: the VM's own user; NULL: qemu_default_user().
+	 * The groups it points to must outlive probe_run(). */
+	const struct qemu_identity *user;
 };
 
 /* Reports the outcome. On success error is 0 and result is the callee's to

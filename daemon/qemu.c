@@ -71,15 +71,14 @@ static void on_pidfd(evutil_socket_t fd, short what, void *userdata) {
 		p->on_exit(p, &e, p->userdata);
 }
 
-/* Whom every QEMU runs as: root (the default) or --qemu-user's user, with
- * that user's groups (kvm, say) and nothing of cprd's. */
+/* Whom every QEMU runs as unless told otherwise: root (the default) or
+ * --qemu-user's user, with that user's groups (kvm, say) and nothing of
+ * cprd's. */
 #define QEMU_USER_GROUPS_MAX 64
 static struct {
 	bool set;
-	uid_t uid;
-	gid_t gid;
 	gid_t groups[QEMU_USER_GROUPS_MAX];
-	int n_groups;
+	struct qemu_identity id;
 } qemu_user;
 
 int qemu_set_user(const char *name) {
@@ -91,9 +90,12 @@ int qemu_set_user(const char *name) {
 	int n = QEMU_USER_GROUPS_MAX;
 	if (getgrouplist(pw->pw_name, pw->pw_gid, qemu_user.groups, &n) < 0)
 		return -E2BIG;
-	qemu_user.uid = pw->pw_uid;
-	qemu_user.gid = pw->pw_gid;
-	qemu_user.n_groups = n;
+	qemu_user.id = (struct qemu_identity){
+		.uid = pw->pw_uid,
+		.gid = pw->pw_gid,
+		.groups = qemu_user.groups,
+		.n_groups = (size_t)n,
+	};
 	qemu_user.set = true;
 	return 0;
 }
@@ -101,37 +103,66 @@ int qemu_set_user(const char *name) {
 bool qemu_get_user(uid_t *uid, gid_t *gid) {
 	if (qemu_user.set) {
 		if (uid)
-			*uid = qemu_user.uid;
+			*uid = qemu_user.id.uid;
 		if (gid)
-			*gid = qemu_user.gid;
+			*gid = qemu_user.id.gid;
 	}
 	return qemu_user.set;
 }
 
-int qemu_user_chown(const char *path) {
-	uid_t uid = qemu_user.set ? qemu_user.uid : 0;
-	gid_t gid = qemu_user.set ? qemu_user.gid : 0;
-	return chown(path, uid, gid) < 0 ? -errno : 0;
+const struct qemu_identity *qemu_default_user(void) {
+	return qemu_user.set ? &qemu_user.id : NULL;
 }
 
-bool qemu_may_open_rw(const char *path) {
+int qemu_chown(const struct qemu_identity *id, const char *path) {
+	id = id ? id : qemu_default_user();
+	return chown(path, id ? id->uid : 0, id ? id->gid : 0) < 0 ? -errno : 0;
+}
+
+int qemu_fchown(const struct qemu_identity *id, int fd) {
+	id = id ? id : qemu_default_user();
+	return fchown(fd, id ? id->uid : 0, id ? id->gid : 0) < 0 ? -errno : 0;
+}
+
+int qemu_user_chown(const char *path) {
+	return qemu_chown(NULL, path);
+}
+
+bool qemu_may_open_rw(const struct qemu_identity *id, const char *path) {
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return false;
 	struct stat st;
 	int r = fstat(fd, &st);
 	close(fd);
-	if (!qemu_user.set)
+	id = id ? id : qemu_default_user();
+	if (!id)
 		return true;
 	if (r < 0)
 		return false;
 	/* The mode bits as the kernel would apply them to QEMU's user (ACLs
 	 * are not looked at). The groups include the primary one. */
-	bool in_group = false;
-	for (int i = 0; i < qemu_user.n_groups; i++)
-		in_group = in_group || qemu_user.groups[i] == st.st_gid;
-	unsigned shift = st.st_uid == qemu_user.uid ? 6 : in_group ? 3 : 0;
+	bool in_group = id->gid == st.st_gid;
+	for (size_t i = 0; i < id->n_groups; i++)
+		in_group = in_group || id->groups[i] == st.st_gid;
+	unsigned shift = st.st_uid == id->uid ? 6 : in_group ? 3 : 0;
 	return ((st.st_mode >> shift) & 06) == 06;
+}
+
+int qemu_identity_drop(const struct qemu_identity *id, const char **what) {
+	id = id ? id : qemu_default_user();
+	if (!id)
+		return 0;
+	*what = "setgroups";
+	if (setgroups(id->n_groups, id->groups) < 0)
+		return -1;
+	*what = "setresgid";
+	if (setresgid(id->gid, id->gid, id->gid) < 0)
+		return -1;
+	*what = "setresuid";
+	if (setresuid(id->uid, id->uid, id->uid) < 0)
+		return -1;
+	return 0;
 }
 
 /* In the child: says why it cannot go on, as an errno on the exec-error
@@ -192,14 +223,9 @@ static _noreturn_ void child_exec(const struct qemu_spawn_options *o, pid_t pare
 			maxfd = o->fds[i].target;
 	}
 	/* Drop root for good: groups first, while we may still set them. */
-	if (qemu_user.set) {
-		if (setgroups((size_t)qemu_user.n_groups, qemu_user.groups) < 0)
-			child_fail(error_fd, "setgroups");
-		if (setresgid(qemu_user.gid, qemu_user.gid, qemu_user.gid) < 0)
-			child_fail(error_fd, "setresgid");
-		if (setresuid(qemu_user.uid, qemu_user.uid, qemu_user.uid) < 0)
-			child_fail(error_fd, "setresuid");
-	}
+	const char *what = NULL;
+	if (qemu_identity_drop(o->user, &what) < 0)
+		child_fail(error_fd, what);
 	/* After the drop, which clears the parent-death signal; and then the
 	 * check, in case cprd died before it was set. */
 	if (o->die_with_parent && (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent))

@@ -24,19 +24,40 @@ struct qemu_exit {
 
 typedef void (*qemu_exit_fn)(struct qemu_proc *p, const struct qemu_exit *e, void *userdata);
 
+/* Whom a child runs as: its uid, gid and supplementary groups, set with
+ * setgroups, setresgid and setresuid right before exec. A VM's own user
+ * (--qemu-users) has gid = uid and no supplementary groups. */
+struct qemu_identity {
+	uid_t uid;
+	gid_t gid;
+	const gid_t *groups;
+	size_t n_groups;
+};
+
 /* From now on every QEMU runs as this user (not root) with its groups.
  * -ENOENT: no such user; -EPERM: uid 0. */
 int qemu_set_user(const char *name);
 /* Whether QEMU runs as a user of its own, and which. */
 bool qemu_get_user(uid_t *uid, gid_t *gid);
+/* --qemu-user's user with its groups, or NULL (root): whom a child runs as
+ * when nobody says otherwise. */
+const struct qemu_identity *qemu_default_user(void);
 /* Gives path to QEMU's user (root without --qemu-user). */
 int qemu_user_chown(const char *path);
-/* Whether QEMU, as the user it runs as, could open path read-write
- * (/dev/kvm for --accel auto). */
-bool qemu_may_open_rw(const char *path);
+/* Gives path (or fd) to id's uid and gid; NULL: the default user. */
+int qemu_chown(const struct qemu_identity *id, const char *path);
+int qemu_fchown(const struct qemu_identity *id, int fd);
+/* Whether a child run as id (NULL: the default user) could open path
+ * read-write, by the mode bits (/dev/kvm for --accel auto). */
+bool qemu_may_open_rw(const struct qemu_identity *id, const char *path);
+/* In a child between fork and exec (async-signal-safe): becomes id for
+ * good, groups first. 0, or -1 with errno set and what naming the call
+ * that failed. NULL: the default user (nothing to do for root). */
+int qemu_identity_drop(const struct qemu_identity *id, const char **what);
 
 /* How a child is started. Every child, a guest's QEMU or a probe, goes
- * through the same fork and exec, and so runs as --qemu-user's user. */
+ * through the same fork and exec, and so runs as the user it is given (a
+ * VM's own) or as --qemu-user's user. */
 struct qemu_spawn_options {
 	int binary_fd;             /* O_PATH fd of the checked file (binary.h), or -1 */
 	const char *path;          /* executed by name when binary_fd is -1 */
@@ -50,6 +71,8 @@ struct qemu_spawn_options {
 	int exec_error_fd;
 	/* SIGKILL when cprd dies: for a probe, never for a guest. */
 	bool die_with_parent;
+	/* Whom the child runs as; NULL: qemu_default_user(). */
+	const struct qemu_identity *user;
 };
 
 /* Forks and executes o's binary as QEMU's user, in a session of its own.

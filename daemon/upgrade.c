@@ -962,15 +962,16 @@ static void on_exec_command_set(struct qmp *qmp, struct json_object *ret,
  * that cannot be swapped: cprd's own fd of the binary it opened and checked,
  * /proc/CPRD/fd/N, which the kernel resolves to that very file (and which a
  * #! wrapper's interpreter can open as well, while cprd holds it). QEMU
- * running as --qemu-user may not look into cprd's fds; it gets the checked
- * path, which only root can change (docs/reliability.md). */
+ * running as a user (--qemu-user, --qemu-users) may not look into cprd's
+ * fds; it gets the checked path, which only root can change
+ * (docs/reliability.md). */
 static void upgrade_exec_setup(struct upgrade *u) {
 	char why[512], path[64];
 	u->exec_fd = binary_open(u->binary, why, sizeof(why));
 	if (u->exec_fd < 0)
 		return upgrade_fail(u, "%s", why);
 	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)getpid(), u->exec_fd);
-	const char *exec_path = qemu_get_user(NULL, NULL) ? u->binary : path;
+	const char *exec_path = vm_qemu_user(u->vm) || qemu_default_user() ? u->binary : path;
 	const struct cmdline_incoming in = {.kind = u->ops->incoming, .main_path = u->main_path};
 	_cleanup_(strv_freep) char **argv = NULL;
 	int r = vm_qemu_exec_argv(u->old, exec_path, u->probe, &in, &argv);
@@ -1000,10 +1001,9 @@ static void upgrade_spawn(struct upgrade *u) {
 		upgrade_enter(u, PHASE_SPAWN, "starting %s (QEMU %u.%u.%u) with the held fds",
 			      u->binary, u->probe->major, u->probe->minor, u->probe->micro);
 
-	/* The incoming sockets live in a private folder: only root (and with
-	 * --qemu-user, QEMU's user) reaches them. QEMU 10.0 accepts only a
-	 * unix path for the cpr channel, so QEMU binds them itself inside
-	 * this folder. */
+	/* The incoming sockets live in a private folder: only root (and the
+	 * user QEMU runs as) reaches them. QEMU 10.0 accepts only a unix path
+	 * for the cpr channel, so QEMU binds them itself inside this folder. */
 	_cleanup_free_ char *rdir = NULL;
 	if ((r = vm_runtime_dir_make(vm, &rdir)) < 0)
 		return upgrade_fail(u, "cannot create the VM's runtime folder: %s", strerror(-r));
@@ -1011,7 +1011,7 @@ static void upgrade_spawn(struct upgrade *u) {
 	if (!mkdtemp(buf))
 		return upgrade_fail(u, "cannot create a private folder in %s: %s", rdir, strerror(errno));
 	u->dir = strdup(buf);
-	if ((r = qemu_user_chown(buf)) < 0)
+	if ((r = qemu_chown(vm_qemu_user(vm), buf)) < 0)
 		return upgrade_fail(u, "cannot give %s to QEMU's user: %s", buf, strerror(-r));
 	if (asprintf(&u->main_path, "%s/%s", u->dir,
 		     u->ops->in_place ? UPGRADE_STATE_FILE : UPGRADE_MAIN_SOCK) < 0 ||
@@ -1139,6 +1139,13 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 				      "(108 bytes at most); start cprd with a shorter --runtime-dir",
 				      rdir ? rdir : "");
 	const struct probe_result *old = vm_qemu_probe(vm->qemu);
+	/* The target runs as the VM's user now; the running QEMU must too, or
+	 * the two could not reach each other's sockets, nor the target the
+	 * disks. */
+	char who[256];
+	if (!vm_qemu_user_is(vm, vm_qemu_pid(vm->qemu), who, sizeof(who)))
+		return upgrade_refuse(u, UPGRADE_REFUSED_NOT_UPGRADABLE, "%s; stop and start the VM first",
+				      who);
 
 	if (!probe_result_resolve_machine(result, vm->spec->machine) ||
 	    !streq(probe_result_resolve_machine(result, vm->spec->machine), vm->spec->machine))
@@ -1221,7 +1228,8 @@ int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request
 		upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "%s", why);
 		return 0;
 	}
-	int r = probe_run(m->base, u->binary, bfd, NULL, preflight_on_probe, u, NULL);
+	const struct probe_options po = {.user = vm_qemu_user(vm)};
+	int r = probe_run(m->base, u->binary, bfd, &po, preflight_on_probe, u, NULL);
 	if (r < 0)
 		upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "cannot run %s: %s", u->binary, strerror(-r));
 	return 0;

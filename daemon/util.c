@@ -301,6 +301,26 @@ int proc_starttime(pid_t pid, uint64_t *ret) {
 	return 0;
 }
 
+int proc_uid(pid_t pid, uid_t *ret) {
+	char path[64];
+	_cleanup_free_ char *line = NULL;
+	size_t cap = 0;
+	unsigned long uid;
+	int r = -ESRCH;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (getline(&line, &cap, f) > 0)
+		if (sscanf(line, "Uid: %lu", &uid) == 1) {
+			*ret = (uid_t)uid;
+			r = 0;
+			break;
+		}
+	fclose(f);
+	return r;
+}
+
 pid_t proc_parent(pid_t pid) {
 	char buf[1024];
 	int ppid;

@@ -76,5 +76,7 @@ int fd_cloexec(int fd);
  * since boot. With the pid it names one process for good. */
 int proc_starttime(pid_t pid, uint64_t *ret);
 pid_t proc_parent(pid_t pid);
+/* The real uid of process pid (/proc/PID/status). */
+int proc_uid(pid_t pid, uid_t *ret);
 /* Whether a unix socket bound at path is listening (/proc/net/unix). */
 bool unix_socket_listening(const char *path);

@@ -28,6 +28,7 @@
 #include "spec.h"
 #include "systemd.h"
 #include "tap.h"
+#include "users.h"
 #include "util.h"
 #include "vfio.h"
 
@@ -87,7 +88,44 @@ bool vm_is_active(const struct vm *vm) {
 	       vm->state == VM_STOPPING;
 }
 
+const struct qemu_identity *vm_qemu_user(const struct vm *vm) {
+	return vm->uid ? &vm->user : NULL;
+}
+
+void vm_set_uid(struct vm *vm, uid_t uid) {
+	vm->uid = uid;
+	/* gid = uid, and no supplementary groups: nothing shared with
+	 * another VM's QEMU. */
+	vm->user = (struct qemu_identity){.uid = uid, .gid = (gid_t)uid};
+}
+
+bool vm_qemu_user_is(const struct vm *vm, pid_t pid, char *why, size_t size) {
+	const struct qemu_identity *id = vm_qemu_user(vm);
+	id = id ? id : qemu_default_user();
+	uid_t want = id ? id->uid : 0, uid;
+	int r = proc_uid(pid, &uid);
+	if (r < 0) {
+		snprintf(why, size, "cannot tell whom QEMU pid %d runs as: %s", (int)pid, strerror(-r));
+		return false;
+	}
+	if (uid == want)
+		return true;
+	snprintf(why, size, "QEMU pid %d runs as uid %u, but cprd now runs this VM's QEMUs as uid %u "
+		 "(--qemu-user or --qemu-users changed since it started)",
+		 (int)pid, (unsigned)uid, (unsigned)want);
+	return false;
+}
+
 /* ---- custody ------------------------------------------------------------- */
+
+/* The VM's logs belong to its own user (0600), or to root. QEMU never
+ * opens them (cprd writes the console, QEMU's stderr is an fd it is given),
+ * and the state folder above them is root's 0700 in any case. */
+static void vm_log_owner(struct vm *vm, int fd) {
+	if (fchown(fd, vm->uid, (gid_t)vm->uid) < 0 || fchmod(fd, 0600) < 0)
+		log_vm_errno(LOG_WARNING, errno, vm->name, "cannot give a log to uid %u: %m",
+			     (unsigned)vm->uid);
+}
 
 static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 	if (vm->console_log_fd < 0)
@@ -103,6 +141,7 @@ static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 		vm->console_log_size = 0;
 		if (vm->console_log_fd < 0)
 			return;
+		vm_log_owner(vm, vm->console_log_fd);
 	}
 	ssize_t n = write(vm->console_log_fd, buf, len);
 	if (n > 0)
@@ -151,6 +190,9 @@ static int vm_open_logs(struct vm *vm) {
 		if (vm->qemu_log_fd < 0)
 			return -errno;
 	}
+	/* Each time: the VM's uid may have been given since they were opened. */
+	vm_log_owner(vm, vm->console_log_fd);
+	vm_log_owner(vm, vm->qemu_log_fd);
 	return 0;
 }
 
@@ -303,6 +345,14 @@ static void vm_close_custody(struct vm *vm) {
 		vm->held[i] = safe_close(vm->held[i]);
 }
 
+/* What earlier starts gave to the VM's user goes back (vm.json says). */
+static void vm_return_disks(struct vm *vm) {
+	if (vm->disk_grants.n == 0)
+		return;
+	disk_grants_return(&vm->disk_grants, vm->name);
+	vm_save(vm);
+}
+
 void vm_release_custody(struct vm *vm) {
 	if (vm->held[CUSTODY_RAM] >= 0)
 		log_vm(LOG_INFO, vm->name, "releasing guest RAM memfd");
@@ -316,6 +366,7 @@ void vm_release_custody(struct vm *vm) {
 		/* Take what QEMU wrote last before letting go of the console. */
 		on_console(vm->held[CUSTODY_CONSOLE], EV_READ, vm);
 	vm_close_custody(vm);
+	vm_return_disks(vm);
 }
 
 /* Chosen when the guest starts; every later QEMU of this boot uses the
@@ -327,8 +378,8 @@ static const char *vm_accel(struct vm *vm) {
 		return vm->accel = "kvm";
 	if (streq(vm->spec->accel, "tcg"))
 		return vm->accel = "tcg";
-	/* As QEMU's user: with --qemu-user, root's access proves nothing. */
-	return vm->accel = qemu_may_open_rw("/dev/kvm") ? "kvm" : "tcg";
+	/* As QEMU's user: with --qemu-user(s), root's access proves nothing. */
+	return vm->accel = qemu_may_open_rw(vm_qemu_user(vm), "/dev/kvm") ? "kvm" : "tcg";
 }
 
 /* ---- QEMU processes ------------------------------------------------------ */
@@ -480,6 +531,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		.n_fds = n_fds,
 		.log_fd = vm->qemu_log_fd,
 		.exec_error_fd = -1,
+		.user = vm_qemu_user(vm),
 	};
 	r = qemu_spawn(vm->host->base, &so, vm->name, vm_qemu_on_exit, q, &q->proc);
 	if (r < 0) {
@@ -694,8 +746,9 @@ int vm_runtime_dir_make(struct vm *vm, char **ret) {
 	if (r < 0)
 		return r;
 	/* QEMU binds its recovery monitor and an upgrade's incoming sockets
-	 * here: with --qemu-user the folder is that user's. */
-	if ((r = qemu_user_chown(p)) < 0)
+	 * here: the folder is the user's that QEMU runs as (the VM's own with
+	 * --qemu-users, --qemu-user's, or root). */
+	if ((r = qemu_chown(vm_qemu_user(vm), p)) < 0)
 		return r;
 	if (chmod(p, 0700) < 0)
 		return -errno;
@@ -792,6 +845,16 @@ static void vm_qemu_reconnect(struct vm_qemu *q) {
 		safe_close(fd);
 		return;
 	}
+	/* The folder, and so the path in qemu.json, is QEMU's user's: talk
+	 * only to a socket that this very QEMU listens on. */
+	struct ucred peer;
+	socklen_t len = sizeof(peer);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) < 0 || peer.pid != vm_qemu_pid(q)) {
+		log_vm(LOG_WARNING, vm->name, "the recovery monitor %s is not QEMU pid %d's; not using it",
+		       q->qmp_path, (int)vm_qemu_pid(q));
+		safe_close(fd);
+		return;
+	}
 	q->qmp_fd = fd;
 	if (qmp_new(vm->host->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp) < 0) {
 		q->qmp_fd = -1;
@@ -821,6 +884,13 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 		return pidfd; /* -ESRCH: gone */
 	if (proc_starttime(pid, &now) < 0 || now != want)
 		return -ESRCH; /* the pid belongs to someone else now */
+	/* The record lies in a folder that the VM's own user may write: a
+	 * QEMU of the VM runs as that user, or it is not the VM's. */
+	uid_t uid;
+	if (vm->uid && (proc_uid(pid, &uid) < 0 || uid != vm->uid))
+		return log_vm_errno(LOG_WARNING, -EPERM, vm->name,
+				    "qemu.json names pid %d, which does not run as the VM's uid %u: "
+				    "not adopted", (int)pid, (unsigned)vm->uid);
 
 	struct vm_qemu *q = calloc(1, sizeof(*q));
 	if (!q)
@@ -1023,8 +1093,50 @@ void vm_watch_main(struct vm *vm) {
 		vm_qemu_set_callbacks(vm->qemu, &vm_main_callbacks, vm);
 }
 
+/* Before a fresh QEMU: the VM's own user gets its disks (each grant is in
+ * vm.json before the file changes, so whatever happens next, a cprd knows
+ * what to put back), then a child as QEMU's user opens each disk as QEMU
+ * will, so a disk it cannot reach fails the start with a sentence rather
+ * than in QEMU's log. */
+static int vm_give_disks(struct vm *vm, char *why, size_t size) {
+	char msg[512];
+	size_t failed = 0;
+	int r = 0;
+	vm_return_disks(vm);
+	if (vm->uid) {
+		r = disk_grants_plan(vm->spec->disks, vm->spec->n_disks, vm->uid, vm->host->qemu_users,
+				     &vm->disk_grants, &failed, msg, sizeof(msg));
+		if (r < 0) {
+			disk_grants_clear(&vm->disk_grants); /* nothing was changed */
+		} else if ((r = vm_save(vm)) < 0) {
+			snprintf(msg, sizeof(msg), "cannot record the grant in vm.json: %s", strerror(-r));
+			disk_grants_clear(&vm->disk_grants);
+		} else if ((r = disk_grants_apply(&vm->disk_grants, &failed, msg, sizeof(msg))) < 0) {
+			vm_return_disks(vm);
+		}
+		if (r < 0) {
+			snprintf(why, size, "disks[%zu]: %s", failed, msg);
+			return r;
+		}
+	}
+	r = disk_grants_check_open(vm_qemu_user(vm), vm->spec->disks, vm->spec->n_disks, &failed);
+	if (r < 0) {
+		const struct qemu_identity *id = vm_qemu_user(vm) ? vm_qemu_user(vm) : qemu_default_user();
+		const struct spec_disk *d = &vm->spec->disks[failed];
+		snprintf(why, size,
+			 "QEMU, as uid %u, cannot open disks[%zu] %s %s: %s; QEMU's user must be let "
+			 "in by the file's owner, mode or ACL, and every folder above it must be "
+			 "searchable (x) by that user (see docs/operations.md)",
+			 id ? (unsigned)id->uid : 0U, failed, d->path,
+			 d->readonly ? "read-only" : "read-write", strerror(-r));
+		vm_return_disks(vm);
+	}
+	return r;
+}
+
 /* The start ended before a QEMU ran: back to where the VM was. */
 static void vm_start_fail(struct vm *vm, const struct vm_outcome *o) {
+	vm_return_disks(vm);
 	vm_op_done(vm);
 	vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED, "start failed");
 	vm_done(vm, o);
@@ -1068,6 +1180,13 @@ static void vm_on_start_probe(struct probe *p, int error, struct probe_result *r
 		probe_result_free(result);
 		return;
 	}
+	char refusal[1024];
+	if (vm_give_disks(vm, refusal, sizeof(refusal)) < 0) {
+		probe_result_free(result);
+		log_vm(LOG_ERR, vm->name, "%s", refusal);
+		return vm_start_fail(vm, &(struct vm_outcome){
+			.error = VM_ERROR_FAILED, .state = vm->state, .reason = refusal});
+	}
 	int r = vm_qemu_spawn(vm, vm->spec->qemu, result, NULL, &vm_main_callbacks, vm, &vm->qemu);
 	probe_result_free(result);
 	if (r < 0) {
@@ -1108,7 +1227,8 @@ int vm_start(struct vm *vm, vm_done_fn done, void *userdata) {
 	evtimer_add(vm->op_timer, &tv);
 	char why[512];
 	_cleanup_close_ int bfd = binary_open(vm->spec->qemu, why, sizeof(why));
-	int r = bfd < 0 ? bfd : probe_run(vm->host->base, vm->spec->qemu, bfd, NULL, vm_on_start_probe, vm, NULL);
+	const struct probe_options po = {.user = vm_qemu_user(vm)};
+	int r = bfd < 0 ? bfd : probe_run(vm->host->base, vm->spec->qemu, bfd, &po, vm_on_start_probe, vm, NULL);
 	if (r < 0) {
 		if (bfd < 0)
 			log_vm(LOG_ERR, vm->name, "refusing to run %s: %s", vm->spec->qemu, why);
@@ -1177,6 +1297,7 @@ void vm_free(struct vm *vm) {
 	safe_close(vm->qemu_log_fd);
 	if (vm->op_timer)
 		event_free(vm->op_timer);
+	disk_grants_clear(&vm->disk_grants);
 	json_object_put(vm->last_exit);
 	json_object_put(vm->history);
 	json_object_put(vm->history_json);
@@ -1197,6 +1318,10 @@ int vm_save(struct vm *vm) {
 	json_object_object_add(o, "upgrades", json_object_get(vm->history));
 	if (vm->last_exit)
 		json_object_object_add(o, "lastExit", json_object_get(vm->last_exit));
+	if (vm->uid)
+		json_object_object_add(o, "uid", json_object_new_int64(vm->uid));
+	if (vm->disk_grants.n)
+		json_object_object_add(o, "diskGrants", disk_grants_to_json(&vm->disk_grants));
 	snprintf(path, sizeof(path), "%s/vm.json", vm->dir);
 	int r = write_json_atomic(path, o);
 	if (r < 0)
@@ -1233,6 +1358,18 @@ int vm_load(struct vm_host *host, const char *dir, struct vm **ret) {
 	}
 	if (json_object_object_get_ex(o, "lastExit", &v) && json_object_is_type(v, json_type_object))
 		vm->last_exit = json_object_get(v);
+	/* Its own user and what was given to it: a bad record is refused, so
+	 * nothing runs as a uid, or is chowned back, on a guess. */
+	char why[256];
+	int64_t uid = 0;
+	if ((r = json_field_int(o, "uid", false, 1, USERS_UID_MAX, &uid, why, sizeof(why))) < 0 ||
+	    (json_object_object_get_ex(o, "diskGrants", &v) &&
+	     (r = disk_grants_from_json(v, &vm->disk_grants, why, sizeof(why))) < 0)) {
+		vm_free(vm);
+		return log_error_errno(r, "%s: %s", path, r == -EBADMSG ? why : strerror(-r));
+	}
+	if (uid)
+		vm_set_uid(vm, (uid_t)uid);
 	vm->state = VM_STOPPED;
 	*ret = vm;
 	return 0;
@@ -1280,6 +1417,8 @@ struct json_object *vm_to_json(struct vm *vm) {
 		json_object_object_add(o, "pid", json_object_new_int(vm_qemu_pid(vm->qemu)));
 	}
 	json_object_object_add(o, "outdated", json_object_new_boolean(vm_outdated(vm)));
+	if (vm->uid)
+		json_object_object_add(o, "uid", json_object_new_int64(vm->uid));
 	if (vm->started_usec)
 		json_object_object_add(
 			o, "uptimeSec",

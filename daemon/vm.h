@@ -8,7 +8,9 @@
 #include <sys/types.h>
 
 #include "custody.h"
+#include "disk-grant.h"
 #include "migration.h"
+#include "qemu.h"
 
 struct event;
 struct event_base;
@@ -97,6 +99,8 @@ struct vm_qemu_callbacks {
 struct vm_host {
 	struct event_base *base;
 	const char *runtime_dir;
+	/* --qemu-users's range (users.h), or NULL: which uids are a VM's own. */
+	const struct users_range *qemu_users;
 	/* Tells WatchEvents subscribers and the log. */
 	void (*emit)(struct vm_host *h, struct vm *vm, const char *type, const char *message);
 	/* The guest wrote len bytes on its console, which end at offset in
@@ -124,6 +128,14 @@ struct vm {
 	uint64_t started_usec; /* realtime when the guest booted */
 	const char *accel;     /* the accelerator the guest runs with */
 
+	/* Its own user (cprd --qemu-users), kept in vm.json: the uid, and the
+	 * gid of the same number, that its QEMUs and probes run as; 0: none,
+	 * they run as qemu_default_user(). Changed only while no QEMU runs. */
+	uid_t uid;
+	struct qemu_identity user; /* uid's identity, when uid is set */
+	/* The disks given to uid while the VM runs, in vm.json too. */
+	struct disk_grants disk_grants;
+
 	struct json_object *last_exit; /* Exit, or NULL */
 	struct json_object *spec_json;    /* json_frozen(spec_to_json(spec)), cached */
 	struct json_object *history_json; /* json_frozen(history), cached */
@@ -147,6 +159,15 @@ int vm_save(struct vm *vm);
 int vm_load(struct vm_host *host, const char *dir, struct vm **ret);
 
 bool vm_is_active(const struct vm *vm); /* a QEMU runs or is being started */
+/* Whom the VM's QEMUs and the probes of its binaries run as: its own user,
+ * or NULL for qemu_default_user() (--qemu-user's, or root). */
+const struct qemu_identity *vm_qemu_user(const struct vm *vm);
+/* Gives the VM its own uid (0: none). Only while no QEMU of it runs;
+ * the caller saves. */
+void vm_set_uid(struct vm *vm, uid_t uid);
+/* Whether QEMU pid runs as the user vm_qemu_user() names; else why says
+ * whom it runs as. */
+bool vm_qemu_user_is(const struct vm *vm, pid_t pid, char *why, size_t size);
 /* The state clients see: vm_state_to_string(), or "upgrading". */
 const char *vm_state_name(const struct vm *vm);
 void vm_set_state(struct vm *vm, enum vm_state s, const char *why);

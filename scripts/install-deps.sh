@@ -34,7 +34,7 @@ SRC
 fi
 
 BUILD_PKGS=(build-essential cmake pkg-config binutils
-	libevent-dev libjson-c-dev libsystemd-dev check linux-libc-dev)
+	libevent-dev libjson-c-dev libsystemd-dev libacl1-dev check linux-libc-dev)
 TEST_PKGS=(varlink-go python3 socat procps iproute2 valgrind clang libclang-rt-14-dev
 	systemd-container debootstrap dosfstools mtools syslinux syslinux-common cpio lz4)
 

@@ -1011,7 +1011,8 @@ class QemuUser(UpgradeCase):
         self.assert_guest_went_on("u6", b)
 
     def test_disk_nobody_cannot_read(self):
-        """QEMU's own refusal reaches the caller, and the VM stays stopped."""
+        """The refusal reaches the caller (cprd tries the open as nobody
+        before QEMU runs), and the VM stays stopped."""
         private = os.path.join(self.tmp, "private")
         os.mkdir(private, 0o700)
         disk = os.path.join(private, "guest.img")

@@ -9,7 +9,9 @@
 #   custody         the held fds, and taking them back from a process
 #   tap             tap names, MACs; as root, taps in a network namespace
 #   vfio            a host PCI device's checks, against a fake sysfs tree
-foreach(name spec util cmdline mode qemu_record upgrade_journal custody tap vfio)
+#   users           --qemu-users: the range, the account files, the uid picked
+#   disk_grant      disks given to a VM's user: records; as root, real files
+foreach(name spec util cmdline mode qemu_record upgrade_journal custody tap vfio users disk_grant)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

@@ -132,9 +132,12 @@ static void arm(struct event *ev, int ms);
 
 /* A test hook, read from the environment before each phase: with
  * CPRD_TEST_HOLD_PHASE=transfer and CPRD_TEST_HOLD_MS=3000, cprd waits 3 s
- * before starting that phase (spawn-target, transfer, retire or commit), so
- * the fault tests can kill a process in a known phase. Unset in
- * production; it only ever delays. */
+ * before starting that phase (spawn-target, transfer, retire), so the fault
+ * tests can kill a process in a known phase; "resume" holds after migrate
+ * was sent, before cprd first asks how the transfer goes (a QEMU that
+ * executes in place carries on by itself meanwhile). A comma-separated
+ * list holds before each phase named. Unset in production; it only ever
+ * delays. */
 struct hold {
 	struct upgrade *u;
 	void (*fn)(struct upgrade *u);
@@ -152,10 +155,21 @@ static void on_hold(evutil_socket_t fd, short what, void *userdata) {
 		fn(u);
 }
 
+static bool hold_wanted(const char *list, const char *phase) {
+	size_t n = strlen(phase);
+	while (list && *list) {
+		size_t len = strcspn(list, ",");
+		if (len == n && strncmp(list, phase, n) == 0)
+			return true;
+		list += len + (list[len] == ',');
+	}
+	return false;
+}
+
 static void upgrade_next(struct upgrade *u, const char *phase, void (*fn)(struct upgrade *u)) {
 	const char *want = getenv("CPRD_TEST_HOLD_PHASE");
 	const char *ms = getenv("CPRD_TEST_HOLD_MS");
-	if (!want || !streq(want, phase) || u->held)
+	if (!hold_wanted(want, phase) || u->held)
 		return fn(u);
 	struct hold *h = calloc(1, sizeof(*h));
 	if (!h)
@@ -842,16 +856,22 @@ static void target_exited(struct vm_qemu *q, const char *how, int status, int si
 		     phase_names[u->phase], said[0] ? said : "it wrote nothing on stderr");
 }
 
+static void upgrade_poll_transfer(struct upgrade *u) {
+	arm(u->poll_timer, UPGRADE_POLL_MS);
+}
+
 static void on_migrate_sent(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
 			    void *userdata) {
 	struct upgrade *u = userdata;
 	if (u->phase != PHASE_TRANSFER)
 		return;
+	if (err && err->error == -ERESTART)
+		return; /* the process executed the new binary: old_ready goes on */
 	if (err) {
 		upgrade_fail(u, "migrate on the old QEMU failed: %s", err->desc);
 		return;
 	}
-	arm(u->poll_timer, UPGRADE_POLL_MS);
+	upgrade_next(u, "resume", upgrade_poll_transfer);
 }
 
 static void upgrade_send_migrate(struct upgrade *u) {

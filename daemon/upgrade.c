@@ -40,8 +40,6 @@
 /* The incoming sockets the target binds in the upgrade's private folder. */
 #define UPGRADE_MAIN_SOCK "main.sock"
 #define UPGRADE_CPR_SOCK "cpr.sock"
-/* The device state file of a mode that spawns nothing (cpr-exec). */
-#define UPGRADE_STATE_FILE "vm.state"
 
 enum upgrade_phase {
 	PHASE_PREFLIGHT,
@@ -373,6 +371,13 @@ static void upgrade_record(struct upgrade *u, const char *outcome) {
 void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
 			    const char *reason) {
 	const char *to_version = json_object_get_string(json_object_object_get(j->target, "version"));
+	int from_pid = json_object_get_int(json_object_object_get(j->old, "pid"));
+	int to_pid = json_object_get_int(json_object_object_get(j->target, "pid"));
+	const struct mode_ops *mode = mode_find(j->mode);
+	/* In place there is one process; past the point of no return the
+	 * journal keeps only its new record. */
+	if (!from_pid && mode && mode->in_place)
+		from_pid = to_pid;
 	struct account a = {
 		.time = j->time,
 		.outcome = outcome,
@@ -381,8 +386,8 @@ void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, cons
 		.to_binary = j->binary,
 		.from_version = j->from_version,
 		.to_version = to_version ? to_version : "",
-		.from_pid = json_object_get_int(json_object_object_get(j->old, "pid")),
-		.to_pid = json_object_get_int(json_object_object_get(j->target, "pid")),
+		.from_pid = from_pid,
+		.to_pid = to_pid,
 		.pause_ms = -1,
 		.total_ms = 0,
 		.failed_phase = streq(outcome, "committed") ? NULL : j->phase,
@@ -406,6 +411,10 @@ static void upgrade_journal(struct upgrade *u) {
 	struct vm_qemu *target = u->target ? u->target : (u->target_resumed ? u->vm->qemu : NULL);
 	_cleanup_json_ struct json_object *old_rec = u->old ? vm_qemu_record(u->old) : NULL;
 	_cleanup_json_ struct json_object *target_rec = target ? vm_qemu_record(target) : NULL;
+	/* In place, the target is the same process once it executed the new
+	 * binary: a restarted cprd that finds it so records what it runs. */
+	if (!target_rec && u->ops && u->ops->in_place && u->old && u->probe)
+		target_rec = vm_qemu_exec_record(u->old, u->binary, u->probe);
 	const struct upgrade_journal j = {
 		.time = ts,
 		.phase = (char *)phase_names[u->phase],
@@ -629,17 +638,19 @@ static void on_total_timeout(evutil_socket_t fd, short what, void *userdata) {
 
 /* ---- retire and commit --------------------------------------------------- */
 
-static void upgrade_commit(struct upgrade *u) {
-	/* The VM now belongs to this binary: a later start or a plain upgrade
-	 * uses it. */
-	if (!streq(u->vm->spec->qemu, u->binary)) {
-		char *b = strdup(u->binary);
-		if (b) {
-			free(u->vm->spec->qemu);
-			u->vm->spec->qemu = b;
-			vm_save(u->vm);
-		}
+void upgrade_commit_binary(struct vm *vm, const char *binary) {
+	if (!binary || streq(vm->spec->qemu, binary))
+		return;
+	char *b = strdup(binary);
+	if (b) {
+		free(vm->spec->qemu);
+		vm->spec->qemu = b;
+		vm_save(vm);
 	}
+}
+
+static void upgrade_commit(struct upgrade *u) {
+	upgrade_commit_binary(u->vm, u->binary);
 	upgrade_enter(u, PHASE_COMMIT, "guest runs on QEMU %u.%u.%u pid %d", u->probe->major,
 		      u->probe->minor, u->probe->micro, (int)u->target_pid);
 	u->phase = PHASE_DONE;

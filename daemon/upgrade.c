@@ -535,9 +535,39 @@ static void upgrade_on_rollback(struct migration_rollback *r, int error, const c
 	upgrade_finish(u);
 }
 
+/* In place, whether the process executed the new binary: it greeted
+ * from it, or its command line is the one cprd gave for the exec. */
+static bool upgrade_exec_happened(struct upgrade *u) {
+	if (!u->ops || !u->ops->in_place || !u->old || !u->migrate_sent)
+		return false;
+	if (u->exec_seen)
+		return true;
+	_cleanup_free_ char *arg = NULL;
+	return u->main_path && asprintf(&arg, "file:%s", u->main_path) >= 0 &&
+	       proc_cmdline_has(u->old_pid, "-incoming", arg) > 0;
+}
+
+/* In place, past the exec, before the new binary ran the guest (it hangs,
+ * or starts too slowly for the deadline): no old binary is left to go
+ * back to, and a process that does not run the guest is no QEMU of the
+ * VM's. Its exit ends the upgrade as failed (old_exited). */
+static void upgrade_exec_abandon(struct upgrade *u) {
+	char *why = NULL;
+	if (asprintf(&why, "%s; QEMU pid %d had executed %s, which did not run the guest, and was killed",
+		     u->reason ? u->reason : "failed", (int)u->old_pid, u->binary) >= 0) {
+		free(u->reason);
+		u->reason = why;
+	}
+	upgrade_enter(u, PHASE_ROLLBACK, "%s", u->reason ? u->reason : "failed");
+	vm_qemu_kill(u->old, SIGKILL);
+	arm(u->phase_timer, UPGRADE_EXIT_WAIT_MS);
+}
+
 /* Puts the guest back on the old QEMU as it was. */
 static void upgrade_rollback(struct upgrade *u) {
 	struct vm *vm = u->vm;
+	if (upgrade_exec_happened(u))
+		return upgrade_exec_abandon(u);
 	upgrade_enter(u, PHASE_ROLLBACK, "%s; keeping the guest on QEMU %s (pid %d)",
 		      u->reason ? u->reason : "failed", u->from_version, (int)u->old_pid);
 	if (u->target) {

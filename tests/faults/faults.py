@@ -799,6 +799,19 @@ def exec_kill_during(r):
     return r.verify("failed", None, state="crashed")
 
 
+@case("cpr-exec: the new binary hangs after the exec (stopped before it runs QEMU; --timeout 5)",
+      "failed: no old binary is left; the hung process is killed, VM crashed, RAM held", qemu=T.QEMU111)
+def exec_hang_timeout(r):
+    r.create_and_start()
+    w = T.write_wrapper(os.path.join(r.tmp, "qemu-hang"), "hang", real=T.QEMU111)
+    r.upgrade_bg("--timeout", 5, mode="cpr-exec", qemu=w)
+    rc, doc, err = r.upgrade_result()
+    check(rc != 0 and doc and doc.get("outcome") == "failed" and "killed" in doc.get("reason", ""),
+          "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    T.wait_until(lambda: not T.pid_alive(r.old_pid), 10, what="the hung process %d to be killed" % r.old_pid)
+    return r.verify("failed", None, state="crashed")
+
+
 # cprd killed during a cpr-exec (11.1 -> 11.1): the process carries on without it --------------
 
 @case("cpr-exec: cprd kill -9 before migrate; restart",

@@ -2,10 +2,12 @@
  * store, finds each VM's QEMU again by pid (checked against its start time,
  * so a reused pid is never mistaken for it), reconnects QMP, and settles an
  * upgrade that was in flight when the previous cprd died: committed if the
- * new QEMU already has the guest, rolled back otherwise. */
+ * new QEMU (or, in place, the new binary) already has the guest, rolled back
+ * otherwise. */
 #include "attach.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <json-c/json.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,12 +27,25 @@
 #include "vm.h"
 
 #define ATTACH_QMP_TIMEOUT_MS 5000
+/* A QEMU that was executing a new binary in place (cpr-exec) when cprd
+ * died: how long cprd waits for it to answer from one binary or the other,
+ * and how often it looks. */
+#define ATTACH_EXEC_TIMEOUT_MS 30000
+#define ATTACH_EXEC_POLL_MS 50
 
 /* An upgrade found half-done, being settled. */
 struct settle {
 	struct vm *vm;
 	struct upgrade_journal journal;
 	struct vm_qemu *old, *target;
+	/* A mode that executes in place (mode_ops.in_place): old is the one
+	 * process, watched until it runs the guest on one binary or the other. */
+	bool in_place;
+	char *exec_arg;     /* the -incoming argument the new binary got */
+	struct event *timer;
+	uint64_t deadline;  /* CLOCK_MONOTONIC, usec */
+	bool asking;        /* a QMP question to it is out */
+	char killed_why[768]; /* it was killed for this; its exit ends the settlement */
 };
 
 static struct json_object *read_json(const char *path) {
@@ -64,24 +79,44 @@ static void settle_free(struct settle *s) {
 	if (path)
 		unlink(path);
 	upgrade_dir_remove(s->journal.dir);
+	if (s->timer)
+		event_free(s->timer);
+	/* No reply may reach s once it is gone. */
+	struct vm_qemu *qs[] = {s->old, s->vm->qemu};
+	for (size_t i = 0; i < ELEMENTSOF(qs); i++)
+		if (qs[i] && vm_qemu_qmp(qs[i]))
+			qmp_cancel(vm_qemu_qmp(qs[i]), s);
 	vm_qemu_free(s->old);
 	vm_qemu_free(s->target);
 	upgrade_journal_done(&s->journal);
+	free(s->exec_arg);
 	s->vm->operation = VM_OP_NONE;
 	free(s);
 }
 
-/* The target has the guest: it becomes the VM's QEMU, the old one goes. */
+/* The new binary has the guest: its QEMU becomes the VM's, the old one
+ * goes. In place, the one process is the VM's, now running the binary the
+ * journal describes. */
 static void settle_commit(struct settle *s, const char *why) {
 	struct vm *vm = s->vm;
 	log_vm(LOG_NOTICE, vm->name, "upgrade interrupted by a cprd restart is committed: %s", why);
-	vm_adopt_qemu(vm, TAKE_PTR(s->target));
+	if (s->in_place) {
+		struct vm_qemu *q = TAKE_PTR(s->old);
+		qmp_expect_restart(vm_qemu_qmp(q), false);
+		vm_adopt_qemu(vm, q);
+		int r = s->journal.target ? vm_qemu_exec_done_record(q, s->journal.target) : -ENODATA;
+		if (r < 0)
+			log_vm_errno(LOG_WARNING, r, vm->name,
+				     "cannot record which binary QEMU pid %d runs now: %m", (int)vm_qemu_pid(q));
+	} else
+		vm_adopt_qemu(vm, TAKE_PTR(s->target));
 	vm_watch_main(vm);
 	if (s->old) {
 		if (vm_qemu_qmp(s->old))
 			qmp_command(vm_qemu_qmp(s->old), "quit", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 		vm_qemu_kill(s->old, SIGTERM);
 	}
+	upgrade_commit_binary(vm, s->journal.binary);
 	upgrade_record_settled(vm, &s->journal, "committed", why);
 	qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 	settle_free(s);
@@ -102,6 +137,8 @@ static void settle_rollback(struct settle *s, const char *why) {
 		vm_qemu_kill(s->target, SIGKILL);
 	vm_unstore_fd(vm, "qmp-target");
 	if (s->old) {
+		/* In place: the old binary answers on; no new one will greet. */
+		qmp_expect_restart(vm_qemu_qmp(s->old), false);
 		vm_adopt_qemu(vm, TAKE_PTR(s->old));
 		vm_watch_main(vm);
 		/* The same rollback as an upgrade's; whether migrate was sent is
@@ -133,6 +170,181 @@ static void settle_on_old_status(struct qmp *qmp, struct json_object *ret, const
 	settle_rollback(s, "cprd restarted before the new QEMU took over");
 }
 
+/* ---- in place (cpr-exec): one process, two binaries ----------------------
+ *
+ * The old QEMU was told to execute the new binary once its device state is
+ * in the file; that goes on without cprd. The process may still run the
+ * old binary (migrating, or back on it after a failed exec, which QEMU
+ * reports as a failed migration and resumes the guest itself), run the new
+ * one (still loading the state, inmigrate, or running the guest), or be
+ * gone. Its command line tells the binaries apart: the new one was given
+ * -incoming file:DIR/vm.state, with this upgrade's own private folder. Its
+ * QMP channel may have to be made again: the process greets anew on the
+ * socketpair, and the recovery monitor is bound anew by the new binary. */
+
+static void exec_step(struct settle *s);
+
+static void exec_arm(struct settle *s) {
+	struct timeval tv = {0, ATTACH_EXEC_POLL_MS * 1000};
+	evtimer_add(s->timer, &tv);
+}
+
+static void exec_on_timer(evutil_socket_t fd, short what, void *userdata) {
+	exec_step(userdata);
+}
+
+static void exec_on_ready(struct vm_qemu *q, void *userdata) {
+	exec_step(userdata);
+}
+
+/* The process ended before it was settled: nothing runs the guest. */
+static void exec_on_exit(struct vm_qemu *q, const char *how, int status, int sig, void *userdata) {
+	struct settle *s = userdata;
+	struct vm *vm = s->vm;
+	char why[768];
+	if (s->killed_why[0])
+		snprintf(why, sizeof(why), "%s", s->killed_why);
+	else if (streq(how, "exited"))
+		snprintf(why, sizeof(why), "QEMU pid %d exited with status %d before it ran the guest again",
+			 (int)vm_qemu_pid(q), status);
+	else
+		snprintf(why, sizeof(why), "QEMU pid %d ended (%s%s%s) before it ran the guest again",
+			 (int)vm_qemu_pid(q), how, sig ? " by " : "", sig ? signal_name(sig) : "");
+	log_vm(LOG_WARNING, vm->name, "upgrade interrupted by a cprd restart failed: %s", why);
+	vm_record_exit(vm, q, how, status, sig, false);
+	vm_qemu_free(TAKE_PTR(s->old));
+	vm_save_runtime(vm); /* no QEMU: qemu.json goes */
+	vm_set_state(vm, VM_CRASHED, why);
+	upgrade_record_settled(vm, &s->journal, "failed", why);
+	settle_free(s);
+}
+
+static const struct vm_qemu_callbacks exec_callbacks = {
+	.ready = exec_on_ready,
+	.exited = exec_on_exit,
+};
+
+/* The old binary answers: it is migrating (the exec follows), or the exec
+ * failed and QEMU resumed the guest on it. */
+static void exec_on_migrate(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			    void *userdata) {
+	struct settle *s = userdata;
+	s->asking = false;
+	if (err)
+		return exec_arm(s); /* it executed meanwhile (-ERESTART, or the channel closed) */
+	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	char why[768];
+	if (streq_ptr(status, "failed") || streq_ptr(status, "cancelled")) {
+		const char *desc = json_object_get_string(json_object_object_get(ret, "error-desc"));
+		snprintf(why, sizeof(why), "QEMU pid %d kept the guest on %s: migration %s: %s",
+			 (int)vm_qemu_pid(s->old), s->journal.from_binary, status,
+			 desc ? desc : "no reason given");
+		return settle_rollback(s, why);
+	}
+	if (!status || streq(status, "none"))
+		return settle_rollback(s, "cprd restarted before migrate reached QEMU");
+	exec_arm(s);
+}
+
+/* The new binary answers: still loading the guest (inmigrate), or running it. */
+static void exec_on_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			   void *userdata) {
+	struct settle *s = userdata;
+	s->asking = false;
+	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
+	if (!status || streq(status, "inmigrate"))
+		return exec_arm(s);
+	/* As an upgrade's verify: the guest runs on if it ran before. */
+	if (s->journal.was_running && !streq(status, "running"))
+		qmp_command(qmp, "cont", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+	char why[768];
+	snprintf(why, sizeof(why), "QEMU pid %d executed %s and has the guest (%s)",
+		 (int)vm_qemu_pid(s->old), s->journal.binary, status);
+	settle_commit(s, why);
+}
+
+/* Past the deadline: the process neither ran the guest on the new binary
+ * nor answered on the old one. */
+static void exec_give_up(struct settle *s, bool executed) {
+	char why[768];
+	if (!executed) {
+		snprintf(why, sizeof(why), "QEMU pid %d did not answer within %d s on %s",
+			 (int)vm_qemu_pid(s->old), ATTACH_EXEC_TIMEOUT_MS / 1000, s->journal.from_binary);
+		return settle_rollback(s, why);
+	}
+	/* No old binary is left to go back to, and the new one does not run
+	 * the guest: as an upgrade's target that hangs, it goes. */
+	snprintf(s->killed_why, sizeof(s->killed_why),
+		 "QEMU pid %d executed %s but did not run the guest within %d s; killed",
+		 (int)vm_qemu_pid(s->old), s->journal.binary, ATTACH_EXEC_TIMEOUT_MS / 1000);
+	log_vm(LOG_WARNING, s->vm->name, "%s", s->killed_why);
+	vm_qemu_kill(s->old, SIGKILL); /* its exit ends the settlement */
+}
+
+/* Looks at the process again: which binary runs, and what it says. */
+static void exec_step(struct settle *s) {
+	if (s->asking || s->killed_why[0])
+		return;
+	int executed = s->exec_arg ? proc_cmdline_has(vm_qemu_pid(s->old), "-incoming", s->exec_arg) : 0;
+	if (now_usec(CLOCK_MONOTONIC) >= s->deadline)
+		return exec_give_up(s, executed > 0);
+	if (executed < 0)
+		return exec_arm(s); /* gone: its pidfd says so */
+	struct qmp *qmp = vm_qemu_qmp(s->old);
+	if (!qmp || qmp_get_error(qmp) < 0) {
+		/* None, or the one to the old binary closed at the exec: the new
+		 * binary binds the recovery monitor anew (not at once). */
+		if (vm_qemu_reconnect_qmp(s->old) == 0)
+			qmp_expect_restart(vm_qemu_qmp(s->old), true);
+		return exec_arm(s);
+	}
+	if (!qmp_is_ready(qmp))
+		return exec_arm(s); /* the handshake goes on; ready looks again */
+	bool migrate_sent = !streq(s->journal.phase, "preflight") && !streq(s->journal.phase, "spawn-target");
+	if (!executed && !migrate_sent)
+		return settle_rollback(s, "cprd restarted before migrate was sent");
+	int r = executed ? qmp_command(qmp, "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, exec_on_status, s)
+			 : qmp_command(qmp, "query-migrate", NULL, ATTACH_QMP_TIMEOUT_MS, exec_on_migrate, s);
+	s->asking = r >= 0;
+	if (r < 0)
+		exec_arm(s);
+}
+
+static void settle_in_place(struct settle *s) {
+	struct vm *vm = s->vm;
+	s->in_place = true;
+	if (!s->old) {
+		/* Past the point of no return the upgrade had committed: the new
+		 * binary ran the guest, and its process ended since. */
+		const char *outcome = s->journal.resumed ? "committed" : "failed";
+		log_vm(LOG_WARNING, vm->name, "upgrade interrupted by a cprd restart is %s: its QEMU ended "
+		       "while cprd was down", outcome);
+		vm_set_state(vm, VM_CRASHED, "its QEMU ended while cprd was down");
+		vm_record_exit(vm, NULL, "unknown", 0, 0, false);
+		vm_save_runtime(vm);
+		upgrade_record_settled(vm, &s->journal, outcome, "its QEMU ended while cprd was down");
+		return settle_free(s);
+	}
+	if (s->journal.dir && asprintf(&s->exec_arg, "file:%s/" UPGRADE_STATE_FILE, s->journal.dir) < 0)
+		s->exec_arg = NULL;
+	s->timer = evtimer_new(vm->host->base, exec_on_timer, s);
+	if (!s->timer)
+		return settle_rollback(s, "out of memory");
+	s->deadline = now_usec(CLOCK_MONOTONIC) + ATTACH_EXEC_TIMEOUT_MS * 1000ULL;
+	vm_qemu_set_callbacks(s->old, &exec_callbacks, s);
+	struct qmp *qmp = vm_qemu_qmp(s->old);
+	if (qmp) {
+		qmp_expect_restart(qmp, true);
+		/* The cprd before may have died between the new binary's greeting
+		 * and its qmp_capabilities: a negotiated monitor refuses this one
+		 * harmlessly, a new one needs it. */
+		qmp_command(qmp, "qmp_capabilities", NULL, ATTACH_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+	}
+	log_vm(LOG_NOTICE, vm->name, "settling an upgrade in place (%s): is QEMU pid %d on %s or on %s?",
+	       s->journal.mode, (int)vm_qemu_pid(s->old), s->journal.from_binary, s->journal.binary);
+	exec_step(s);
+}
+
 /* Settles the upgrade journal tells of; takes journal. */
 static void settle_upgrade(struct vm *vm, struct upgrade_journal *journal, struct vm_qemu *old,
 			   int target_qmp_fd) {
@@ -147,6 +359,11 @@ static void settle_upgrade(struct vm *vm, struct upgrade_journal *journal, struc
 	s->old = old;
 	vm->operation = VM_OP_UPGRADE;
 
+	const struct mode_ops *mode = mode_find(s->journal.mode);
+	if (mode && mode->in_place) {
+		safe_close(target_qmp_fd);
+		return settle_in_place(s);
+	}
 	struct json_object *trec = s->journal.target;
 	if (trec && vm_qemu_attach(vm, trec, target_qmp_fd, NULL, NULL, &s->target) < 0)
 		s->target = NULL;
@@ -220,10 +437,14 @@ static void attach_running(struct vm *vm, struct vm_qemu *q) {
 static void finish_committed(struct vm *vm, struct upgrade_journal *journal, struct vm_qemu *q) {
 	attach_running(vm, q);
 	struct vm_qemu *old = NULL;
-	if (journal->old && vm_qemu_attach(vm, journal->old, -1, NULL, NULL, &old) == 0) {
+	const struct mode_ops *mode = mode_find(journal->mode);
+	/* In place, the old QEMU's record names q's own process. */
+	if (!(mode && mode->in_place) && journal->old &&
+	    vm_qemu_attach(vm, journal->old, -1, NULL, NULL, &old) == 0) {
 		vm_qemu_kill(old, SIGTERM);
 		vm_qemu_free(old);
 	}
+	upgrade_commit_binary(vm, journal->binary);
 	upgrade_record_settled(vm, journal, "committed", "finished after cprd restarted");
 	upgrade_dir_remove(journal->dir);
 	_cleanup_free_ char *path = vm_runtime_file(vm, "upgrade.json");

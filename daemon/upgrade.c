@@ -40,8 +40,6 @@
 /* The incoming sockets the target binds in the upgrade's private folder. */
 #define UPGRADE_MAIN_SOCK "main.sock"
 #define UPGRADE_CPR_SOCK "cpr.sock"
-/* The device state file of a mode that spawns nothing (cpr-exec). */
-#define UPGRADE_STATE_FILE "vm.state"
 
 enum upgrade_phase {
 	PHASE_PREFLIGHT,
@@ -133,9 +131,12 @@ static void arm(struct event *ev, int ms);
 
 /* A test hook, read from the environment before each phase: with
  * CPRD_TEST_HOLD_PHASE=transfer and CPRD_TEST_HOLD_MS=3000, cprd waits 3 s
- * before starting that phase (spawn-target, transfer, retire or commit), so
- * the fault tests can kill a process in a known phase. Unset in
- * production; it only ever delays. */
+ * before starting that phase (spawn-target, transfer, retire), so the fault
+ * tests can kill a process in a known phase; "resume" holds after migrate
+ * was sent, before cprd first asks how the transfer goes (a QEMU that
+ * executes in place carries on by itself meanwhile). A comma-separated
+ * list holds before each phase named. Unset in production; it only ever
+ * delays. */
 struct hold {
 	struct upgrade *u;
 	void (*fn)(struct upgrade *u);
@@ -153,10 +154,21 @@ static void on_hold(evutil_socket_t fd, short what, void *userdata) {
 		fn(u);
 }
 
+static bool hold_wanted(const char *list, const char *phase) {
+	size_t n = strlen(phase);
+	while (list && *list) {
+		size_t len = strcspn(list, ",");
+		if (len == n && strncmp(list, phase, n) == 0)
+			return true;
+		list += len + (list[len] == ',');
+	}
+	return false;
+}
+
 static void upgrade_next(struct upgrade *u, const char *phase, void (*fn)(struct upgrade *u)) {
 	const char *want = getenv("CPRD_TEST_HOLD_PHASE");
 	const char *ms = getenv("CPRD_TEST_HOLD_MS");
-	if (!want || !streq(want, phase) || u->held)
+	if (!hold_wanted(want, phase) || u->held)
 		return fn(u);
 	struct hold *h = calloc(1, sizeof(*h));
 	if (!h)
@@ -360,6 +372,13 @@ static void upgrade_record(struct upgrade *u, const char *outcome) {
 void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
 			    const char *reason) {
 	const char *to_version = json_object_get_string(json_object_object_get(j->target, "version"));
+	int from_pid = json_object_get_int(json_object_object_get(j->old, "pid"));
+	int to_pid = json_object_get_int(json_object_object_get(j->target, "pid"));
+	const struct mode_ops *mode = mode_find(j->mode);
+	/* In place there is one process; past the point of no return the
+	 * journal keeps only its new record. */
+	if (!from_pid && mode && mode->in_place)
+		from_pid = to_pid;
 	struct account a = {
 		.time = j->time,
 		.outcome = outcome,
@@ -368,8 +387,8 @@ void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, cons
 		.to_binary = j->binary,
 		.from_version = j->from_version,
 		.to_version = to_version ? to_version : "",
-		.from_pid = json_object_get_int(json_object_object_get(j->old, "pid")),
-		.to_pid = json_object_get_int(json_object_object_get(j->target, "pid")),
+		.from_pid = from_pid,
+		.to_pid = to_pid,
 		.pause_ms = -1,
 		.total_ms = 0,
 		.failed_phase = streq(outcome, "committed") ? NULL : j->phase,
@@ -393,6 +412,10 @@ static void upgrade_journal(struct upgrade *u) {
 	struct vm_qemu *target = u->target ? u->target : (u->target_resumed ? u->vm->qemu : NULL);
 	_cleanup_json_ struct json_object *old_rec = u->old ? vm_qemu_record(u->old) : NULL;
 	_cleanup_json_ struct json_object *target_rec = target ? vm_qemu_record(target) : NULL;
+	/* In place, the target is the same process once it executed the new
+	 * binary: a restarted cprd that finds it so records what it runs. */
+	if (!target_rec && u->ops && u->ops->in_place && u->old && u->probe)
+		target_rec = vm_qemu_exec_record(u->old, u->binary, u->probe);
 	const struct upgrade_journal j = {
 		.time = ts,
 		.phase = (char *)phase_names[u->phase],
@@ -513,9 +536,39 @@ static void upgrade_on_rollback(struct migration_rollback *r, int error, const c
 	upgrade_finish(u);
 }
 
+/* In place, whether the process executed the new binary: it greeted
+ * from it, or its command line is the one cprd gave for the exec. */
+static bool upgrade_exec_happened(struct upgrade *u) {
+	if (!u->ops || !u->ops->in_place || !u->old || !u->migrate_sent)
+		return false;
+	if (u->exec_seen)
+		return true;
+	_cleanup_free_ char *arg = NULL;
+	return u->main_path && asprintf(&arg, "file:%s", u->main_path) >= 0 &&
+	       proc_cmdline_has(u->old_pid, "-incoming", arg) > 0;
+}
+
+/* In place, past the exec, before the new binary ran the guest (it hangs,
+ * or starts too slowly for the deadline): no old binary is left to go
+ * back to, and a process that does not run the guest is no QEMU of the
+ * VM's. Its exit ends the upgrade as failed (old_exited). */
+static void upgrade_exec_abandon(struct upgrade *u) {
+	char *why = NULL;
+	if (asprintf(&why, "%s; QEMU pid %d had executed %s, which did not run the guest, and was killed",
+		     u->reason ? u->reason : "failed", (int)u->old_pid, u->binary) >= 0) {
+		free(u->reason);
+		u->reason = why;
+	}
+	upgrade_enter(u, PHASE_ROLLBACK, "%s", u->reason ? u->reason : "failed");
+	vm_qemu_kill(u->old, SIGKILL);
+	arm(u->phase_timer, UPGRADE_EXIT_WAIT_MS);
+}
+
 /* Puts the guest back on the old QEMU as it was. */
 static void upgrade_rollback(struct upgrade *u) {
 	struct vm *vm = u->vm;
+	if (upgrade_exec_happened(u))
+		return upgrade_exec_abandon(u);
 	upgrade_enter(u, PHASE_ROLLBACK, "%s; keeping the guest on QEMU %s (pid %d)",
 		      u->reason ? u->reason : "failed", u->from_version, (int)u->old_pid);
 	if (u->target) {
@@ -616,17 +669,19 @@ static void on_total_timeout(evutil_socket_t fd, short what, void *userdata) {
 
 /* ---- retire and commit --------------------------------------------------- */
 
-static void upgrade_commit(struct upgrade *u) {
-	/* The VM now belongs to this binary: a later start or a plain upgrade
-	 * uses it. */
-	if (!streq(u->vm->spec->qemu, u->binary)) {
-		char *b = strdup(u->binary);
-		if (b) {
-			free(u->vm->spec->qemu);
-			u->vm->spec->qemu = b;
-			vm_save(u->vm);
-		}
+void upgrade_commit_binary(struct vm *vm, const char *binary) {
+	if (!binary || streq(vm->spec->qemu, binary))
+		return;
+	char *b = strdup(binary);
+	if (b) {
+		free(vm->spec->qemu);
+		vm->spec->qemu = b;
+		vm_save(vm);
 	}
+}
+
+static void upgrade_commit(struct upgrade *u) {
+	upgrade_commit_binary(u->vm, u->binary);
 	upgrade_enter(u, PHASE_COMMIT, "guest runs on QEMU %u.%u.%u pid %d", u->probe->major,
 		      u->probe->minor, u->probe->micro, (int)u->target_pid);
 	u->phase = PHASE_DONE;
@@ -843,16 +898,22 @@ static void target_exited(struct vm_qemu *q, const char *how, int status, int si
 		     phase_names[u->phase], said[0] ? said : "it wrote nothing on stderr");
 }
 
+static void upgrade_poll_transfer(struct upgrade *u) {
+	arm(u->poll_timer, UPGRADE_POLL_MS);
+}
+
 static void on_migrate_sent(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
 			    void *userdata) {
 	struct upgrade *u = userdata;
 	if (u->phase != PHASE_TRANSFER)
 		return;
+	if (err && err->error == -ERESTART)
+		return; /* the process executed the new binary: old_ready goes on */
 	if (err) {
 		upgrade_fail(u, "migrate on the old QEMU failed: %s", err->desc);
 		return;
 	}
-	arm(u->poll_timer, UPGRADE_POLL_MS);
+	upgrade_next(u, "resume", upgrade_poll_transfer);
 }
 
 static void upgrade_send_migrate(struct upgrade *u) {

@@ -38,6 +38,13 @@ const char *upgrade_mode_to_string(enum upgrade_mode m);
 struct upgrade_journal;
 void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
 			    const char *reason);
+/* The device state file, in the upgrade's private folder, of a mode that
+ * spawns nothing (cpr-exec): the process executes the new binary with
+ * -incoming file:DIR/UPGRADE_STATE_FILE. */
+#define UPGRADE_STATE_FILE "vm.state"
+/* A committed upgrade: the VM's spec names binary from now on, so a later
+ * start or a plain upgrade uses it (saved). */
+void upgrade_commit_binary(struct vm *vm, const char *binary);
 /* Removes an upgrade's private folder and the incoming sockets in it (dir
  * may be NULL). */
 void upgrade_dir_remove(const char *dir);

@@ -330,6 +330,36 @@ pid_t proc_parent(pid_t pid) {
 	return (pid_t)ppid;
 }
 
+int proc_cmdline_has(pid_t pid, const char *arg, const char *value) {
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	/* A command line cprd built: a few KiB; more is not one of ours. */
+	size_t cap = 256 * 1024, got = 0;
+	_cleanup_free_ char *buf = malloc(cap + 1);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		ssize_t n = read(fd, buf + got, cap - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0 || (got += (size_t)n) == cap)
+			break;
+	}
+	buf[got] = '\0';
+	const char *prev = NULL;
+	for (const char *a = buf; a < buf + got; a += strlen(a) + 1) {
+		if (prev && streq(prev, arg) && streq(a, value))
+			return 1;
+		prev = a;
+	}
+	return 0;
+}
+
 bool unix_socket_listening(const char *path) {
 	_cleanup_free_ char *line = NULL;
 	size_t cap = 0, plen = strlen(path);

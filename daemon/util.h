@@ -79,4 +79,7 @@ pid_t proc_parent(pid_t pid);
 /* The real uid of process pid (/proc/PID/status). */
 int proc_uid(pid_t pid, uid_t *ret);
 /* Whether a unix socket bound at path is listening (/proc/net/unix). */
+/* 1 when process pid's command line holds arg followed by value, 0 when
+ * not, a negative errno when it cannot be read (-ENOENT: gone). */
+int proc_cmdline_has(pid_t pid, const char *arg, const char *value);
 bool unix_socket_listening(const char *path);

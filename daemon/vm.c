@@ -756,24 +756,40 @@ int vm_runtime_dir_make(struct vm *vm, char **ret) {
 	return 0;
 }
 
-struct json_object *vm_qemu_record(struct vm_qemu *q) {
-	const struct probe_result *p = q->probe;
+/* q's record, as if it ran binary (its file st, probed as p). */
+static struct json_object *vm_qemu_record_as(struct vm_qemu *q, const char *binary,
+					     const struct stat *st, const char *version,
+					     const struct probe_result *p) {
 	const struct qemu_record r = {
 		.pid = vm_qemu_pid(q),
 		.starttime = q->starttime,
-		.binary = q->binary,
-		.dev = (uint64_t)q->binary_st.st_dev,
-		.ino = (uint64_t)q->binary_st.st_ino,
-		.mtime = q->binary_st.st_mtim,
-		.version = q->version, /* NULL: "unknown" */
+		.binary = (char *)binary,
+		.dev = (uint64_t)st->st_dev,
+		.ino = (uint64_t)st->st_ino,
+		.mtime = st->st_mtim,
+		.version = (char *)version, /* NULL: "unknown" */
 		.qmp_path = q->qmp_path,
 		.cpr_transfer = p && p->cpr_transfer,
 		.x_ignore_shared = p && p->x_ignore_shared,
 		.aux_ram_share = p && p->aux_ram_share,
-		.has_modes = vm_qemu_has_migration_modes(q),
+		.has_modes = p && p->migration_modes && p->migration_modes[0],
 		.fds = q->fds,
 	};
 	return qemu_record_to_json(&r);
+}
+
+struct json_object *vm_qemu_record(struct vm_qemu *q) {
+	return vm_qemu_record_as(q, q->binary, &q->binary_st, q->version, q->probe);
+}
+
+struct json_object *vm_qemu_exec_record(struct vm_qemu *q, const char *binary,
+					const struct probe_result *probe) {
+	struct stat st = {0};
+	char version[64];
+	if (stat(binary, &st) < 0)
+		memset(&st, 0, sizeof(st));
+	snprintf(version, sizeof(version), "%u.%u.%u", probe->major, probe->minor, probe->micro);
+	return vm_qemu_record_as(q, binary, &st, version, probe);
 }
 
 int vm_save_runtime(struct vm *vm) {
@@ -833,17 +849,18 @@ static void vm_recover_custody(struct vm *vm, pid_t pid, int pidfd,
 	vm_custody_adopt(vm, before);
 }
 
-/* The socketpair to q is gone: its recovery monitor greets anew. */
-static void vm_qemu_reconnect(struct vm_qemu *q) {
+/* The socketpair to q is gone: its recovery monitor greets anew. A
+ * failure is logged at level. */
+static int vm_qemu_reconnect(struct vm_qemu *q, int level) {
 	struct vm *vm = q->vm;
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", q->qmp_path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		log_vm_errno(LOG_WARNING, errno, vm->name, "cannot reach the recovery monitor %s: %m",
-			     q->qmp_path);
+		int r = -errno;
+		log_vm_errno(level, r, vm->name, "cannot reach the recovery monitor %s: %m", q->qmp_path);
 		safe_close(fd);
-		return;
+		return r;
 	}
 	/* The folder, and so the path in qemu.json, is QEMU's user's: talk
 	 * only to a socket that this very QEMU listens on. */
@@ -856,12 +873,48 @@ static void vm_qemu_reconnect(struct vm_qemu *q) {
 		return;
 	}
 	q->qmp_fd = fd;
-	if (qmp_new(vm->host->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp) < 0) {
+	int r = qmp_new(vm->host->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp);
+	if (r < 0) {
 		q->qmp_fd = -1;
-		return;
+		return r;
 	}
 	vm_store_fd(vm, custody_fds[CUSTODY_QMP].name, q->qmp_fd);
 	log_vm(LOG_INFO, vm->name, "QMP reconnected through %s", q->qmp_path);
+	return 0;
+}
+
+int vm_qemu_reconnect_qmp(struct vm_qemu *q) {
+	if (!q->qmp_path)
+		return -ENOENT;
+	if (q->qmp) {
+		q->qmp = qmp_free(q->qmp);
+		q->qmp_fd = -1;
+		vm_unstore_fd(q->vm, custody_fds[CUSTODY_QMP].name);
+	}
+	return vm_qemu_reconnect(q, LOG_DEBUG);
+}
+
+int vm_qemu_exec_done_record(struct vm_qemu *q, struct json_object *json) {
+	_cleanup_(qemu_record_done) struct qemu_record rec = {0};
+	char why[256];
+	int r = qemu_record_from_json(json, &rec, why, sizeof(why));
+	if (r < 0)
+		return r;
+	if (rec.pid != vm_qemu_pid(q) || rec.starttime != q->starttime)
+		return -ESRCH; /* a record of another process */
+	struct probe_result *p = probe_from_record(&rec);
+	if (!p)
+		return -ENOMEM;
+	probe_result_free(q->probe);
+	q->probe = p;
+	free(q->binary);
+	q->binary = TAKE_PTR(rec.binary);
+	free(q->version);
+	q->version = TAKE_PTR(rec.version);
+	q->binary_st.st_dev = (dev_t)rec.dev;
+	q->binary_st.st_ino = (ino_t)rec.ino;
+	q->binary_st.st_mtim = rec.mtime;
+	return q->vm->qemu == q ? vm_save_runtime(q->vm) : 0;
 }
 
 int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
@@ -919,7 +972,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 		return r;
 	}
 	if (qfd < 0 && q->qmp_path)
-		vm_qemu_reconnect(q);
+		(void)vm_qemu_reconnect(q, LOG_WARNING);
 	if (qfd >= 0) {
 		q->qmp_fd = qfd;
 		r = qmp_new_attached(vm->host->base, TAKE_FD(qfd), &vm_qmp_callbacks, q, vm->name, &q->qmp);

@@ -214,6 +214,9 @@ int vm_qemu_exec_argv(struct vm_qemu *q, const char *exec_path, const struct pro
  * place: the same pid, pidfd and QMP channel. Updates what cprd knows of
  * it and qemu.json. */
 int vm_qemu_exec_done(struct vm_qemu *q, const char *binary, const struct probe_result *probe);
+/* The same, after a restart, from the record (vm_qemu_exec_record) of what
+ * q's process runs now; -ESRCH when rec names another process. */
+int vm_qemu_exec_done_record(struct vm_qemu *q, struct json_object *rec);
 void vm_qemu_set_callbacks(struct vm_qemu *q, const struct vm_qemu_callbacks *cb, void *userdata);
 struct qmp *vm_qemu_qmp(struct vm_qemu *q);
 pid_t vm_qemu_pid(const struct vm_qemu *q);
@@ -248,10 +251,18 @@ char *vm_runtime_dir(struct vm *vm);
 int vm_runtime_dir_make(struct vm *vm, char **ret);
 int vm_save_runtime(struct vm *vm);
 struct json_object *vm_qemu_record(struct vm_qemu *q);
+/* The record q's process will have once it executed binary (probed as
+ * probe) in place: the same pid, start time and recovery monitor. */
+struct json_object *vm_qemu_exec_record(struct vm_qemu *q, const char *binary,
+					const struct probe_result *probe);
 /* Re-attaches to a running QEMU described by rec (pid checked against its
  * start time) with its QMP fd from the fd store (taken, may be -1). */
 int vm_qemu_attach(struct vm *vm, struct json_object *rec, int qmp_fd,
 		   const struct vm_qemu_callbacks *cb, void *userdata, struct vm_qemu **ret);
+/* Connects to q's recovery monitor again, dropping the QMP channel it has
+ * (a process that executed a new binary binds the monitor anew). 0, or a
+ * negative errno when it cannot be reached (yet). */
+int vm_qemu_reconnect_qmp(struct vm_qemu *q);
 
 /* Lists the VM's fds for CPRD_REEXEC_FDS and keeps them across exec. */
 int vm_reexec_fds(struct vm *vm, char **list);

@@ -303,8 +303,10 @@ class Run:
     def wait_log(self, text, timeout=30):
         T.wait_until(lambda: text in self.cprd.read_log(), timeout, what="cprd to log %r" % text)
 
-    def wait_hold(self):
-        self.wait_log("test hook: holding %d ms before %s" % (self.hold_ms, self.hold))
+    def wait_hold(self, phase=None):
+        """Waits until cprd holds before phase (default: the case's hold,
+        which may name several phases)."""
+        self.wait_log("test hook: holding %d ms before %s" % (self.hold_ms, phase or self.hold))
 
     def target_pid(self):
         others = [p for p in qemus_by_marker(self.name) if p != self.old_pid]
@@ -371,10 +373,13 @@ class Run:
         self.wait_fd_kinds(before, what="before the next upgrade")
         return "next upgrade ok"
 
-    def verify(self, outcome, on, state="running", memfd="held", again=True):
+    def verify(self, outcome, on, state="running", memfd="held", again=True, binary=None):
         """Checks the guarantee; returns a one-line summary of what is.
         outcome: the last history record's outcome ("none": no record);
-        on: "old", "new" or None (no QEMU may run the guest)."""
+        on: "old", "new", "exec" (the old QEMU's process, which executed
+        the new binary in place) or None (no QEMU may run the guest);
+        binary: the binary cprd must name for the QEMU that runs the guest
+        (status and qemu.json)."""
         got = self.history_outcome()
         check(got == outcome, "upgrade outcome %r, expected %r" % (got, outcome))
 
@@ -397,10 +402,20 @@ class Run:
             qpid = live[0]
             if on == "old":
                 check(qpid == self.old_pid, "the guest runs on pid %d, not the old QEMU %d" % (qpid, self.old_pid))
+            elif on == "exec":
+                check(qpid == self.old_pid, "the guest runs on pid %d, not on the old QEMU's process %d, "
+                      "which executed the new binary" % (qpid, self.old_pid))
+                check("-incoming" in T.cmdline(qpid), "pid %d still runs the old binary: %s" % (qpid, T.cmdline(qpid)))
             else:
                 check(qpid != self.old_pid, "the guest still runs on the old QEMU %d" % qpid)
             check(vm["state"] == state, "state %s, expected %s" % (vm["state"], state))
             check(vm.get("pid") == qpid, "status says pid %s, the live QEMU is %d" % (vm.get("pid"), qpid))
+            if binary:
+                with open(os.path.join(self.cprd.runtime_dir, "vms", self.name, "qemu.json")) as f:
+                    rec = json.load(f)
+                check(vm.get("qemu") == binary and rec.get("binary") == binary,
+                      "cprd says pid %d runs %s (qemu.json: %s), expected %s" % (
+                          qpid, vm.get("qemu"), rec.get("binary"), binary))
 
         # The guest's RAM: in custody, the same memfd, and its counter moves.
         held = self.cprd.memfd_inode(self.name)
@@ -835,6 +850,89 @@ def exec_kill_during(r):
     rc, doc, err = r.upgrade_result()
     check(rc != 0 and doc and doc.get("outcome") == "failed", "cprctl: rc %d, %s, %s" % (rc, doc, err))
     return r.verify("failed", None, state="crashed")
+
+
+@case("cpr-exec: the new binary hangs after the exec (stopped before it runs QEMU; --timeout 5)",
+      "failed: no old binary is left; the hung process is killed, VM crashed, RAM held", qemu=T.QEMU111)
+def exec_hang_timeout(r):
+    r.create_and_start()
+    w = T.write_wrapper(os.path.join(r.tmp, "qemu-hang"), "hang", real=T.QEMU111)
+    r.upgrade_bg("--timeout", 5, mode="cpr-exec", qemu=w)
+    rc, doc, err = r.upgrade_result()
+    check(rc != 0 and doc and doc.get("outcome") == "failed" and "killed" in doc.get("reason", ""),
+          "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    T.wait_until(lambda: not T.pid_alive(r.old_pid), 10, what="the hung process %d to be killed" % r.old_pid)
+    return r.verify("failed", None, state="crashed")
+
+
+# cprd killed during a cpr-exec (11.1 -> 11.1): the process carries on without it --------------
+
+@case("cpr-exec: cprd kill -9 before migrate; restart",
+      "rolled back on restart: the old binary keeps the guest, same pid", hold="transfer", qemu=T.QEMU111)
+def exec_cprd_kill_before_migrate(r):
+    r.create_and_start()
+    w, _ = T.write_exec_wrapper(r.tmp, T.QEMU111)
+    r.upgrade_bg(mode="cpr-exec", qemu=w)
+    r.wait_hold()
+    r.kill_cprd()
+    r.upgrade_result()
+    r.restart_cprd()
+    return r.verify("rolled-back", "old", binary=T.QEMU111)
+
+
+@case("cpr-exec: cprd kill -9 while the process executes the new binary (which waits 2 s before "
+      "QEMU runs); restart",
+      "committed on restart once the new binary runs the guest: same pid, cprd names the new binary; "
+      "RAM memfd taken back", qemu=T.QEMU111)
+def exec_cprd_kill_loading(r):
+    r.create_and_start()
+    w = T.write_wrapper(os.path.join(r.tmp, "qemu-slow"), "slow", real=T.QEMU111, delay="2")
+    r.upgrade_bg(mode="cpr-exec", qemu=w)
+    T.wait_until(lambda: "-incoming" in T.cmdline(r.old_pid), 30,
+                 what="QEMU pid %d to execute the new binary" % r.old_pid)
+    # Its shell reads the script through cprd's /proc/CPRD/fd/N: opened
+    # within a few ms of the exec.
+    time.sleep(0.3)
+    r.kill_cprd()
+    r.upgrade_result()
+    r.restart_cprd()
+    waiting = any(comm == "sleep" for _, comm in T.children_of(r.old_pid).values())
+    out = r.verify("committed", "exec", binary=w)
+    return out + ("; the new binary was still starting when cprd came back" if waiting else "")
+
+
+@case("cpr-exec: cprd kill -9 after the new binary resumed the guest (before commit); restart",
+      "committed on restart: the same pid runs the new binary, nothing is killed", hold="retire",
+      qemu=T.QEMU111)
+def exec_cprd_kill_after_resume(r):
+    r.create_and_start()
+    w, _ = T.write_exec_wrapper(r.tmp, T.QEMU111)
+    r.upgrade_bg(mode="cpr-exec", qemu=w)
+    r.wait_hold()
+    r.kill_cprd()
+    r.upgrade_result()
+    r.restart_cprd()
+    return r.verify("committed", "exec", binary=w)
+
+
+@case("cpr-exec: the exec fails while cprd is down (the new binary's #! interpreter removed; cprd "
+      "kill -9 after migrate); restart",
+      "rolled back on restart: QEMU resumed the guest on the old binary itself; same pid, reason execvp",
+      hold="transfer,resume", qemu=T.QEMU111)
+def exec_fails_cprd_kill(r):
+    r.create_and_start()
+    w, sh = T.write_exec_wrapper(r.tmp, T.QEMU111)
+    r.upgrade_bg(mode="cpr-exec", qemu=w)
+    r.wait_hold("transfer")
+    os.unlink(sh)
+    r.wait_hold("resume")  # migrate sent; QEMU tries the exec without cprd
+    r.kill_cprd()
+    r.upgrade_result()
+    r.restart_cprd()
+    out = r.verify("rolled-back", "old", binary=T.QEMU111, again=False)
+    rec = r.status()["upgrades"][-1]
+    check("execvp" in rec.get("reason", ""), "the record does not say why: %s" % rec)
+    return out + "; " + r.upgrade_again(r.old_pid)
 
 
 # ---- main ------------------------------------------------------------------------------------

@@ -317,6 +317,12 @@ i=0
 while [ -n "$ready" ] && [ -e "$ready" ] && [ $i -lt 5000000 ]; do i=$((i + 1)); done
 exec "$REAL" "$@"
 """,
+    # Waits before it runs QEMU: a new binary that takes a while to start
+    # (cpr-exec: the process runs this shell meanwhile).
+    "slow": r"""
+sleep %(delay)s
+exec "$REAL" "$@"
+""",
     # A QEMU that cannot take a cpr channel (as an older or differently
     # built one might not): exits when given one, runs otherwise.
     "nocpr": r"""

@@ -442,6 +442,33 @@ START_TEST(test_restart) {
 }
 END_TEST
 
+/* A cprd restarted during a cpr-exec takes the channel back from the fd
+ * store (attached: the handshake was the previous cprd's). The new binary's
+ * greeting may still be unread on it: taken when a restart is expected,
+ * with the handshake made and ready called. */
+START_TEST(test_restart_attached) {
+	struct reply r = {};
+	int fd = fake_start(false);
+
+	ck_assert_int_eq(qmp_new_attached(base, fd, &callbacks, &owner, "test", &owner.q), 0);
+	qmp_expect_restart(owner.q, true);
+	fake_greet();
+	ck_assert(RUN_UNTIL(fake.n_msgs == 1, PATIENCE_MS));
+	ck_assert_str_eq(msg_execute(fake.msgs[0]), "qmp_capabilities");
+	fake_send("{\"return\": {}, \"id\": %lld}", (long long)msg_id(fake.msgs[0]));
+	ck_assert(RUN_UNTIL(owner.n_ready == 1, PATIENCE_MS));
+	ck_assert_uint_eq(qmp_get_version(owner.q)->major, 10);
+	ck_assert_int_eq(qmp_command(owner.q, "query-status", NULL, PATIENCE_MS, on_reply, &r), 0);
+	ck_assert(RUN_UNTIL(fake.n_msgs == 2, PATIENCE_MS));
+	fake_send("{\"return\": {\"status\": \"inmigrate\"}, \"id\": %lld}",
+		  (long long)msg_id(fake.msgs[1]));
+	ck_assert(RUN_UNTIL(r.n_calls == 1, PATIENCE_MS));
+	ck_assert_int_eq(r.error, 0);
+	reply_done(&r);
+	ck_assert_int_eq(owner.n_closed, 0);
+}
+END_TEST
+
 START_TEST(test_error_reply) {
 	struct reply r = {};
 
@@ -791,6 +818,7 @@ static Suite *qmp_suite(bool have_qemu) {
 	tcase_add_test(tc, test_events);
 	tcase_add_test(tc, test_error_reply);
 	tcase_add_test(tc, test_restart);
+	tcase_add_test(tc, test_restart_attached);
 	tcase_add_test(tc, test_timeout);
 	tcase_add_test(tc, test_oversize_reply);
 	tcase_add_test(tc, test_garbage);

@@ -2,10 +2,14 @@
  * JSON (ListVMs prints specs and histories from kept text), fixed-point
  * numbers, human sizes and the UTF-8 sanitizer. */
 #include <check.h>
+#include <errno.h>
 #include <json-c/json.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "check-run.h"
 #include "util.h"
@@ -70,6 +74,31 @@ START_TEST(test_fixed3_and_bytes) {
 }
 END_TEST
 
+/* How a restarted cprd tells which binary a cpr-exec'd process runs: the
+ * new one was given "-incoming file:DIR/vm.state". */
+START_TEST(test_proc_cmdline_has) {
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		setpgid(0, 0); /* its sleep goes with it */
+		/* sh keeps its own line ("; :" so that it does not exec sleep). */
+		execl("/bin/sh", "sh", "-c", "sleep 30; :", "-incoming", "file:/run/x/vm.state", (char *)NULL);
+		_exit(127);
+	}
+	/* Until the exec happened, the child's line is this test's. */
+	int r = 0;
+	for (int i = 0; i < 500 && (r = proc_cmdline_has(pid, "-incoming", "file:/run/x/vm.state")) != 1; i++)
+		usleep(10000);
+	ck_assert_int_eq(r, 1);
+	ck_assert_int_eq(proc_cmdline_has(pid, "-incoming", "file:/run/y/vm.state"), 0);
+	ck_assert_int_eq(proc_cmdline_has(pid, "sleep 30; :", "file:/run/x/vm.state"), 0);
+	ck_assert_int_eq(proc_cmdline_has(pid, "file:/run/x/vm.state", "-incoming"), 0);
+	kill(-pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	ck_assert_int_eq(proc_cmdline_has(pid, "-incoming", "file:/run/x/vm.state"), -ENOENT);
+}
+END_TEST
+
 START_TEST(test_utf8_sanitize) {
 	/* Valid text stays; a stray byte, a NUL, a surrogate and an overlong
 	 * form each become U+FFFD. */
@@ -95,6 +124,7 @@ static Suite *util_suite(void) {
 	tcase_add_test(tc, test_frozen_array);
 	tcase_add_test(tc, test_fixed3_and_bytes);
 	tcase_add_test(tc, test_utf8_sanitize);
+	tcase_add_test(tc, test_proc_cmdline_has);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -870,7 +870,7 @@ static int vm_qemu_reconnect(struct vm_qemu *q, int level) {
 		log_vm(LOG_WARNING, vm->name, "the recovery monitor %s is not QEMU pid %d's; not using it",
 		       q->qmp_path, (int)vm_qemu_pid(q));
 		safe_close(fd);
-		return;
+		return -EPERM;
 	}
 	q->qmp_fd = fd;
 	int r = qmp_new(vm->host->base, fd, &vm_qmp_callbacks, q, vm->name, &q->qmp);

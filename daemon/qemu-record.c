@@ -25,6 +25,7 @@ struct json_object *qemu_record_to_json(const struct qemu_record *r) {
 	if (r->qmp_path)
 		json_object_object_add(o, "qmpPath", json_object_new_string(r->qmp_path));
 	json_object_object_add(o, "cprTransfer", json_object_new_boolean(r->cpr_transfer));
+	json_object_object_add(o, "cprExec", json_object_new_boolean(r->cpr_exec));
 	json_object_object_add(o, "xIgnoreShared", json_object_new_boolean(r->x_ignore_shared));
 	json_object_object_add(o, "auxRamShare", json_object_new_boolean(r->aux_ram_share));
 	json_object_object_add(o, "hasModes", json_object_new_boolean(r->has_modes));
@@ -46,6 +47,7 @@ int qemu_record_from_json(struct json_object *o, struct qemu_record *ret, char *
 	    (e = json_field_int(o, "mtimeSec", false, 0, INT64_MAX, &sec, why, size)) < 0 ||
 	    (e = json_field_int(o, "mtimeNsec", false, 0, 999999999, &nsec, why, size)) < 0 ||
 	    (e = json_field_bool(o, "cprTransfer", false, &r.cpr_transfer, why, size)) < 0 ||
+	    (e = json_field_bool(o, "cprExec", false, &r.cpr_exec, why, size)) < 0 ||
 	    (e = json_field_bool(o, "xIgnoreShared", false, &r.x_ignore_shared, why, size)) < 0 ||
 	    (e = json_field_bool(o, "auxRamShare", false, &r.aux_ram_share, why, size)) < 0 ||
 	    (e = json_field_bool(o, "hasModes", false, &r.has_modes, why, size)) < 0)

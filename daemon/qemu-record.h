@@ -24,7 +24,7 @@ struct qemu_record {
 	char *version;  /* "10.0.2", or "unknown" */
 	char *qmp_path; /* its recovery monitor's socket, or NULL */
 	/* What its probe found, for an upgrade from it. */
-	bool cpr_transfer, x_ignore_shared, aux_ram_share, has_modes;
+	bool cpr_transfer, cpr_exec, x_ignore_shared, aux_ram_share, has_modes;
 	/* The numbers it has the held fds at; a record without them is of a
 	 * QEMU an older cprd started, which had custody_qemu_fds_legacy's. */
 	struct custody_qemu_fds fds;

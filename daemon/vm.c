@@ -770,6 +770,7 @@ static struct json_object *vm_qemu_record_as(struct vm_qemu *q, const char *bina
 		.version = (char *)version, /* NULL: "unknown" */
 		.qmp_path = q->qmp_path,
 		.cpr_transfer = p && p->cpr_transfer,
+		.cpr_exec = p && p->cpr_exec,
 		.x_ignore_shared = p && p->x_ignore_shared,
 		.aux_ram_share = p && p->aux_ram_share,
 		.has_modes = p && p->migration_modes && p->migration_modes[0],
@@ -825,13 +826,17 @@ static struct probe_result *probe_from_record(const struct qemu_record *rec) {
 	p->path = strdup(rec->binary);
 	p->package = strdup("");
 	p->cpr_transfer = rec->cpr_transfer;
+	p->cpr_exec = rec->cpr_exec;
 	p->x_ignore_shared = rec->x_ignore_shared;
 	p->aux_ram_share = rec->aux_ram_share;
-	p->migration_modes = calloc(3, sizeof(char *));
+	p->migration_modes = calloc(4, sizeof(char *));
 	if (p->migration_modes && rec->has_modes) {
-		p->migration_modes[0] = strdup("normal");
+		size_t n = 0;
+		p->migration_modes[n++] = strdup("normal");
 		if (p->cpr_transfer)
-			p->migration_modes[1] = strdup("cpr-transfer");
+			p->migration_modes[n++] = strdup("cpr-transfer");
+		if (p->cpr_exec)
+			p->migration_modes[n++] = strdup("cpr-exec");
 	}
 	return p;
 }

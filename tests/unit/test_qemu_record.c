@@ -25,6 +25,7 @@ static struct qemu_record sample(void) {
 		.version = "10.0.2",
 		.qmp_path = "/run/cprd/vms/g1/qmp-1a2b.sock",
 		.cpr_transfer = true,
+		.cpr_exec = true,
 		.x_ignore_shared = true,
 		.aux_ram_share = true,
 		.has_modes = true,
@@ -58,7 +59,8 @@ START_TEST(test_round_trip) {
 	ck_assert_int_eq(out.mtime.tv_nsec, in.mtime.tv_nsec);
 	ck_assert_str_eq(out.version, in.version);
 	ck_assert_str_eq(out.qmp_path, in.qmp_path);
-	ck_assert(out.cpr_transfer && out.x_ignore_shared && out.aux_ram_share && out.has_modes);
+	ck_assert(out.cpr_transfer && out.cpr_exec && out.x_ignore_shared && out.aux_ram_share &&
+		  out.has_modes);
 	/* Those no QEMU is given (VFIO copies) have no number, whatever the
 	 * zeroed sample says. */
 	for (unsigned i = 0; i < _CUSTODY_MAX; i++)
@@ -133,6 +135,7 @@ START_TEST(test_corrupt) {
 	snprintf(reason, sizeof(reason), "qmpPath \"%s\" is not an absolute socket path", long_path);
 	refused("qmpPath", json_object_new_string(long_path), reason);
 	refused("cprTransfer", json_object_new_string("yes"), "cprTransfer is not true or false");
+	refused("cprExec", json_object_new_int(1), "cprExec is not true or false");
 	refused("fds", json_object_new_int(5), "fds is not an object");
 	refused("fds", json_tokener_parse("{\"ram0\":5,\"qmp\":5}"),
 		"fds gives ram0 and qmp the same number 5");

@@ -6,13 +6,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "macro.h"
+#include "util.h"
 
 static char *allowed[BINARY_DIRS_MAX];
 static size_t n_allowed;
@@ -31,15 +31,6 @@ int binary_allow_dir(const char *dir) {
 }
 
 
-static int refuse(char *why, size_t size, int err, const char *fmt, ...) _printf_(4, 5);
-static int refuse(char *why, size_t size, int err, const char *fmt, ...) {
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, size, fmt, ap);
-	va_end(ap);
-	return err;
-}
-
 static bool file_ok(const struct stat *st) {
 	return st->st_uid == 0 && !(st->st_mode & (S_IWGRP | S_IWOTH));
 }
@@ -54,15 +45,15 @@ int binary_check(const char *path, char *why, size_t why_size) {
 	struct stat st;
 
 	if (path[0] != '/')
-		return refuse(why, why_size, -EINVAL, "'%.200s' is not an absolute path", path);
+		return why_err(-EINVAL, why, why_size, "'%.200s' is not an absolute path", path);
 	if (stat(path, &st) < 0)
-		return refuse(why, why_size, -errno, "'%.200s' does not exist", path);
+		return why_err(-errno, why, why_size, "'%.200s' does not exist", path);
 	if (!S_ISREG(st.st_mode))
-		return refuse(why, why_size, -EACCES, "'%.200s' is not a regular file", path);
+		return why_err(-EACCES, why, why_size, "'%.200s' is not a regular file", path);
 	if (!(st.st_mode & S_IXUSR))
-		return refuse(why, why_size, -EACCES, "'%.200s' is not executable", path);
+		return why_err(-EACCES, why, why_size, "'%.200s' is not executable", path);
 	if (!realpath(path, real))
-		return refuse(why, why_size, -errno, "cannot resolve '%.200s'", path);
+		return why_err(-errno, why, why_size, "cannot resolve '%.200s'", path);
 
 	if (n_allowed > 0) {
 		bool inside = false;
@@ -71,11 +62,11 @@ int binary_check(const char *path, char *why, size_t why_size) {
 			inside = strncmp(real, allowed[i], n) == 0 && (real[n] == '/' || n == 1);
 		}
 		if (!inside)
-			return refuse(why, why_size, -EPERM,
+			return why_err(-EPERM, why, why_size,
 				      "'%.200s' is outside the folders cprd may run QEMU from (--qemu-dir)", real);
 	}
 	if (!file_ok(&st))
-		return refuse(why, why_size, -EPERM,
+		return why_err(-EPERM, why, why_size,
 			      "'%.200s' must be owned by root and writable by nobody else", real);
 	/* Every folder above it, up to /. */
 	strcpy(buf, real);
@@ -85,7 +76,7 @@ int binary_check(const char *path, char *why, size_t why_size) {
 		else
 			*slash = '\0';
 		if (stat(buf, &st) < 0 || !dir_ok(&st))
-			return refuse(why, why_size, -EPERM,
+			return why_err(-EPERM, why, why_size,
 				      "the folder '%.200s' is writable by others than root; a binary in it "
 				      "could be swapped",
 				      buf);
@@ -101,15 +92,15 @@ int binary_open(const char *path, char *why, size_t why_size) {
 	if (r < 0)
 		return r;
 	if (stat(path, &before) < 0)
-		return refuse(why, why_size, -errno, "'%.200s' vanished", path);
+		return why_err(-errno, why, why_size, "'%.200s' vanished", path);
 	int fd = open(path, O_PATH | O_CLOEXEC);
 	if (fd < 0)
-		return refuse(why, why_size, -errno, "cannot open '%.200s'", path);
+		return why_err(-errno, why, why_size, "cannot open '%.200s'", path);
 	/* The file we hold must be the one we checked. */
 	if (fstat(fd, &after) < 0 || after.st_dev != before.st_dev || after.st_ino != before.st_ino ||
 	    !file_ok(&after)) {
 		close(fd);
-		return refuse(why, why_size, -EPERM, "'%.200s' changed while cprd checked it", path);
+		return why_err(-EPERM, why, why_size, "'%.200s' changed while cprd checked it", path);
 	}
 	return fd;
 }

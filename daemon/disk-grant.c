@@ -9,7 +9,6 @@
 #include <json-c/json.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,15 +31,6 @@ static const char *const kind_names[_DISK_GRANT_KIND_MAX] = {
 
 const char *disk_grant_kind_to_string(enum disk_grant_kind k) {
 	return k < _DISK_GRANT_KIND_MAX ? kind_names[k] : NULL;
-}
-
-static int say(char *why, size_t size, int err, const char *fmt, ...) _printf_(4, 5);
-static int say(char *why, size_t size, int err, const char *fmt, ...) {
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, size, fmt, ap);
-	va_end(ap);
-	return err;
 }
 
 /* Opens a disk to look at it and change its owner or ACL: never for I/O,
@@ -86,13 +76,13 @@ int disk_grants_plan(const struct spec_disk *disks, size_t n, uid_t uid,
 		*failed = i;
 		_cleanup_close_ int fd = open_disk(d->path);
 		if (fd < 0)
-			return say(why, size, fd, "cannot open %s: %s", d->path, strerror(-fd));
+			return why_err(fd, why, size, "cannot open %s: %s", d->path, strerror(-fd));
 		if (fstat(fd, &st) < 0)
-			return say(why, size, -errno, "cannot stat %s: %s", d->path, strerror(errno));
+			return why_err(-errno, why, size, "cannot stat %s: %s", d->path, strerror(errno));
 		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-			return say(why, size, -EINVAL, "%s is not a file or a block device", d->path);
+			return why_err(-EINVAL, why, size, "%s is not a file or a block device", d->path);
 		if (st.st_uid != uid && users_in_range(range, st.st_uid))
-			return say(why, size, -EBUSY,
+			return why_err(-EBUSY, why, size,
 				   "%s is given to another VM's QEMU (uid %u), which writes it while "
 				   "that VM runs",
 				   d->path, (unsigned)st.st_uid);
@@ -101,7 +91,7 @@ int disk_grants_plan(const struct spec_disk *disks, size_t n, uid_t uid,
 			uid_t other = acl ? acl_other_user(acl, range, uid) : (uid_t)-1;
 			acl_free(acl);
 			if (other != (uid_t)-1)
-				return say(why, size, -EBUSY,
+				return why_err(-EBUSY, why, size,
 					   "%s is shared read-only with another VM's QEMU (uid %u), so "
 					   "this VM may not write it while that VM runs",
 					   d->path, (unsigned)other);
@@ -208,12 +198,12 @@ int disk_grants_apply(const struct disk_grants *g, size_t *failed, char *why, si
 		*failed = i;
 		_cleanup_close_ int fd = open_granted(gr, &st);
 		if (fd < 0)
-			return say(why, size, fd, "%s %s", gr->path,
+			return why_err(fd, why, size, "%s %s", gr->path,
 				   fd == -ESTALE ? "was replaced while cprd gave it to the VM's user"
 						 : strerror(-fd));
 		if (gr->kind == DISK_GRANT_OWNER) {
 			if (fchown(fd, gr->uid, (gid_t)gr->uid) < 0 || fchmod(fd, 0600) < 0)
-				return say(why, size, -errno, "cannot give %s to uid %u: %s", gr->path,
+				return why_err(-errno, why, size, "cannot give %s to uid %u: %s", gr->path,
 					   (unsigned)gr->uid, strerror(errno));
 			continue;
 		}
@@ -221,13 +211,13 @@ int disk_grants_apply(const struct disk_grants *g, size_t *failed, char *why, si
 		if (r == -EOPNOTSUPP && (st.st_mode & S_IROTH))
 			continue; /* no ACLs there, but everyone may read it anyway */
 		if (r == -EOPNOTSUPP)
-			return say(why, size, r,
+			return why_err(r, why, size,
 				   "the file system of %s has no POSIX ACLs, through which cprd lets "
 				   "the VM's user (uid %u) read a read-only disk: make the disk readable "
 				   "by others (chmod o+r) or move it",
 				   gr->path, (unsigned)gr->uid);
 		if (r < 0)
-			return say(why, size, r, "cannot let uid %u read %s (ACL): %s", (unsigned)gr->uid,
+			return why_err(r, why, size, "cannot let uid %u read %s (ACL): %s", (unsigned)gr->uid,
 				   gr->path, strerror(-r));
 	}
 	return 0;

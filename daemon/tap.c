@@ -10,7 +10,6 @@
 #include <linux/if_arp.h>
 #include <linux/if_tun.h>
 #include <linux/sockios.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -18,6 +17,7 @@
 #include <unistd.h>
 
 #include "macro.h"
+#include "util.h"
 
 /* No IFF_VNET_HDR: a QEMU that opens a tap with a virtio-net header resets
  * the header's length and the offloads of the device at start (net/tap.c,
@@ -28,16 +28,6 @@
  * without the header has nothing to reset, at the price of checksum and
  * segmentation offloads (see docs/design.md, "Taps across an upgrade"). */
 #define TAP_FLAGS (IFF_TAP | IFF_NO_PI)
-
-static _printf_(4, 5) int fail(int r, char *why, size_t size, const char *fmt, ...) {
-	va_list ap;
-	if (why && size) {
-		va_start(ap, fmt);
-		vsnprintf(why, size, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
 
 bool tap_ifname_valid(const char *name) {
 	size_t n = strnlen(name, IFNAMSIZ);
@@ -173,31 +163,31 @@ int tap_open(const char *ifname, const char *bridge, const uint8_t guest_mac[6],
 	int r;
 
 	if (!tap_ifname_valid(ifname))
-		return fail(-EINVAL, why, size, "'%.40s' is not a valid interface name", ifname);
+		return why_err(-EINVAL, why, size, "'%.40s' is not a valid interface name", ifname);
 	if (!tap_ifname_valid(bridge))
-		return fail(-EINVAL, why, size, "'%.40s' is not a valid interface name", bridge);
+		return why_err(-EINVAL, why, size, "'%.40s' is not a valid interface name", bridge);
 
 	_cleanup_close_ int sock = ioctl_socket();
 	if (sock < 0)
-		return fail(sock, why, size, "cannot open a socket for interface ioctls: %s",
+		return why_err(sock, why, size, "cannot open a socket for interface ioctls: %s",
 			    strerror(-sock));
 	r = bridge_probe(sock, bridge);
 	if (r == -ENODEV)
-		return fail(r, why, size, "bridge %s does not exist", bridge);
+		return why_err(r, why, size, "bridge %s does not exist", bridge);
 	if (r < 0)
-		return fail(r, why, size, "cannot tell whether %s is a bridge: %s", bridge, strerror(-r));
+		return why_err(r, why, size, "cannot tell whether %s is a bridge: %s", bridge, strerror(-r));
 	if (r == 0)
-		return fail(-ENOTDIR, why, size, "%s is not a bridge", bridge);
+		return why_err(-ENOTDIR, why, size, "%s is not a bridge", bridge);
 
 	/* TUNSETIFF would attach to a persistent tap of that name, and the
 	 * name of any other device is not ours to take. */
 	ifreq_name(&ifr, ifname);
 	if (ioctl(sock, SIOCGIFINDEX, &ifr) == 0)
-		return fail(-EEXIST, why, size, "an interface named %s exists already", ifname);
+		return why_err(-EEXIST, why, size, "an interface named %s exists already", ifname);
 
 	_cleanup_close_ int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
 	if (fd < 0)
-		return fail(negative_errno(), why, size, "cannot open /dev/net/tun: %m");
+		return why_err(negative_errno(), why, size, "cannot open /dev/net/tun: %m");
 	/* Not persistent: closing the last fd (cprd's and every QEMU's)
 	 * removes the device, and with it its place on the bridge.
 	 * IFF_TUN_EXCL: a device of that name made since we looked is an
@@ -207,12 +197,12 @@ int tap_open(const char *ifname, const char *bridge, const uint8_t guest_mac[6],
 	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
 		r = negative_errno();
 		if (r == -EBUSY)
-			return fail(-EEXIST, why, size, "cannot create tap %s: an interface of that name exists already",
+			return why_err(-EEXIST, why, size, "cannot create tap %s: an interface of that name exists already",
 				    ifname);
-		return fail(r, why, size, "cannot create tap %s: %s", ifname, strerror(-r));
+		return why_err(r, why, size, "cannot create tap %s: %s", ifname, strerror(-r));
 	}
 	if ((r = tap_check(fd, ifname)) < 0)
-		return fail(r, why, size, "tap %s is not what was asked for after TUNSETIFF", ifname);
+		return why_err(r, why, size, "tap %s is not what was asked for after TUNSETIFF", ifname);
 
 	if (guest_mac) {
 		ifreq_name(&ifr, ifname);
@@ -220,24 +210,24 @@ int tap_open(const char *ifname, const char *bridge, const uint8_t guest_mac[6],
 		memcpy(ifr.ifr_hwaddr.sa_data, guest_mac, 6);
 		ifr.ifr_hwaddr.sa_data[0] = (char)0xfe;
 		if (ioctl(sock, SIOCSIFHWADDR, &ifr) < 0)
-			return fail(negative_errno(), why, size, "cannot set the MAC address of tap %s: %m",
+			return why_err(negative_errno(), why, size, "cannot set the MAC address of tap %s: %m",
 				    ifname);
 	}
 
 	ifreq_name(&ifr, bridge);
 	ifr.ifr_ifindex = (int)if_nametoindex(ifname);
 	if (ifr.ifr_ifindex == 0)
-		return fail(negative_errno(), why, size, "tap %s vanished after it was made: %m", ifname);
+		return why_err(negative_errno(), why, size, "tap %s vanished after it was made: %m", ifname);
 	if (ioctl(sock, SIOCBRADDIF, &ifr) < 0)
-		return fail(negative_errno(), why, size, "cannot attach tap %s to bridge %s: %m", ifname,
+		return why_err(negative_errno(), why, size, "cannot attach tap %s to bridge %s: %m", ifname,
 			    bridge);
 
 	ifreq_name(&ifr, ifname);
 	if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
-		return fail(negative_errno(), why, size, "cannot read the flags of tap %s: %m", ifname);
+		return why_err(negative_errno(), why, size, "cannot read the flags of tap %s: %m", ifname);
 	ifr.ifr_flags |= IFF_UP;
 	if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0)
-		return fail(negative_errno(), why, size, "cannot bring tap %s up: %m", ifname);
+		return why_err(negative_errno(), why, size, "cannot bring tap %s up: %m", ifname);
 	return TAKE_FD(fd);
 }
 

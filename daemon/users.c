@@ -4,22 +4,13 @@
 #include "users.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "macro.h"
-
-static int say(char *why, size_t size, int err, const char *fmt, ...) _printf_(4, 5);
-static int say(char *why, size_t size, int err, const char *fmt, ...) {
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, size, fmt, ap);
-	va_end(ap);
-	return err;
-}
+#include "util.h"
 
 /* A decimal number of at most 10 digits, nothing else. */
 static bool parse_u32(const char *s, size_t len, uint64_t *ret) {
@@ -40,15 +31,15 @@ int users_parse_range(const char *s, struct users_range *ret, char *why, size_t 
 	uint64_t first, last;
 	if (!dash || !parse_u32(s, (size_t)(dash - s), &first) ||
 	    !parse_u32(dash + 1, strlen(dash + 1), &last))
-		return say(why, size, -EINVAL, "'%.64s' is not a range FIRST-LAST of uids, such as 200000-200999",
+		return why_err(-EINVAL, why, size, "'%.64s' is not a range FIRST-LAST of uids, such as 200000-200999",
 			   s ? s : "");
 	if (first == 0)
-		return say(why, size, -ERANGE, "uid 0 is root's; the range must start above it");
+		return why_err(-ERANGE, why, size, "uid 0 is root's; the range must start above it");
 	if (last > USERS_UID_MAX)
-		return say(why, size, -ERANGE, "%llu is past the highest usable uid, %u",
+		return why_err(-ERANGE, why, size, "%llu is past the highest usable uid, %u",
 			   (unsigned long long)last, USERS_UID_MAX);
 	if (first > last)
-		return say(why, size, -ERANGE, "the first uid, %llu, is above the last, %llu",
+		return why_err(-ERANGE, why, size, "the first uid, %llu, is above the last, %llu",
 			   (unsigned long long)first, (unsigned long long)last);
 	*ret = (struct users_range){.set = true, .first = (uid_t)first, .last = (uid_t)last};
 	return 0;
@@ -90,7 +81,7 @@ static bool line_conflicts(const struct users_range *r, enum users_file kind, co
 			return false;
 		if (id > r->last || id + count - 1 < r->first)
 			return false;
-		say(why, size, -EEXIST, "%s gives %.*s the ids %llu-%llu", path, n_name, name,
+		why_err(-EEXIST, why, size, "%s gives %.*s the ids %llu-%llu", path, n_name, name,
 		    (unsigned long long)id, (unsigned long long)(id + count - 1));
 		return true;
 	}
@@ -98,7 +89,7 @@ static bool line_conflicts(const struct users_range *r, enum users_file kind, co
 	for (unsigned i = 2; i <= (kind == USERS_PASSWD ? 3U : 2U); i++) {
 		if (!field(line, i, &f, &len) || !parse_u32(f, len, &id) || id < r->first || id > r->last)
 			continue;
-		say(why, size, -EEXIST, "%s: %s %.*s has %s %llu", path,
+		why_err(-EEXIST, why, size, "%s: %s %.*s has %s %llu", path,
 		    kind == USERS_GROUP ? "group" : "user", n_name, name, i == 2 && kind == USERS_PASSWD ? "uid" : "gid",
 		    (unsigned long long)id);
 		return true;
@@ -112,7 +103,7 @@ static int check_file(const struct users_range *r, enum users_file kind, const c
 		return 0;
 	FILE *f = fopen(path, "re");
 	if (!f)
-		return errno == ENOENT ? 0 : say(why, size, -errno, "cannot read %s: %s", path, strerror(errno));
+		return errno == ENOENT ? 0 : why_err(-errno, why, size, "cannot read %s: %s", path, strerror(errno));
 	char *line = NULL;
 	size_t cap = 0;
 	int r_ = 0;

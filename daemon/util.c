@@ -384,10 +384,24 @@ bool unix_socket_listening(const char *path) {
 	return found;
 }
 
+static int vwhy_err(int err, char *why, size_t size, const char *fmt, va_list ap) {
+	if (why && size)
+		vsnprintf(why, size, fmt, ap);
+	return err;
+}
+
+int why_err(int err, char *why, size_t size, const char *fmt, ...) {
+	va_list ap;
+	va_start(ap, fmt);
+	vwhy_err(err, why, size, fmt, ap);
+	va_end(ap);
+	return err;
+}
+
 int json_refuse(char *why, size_t size, const char *fmt, ...) {
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(why, size, fmt, ap);
+	vwhy_err(-EBADMSG, why, size, fmt, ap);
 	va_end(ap);
 	return -EBADMSG;
 }

@@ -51,6 +51,10 @@ struct json_object *json_frozen(struct json_object *src);
  * naming the field ("no pid", "pid is not a number"). json_refuse fills why
  * and returns -EBADMSG. An absent optional field leaves *ret as it was. */
 int json_refuse(char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Fills why (when not NULL) with the sentence and returns err: for the
+ * functions that fail with an errno and a reason for the caller to log or
+ * return. */
+int why_err(int err, char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 int json_field_string(struct json_object *o, const char *key, bool required, char **ret, char *why,
 		      size_t size);
 int json_field_bool(struct json_object *o, const char *key, bool required, bool *ret, char *why,

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/vfio.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,14 +15,7 @@
 #include <unistd.h>
 
 #include "macro.h"
-
-static _printf_(4, 5) int refuse(int r, char *why, size_t size, const char *fmt, ...) {
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, size, fmt, ap);
-	va_end(ap);
-	return r;
-}
+#include "util.h"
 
 /* The last part of the link at root/sys/bus/pci/devices/PCI/LINK ("" when
  * there is none): a driver's or an IOMMU group's name. */
@@ -55,7 +47,7 @@ static int check_group(const char *root, const char *pci, int group, char *why, 
 	snprintf(path, sizeof(path), "%s/sys/kernel/iommu_groups/%d/devices", root, group);
 	DIR *d = opendir(path);
 	if (!d)
-		return refuse(-EIO, why, size, "cannot list the devices of IOMMU group %d of %s: %s",
+		return why_err(-EIO, why, size, "cannot list the devices of IOMMU group %d of %s: %s",
 			      group, pci, strerror(errno));
 	int r = 0;
 	for (struct dirent *e; r == 0 && (e = readdir(d));) {
@@ -64,7 +56,7 @@ static int check_group(const char *root, const char *pci, int group, char *why, 
 			continue;
 		if (sysfs_link_name(root, e->d_name, "driver", driver, sizeof(driver)) < 0 ||
 		    !driver_allowed_beside(driver))
-			r = refuse(-EBUSY, why, size,
+			r = why_err(-EBUSY, why, size,
 				   "%s is in IOMMU group %d with %s, which is bound to %s; every device "
 				   "of the group must be bound to " VFIO_DRIVER " or to no driver "
 				   "(rebind %s as the device itself: driver_override and drivers_probe)",
@@ -81,21 +73,21 @@ int vfio_device_check(const char *root, const char *pci, struct vfio_device *ret
 	struct stat st;
 	snprintf(path, sizeof(path), "%s/sys/bus/pci/devices/%s", root, pci);
 	if (stat(path, &st) < 0)
-		return refuse(-ENODEV, why, size,
+		return why_err(-ENODEV, why, size,
 			      "there is no PCI device %s on this host (no /sys/bus/pci/devices/%s; "
 			      "lspci -D lists the devices)",
 			      pci, pci);
 	int r = sysfs_link_name(root, pci, "driver", driver, sizeof(driver));
 	if (r < 0)
-		return refuse(-EIO, why, size, "cannot read the driver of %s: %s", pci, strerror(-r));
+		return why_err(-EIO, why, size, "cannot read the driver of %s: %s", pci, strerror(-r));
 	if (!*driver)
-		return refuse(-EBUSY, why, size,
+		return why_err(-EBUSY, why, size,
 			      "%s is bound to no driver, not to " VFIO_DRIVER "; bind it with: echo "
 			      VFIO_DRIVER " > /sys/bus/pci/devices/%s/driver_override; echo %s > "
 			      "/sys/bus/pci/drivers_probe",
 			      pci, pci, pci);
 	if (!streq(driver, VFIO_DRIVER))
-		return refuse(-EBUSY, why, size,
+		return why_err(-EBUSY, why, size,
 			      "%s is bound to %s, not to " VFIO_DRIVER " (cprd never rebinds a "
 			      "driver itself); rebind it with: echo " VFIO_DRIVER
 			      " > /sys/bus/pci/devices/%s/driver_override; echo %s > "
@@ -105,7 +97,7 @@ int vfio_device_check(const char *root, const char *pci, struct vfio_device *ret
 	char *end = NULL;
 	long g = *group ? strtol(group, &end, 10) : -1;
 	if (r < 0 || g < 0 || g > INT_MAX || *end)
-		return refuse(-EBUSY, why, size,
+		return why_err(-EBUSY, why, size,
 			      "%s has no IOMMU group: the host runs without an IOMMU (boot its kernel "
 			      "with intel_iommu=on or amd_iommu=on)",
 			      pci);
@@ -113,7 +105,7 @@ int vfio_device_check(const char *root, const char *pci, struct vfio_device *ret
 		return r;
 	struct vfio_device dev = {.group = (int)g};
 	if ((r = vfio_device_irqs(root, pci, &dev.irqs)) < 0)
-		return refuse(-EIO, why, size, "cannot read the config space of %s: %s", pci,
+		return why_err(-EIO, why, size, "cannot read the config space of %s: %s", pci,
 			      strerror(-r));
 	*ret = dev;
 	return 0;
@@ -192,7 +184,7 @@ int vfio_kernel_check(const char *root, int group, char *why, size_t size) {
 	snprintf(path, sizeof(path), "%s/dev/vfio/vfio", root);
 	_cleanup_close_ int container = open(path, O_RDWR | O_CLOEXEC);
 	if (container < 0)
-		return refuse(-EOPNOTSUPP, why, size,
+		return why_err(-EOPNOTSUPP, why, size,
 			      "the kernel has no VFIO container (/dev/vfio/vfio: %s); load the vfio-pci "
 			      "and vfio_iommu_type1 modules (cprd uses the legacy VFIO container, not "
 			      "iommufd)",
@@ -200,29 +192,29 @@ int vfio_kernel_check(const char *root, int group, char *why, size_t size) {
 	snprintf(path, sizeof(path), "%s/dev/vfio/%d", root, group);
 	_cleanup_close_ int g = open(path, O_RDWR | O_CLOEXEC);
 	if (g < 0 && errno == EBUSY)
-		return refuse(-EBUSY, why, size,
+		return why_err(-EBUSY, why, size,
 			      "IOMMU group %d (/dev/vfio/%d) is open in another process already (a "
 			      "QEMU that cprd did not start?); a group opens only once",
 			      group, group);
 	if (g < 0)
-		return refuse(-ENODEV, why, size, "cannot open IOMMU group %d (/dev/vfio/%d): %s", group,
+		return why_err(-ENODEV, why, size, "cannot open IOMMU group %d (/dev/vfio/%d): %s", group,
 			      group, strerror(errno));
 	if (ioctl(container, VFIO_GET_API_VERSION) != VFIO_API_VERSION)
-		return refuse(-EOPNOTSUPP, why, size,
+		return why_err(-EOPNOTSUPP, why, size,
 			      "/dev/vfio/vfio is not a VFIO container of API version %d (%s)",
 			      VFIO_API_VERSION, strerror(errno));
 	struct vfio_group_status status = {.argsz = sizeof(status)};
 	if (ioctl(g, VFIO_GROUP_GET_STATUS, &status) < 0)
-		return refuse(-ENODEV, why, size, "/dev/vfio/%d is not a VFIO group (%s)", group,
+		return why_err(-ENODEV, why, size, "/dev/vfio/%d is not a VFIO group (%s)", group,
 			      strerror(errno));
 	if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE))
-		return refuse(-EBUSY, why, size,
+		return why_err(-EBUSY, why, size,
 			      "IOMMU group %d is not viable: a device of the group is bound to a "
 			      "driver that is not " VFIO_DRIVER,
 			      group);
 	if (ioctl(g, VFIO_GROUP_SET_CONTAINER, &container) < 0 ||
 	    ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0)
-		return refuse(-EOPNOTSUPP, why, size,
+		return why_err(-EOPNOTSUPP, why, size,
 			      "the kernel's VFIO cannot give IOMMU group %d a type1v2 IOMMU (%s)", group,
 			      strerror(errno));
 	const char *missing = ioctl(container, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR) <= 0
@@ -232,7 +224,7 @@ int vfio_kernel_check(const char *root, int group, char *why, size_t size) {
 				      : NULL;
 	(void)ioctl(g, VFIO_GROUP_UNSET_CONTAINER, &container);
 	if (missing)
-		return refuse(-EOPNOTSUPP, why, size,
+		return why_err(-EOPNOTSUPP, why, size,
 			      "the kernel's VFIO type1 IOMMU lacks %s, which QEMU needs to keep the "
 			      "device's DMA mappings across an upgrade (Linux 5.12 or later; not for "
 			      "mediated devices)",

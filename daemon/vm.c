@@ -87,6 +87,17 @@ bool vm_is_active(const struct vm *vm) {
 
 /* ---- custody ------------------------------------------------------------- */
 
+/* A console.log that cannot be written (a full disk, say) loses the output
+ * but never stops the console from being drained, so the guest goes on.
+ * The first failure is logged, and the recovery; not every write. */
+static void vm_console_log_failed(struct vm *vm, int error, const char *what) {
+	if (vm->console_log_failing)
+		return;
+	vm->console_log_failing = true;
+	log_vm_errno(LOG_WARNING, -error, vm->name, "cannot %s %s/console.log: %m; the guest's console "
+		     "output is dropped until it can be written again", what, vm->dir);
+}
+
 static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 	if (vm->console_log_fd < 0)
 		return;
@@ -100,11 +111,17 @@ static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 		vm->console_log_fd = open(cur, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 		vm->console_log_size = 0;
 		if (vm->console_log_fd < 0)
-			return;
+			return vm_console_log_failed(vm, errno, "reopen");
 	}
 	ssize_t n = write(vm->console_log_fd, buf, len);
 	if (n > 0)
 		vm->console_log_size += (uint64_t)n;
+	if (n < 0)
+		vm_console_log_failed(vm, errno, "write");
+	else if (vm->console_log_failing) {
+		vm->console_log_failing = false;
+		log_vm(LOG_NOTICE, vm->name, "writing the console log again");
+	}
 
 	if (vm->host->console)
 		vm->host->console(vm->host, vm, buf, len, vm->console_log_size);

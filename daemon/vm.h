@@ -115,6 +115,7 @@ struct vm {
 	struct event *console_ev;
 	int console_log_fd;
 	uint64_t console_log_size;
+	bool console_log_failing; /* the last write failed (logged once, not per write) */
 	int qemu_log_fd;
 
 	struct vm_qemu *qemu; /* the QEMU the guest runs on, or NULL */

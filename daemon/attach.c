@@ -53,6 +53,11 @@ static void on_status(struct qmp *qmp, struct json_object *ret, const struct qmp
 		return;
 	}
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	/* A target still taking the guest in: QEMU resumes it by itself when
+	 * the migration completes, if the source ran it, and its RESUME event
+	 * may even arrive before this reply. The state the caller set stays. */
+	if (streq_ptr(status, "inmigrate"))
+		return;
 	if (streq_ptr(status, "running"))
 		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
 	else
@@ -83,6 +88,9 @@ static void settle_commit(struct settle *s, const char *why) {
 		vm_qemu_kill(s->old, SIGTERM);
 	}
 	upgrade_record_settled(vm, &s->journal, "committed", why);
+	/* The new QEMU may still be finishing the transfer ("inmigrate"): until
+	 * its own answer or event says otherwise, the guest runs if it ran. */
+	vm_set_state(vm, s->journal.was_running ? VM_RUNNING : VM_PAUSED, "upgrade committed after cprd restarted");
 	qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 	settle_free(s);
 }

@@ -252,11 +252,17 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	bool in_upgrade = upath && read_journal(vm, upath, &journal);
 
 	/* During an upgrade before the point of no return, qemu.json names the
-	 * old QEMU; after it, the new one. */
+	 * old QEMU; after it, the new one. At that point cprd rewrites qemu.json
+	 * first and the journal ("resumed") second, so a cprd killed in between
+	 * leaves a journal that is not resumed beside a qemu.json that names the
+	 * target: which QEMU qemu.json names decides, not the journal. */
+	bool names_target = in_upgrade && rec && journal.target &&
+			    json_object_get_int(json_object_object_get(rec, "pid")) ==
+				    json_object_get_int(json_object_object_get(journal.target, "pid"));
 	struct vm_qemu *q = rec ? attach_qemu(vm, rec, TAKE_FD(qmp_fd)) : NULL;
 	safe_close(qmp_fd);
 
-	if (in_upgrade && journal.resumed && q) {
+	if (names_target && q) {
 		safe_close(target_qmp);
 		return finish_committed(vm, &journal, q);
 	}

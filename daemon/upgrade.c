@@ -359,6 +359,16 @@ static void upgrade_record(struct upgrade *u, const char *outcome) {
 
 void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
 			    const char *reason) {
+	/* The cprd that ran the upgrade records it before it removes the
+	 * journal; killed in between, it leaves both. */
+	size_t n = json_object_array_length(vm->history);
+	struct json_object *last = n ? json_object_array_get_idx(vm->history, n - 1) : NULL;
+	int from_pid = json_object_get_int(json_object_object_get(j->old, "pid"));
+	if (last && streq_ptr(json_object_get_string(json_object_object_get(last, "time")), j->time) &&
+	    json_object_get_int(json_object_object_get(last, "fromPid")) == from_pid) {
+		log_vm(LOG_INFO, vm->name, "the upgrade of %s is in the history already", j->time);
+		return;
+	}
 	const char *to_version = json_object_get_string(json_object_object_get(j->target, "version"));
 	struct account a = {
 		.time = j->time,
@@ -368,7 +378,7 @@ void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, cons
 		.to_binary = j->binary,
 		.from_version = j->from_version,
 		.to_version = to_version ? to_version : "",
-		.from_pid = json_object_get_int(json_object_object_get(j->old, "pid")),
+		.from_pid = from_pid,
 		.to_pid = json_object_get_int(json_object_object_get(j->target, "pid")),
 		.pause_ms = -1,
 		.total_ms = 0,
@@ -446,11 +456,16 @@ static void upgrade_finish(struct upgrade *u) {
 	if (u->refusal == UPGRADE_NOT_REFUSED && u->ops)
 		upgrade_add_attempt(u, outcome);
 	if (u->refusal == UPGRADE_NOT_REFUSED) {
+		/* The history first, then the private folder, the journal last: a
+		 * cprd killed in between settles the journal again after its
+		 * restart (upgrade_record_settled adds no second record), and
+		 * nothing is left that no journal names. */
+		upgrade_record(u, outcome);
+		upgrade_dir_remove(u->dir);
 		enum upgrade_phase was = u->phase;
 		u->phase = PHASE_DONE;
 		upgrade_journal(u);
 		u->phase = was;
-		upgrade_record(u, outcome);
 		vm->operation = VM_OP_NONE;
 		if (u->counted)
 			u->m->upgrades_running--;

@@ -713,6 +713,30 @@ def cprd_kill_before_resumed_journal(r):
     return r.verify("committed", "new", memfd="held")
 
 
+@case("cprd kill -9 after the upgrade's record, before its journal is removed; restart",
+      "committed, in the history once; guest on new QEMU", hold="retire")
+def cprd_kill_before_journal_removed(r):
+    # cprd saves the record (vm.json) first and removes the journal last; a
+    # kill in between leaves both. Made here: the journal as it was before
+    # retire is put back after the upgrade ended, then cprd is killed.
+    r.create_and_start()
+    r.upgrade_bg()
+    r.wait_hold()
+    path = os.path.join(r.cprd.runtime_dir, "vms", r.name, "upgrade.json")
+    with open(path) as f:
+        journal = f.read()
+    rc, doc, err = r.upgrade_result()
+    check(rc == 0 and doc and doc.get("outcome") == "committed", "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    r.kill_cprd()
+    with open(path, "w") as f:
+        f.write(journal)
+    r.restart_cprd()
+    T.wait_until(lambda: not os.path.exists(path), 20, what="the journal to be settled")
+    ups = r.status().get("upgrades") or []
+    check(len(ups) == 1, "the upgrade is in the history %d times: %s" % (len(ups), ups))
+    return r.verify("committed", "new", memfd="held") + "; recorded once"
+
+
 # The state directory full ----------------------------------------------------------------
 
 @case("state disk full, CreateVM", "clear error, nothing half-written; works once space is back",

@@ -521,7 +521,14 @@ const struct probe_result *vm_qemu_probe(const struct vm_qemu *q) { return q->pr
 bool vm_qemu_has_migration_modes(const struct vm_qemu *q) {
 	return q && q->probe && q->probe->migration_modes && q->probe->migration_modes[0];
 }
-int vm_qemu_kill(struct vm_qemu *q, int sig) { return q->proc ? qemu_proc_kill(q->proc, sig) : -ESRCH; }
+int vm_qemu_kill(struct vm_qemu *q, int sig) {
+	int r = q->proc ? qemu_proc_kill(q->proc, sig) : -ESRCH;
+	/* Killed, it cannot remove its recovery monitor socket itself, and
+	 * vm_qemu_free keeps the socket of a QEMU that may still be running. */
+	if (r >= 0 && sig == SIGKILL && q->qmp_path)
+		unlink(q->qmp_path);
+	return r;
+}
 
 /* The last lines QEMU wrote, from where this process started writing. */
 static struct json_object *vm_qemu_stderr_tail(struct vm_qemu *q) {

@@ -50,6 +50,11 @@ struct qemu_spawn_options {
 	int exec_error_fd;
 	/* SIGKILL when cprd dies: for a probe, never for a guest. */
 	bool die_with_parent;
+	/* NULL, or a pipe {read end, write end} (close-on-exec): the child
+	 * waits before exec until a byte arrives on it, and ends (status 127)
+	 * at end of file, so a QEMU whose parent died before letting it run
+	 * (an upgrade target before its journal named it) never runs. */
+	const int *go_pipe;
 };
 
 /* Forks and executes o's binary as QEMU's user, in a session of its own.

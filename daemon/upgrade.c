@@ -1062,6 +1062,8 @@ static void upgrade_spawn(struct upgrade *u) {
 	u->target_pid = vm_qemu_pid(u->target);
 	if (upgrade_journal(u) < 0)
 		return upgrade_fail(u, "%s", u->journal_error);
+	if ((r = vm_qemu_let_run(u->target)) < 0)
+		return upgrade_fail(u, "cannot let the new QEMU run: %s", strerror(-r));
 	/* The target greets on QMP only after it received the cpr state. */
 	qmp_set_greeting_timeout(vm_qemu_qmp(u->target), u->timeout_sec * 1000);
 	if (u->ops->incoming == CMDLINE_INCOMING_CPR_TRANSFER)

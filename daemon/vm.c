@@ -39,6 +39,7 @@ struct vm_qemu {
 	char *version;
 	off_t log_offset; /* where this process's stderr starts in qemu.log */
 	int qmp_fd;       /* our end's number, for GetVM's list of held fds */
+	int go_fd;        /* a target's go pipe until vm_qemu_let_run, or -1 */
 	uint64_t starttime; /* /proc/PID/stat's, to recognise the process later */
 	char *qmp_path;     /* its recovery monitor socket, or NULL */
 	/* The numbers it has the held fds at, in its record too. */
@@ -355,6 +356,7 @@ static struct vm_qemu *vm_qemu_new(struct vm *vm, const char *binary,
 		return NULL;
 	q->vm = vm;
 	q->qmp_fd = -1;
+	q->go_fd = -1;
 	q->binary = strdup(binary);
 	q->probe = probe ? probe_result_dup(probe) : NULL;
 	if (probe)
@@ -422,6 +424,13 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, binary_fd, vm->name, "refusing to run %s: %s", binary, why);
 	}
+	/* A target waits for vm_qemu_let_run: see there. */
+	int go[2] = {-1, -1};
+	if (incoming && pipe2(go, O_CLOEXEC) < 0) {
+		r = -errno;
+		vm_qemu_free(q);
+		return log_vm_errno(LOG_ERR, r, vm->name, "cannot make a pipe: %m");
+	}
 	const struct qemu_spawn_options so = {
 		.binary_fd = binary_fd,
 		.argv = argv,
@@ -429,8 +438,11 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		.n_fds = n_fds,
 		.log_fd = vm->qemu_log_fd,
 		.exec_error_fd = -1,
+		.go_pipe = incoming ? go : NULL,
 	};
 	r = qemu_spawn(vm->host->base, &so, vm->name, vm_qemu_on_exit, q, &q->proc);
+	safe_close(go[0]);
+	q->go_fd = go[1];
 	if (r < 0) {
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot start %s: %m", binary);
@@ -454,9 +466,19 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	return 0;
 }
 
+int vm_qemu_let_run(struct vm_qemu *q) {
+	if (q->go_fd < 0)
+		return 0;
+	ssize_t n = write(q->go_fd, "", 1);
+	int r = n == 1 ? 0 : n < 0 ? -errno : -EIO;
+	q->go_fd = safe_close(q->go_fd);
+	return r;
+}
+
 void vm_qemu_free(struct vm_qemu *q) {
 	if (!q)
 		return;
+	safe_close(q->go_fd);
 	if (q->qmp_path && (!q->proc || !qemu_proc_running(q->proc)))
 		unlink(q->qmp_path);
 	free(q->qmp_path);
@@ -777,6 +799,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 	q->binary_st.st_mtim = rec.mtime;
 	q->log_offset = vm->qemu_log_fd >= 0 ? lseek(vm->qemu_log_fd, 0, SEEK_END) : 0;
 	q->qmp_fd = -1;
+	q->go_fd = -1;
 	if (cb)
 		q->cb = *cb;
 	q->userdata = userdata;

@@ -5,6 +5,7 @@
  * new QEMU already has the guest, rolled back otherwise. */
 #include "attach.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <signal.h>
@@ -239,6 +240,28 @@ static void finish_committed(struct vm *vm, struct upgrade_journal *journal, str
 		unlink(path);
 }
 
+/* Upgrade folders that no journal names (keep, the journal's, is the
+ * settlement's to remove): their cprd died between making one and writing
+ * the journal. Their target, which waits for the journal, ended with it. */
+static void remove_stray_upgrade_dirs(struct vm *vm, const char *keep) {
+	_cleanup_free_ char *rdir = vm_runtime_dir(vm);
+	DIR *d = rdir ? opendir(rdir) : NULL;
+	if (!d)
+		return;
+	const char *keep_name = keep && strrchr(keep, '/') ? strrchr(keep, '/') + 1 : keep;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (strncmp(e->d_name, "upgrade-", strlen("upgrade-")) != 0 || streq_ptr(e->d_name, keep_name))
+			continue;
+		_cleanup_free_ char *path = NULL;
+		if (asprintf(&path, "%s/%s", rdir, e->d_name) < 0)
+			break;
+		log_vm(LOG_NOTICE, vm->name, "removing %s, which no upgrade journal names", path);
+		upgrade_dir_remove(path);
+	}
+	closedir(d);
+}
+
 static void attach_vm(struct manager *m, struct vm *vm) {
 	vm_restore_custody(vm);
 	/* The QMP channels of the QEMU and of an upgrade's target. */
@@ -250,6 +273,7 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	_cleanup_json_ struct json_object *rec = read_json(qpath);
 	_cleanup_(upgrade_journal_done) struct upgrade_journal journal = {0};
 	bool in_upgrade = upath && read_journal(vm, upath, &journal);
+	remove_stray_upgrade_dirs(vm, in_upgrade ? journal.dir : NULL);
 
 	/* During an upgrade before the point of no return, qemu.json names the
 	 * old QEMU; after it, the new one. At that point cprd rewrites qemu.json

@@ -631,7 +631,8 @@ def old_stop_transfer(r):
 
 # cprd itself ---------------------------------------------------------------------------
 
-@case("cprd kill -9, before spawn-target; restart", "guest stays on old QEMU, no target; RAM memfd taken back from QEMU",
+@case("cprd kill -9, before spawn-target (its upgrade folder made, no journal yet); restart",
+      "guest stays on old QEMU, no target, the folder removed; RAM memfd taken back from QEMU",
       hold="spawn-target")
 def cprd_kill_preflight(r):
     r.create_and_start()
@@ -639,6 +640,9 @@ def cprd_kill_preflight(r):
     r.wait_hold()
     r.kill_cprd()
     r.upgrade_result()
+    # As if cprd had died right after making the upgrade's private folder
+    # (the journal, written once the target is spawned, names it).
+    os.mkdir(os.path.join(r.cprd.runtime_dir, "vms", r.name, "upgrade-Xk3Zq9"), 0o700)
     r.restart_cprd()
     return r.verify("none", "old", memfd="held")
 

@@ -282,6 +282,7 @@ def run(a, cprd, wd):
     log(f"booted in {time.monotonic() - t_boot:.1f} s, boot id {con.boots[0]}")
 
     pauses, walls, failures, checkpoints = [], [], [], []
+    by_mode = {m: [] for m in MODES}
     t0 = time.monotonic()
     for i in range(1, a.upgrades + 1):
         mode = MODES[(i - 1) % len(MODES)]
@@ -291,6 +292,7 @@ def run(a, cprd, wd):
         if result and result.get("outcome") == "committed":
             if "pauseMs" in result:
                 pauses.append(result["pauseMs"])
+                by_mode[mode].append(result["pauseMs"])
         else:
             failures.append((i, mode, result.get("outcome") if result else None,
                              (result or {}).get("reason") or err[-300:]))
@@ -314,7 +316,7 @@ def run(a, cprd, wd):
     expected = list(range(con.last + 1))
     order_ok = con.recs == expected
     lost = disk_lost(data, con.boots[0], con.recs)
-    return {"checkpoints": checkpoints, "pauses": pauses, "walls": walls, "failures": failures,
+    return {"checkpoints": checkpoints, "pauses": pauses, "by_mode": by_mode, "walls": walls, "failures": failures,
             "took": took, "con": con, "lost": lost, "order_ok": order_ok}
 
 
@@ -406,6 +408,10 @@ def main():
           f"waiting for a record after each); load average {loadavg()}")
     print(f"pause (pauseMs, {len(r['pauses'])} upgrades): p50 {percentile(p, 50):.1f} ms, "
           f"p99 {percentile(p, 99):.1f} ms, max {max(p):.1f} ms")
+    for m, v in r["by_mode"].items():
+        if v:
+            print(f"  {m}: p50 {percentile(v, 50):.1f} ms, p99 {percentile(v, 99):.1f} ms, max {max(v):.1f} ms "
+                  f"({len(v)} upgrades)")
     print(f"records: {len(r['con'].recs)} reported (0..{r['con'].last}), {len(r['lost'])} missing on the disk")
     for i, mode, outcome, why in r["failures"][:10]:
         print(f"  upgrade {i} ({mode}): {outcome}: {why}")

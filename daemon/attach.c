@@ -91,7 +91,8 @@ static void settle_commit(struct settle *s, const char *why) {
 	upgrade_record_settled(vm, &s->journal, "committed", why);
 	/* The new QEMU may still be finishing the transfer ("inmigrate"): until
 	 * its own answer or event says otherwise, the guest runs if it ran. */
-	vm_set_state(vm, s->journal.was_running ? VM_RUNNING : VM_PAUSED, "upgrade committed after cprd restarted");
+	vm_set_state(vm, s->journal.was_running ? VM_RUNNING : VM_PAUSED,
+		     "upgrade committed after cprd restarted");
 	qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 	settle_free(s);
 }

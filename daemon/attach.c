@@ -6,6 +6,7 @@
  * otherwise. */
 #include "attach.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <json-c/json.h>
@@ -68,6 +69,11 @@ static void on_status(struct qmp *qmp, struct json_object *ret, const struct qmp
 		return;
 	}
 	const char *status = json_object_get_string(json_object_object_get(ret, "status"));
+	/* A target still taking the guest in: QEMU resumes it by itself when
+	 * the migration completes, if the source ran it, and its RESUME event
+	 * may even arrive before this reply. The state the caller set stays. */
+	if (streq_ptr(status, "inmigrate"))
+		return;
 	if (streq_ptr(status, "running"))
 		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted");
 	else
@@ -118,6 +124,10 @@ static void settle_commit(struct settle *s, const char *why) {
 	}
 	upgrade_commit_binary(vm, s->journal.binary);
 	upgrade_record_settled(vm, &s->journal, "committed", why);
+	/* The new QEMU may still be finishing the transfer ("inmigrate"): until
+	 * its own answer or event says otherwise, the guest runs if it ran. */
+	vm_set_state(vm, s->journal.was_running ? VM_RUNNING : VM_PAUSED,
+		     "upgrade committed after cprd restarted");
 	qmp_command(vm_qemu_qmp(vm->qemu), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 	settle_free(s);
 }
@@ -452,6 +462,28 @@ static void finish_committed(struct vm *vm, struct upgrade_journal *journal, str
 		unlink(path);
 }
 
+/* Upgrade folders that no journal names (keep, the journal's, is the
+ * settlement's to remove): their cprd died between making one and writing
+ * the journal. Their target, which waits for the journal, ended with it. */
+static void remove_stray_upgrade_dirs(struct vm *vm, const char *keep) {
+	_cleanup_free_ char *rdir = vm_runtime_dir(vm);
+	DIR *d = rdir ? opendir(rdir) : NULL;
+	if (!d)
+		return;
+	const char *keep_name = keep && strrchr(keep, '/') ? strrchr(keep, '/') + 1 : keep;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (strncmp(e->d_name, "upgrade-", strlen("upgrade-")) != 0 || streq_ptr(e->d_name, keep_name))
+			continue;
+		_cleanup_free_ char *path = NULL;
+		if (asprintf(&path, "%s/%s", rdir, e->d_name) < 0)
+			break;
+		log_vm(LOG_NOTICE, vm->name, "removing %s, which no upgrade journal names", path);
+		upgrade_dir_remove(path);
+	}
+	closedir(d);
+}
+
 static void attach_vm(struct manager *m, struct vm *vm) {
 	vm_restore_custody(vm);
 	/* The QMP channels of the QEMU and of an upgrade's target. */
@@ -463,13 +495,20 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	_cleanup_json_ struct json_object *rec = read_json(qpath);
 	_cleanup_(upgrade_journal_done) struct upgrade_journal journal = {0};
 	bool in_upgrade = upath && read_journal(vm, upath, &journal);
+	remove_stray_upgrade_dirs(vm, in_upgrade ? journal.dir : NULL);
 
 	/* During an upgrade before the point of no return, qemu.json names the
-	 * old QEMU; after it, the new one. */
+	 * old QEMU; after it, the new one. At that point cprd rewrites qemu.json
+	 * first and the journal ("resumed") second, so a cprd killed in between
+	 * leaves a journal that is not resumed beside a qemu.json that names the
+	 * target: which QEMU qemu.json names decides, not the journal. */
+	bool names_target = in_upgrade && rec && journal.target &&
+			    json_object_get_int(json_object_object_get(rec, "pid")) ==
+				    json_object_get_int(json_object_object_get(journal.target, "pid"));
 	struct vm_qemu *q = rec ? attach_qemu(vm, rec, TAKE_FD(qmp_fd)) : NULL;
 	safe_close(qmp_fd);
 
-	if (in_upgrade && journal.resumed && q) {
+	if (names_target && q) {
 		safe_close(target_qmp);
 		return finish_committed(vm, &journal, q);
 	}

@@ -201,6 +201,10 @@ static _noreturn_ void child_exec(const struct qemu_spawn_options *o, pid_t pare
 	int error_fd = -1;
 	if (o->exec_error_fd >= 0 && (error_fd = fcntl(o->exec_error_fd, F_DUPFD_CLOEXEC, 256)) < 0)
 		_exit(127);
+	/* Our copy of the write end goes, or the read would never see EOF. */
+	int go = -1;
+	if (o->go_pipe && ((go = fcntl(o->go_pipe[0], F_DUPFD_CLOEXEC, 256)) < 0 || close(o->go_pipe[1]) < 0))
+		_exit(127);
 	for (size_t i = 0; i < o->n_fds; i++) {
 		moved[i] = fcntl(o->fds[i].fd, F_DUPFD_CLOEXEC, 256);
 		if (moved[i] < 0)
@@ -233,6 +237,14 @@ static _noreturn_ void child_exec(const struct qemu_spawn_options *o, pid_t pare
 	/* Everything else closes at exec; binary_fd too, unless it is a script
 	 * (see below). */
 	syscall(SYS_close_range, (unsigned)maxfd + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+	if (go >= 0) {
+		char c;
+		ssize_t n;
+		while ((n = read(go, &c, 1)) < 0 && errno == EINTR)
+			;
+		if (n != 1)
+			_exit(127);
+	}
 	char *const *envp = o->envp ? o->envp : environ;
 	if (binary_fd < 0) {
 		execve(o->path, o->argv, envp);

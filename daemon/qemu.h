@@ -73,6 +73,11 @@ struct qemu_spawn_options {
 	bool die_with_parent;
 	/* Whom the child runs as; NULL: qemu_default_user(). */
 	const struct qemu_identity *user;
+	/* NULL, or a pipe {read end, write end} (close-on-exec): the child
+	 * waits before exec until a byte arrives on it, and ends (status 127)
+	 * at end of file, so a QEMU whose parent died before letting it run
+	 * (an upgrade target before its journal named it) never runs. */
+	const int *go_pipe;
 };
 
 /* Forks and executes o's binary as QEMU's user, in a session of its own.

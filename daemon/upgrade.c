@@ -95,6 +95,7 @@ struct upgrade {
 	enum upgrade_phase phase;
 	enum upgrade_phase failed_phase;
 	char *reason;       /* why it failed */
+	char journal_error[1024]; /* why upgrade.json could not be written */
 	enum upgrade_refusal refusal; /* preflight said no: nothing was touched */
 
 	struct probe_result *probe; /* of the new binary */
@@ -371,6 +372,8 @@ static void upgrade_record(struct upgrade *u, const char *outcome) {
 
 void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
 			    const char *reason) {
+	/* The cprd that ran the upgrade records it before it removes the
+	 * journal; killed in between, it leaves both. */
 	const char *to_version = json_object_get_string(json_object_object_get(j->target, "version"));
 	int from_pid = json_object_get_int(json_object_object_get(j->old, "pid"));
 	int to_pid = json_object_get_int(json_object_object_get(j->target, "pid"));
@@ -379,6 +382,13 @@ void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, cons
 	 * journal keeps only its new record. */
 	if (!from_pid && mode && mode->in_place)
 		from_pid = to_pid;
+	size_t n = json_object_array_length(vm->history);
+	struct json_object *last = n ? json_object_array_get_idx(vm->history, n - 1) : NULL;
+	if (last && streq_ptr(json_object_get_string(json_object_object_get(last, "time")), j->time) &&
+	    json_object_get_int(json_object_object_get(last, "fromPid")) == from_pid) {
+		log_vm(LOG_INFO, vm->name, "the upgrade of %s is in the history already", j->time);
+		return;
+	}
 	struct account a = {
 		.time = j->time,
 		.outcome = outcome,
@@ -399,13 +409,17 @@ void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, cons
 
 /* ---- the journal a restarted cprd reads (see attach.c) -------------------- */
 
-static void upgrade_journal(struct upgrade *u) {
+/* Returns 0, or a negative errno with the reason in u->journal_error:
+ * before the point of no return the caller gives up (a restarted cprd
+ * could not settle an upgrade it does not know of), after it there is no
+ * way back and the failure is only logged. */
+static int upgrade_journal(struct upgrade *u) {
 	_cleanup_free_ char *path = vm_runtime_file(u->vm, "upgrade.json");
 	if (!path)
-		return;
+		return -ENOMEM;
 	if (u->phase == PHASE_DONE) {
 		unlink(path);
-		return;
+		return 0;
 	}
 	char ts[32];
 	format_rfc3339(u->start_real, ts);
@@ -431,7 +445,13 @@ static void upgrade_journal(struct upgrade *u) {
 		.target = target_rec,
 	};
 	_cleanup_json_ struct json_object *o = upgrade_journal_to_json(&j);
-	write_json_atomic(path, o);
+	int r = write_json_atomic(path, o);
+	if (r < 0) {
+		snprintf(u->journal_error, sizeof(u->journal_error), "cannot write the upgrade journal %s: %s",
+			 path, strerror(-r));
+		log_vm(LOG_ERR, u->vm->name, "%s", u->journal_error);
+	}
+	return r;
 }
 
 /* ---- ending -------------------------------------------------------------- */
@@ -459,11 +479,16 @@ static void upgrade_finish(struct upgrade *u) {
 	if (u->refusal == UPGRADE_NOT_REFUSED && u->ops)
 		upgrade_add_attempt(u, outcome);
 	if (u->refusal == UPGRADE_NOT_REFUSED) {
+		/* The history first, then the private folder, the journal last: a
+		 * cprd killed in between settles the journal again after its
+		 * restart (upgrade_record_settled adds no second record), and
+		 * nothing is left that no journal names. */
+		upgrade_record(u, outcome);
+		upgrade_dir_remove(u->dir);
 		enum upgrade_phase was = u->phase;
 		u->phase = PHASE_DONE;
 		upgrade_journal(u);
 		u->phase = was;
-		upgrade_record(u, outcome);
 		vm->operation = VM_OP_NONE;
 		if (u->counted)
 			u->m->upgrades_running--;
@@ -925,8 +950,11 @@ static void upgrade_send_migrate(struct upgrade *u) {
 	upgrade_enter(u, PHASE_TRANSFER, "old QEMU pid %d sends device state (%s)", (int)u->old_pid,
 		      upgrade_mode_to_string(u->mode));
 	struct json_object *args = u->ops->migrate_args(u->main_path, u->cpr_path);
+	if (upgrade_journal(u) < 0) {
+		json_object_put(args);
+		return upgrade_fail(u, "%s", u->journal_error);
+	}
 	u->migrate_sent = true;
-	upgrade_journal(u);
 	if (qmp_command(vm_qemu_qmp(u->old), "migrate", args, UPGRADE_QMP_TIMEOUT_MS, on_migrate_sent, u) < 0)
 		upgrade_fail(u, "the old QEMU's QMP channel failed");
 }
@@ -1043,7 +1071,10 @@ static void upgrade_exec_setup(struct upgrade *u) {
 		json_object_array_add(cmd, json_object_new_string(*a));
 	json_object_object_add(p, "cpr-exec-command", cmd);
 	u->target_pid = u->old_pid;
-	upgrade_journal(u);
+	if (upgrade_journal(u) < 0) {
+		json_object_put(p);
+		return upgrade_fail(u, "%s", u->journal_error);
+	}
 	if (qmp_command(vm_qemu_qmp(u->old), "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS,
 			on_exec_command_set, u) < 0)
 		upgrade_fail(u, "the old QEMU's QMP channel failed");
@@ -1090,7 +1121,10 @@ static void upgrade_spawn(struct upgrade *u) {
 	if (r < 0)
 		return upgrade_fail(u, "cannot start %s: %s", u->binary, strerror(-r));
 	u->target_pid = vm_qemu_pid(u->target);
-	upgrade_journal(u);
+	if (upgrade_journal(u) < 0)
+		return upgrade_fail(u, "%s", u->journal_error);
+	if ((r = vm_qemu_let_run(u->target)) < 0)
+		return upgrade_fail(u, "cannot let the new QEMU run: %s", strerror(-r));
 	/* The target greets on QMP only after it received the cpr state. */
 	qmp_set_greeting_timeout(vm_qemu_qmp(u->target), u->timeout_sec * 1000);
 	if (u->ops->incoming == CMDLINE_INCOMING_CPR_TRANSFER)

@@ -59,29 +59,43 @@ static int fsync_dir_of(const char *path) {
 }
 
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {
-	char tmp[PATH_MAX];
+	char tmp[PATH_MAX], fdpath[64];
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))
 		return -ENAMETOOLONG;
+	_cleanup_free_ char *copy = strdup(path);
+	if (!copy)
+		return -ENOMEM;
 
-	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
-	if (fd < 0)
+	/* Written and synced without a name (O_TMPFILE), named only to be
+	 * renamed into place at once: a cprd killed meanwhile leaves no
+	 * temporary file behind. A file system without O_TMPFILE gets a named
+	 * one from the start. */
+	_cleanup_close_ int fd = open(dirname(copy), O_TMPFILE | O_WRONLY | O_CLOEXEC, mode);
+	bool named = fd < 0;
+	if (named && (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)) < 0)
 		return -errno;
 	const char *p = data;
 	size_t left = len;
+	int r = 0;
 	while (left > 0) {
 		ssize_t n = write(fd, p, left);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			int r = -errno;
-			unlink(tmp);
-			return r;
+			r = -errno;
+			break;
 		}
 		p += n;
 		left -= (size_t)n;
 	}
-	if (fsync(fd) < 0 || rename(tmp, path) < 0) {
-		int r = -errno;
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
+	if (r == 0 && !named && linkat(AT_FDCWD, fdpath, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) < 0)
+		return -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0) {
 		unlink(tmp);
 		return r;
 	}

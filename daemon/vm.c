@@ -42,6 +42,7 @@ struct vm_qemu {
 	char *version;
 	off_t log_offset; /* where this process's stderr starts in qemu.log */
 	int qmp_fd;       /* our end's number, for GetVM's list of held fds */
+	int go_fd;        /* a target's go pipe until vm_qemu_let_run, or -1 */
 	uint64_t starttime; /* /proc/PID/stat's, to recognise the process later */
 	char *qmp_path;     /* its recovery monitor socket, or NULL */
 	/* The numbers it has the held fds at, in its record too. */
@@ -127,6 +128,17 @@ static void vm_log_owner(struct vm *vm, int fd) {
 			     (unsigned)vm->uid);
 }
 
+/* A console.log that cannot be written (a full disk, say) loses the output
+ * but never stops the console from being drained, so the guest goes on.
+ * The first failure is logged, and the recovery; not every write. */
+static void vm_console_log_failed(struct vm *vm, int error, const char *what) {
+	if (vm->console_log_failing)
+		return;
+	vm->console_log_failing = true;
+	log_vm_errno(LOG_WARNING, -error, vm->name, "cannot %s %s/console.log: %m; the guest's console "
+		     "output is dropped until it can be written again", what, vm->dir);
+}
+
 static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 	if (vm->console_log_fd < 0)
 		return;
@@ -140,12 +152,18 @@ static void vm_console_append(struct vm *vm, const char *buf, size_t len) {
 		vm->console_log_fd = open(cur, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 		vm->console_log_size = 0;
 		if (vm->console_log_fd < 0)
-			return;
+			return vm_console_log_failed(vm, errno, "reopen");
 		vm_log_owner(vm, vm->console_log_fd);
 	}
 	ssize_t n = write(vm->console_log_fd, buf, len);
 	if (n > 0)
 		vm->console_log_size += (uint64_t)n;
+	if (n < 0)
+		vm_console_log_failed(vm, errno, "write");
+	else if (vm->console_log_failing) {
+		vm->console_log_failing = false;
+		log_vm(LOG_NOTICE, vm->name, "writing the console log again");
+	}
 
 	if (vm->host->console)
 		vm->host->console(vm->host, vm, buf, len, vm->console_log_size);
@@ -457,6 +475,7 @@ static struct vm_qemu *vm_qemu_new(struct vm *vm, const char *binary,
 		return NULL;
 	q->vm = vm;
 	q->qmp_fd = -1;
+	q->go_fd = -1;
 	q->binary = strdup(binary);
 	q->probe = probe ? probe_result_dup(probe) : NULL;
 	if (probe)
@@ -524,6 +543,13 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, binary_fd, vm->name, "refusing to run %s: %s", binary, why);
 	}
+	/* A target waits for vm_qemu_let_run: see there. */
+	int go[2] = {-1, -1};
+	if (incoming && pipe2(go, O_CLOEXEC) < 0) {
+		r = -errno;
+		vm_qemu_free(q);
+		return log_vm_errno(LOG_ERR, r, vm->name, "cannot make a pipe: %m");
+	}
 	const struct qemu_spawn_options so = {
 		.binary_fd = binary_fd,
 		.argv = argv,
@@ -532,8 +558,11 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		.log_fd = vm->qemu_log_fd,
 		.exec_error_fd = -1,
 		.user = vm_qemu_user(vm),
+		.go_pipe = incoming ? go : NULL,
 	};
 	r = qemu_spawn(vm->host->base, &so, vm->name, vm_qemu_on_exit, q, &q->proc);
+	safe_close(go[0]);
+	q->go_fd = go[1];
 	if (r < 0) {
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot start %s: %m", binary);
@@ -557,9 +586,19 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	return 0;
 }
 
+int vm_qemu_let_run(struct vm_qemu *q) {
+	if (q->go_fd < 0)
+		return 0;
+	ssize_t n = write(q->go_fd, "", 1);
+	int r = n == 1 ? 0 : n < 0 ? -errno : -EIO;
+	q->go_fd = safe_close(q->go_fd);
+	return r;
+}
+
 void vm_qemu_free(struct vm_qemu *q) {
 	if (!q)
 		return;
+	safe_close(q->go_fd);
 	if (q->qmp_path && (!q->proc || !qemu_proc_running(q->proc)))
 		unlink(q->qmp_path);
 	free(q->qmp_path);
@@ -629,7 +668,14 @@ const struct probe_result *vm_qemu_probe(const struct vm_qemu *q) { return q->pr
 bool vm_qemu_has_migration_modes(const struct vm_qemu *q) {
 	return q && q->probe && q->probe->migration_modes && q->probe->migration_modes[0];
 }
-int vm_qemu_kill(struct vm_qemu *q, int sig) { return q->proc ? qemu_proc_kill(q->proc, sig) : -ESRCH; }
+int vm_qemu_kill(struct vm_qemu *q, int sig) {
+	int r = q->proc ? qemu_proc_kill(q->proc, sig) : -ESRCH;
+	/* Killed, it cannot remove its recovery monitor socket itself, and
+	 * vm_qemu_free keeps the socket of a QEMU that may still be running. */
+	if (r >= 0 && sig == SIGKILL && q->qmp_path)
+		unlink(q->qmp_path);
+	return r;
+}
 
 /* q's QEMU is the VM's (it started the guest, an upgrade committed to it,
  * it runs a new binary in place): the VM takes copies of what it opened
@@ -964,6 +1010,7 @@ int vm_qemu_attach(struct vm *vm, struct json_object *json, int qmp_fd,
 	q->binary_st.st_mtim = rec.mtime;
 	q->log_offset = vm->qemu_log_fd >= 0 ? lseek(vm->qemu_log_fd, 0, SEEK_END) : 0;
 	q->qmp_fd = -1;
+	q->go_fd = -1;
 	if (cb)
 		q->cb = *cb;
 	q->userdata = userdata;

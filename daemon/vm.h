@@ -122,6 +122,7 @@ struct vm {
 	struct event *console_ev;
 	int console_log_fd;
 	uint64_t console_log_size;
+	bool console_log_failing; /* the last write failed (logged once, not per write) */
 	int qemu_log_fd;
 
 	struct vm_qemu *qemu; /* the QEMU the guest runs on, or NULL */
@@ -204,6 +205,11 @@ bool vm_outdated(struct vm *vm);
 int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *probe,
 		  const struct cmdline_incoming *incoming, const struct vm_qemu_callbacks *cb,
 		  void *userdata, struct vm_qemu **ret);
+/* An upgrade target (incoming set) waits before exec until it is let run,
+ * so that the journal names it first: a cprd that dies before takes it
+ * along (it ends when the pipe closes) instead of leaving a QEMU that no
+ * record names. Does nothing for any other QEMU. */
+int vm_qemu_let_run(struct vm_qemu *q);
 void vm_qemu_free(struct vm_qemu *q);
 /* The command line q's process is to execute in place (cpr-exec): the
  * same VM and held fds at the same numbers, run from exec_path, which

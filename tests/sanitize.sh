@@ -4,7 +4,9 @@
 # there. Every instrumented process (cprd, cprctl, the Check suites, the
 # Varlink test server) writes any report into one folder; the run fails if
 # a test fails or if any report was written, even by a process whose exit
-# status nobody looked at (a cprd stopped at a test's teardown).
+# status nobody looked at (a cprd stopped at a test's teardown). This build
+# also registers the soak (bench/soak.py, 100 upgrades, label soak, about
+# 2.5 minutes), which only this stage runs (tests/integration/CMakeLists.txt).
 #
 # Usage: tests/sanitize.sh SRC [CTEST ARGS...]
 # Environment:

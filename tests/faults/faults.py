@@ -15,6 +15,9 @@ Phases, as seen from outside:
   held before retire         the new QEMU runs the guest (past the point of
                              no return), the old one waits to be retired
 
+Full disks: a 1 MiB tmpfs on the state folder (vm.json, console.log) or on
+the runtime folder (qemu.json, upgrade.json), filled at the right moment.
+
 Upgrades go with --mode cpr-transfer: the matrix is about one attempt and
 its rollback. With the default mode, auto, a rolled-back cpr-transfer is
 tried again with local-migrate; one case checks that under a fault.
@@ -138,7 +141,7 @@ def guest_ticks_via_qemu(cprd, name, pid):
 class Run:
     """One cprd in a private folder, one VM, one upgrade with a fault."""
 
-    def __init__(self, case_name, hold=None, hold_ms=HOLD_MS, state_tmpfs=False, qemu=None):
+    def __init__(self, case_name, hold=None, hold_ms=HOLD_MS, tmpfs=None, qemu=None):
         # Short paths: the upgrade's sockets must fit in sun_path (108).
         self.tmp = tempfile.mkdtemp(prefix="cf-")
         self.cprd = T.Cprd(self.tmp)
@@ -149,7 +152,7 @@ class Run:
         self.stopped = []  # pids we SIGSTOPped, continued at teardown
         self.restarted = False
         self.killed = False  # the current cprd was killed by the case
-        self.state_tmpfs = state_tmpfs
+        self.tmpfs_on = tmpfs  # "state" or "runtime": the folder a case fills
         # The QEMU the VM starts on and moves to (11.1 for cpr-exec, which
         # gets allowExec).
         self.qemu = qemu or T.QEMU10
@@ -158,15 +161,17 @@ class Run:
         # like the RAM: it must outlive every fault the RAM outlives.
         self.net = T.NetLab()
 
-    def mount_state_tmpfs(self):
-        """A 1 MiB tmpfs on the state folder, to be filled by a case."""
-        if self.state_tmpfs:
-            os.makedirs(self.cprd.state_dir)
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M,mode=0700", "tmpfs",
-                                self.cprd.state_dir], capture_output=True, text=True)
+    def mount_tmpfs(self):
+        """A 1 MiB tmpfs on the state or the runtime folder, to be filled
+        by a case."""
+        if self.tmpfs_on:
+            path = {"state": self.cprd.state_dir, "runtime": self.cprd.runtime_dir}[self.tmpfs_on]
+            os.makedirs(path)
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M,mode=0700", "tmpfs", path],
+                               capture_output=True, text=True)
             if r.returncode != 0:
                 raise Skip("cannot mount a tmpfs: %s" % r.stderr.strip())
-            self.tmpfs = self.cprd.state_dir
+            self.tmpfs = path
 
     # -- cprd ---------------------------------------------------------------------
 
@@ -513,24 +518,21 @@ class Run:
 
 
 def fill(path):
-    """Fills the file system of path until ENOSPC; returns the filler's path."""
+    """Fills the file system of path until not one more byte fits (ENOSPC);
+    returns the filler's path. Unbuffered: a buffered file would raise
+    ENOSPC again when it is closed."""
     p = os.path.join(path, "filler")
-    with open(p, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as e:
-            check(e.errno == errno.ENOSPC, "filling %s: %r" % (path, e))
-    # Small files fail too now (tmpfs counts pages).
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        with open(os.path.join(path, "probe"), "wb") as f:
-            f.write(b"x" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-        os.unlink(os.path.join(path, "probe"))
-    except OSError:
-        pass
+        chunk = 65536
+        while chunk:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError as e:
+                check(e.errno == errno.ENOSPC, "filling %s: %r" % (path, e))
+                chunk //= 2
+    finally:
+        os.close(fd)
     return p
 
 
@@ -539,10 +541,10 @@ def fill(path):
 CASES = []
 
 
-def case(name, expected, hold=None, hold_ms=HOLD_MS, state_tmpfs=False, qemu=None):
+def case(name, expected, hold=None, hold_ms=HOLD_MS, tmpfs=None, qemu=None):
     def deco(fn):
         CASES.append({"name": name, "expected": expected, "fn": fn, "hold": hold, "hold_ms": hold_ms,
-                      "tmpfs": state_tmpfs, "qemu": qemu})
+                      "tmpfs": tmpfs, "qemu": qemu})
         return fn
     return deco
 
@@ -680,7 +682,8 @@ def old_stop_transfer(r):
 
 # cprd itself ---------------------------------------------------------------------------
 
-@case("cprd kill -9, before spawn-target; restart", "guest stays on old QEMU, no target; RAM memfd taken back from QEMU",
+@case("cprd kill -9, before spawn-target (its upgrade folder made, no journal yet); restart",
+      "guest stays on old QEMU, no target, the folder removed; RAM memfd taken back from QEMU",
       hold="spawn-target")
 def cprd_kill_preflight(r):
     r.create_and_start()
@@ -688,6 +691,9 @@ def cprd_kill_preflight(r):
     r.wait_hold()
     r.kill_cprd()
     r.upgrade_result()
+    # As if cprd had died right after making the upgrade's private folder
+    # (the journal, written once the target is spawned, names it).
+    os.mkdir(os.path.join(r.cprd.runtime_dir, "vms", r.name, "upgrade-Xk3Zq9"), 0o700)
     r.restart_cprd()
     return r.verify("none", "old", memfd="held")
 
@@ -736,10 +742,60 @@ def cprd_kill_after_resume(r):
     return r.verify("committed", "new", memfd="held")
 
 
+@case("cprd kill -9 at the point of no return, qemu.json written, journal not yet; restart",
+      "committed on restart, old QEMU retired, guest on the new one; RAM memfd taken back", hold="retire")
+def cprd_kill_before_resumed_journal(r):
+    # At the point of no return cprd first rewrites qemu.json to name the
+    # new QEMU, then the journal with "resumed": true. A kill between the
+    # two leaves the journal of the transfer phase beside a qemu.json that
+    # names the target; that window is a few ms, so it is made here: held
+    # before retire (both written), cprd killed, the journal put back to
+    # what the transfer phase wrote.
+    r.create_and_start()
+    r.upgrade_bg()
+    r.wait_hold()
+    r.kill_cprd()
+    r.upgrade_result()
+    path = os.path.join(r.cprd.runtime_dir, "vms", r.name, "upgrade.json")
+    with open(path) as f:
+        journal = json.load(f)
+    check(journal.get("resumed") is True, "the journal held before retire is not resumed: %s" % journal)
+    journal["resumed"], journal["phase"] = False, "transfer"
+    with open(path, "w") as f:
+        json.dump(journal, f)
+    r.restart_cprd()
+    T.wait_until(lambda: not T.pid_alive(r.old_pid), 20, what="the old QEMU %d to be retired" % r.old_pid)
+    return r.verify("committed", "new", memfd="held")
+
+
+@case("cprd kill -9 after the upgrade's record, before its journal is removed; restart",
+      "committed, in the history once; guest on new QEMU", hold="retire")
+def cprd_kill_before_journal_removed(r):
+    # cprd saves the record (vm.json) first and removes the journal last; a
+    # kill in between leaves both. Made here: the journal as it was before
+    # retire is put back after the upgrade ended, then cprd is killed.
+    r.create_and_start()
+    r.upgrade_bg()
+    r.wait_hold()
+    path = os.path.join(r.cprd.runtime_dir, "vms", r.name, "upgrade.json")
+    with open(path) as f:
+        journal = f.read()
+    rc, doc, err = r.upgrade_result()
+    check(rc == 0 and doc and doc.get("outcome") == "committed", "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    r.kill_cprd()
+    with open(path, "w") as f:
+        f.write(journal)
+    r.restart_cprd()
+    T.wait_until(lambda: not os.path.exists(path), 20, what="the journal to be settled")
+    ups = r.status().get("upgrades") or []
+    check(len(ups) == 1, "the upgrade is in the history %d times: %s" % (len(ups), ups))
+    return r.verify("committed", "new", memfd="held") + "; recorded once"
+
+
 # The state directory full ----------------------------------------------------------------
 
 @case("state disk full, CreateVM", "clear error, nothing half-written; works once space is back",
-      state_tmpfs=True)
+      tmpfs="state")
 def disk_full_create(r):
     filler = fill(r.cprd.state_dir)
     before = T.tree_snapshot(r.cprd.state_dir)
@@ -758,7 +814,7 @@ def disk_full_create(r):
 
 
 @case("state disk full, commit", "committed (reported), guest on new QEMU; history saved once space is back",
-      hold="retire", state_tmpfs=True)
+      hold="retire", tmpfs="state")
 def disk_full_commit(r):
     r.create_and_start()
     r.upgrade_bg()
@@ -782,6 +838,65 @@ def disk_full_commit(r):
     check(saved.get("upgrades") and saved["upgrades"][-1]["outcome"] == "committed",
           "the history on disk lacks the upgrade: %s" % saved.get("upgrades"))
     return summary + "; vm.json intact (%d records), saved on the next change" % len(on_disk.get("upgrades", []))
+
+
+# The runtime folder full: the upgrade journal cannot be written ----------------------------
+
+@case("runtime folder full, upgrade journal (ENOSPC)",
+      "stopped before migrate, rolled back with a reason naming the journal: target killed, no journal "
+      "left, guest untouched on old QEMU; next upgrade ok once space is back", hold="spawn-target",
+      tmpfs="runtime")
+def journal_full(r):
+    r.create_and_start()
+    r.upgrade_bg()
+    r.wait_hold()
+    # upgrade.json lives in RUNTIME/vms/NAME; the first write comes right
+    # after the target is spawned, before migrate is sent.
+    filler = fill(r.cprd.runtime_dir)
+    rc, doc, err = r.upgrade_result()
+    check(rc != 0 and doc and doc.get("outcome") == "rolled-back", "cprctl: rc %d, %s, %s" % (rc, doc, err))
+    reason = doc.get("reason", "")
+    check("upgrade.json" in reason and "No space left on device" in reason,
+          "the reason does not name the journal and ENOSPC: %r" % reason)
+    check("upgrade transfer:" not in r.cprd.read_log(), "migrate was sent though no journal was written")
+    os.unlink(filler)
+    return "%s; %s" % (r.verify("rolled-back", "old"), reason.replace(r.cprd.runtime_dir, "RUNTIME"))
+
+
+# A console log that cannot be written ---------------------------------------------------------
+
+@case("console.log cannot be written (state disk full)",
+      "guest keeps running and printing (console drained), nothing written; the error logged once, "
+      "not per line; written again once space is back", tmpfs="state")
+def console_log_full(r):
+    r.create_and_start()
+    path = os.path.join(r.cprd.vm_dir(r.name), "console.log")
+    log_from = len(r.cprd.read_log())
+    filler = fill(r.cprd.state_dir)
+    # tmpfs counts pages: console.log's last page may still have room.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        while True:
+            os.write(fd, b"\n" * 256)
+    except OSError as e:
+        check(e.errno == errno.ENOSPC, "filling console.log: %r" % e)
+    finally:
+        os.close(fd)
+    size = os.path.getsize(path)
+    lines0 = r.cprd.read_guest(r.name)[2]
+    # The guest prints a line a second; its UART blocks when nobody drains
+    # the console, and then its line counter stops.
+    T.wait_until(lambda: r.cprd.read_guest(r.name)[2] >= lines0 + 5, 30,
+                 what="the guest to print 5 more lines")
+    check(os.path.getsize(path) == size, "console.log grew on a full disk")
+    said = [l for l in r.cprd.read_log()[log_from:].splitlines() if "console.log" in l]
+    check(len(said) == 1, "cprd logged %d lines about console.log while 5 lines could not be written, "
+          "expected 1: %s" % (len(said), said[:5]))
+    os.unlink(filler)
+    T.wait_until(lambda: b"cprd-guest: line" in open(path, "rb").read()[size:], 10,
+                 what="console.log to be written again")
+    said = said[0].split(r.name + ": ", 1)[-1].replace(r.cprd.state_dir, "STATE")
+    return "%s; logged once: %s" % (r.verify("none", "old"), said)
 
 
 # The client --------------------------------------------------------------------------------
@@ -953,14 +1068,14 @@ def main():
         try:
             if c["qemu"] and not T.qemu_usable(c["qemu"]):
                 raise Skip("%s cannot run here" % c["qemu"])
-            run = Run(c["fn"].__name__, hold=c["hold"], hold_ms=c["hold_ms"], state_tmpfs=c["tmpfs"],
+            run = Run(c["fn"].__name__, hold=c["hold"], hold_ms=c["hold_ms"], tmpfs=c["tmpfs"],
                       qemu=c["qemu"])
             try:
                 run.net.create()
             except T.NetLabUnavailable as e:
                 raise Skip("no network namespace for the VM's NIC: %s" % e)
             run.cprd.netns = run.net
-            run.mount_state_tmpfs()
+            run.mount_tmpfs()
             run.start_cprd()
             result, verdict = c["fn"](run), "PASS"
         except Skip as e:

@@ -31,8 +31,10 @@ ROOTFS=${CPRD_TEST_ROOTFS:-/var/cache/cprd-test/rootfs-bookworm}
 VM=vm1
 GUEST_DIR=/var/lib/cprd-test
 QEMU=/usr/bin/qemu-system-x86_64
-# QEMU 11.1, the #! wrapper scripts/install-deps.sh writes: the cpr-exec
-# upgrade under the unit needs it (bound read-only into the container).
+# QEMU 7.2 (Debian 12's) and 11.1, the #! wrappers scripts/install-deps.sh
+# writes in /opt/cprd, which is bound read-only into the container: an
+# upgrade from 7.2 by local-migrate and one by cpr-exec run under the unit.
+QEMU72=/opt/cprd/qemu-system-x86_64-7.2
 QEMU111=/opt/cprd/qemu-system-x86_64-11.1
 BRIDGE=cprdbr0
 QEMU_USER=cprd-qemu
@@ -215,7 +217,7 @@ t_boot=$(date +%s)
 # (pinned VFIO DMA): add it, so that the container holds the unit's whole
 # set and the check of what QEMU inherits is exact.
 NSPAWN_EXTRA=()
-if [ -x "$QEMU111" ]; then NSPAWN_EXTRA+=(--bind-ro=/opt/cprd); fi
+if [ -x "$QEMU72" ] || [ -x "$QEMU111" ]; then NSPAWN_EXTRA+=(--bind-ro=/opt/cprd); fi
 systemd-nspawn -q -b -D "$ROOT" --machine "$MACHINE" --register=no --keep-unit \
 	--system-call-filter=pidfd_getfd --capability=CAP_IPC_LOCK "${NSPAWN_EXTRA[@]}" \
 	--private-network --console=read-only </dev/null >"$RUN/boot.log" 2>&1 &
@@ -804,6 +806,20 @@ end_vm() {
 		fail "$1" "$(tr '\n' ' ' <"$RUN/$1.txt")"
 	fi
 }
+
+# ---- from Debian 12's QEMU 7.2 to 10.0 under the unit ------------------------
+# The upgrade an operator makes first: 7.2 has no CPR mode, so local-migrate.
+VM=vm5
+if cin test -x "$QEMU72"; then
+	if start_vm old_start --qemu "$QEMU72"; then
+		confined old_confinement "$QPID" qemu
+		do_upgrade old_upgrade local-migrate "$QEMU" && confined old_confinement_after "$QPID" qemu
+		guest_progress old_guest_counter "$QPID"
+		end_vm old_stop
+	fi
+else
+	skip old_upgrade "no QEMU 7.2 at $QEMU72 on this host (scripts/install-deps.sh installs it)"
+fi
 
 # ---- cpr-exec under the unit ------------------------------------------------
 # QEMU execs the new binary itself: the exec happens inside the unit's

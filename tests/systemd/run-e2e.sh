@@ -37,7 +37,7 @@ QEMU=/usr/bin/qemu-system-x86_64
 QEMU72=/opt/cprd/qemu-system-x86_64-7.2
 QEMU111=/opt/cprd/qemu-system-x86_64-11.1
 BRIDGE=cprdbr0
-QEMU_USER=cprd-qemu
+QEMU_USER="cprd-qemu"
 SLOW_SECONDS=8 # how long the wrapper QEMU waits before exec in the kill -9 test
 
 PASSED=0 FAILED=0 SKIPPED=0

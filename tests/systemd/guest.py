@@ -6,9 +6,17 @@
 #                           PID holds: {"fd","inode","magic","ticks","lines"}
 #   guest.py qemus          the QEMU processes and the test's QEMU wrappers
 #   guest.py cgroup PID     PID's cgroup path (the systemd hierarchy)
+#   guest.py confinement PID  what PID inherited from the unit: its uid,
+#                           no_new_privs, seccomp mode and number of filters,
+#                           bounding and effective capabilities (by name),
+#                           its mount namespace
+#   guest.py bridge NAME    makes the bridge NAME (unless it exists) and
+#                           brings it up, with the bridge ioctls
 # Exit 1 (with {"error": ...}) when the thing is not there.
+import fcntl
 import json
 import os
+import socket
 import struct
 import sys
 
@@ -79,6 +87,52 @@ def cgroup(pid):
     out({"path": named if named is not None else unified, "lines": lines})
 
 
+# capability(7) numbers 0-40, as /proc/PID/status counts them.
+CAPS = ("chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap "
+        "linux_immutable net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner "
+        "sys_module sys_rawio sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice "
+        "sys_resource sys_time sys_tty_config mknod lease audit_write audit_control setfcap "
+        "mac_override mac_admin syslog wake_alarm block_suspend audit_read perfmon bpf "
+        "checkpoint_restore").split()
+
+
+def cap_names(mask):
+    m = int(mask, 16)
+    return ["cap_" + n for i, n in enumerate(CAPS) if m >> i & 1] + \
+        ["cap_%d" % i for i in range(len(CAPS), 64) if m >> i & 1]
+
+
+def confinement(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            st = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+    except OSError as e:
+        out({"error": f"pid {pid}: {e.strerror}"}, 1)
+    st = {k: v.strip() for k, v in st.items()}
+    try:
+        mntns = os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError as e:
+        out({"error": f"pid {pid}: {e.strerror}"}, 1)
+    out({"mntns": mntns, "uid": int(st["Uid"].split()[0]), "nnp": int(st.get("NoNewPrivs", -1)),
+         "seccomp": int(st.get("Seccomp", -1)), "filters": int(st.get("Seccomp_filters", -1)),
+         "capbnd": cap_names(st["CapBnd"]), "capeff": cap_names(st["CapEff"])})
+
+
+SIOCBRADDBR, SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x89A0, 0x8913, 0x8914, 0x1
+
+
+def bridge(name):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ifname = name.encode().ljust(16, b"\0")
+    try:
+        fcntl.ioctl(s, SIOCBRADDBR, ifname)
+    except FileExistsError:
+        pass
+    flags = struct.unpack("H", fcntl.ioctl(s, SIOCGIFFLAGS, ifname + b"\0" * 24)[16:18])[0]
+    fcntl.ioctl(s, SIOCSIFFLAGS, ifname + struct.pack("H", flags | IFF_UP) + b"\0" * 22)
+    out({"bridge": name, "up": True})
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
     if a and a[0] == "ram" and len(a) in (2, 3):
@@ -87,5 +141,10 @@ if __name__ == "__main__":
         qemus()
     elif a and a[0] == "cgroup" and len(a) == 2:
         cgroup(a[1])
-    print(__doc__ or "usage: guest.py ram PID [VM] | qemus | cgroup PID", file=sys.stderr)
+    elif a and a[0] == "confinement" and len(a) == 2:
+        confinement(a[1])
+    elif a and a[0] == "bridge" and len(a) == 2:
+        bridge(a[1])
+    print("usage: guest.py ram PID [VM] | qemus | cgroup PID | confinement PID | bridge NAME",
+          file=sys.stderr)
     sys.exit(2)

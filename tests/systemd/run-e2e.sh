@@ -31,6 +31,13 @@ ROOTFS=${CPRD_TEST_ROOTFS:-/var/cache/cprd-test/rootfs-bookworm}
 VM=vm1
 GUEST_DIR=/var/lib/cprd-test
 QEMU=/usr/bin/qemu-system-x86_64
+# QEMU 7.2 (Debian 12's) and 11.1, the #! wrappers scripts/install-deps.sh
+# writes in /opt/cprd, which is bound read-only into the container: an
+# upgrade from 7.2 by local-migrate and one by cpr-exec run under the unit.
+QEMU72=/opt/cprd/qemu-system-x86_64-7.2
+QEMU111=/opt/cprd/qemu-system-x86_64-11.1
+BRIDGE=cprdbr0
+QEMU_USER="cprd-qemu"
 SLOW_SECONDS=8 # how long the wrapper QEMU waits before exec in the kill -9 test
 
 PASSED=0 FAILED=0 SKIPPED=0
@@ -206,8 +213,13 @@ t_boot=$(date +%s)
 # nspawn's own seccomp allow-list (systemd 252) lacks pidfd_getfd, which cprd
 # uses on a real host to take guest RAM and the console back from QEMU when
 # its fd store was emptied (systemctl stop). Allow it, as a host would.
+# nspawn's bounding set also lacks CAP_IPC_LOCK, which cprd.service keeps
+# (pinned VFIO DMA): add it, so that the container holds the unit's whole
+# set and the check of what QEMU inherits is exact.
+NSPAWN_EXTRA=()
+if [ -x "$QEMU72" ] || [ -x "$QEMU111" ]; then NSPAWN_EXTRA+=(--bind-ro=/opt/cprd); fi
 systemd-nspawn -q -b -D "$ROOT" --machine "$MACHINE" --register=no --keep-unit \
-	--system-call-filter=pidfd_getfd \
+	--system-call-filter=pidfd_getfd --capability=CAP_IPC_LOCK "${NSPAWN_EXTRA[@]}" \
 	--private-network --console=read-only </dev/null >"$RUN/boot.log" 2>&1 &
 NSPID=$!
 note "systemd-nspawn pid $NSPID, machine $MACHINE"
@@ -339,6 +351,55 @@ in_scope() {
 	fi
 }
 status_field() { echo "$1" | J "$2"; }
+# confined NAME PID [qemu]: PID runs under cprd.service's confinement: no new
+# privileges, a seccomp filter, and as bounding set exactly the unit's
+# CapabilityBoundingSet= (within the container's own set). A QEMU must carry
+# more seccomp filters than cprd (systemd's, inherited, and its own
+# -sandbox) and live in cprd's mount namespace (ProtectSystem= and the like),
+# not PID 1's.
+confined() {
+	local name=$1 pid=$2 kind=${3:-cprd} line
+	line=$(python3 -c '
+import json, sys
+kind, unit = sys.argv[1], set(sys.argv[2].split())
+def load(a):
+    try:
+        return json.loads(a)
+    except ValueError:
+        return {"error": a or "no answer"}
+p, cprd, init = (load(a) for a in sys.argv[3:6])
+for who, d in (("pid", p), ("cprd", cprd), ("PID 1", init)):
+    if "error" in d:
+        print("1 cannot read the status of %s: %s" % (who, d["error"]))
+        sys.exit()
+want = sorted(unit & set(init["capbnd"]))
+bad = []
+if p["nnp"] != 1:
+    bad.append("NoNewPrivs %d" % p["nnp"])
+if p["seccomp"] != 2:
+    bad.append("Seccomp %d" % p["seccomp"])
+if sorted(p["capbnd"]) != want:
+    bad.append("CapBnd %s, but the unit keeps %s" % (" ".join(p["capbnd"]), " ".join(want)))
+if kind == "qemu" and not p["filters"] > cprd["filters"]:
+    bad.append("%d seccomp filters, no more than cprd'"'"'s %d: no -sandbox of its own" % (p["filters"], cprd["filters"]))
+if p["mntns"] != cprd["mntns"] or p["mntns"] == init["mntns"]:
+    bad.append("mount namespace %s, cprd'"'"'s %s, PID 1'"'"'s %s" % (p["mntns"], cprd["mntns"], init["mntns"]))
+lacking = sorted(unit - set(init["capbnd"]))
+print("%d uid %d, NoNewPrivs %d, Seccomp %d with %d filters (cprd %d), CapBnd %s (%d capabilities%s), CapEff %s, cprd'"'"'s mount namespace%s" % (
+    1 if bad else 0, p["uid"], p["nnp"], p["seccomp"], p["filters"], cprd["filters"],
+    "=" if sorted(p["capbnd"]) == want else "!=", len(want),
+    "; the container lacks " + " ".join(lacking) if lacking else "",
+    " ".join(c[4:] for c in p["capeff"]) or "none", ": " + "; ".join(bad) if bad else ""))
+' "$kind" "$(prop cprd.service CapabilityBoundingSet)" "$(cin "$GUEST_DIR/guest.py" confinement "$pid")" \
+		"$(cin "$GUEST_DIR/guest.py" confinement "$(main_pid)")" "$(cin "$GUEST_DIR/guest.py" confinement 1)")
+	verdict "$name" "${line%% *}" "$kind pid $pid: ${line#* }"
+}
+# tap_on_bridge NAME IFNAME: the tap cprd made is up on $BRIDGE.
+tap_on_bridge() {
+	local master
+	master=$(cin readlink "/sys/class/net/$2/master" 2>/dev/null)
+	verdict "$1" "$([ "${master##*/}" = "$BRIDGE" ] && echo 0 || echo 1)" "tap $2: master '${master##*/}' (want $BRIDGE)"
+}
 
 # ---- the checks ------------------------------------------------------------
 # sysusers: what a package's postinst does.
@@ -359,6 +420,12 @@ else
 	fail analyze_verify "systemd-analyze verify exited $rc (output above)"
 fi
 
+# What systemd thinks of the confinement (docs/reliability.md keeps the
+# table of what stays unsafe and why): the score and every line marked ✗.
+cin systemd-analyze security --no-pager cprd.service >"$RUN/security.txt" 2>&1
+note "systemd-analyze security cprd.service: $(grep -o 'Overall exposure level.*' "$RUN/security.txt" || tail -n 1 "$RUN/security.txt")"
+grep '✗' "$RUN/security.txt" | sed 's/  */ /g; s/^ */#   /'
+
 if cin systemctl start cprd.socket && [ "$(prop cprd.socket ActiveState)" = active ]; then
 	perms=$(cin stat -c '%a %G %F' /run/cprd/io.cprd.Manager 2>&1)
 	verdict socket_start $([ "$perms" = "660 cprd socket" ] && echo 0 || echo 1) "/run/cprd/io.cprd.Manager: $perms"
@@ -376,7 +443,12 @@ else
 fi
 note "cprd.service: $(cin systemctl show -p Type -p NotifyAccess -p WatchdogUSec -p FileDescriptorStoreMax -p KillMode cprd.service | tr '\n' ' ')"
 
-cprctl create "$VM" --memory 64 --qemu "$QEMU" --accel tcg --disk "$GUEST_DIR/cprd-guest.img,readonly" >"$RUN/create.txt" 2>&1
+# A bridge in the container's own network namespace: vm1's NIC is a tap cprd
+# makes (/dev/net/tun, CAP_NET_ADMIN) and puts on it (SIOCBRADDIF).
+out=$(cin "$GUEST_DIR/guest.py" bridge "$BRIDGE" 2>&1)
+verdict bridge $? "$out"
+cprctl create "$VM" --memory 64 --qemu "$QEMU" --accel tcg --disk "$GUEST_DIR/cprd-guest.img,readonly" \
+	--nic "bridge=$BRIDGE" >"$RUN/create.txt" 2>&1
 rc_create=$?
 cprctl start "$VM" >"$RUN/start.txt" 2>&1
 rc_start=$?
@@ -393,6 +465,10 @@ guest_progress guest_runs "$CPRD"
 sleep 1
 console_progress guest_console 0
 in_scope qemu_scope "$QPID"
+tap_on_bridge nic_tap "cprd-$VM-0"
+# What QEMU inherits from the unit is what confines it.
+confined confinement_cprd "$CPRD"
+confined confinement_qemu "$QPID" qemu
 
 # STATUS= must say how many VMs run: here the number in the clause that
 # says "running" is 1. cprd may update it on a timer: wait up to 15 s.
@@ -448,26 +524,36 @@ else
 fi
 
 # ---- an upgrade after the restart -----------------------------------------
-# do_upgrade NAME: upgrade $VM to $QEMU; it must commit and keep the guest.
+# do_upgrade NAME [MODE [QEMU]]: upgrade $VM to QEMU ($QEMU) in MODE; it
+# must commit in that mode and keep the guest. Without MODE cprctl sends
+# none (auto), which must pick cpr-transfer between two QEMU 10.0. Only
+# cpr-exec keeps the pid (QEMU execs the new binary itself).
 do_upgrade() {
-	local name=$1 out rc outcome st nq t ticks
+	local name=$1 mode=${2:-} bin=${3:-$QEMU} out rc outcome used st nq t ticks pid_ok=no
 	ticks=$(ram "$QPID" | J 'd["ticks"]')
-	out=$(cprctl upgrade "$VM" --qemu "$QEMU" --json 2>"$RUN/$name.err")
+	out=$(cprctl upgrade "$VM" --qemu "$bin" ${mode:+--mode "$mode"} --json 2>"$RUN/$name.err")
 	rc=$?
 	echo "$out" >"$RUN/$name.jsonl"
 	outcome=$(echo "$out" | J 'd.get("outcome")')
+	used=$(echo "$out" | J 'd.get("mode")')
 	st=$(vm_status)
 	nq=$(status_field "$st" 'd["pid"]')
-	if [ $rc -eq 0 ] && [ "$outcome" = committed ] && [ -n "$nq" ] && [ "$nq" != "$QPID" ]; then
+	if [ "$mode" = cpr-exec ]; then
+		[ "$nq" = "$QPID" ] && pid_ok=yes
+	else
+		[ -n "$nq" ] && [ "$nq" != "$QPID" ] && pid_ok=yes
+	fi
+	if [ $rc -eq 0 ] && [ "$outcome" = committed ] && [ "$pid_ok" = yes ] &&
+		[ "$used" = "${mode:-cpr-transfer}" ]; then
 		t=$(ram "$nq" | J 'd["ticks"]')
 		if ticks_kept "$ticks" "$t"; then
-			pass "$name" "committed, QEMU pid $QPID -> $nq, pause $(echo "$out" | J 'd.get("pauseMs")') ms, ticks $ticks -> $t (no reboot)"
+			pass "$name" "committed by $used, QEMU pid $QPID -> $nq, pause $(echo "$out" | J 'd.get("pauseMs")') ms, ticks $ticks -> $t (no reboot)"
 		else
 			fail "$name" "committed, but ticks went $ticks -> $t: the guest rebooted"
 		fi
 		QPID=$nq
 	else
-		fail "$name" "exit $rc, outcome '$outcome': $(tail -n 2 "$RUN/$name.err" | tr '\n' ' ') $(echo "$out" | tail -n 1)"
+		fail "$name" "exit $rc, outcome '$outcome' by '$used', pid $QPID -> $nq: $(tail -n 2 "$RUN/$name.err" | tr '\n' ' ') $(echo "$out" | tail -n 1)"
 		QPID=${nq:-$QPID}
 		return 1
 	fi
@@ -498,6 +584,10 @@ vm_running() {
 }
 
 do_upgrade upgrade_after_restart && in_scope upgrade_qemu_scope "$QPID"
+# The other mode, asked for by name: the target runs with -incoming defer.
+do_upgrade upgrade_local_migrate local-migrate && in_scope local_migrate_qemu_scope "$QPID"
+confined local_migrate_confinement "$QPID" qemu
+guest_progress local_migrate_guest_counter "$QPID"
 
 # ---- restart once more: custody of the upgraded VM --------------------------
 if cin systemctl restart cprd.service && wait_for 30 cprd_answers; then
@@ -570,6 +660,7 @@ verdict journal_vm_field "$([ "${n_vm:-0}" -gt 0 ] && echo 0 || echo 1)" "journa
 verdict journal_phase_field "$([ "${n_phase:-0}" -gt 0 ] && echo 0 || echo 1)" "${n_phase:-0} of them with PHASE= ($phases)"
 
 # ---- stop and delete -------------------------------------------------------
+tap_on_bridge nic_tap_kept "cprd-$VM-0"
 if cprctl stop "$VM" --force >"$RUN/stop.txt" 2>&1 && wait_for 30 sh -c "! nsenter --target $CPID --all -- test -d /proc/$QPID"; then
 	pass vm_stop "QEMU pid $QPID exited"
 else
@@ -688,6 +779,113 @@ if [ "${held_before:-0}" -gt 0 ] && [ "$held_after" = 0 ]; then
 else
 	fail delete_fdstore "cprd held $held_before memfds of $VM after a restart before the delete, $held_after after it ($(tr '\n' ' ' <"$RUN/delete2.txt"))"
 fi
+
+# start_vm NAME ARGS...: create and start $VM with ARGS; sets QPID.
+start_vm() {
+	local name=$1 st
+	shift
+	cprctl create "$VM" --memory 64 --accel tcg --disk "$GUEST_DIR/cprd-guest.img,readonly" "$@" \
+		>"$RUN/$name.txt" 2>&1 && cprctl start "$VM" >>"$RUN/$name.txt" 2>&1
+	st=$(vm_status)
+	QPID=$(status_field "$st" 'd["pid"]')
+	if [ "$(status_field "$st" 'd["state"]')" = running ] && [ -n "$QPID" ]; then
+		pass "$name" "$VM runs, QEMU pid $QPID (QEMU $(status_field "$st" 'd.get("qemuVersion")'))"
+	else
+		fail "$name" "$VM did not start: $(tr '\n' ' ' <"$RUN/$name.txt")"
+		QPID=0
+		return 1
+	fi
+}
+# end_vm NAME: stop $VM at once and delete it.
+end_vm() {
+	if cprctl stop "$VM" --force >"$RUN/$1.txt" 2>&1 &&
+		wait_for 30 sh -c "! nsenter --target $CPID --all -- test -d /proc/$QPID" &&
+		cprctl delete "$VM" >>"$RUN/$1.txt" 2>&1; then
+		pass "$1" "QEMU pid $QPID exited, $VM deleted"
+	else
+		fail "$1" "$(tr '\n' ' ' <"$RUN/$1.txt")"
+	fi
+}
+
+# ---- from Debian 12's QEMU 7.2 to 10.0 under the unit ------------------------
+# The upgrade an operator makes first: 7.2 has no CPR mode, so local-migrate.
+VM=vm5
+if cin test -x "$QEMU72"; then
+	if start_vm old_start --qemu "$QEMU72"; then
+		confined old_confinement "$QPID" qemu
+		do_upgrade old_upgrade local-migrate "$QEMU" && confined old_confinement_after "$QPID" qemu
+		guest_progress old_guest_counter "$QPID"
+		end_vm old_stop
+	fi
+else
+	skip old_upgrade "no QEMU 7.2 at $QEMU72 on this host (scripts/install-deps.sh installs it)"
+fi
+
+# ---- cpr-exec under the unit ------------------------------------------------
+# QEMU execs the new binary itself: the exec happens inside the unit's
+# seccomp filter and with no_new_privs, and the binary is the #! wrapper of
+# QEMU 11.1 (a shell that execs ld.so, which runs QEMU).
+VM=vm3
+if cin test -x "$QEMU111"; then
+	if start_vm exec_start --qemu "$QEMU111" --allow-exec; then
+		confined exec_confinement "$QPID" qemu
+		guest_progress exec_guest_counter "$QPID"
+		do_upgrade exec_upgrade cpr-exec "$QEMU111" && confined exec_confinement_after "$QPID" qemu
+		guest_progress exec_guest_counter_after "$QPID"
+		end_vm exec_stop
+	fi
+else
+	skip exec_upgrade "no QEMU 11.1 at $QEMU111 on this host (scripts/install-deps.sh installs it)"
+fi
+
+# ---- QEMU as another user (--qemu-user) -------------------------------------
+# The paths the unit keeps most capabilities for: CAP_SETUID/SETGID (the
+# drop), CAP_SYS_PTRACE (RAM, console and tap taken back from a QEMU of
+# another uid), CAP_CHOWN, CAP_FOWNER and CAP_DAC_OVERRIDE (the VM's runtime
+# folder and the upgrade's, which belong to QEMU's user). The option goes in
+# a drop-in, as docs/operations.md says.
+VM=vm4
+cin useradd --system --no-create-home --shell /usr/sbin/nologin "$QEMU_USER" >/dev/null 2>&1
+qemu_uid=$(cin id -u "$QEMU_USER")
+qemu_gid=$(cin id -g "$QEMU_USER")
+cin sh -c "mkdir -p /run/systemd/system/cprd.service.d &&
+	printf '[Service]\nExecStart=\nExecStart=%s --qemu-user %s\n' '$exec_start' '$QEMU_USER' \
+		>/run/systemd/system/cprd.service.d/e2e-qemu-user.conf" && cin systemctl daemon-reload
+cin systemctl restart cprd.service
+wait_for 30 cprd_answers
+CPRD=$(main_pid)
+if start_vm user_start --qemu "$QEMU" --nic "bridge=$BRIDGE"; then
+	c=$(cin "$GUEST_DIR/guest.py" confinement "$QPID")
+	verdict user_qemu_uid "$([ -n "$qemu_uid" ] && [ "$(echo "$c" | J 'd["uid"]')" = "$qemu_uid" ] &&
+		[ "$(echo "$c" | J 'len(d["capeff"])')" = 0 ] && echo 0 || echo 1)" \
+		"QEMU pid $QPID runs as uid $(echo "$c" | J 'd["uid"]') ($QEMU_USER is ${qemu_uid:-missing}), effective capabilities: $(echo "$c" | J '" ".join(d["capeff"]) or "none"')"
+	confined user_confinement "$QPID" qemu
+	# ProtectProc=invisible: in the unit's /proc, QEMU's user sees no process
+	# of another user, cprd included; the container's own /proc shows them.
+	seen=$(cin nsenter --target "$QPID" --mount --setuid "$qemu_uid" --setgid "$qemu_gid" \
+		sh -c 'ls /proc | grep -c "^[0-9]*$"; test -e /proc/$0/status && echo visible' "$CPRD")
+	all=$(cin setpriv --reuid "$qemu_uid" --regid "$qemu_gid" --clear-groups sh -c 'ls /proc | grep -c "^[0-9]*$"')
+	verdict user_proc_invisible "$(is_int "${seen%%[!0-9]*}" && [[ "$seen" != *visible* ]] && is_int "$all" &&
+		[ "${seen%%[!0-9]*}" -lt "$all" ] && echo 0 || echo 1)" \
+		"as uid $qemu_uid in QEMU's mount namespace: $(echo "$seen" | head -n 1) processes, cprd $CPRD $([[ "$seen" == *visible* ]] && echo visible || echo invisible); in the container's: $all"
+	tap_on_bridge user_nic_tap "cprd-$VM-0"
+	do_upgrade user_upgrade
+	# An emptied fd store: the RAM and console come back from a QEMU of
+	# another uid by pidfd_getfd, QMP through the recovery socket in the
+	# folder that belongs to QEMU's user.
+	cin systemctl stop cprd.service >/dev/null 2>&1
+	if wait_for 30 cprd_answers; then
+		vm_running user_stop_reattach
+		custody user_stop_custody
+		do_upgrade user_upgrade_local_migrate local-migrate
+		guest_progress user_guest_counter "$QPID"
+	else
+		fail user_stop_reattach "cprctl list did not re-activate cprd: $(prop cprd.service ActiveState)"
+	fi
+	end_vm user_stop
+fi
+cin rm -f /run/systemd/system/cprd.service.d/e2e-qemu-user.conf
+cin systemctl daemon-reload
 
 # ---- the watchdog ----------------------------------------------------------
 # WatchdogSec=30s would need a long quiet wait: a drop-in makes it 4 s, and

@@ -501,8 +501,11 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	 * old QEMU; after it, the new one. At that point cprd rewrites qemu.json
 	 * first and the journal ("resumed") second, so a cprd killed in between
 	 * leaves a journal that is not resumed beside a qemu.json that names the
-	 * target: which QEMU qemu.json names decides, not the journal. */
-	bool names_target = in_upgrade && rec && journal.target &&
+	 * target: which QEMU qemu.json names decides, not the journal. Not in
+	 * place (cpr-exec), where one pid is both: settle_in_place asks the
+	 * process which binary it runs. */
+	const struct mode_ops *jmode = in_upgrade ? mode_find(journal.mode) : NULL;
+	bool names_target = in_upgrade && !(jmode && jmode->in_place) && rec && journal.target &&
 			    json_object_get_int(json_object_object_get(rec, "pid")) ==
 				    json_object_get_int(json_object_object_get(journal.target, "pid"));
 	struct vm_qemu *q = rec ? attach_qemu(vm, rec, TAKE_FD(qmp_fd)) : NULL;

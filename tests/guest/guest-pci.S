@@ -96,14 +96,7 @@
 	.section .boot, "ax"
 	.globl	_start
 _start:
-	cli
-	xorw	%ax, %ax
-	movw	%ax, %ds
-	movw	%ax, %es
-	movw	%ax, %ss
-	movw	$BOOT_ADDR, %sp
-	ljmp	$0, $1f			/* we are linked for CS=0 */
-1:	cld
+	boot_entry
 	sti
 	/* Sectors 2.. of the boot disk (DL, from the BIOS) to STAGE2_ADDR. */
 	movw	$STAGE2_ADDR, %bx
@@ -128,55 +121,19 @@ msg_noload:	.asciz	"cprd-guest: cannot load stage 2\n"
 
 	.text
 stage2:
-	call	serial_init
-
-	/* As cprd-guest: zero the block (the magic first), then the magic. */
-	xorl	%eax, %eax
-	movw	$BLK, %di
-	movw	$(BLK_END - BLK) / 4, %cx
-	rep stosl
-	movl	BDA_TICKS, %eax
-	movl	%eax, BLK_LAST_BDA
-	movw	$magic, %si
-	movw	$BLK_MAGIC, %di
-	movw	$8, %cx
-	rep movsb
-
-	movw	$msg_booted, %si
-	call	puts
-	call	line_done
-
+	movw	$(BLK_END - BLK) / 4, %cx	/* as cprd-guest, with the device's part */
+	call	guest_init
 	call	pci_find
-
 main_loop:
-	sti				/* takes effect after hlt: no wakeup is lost */
-	hlt
-	call	tick_update
-	movl	BLK_TICKS, %eax
-	subl	BLK_LAST_LINE, %eax
-	cmpl	$TICKS_PER_LINE, %eax
-	jb	main_loop
+	call	line_wait
 	call	dev_step
-	call	print_progress
+	call	line_begin		/* cprd-guest's line, then the device's result */
+	call	dev_result
+	call	line_end
 	jmp	main_loop
 
-/*
- * "cprd-guest: line N counter C" as cprd-guest prints it, then the device's
- * result (see the header), then "\n".
- */
-print_progress:
-	movw	$msg_line, %si
-	call	puts
-	movl	BLK_LINES, %eax
-	movl	BLK_LINES + 4, %ebx
-	addl	$1, %eax
-	adcl	$0, %ebx
-	call	put_u64
-	movw	$msg_counter, %si
-	call	puts
-	movl	BLK_TICKS, %eax
-	movl	BLK_TICKS + 4, %ebx
-	call	put_u64
+/* The end of a progress line with a device (see the header), or nothing. */
+dev_result:
 	cmpb	$KIND_TESTDEV, BLK_DEV_KIND
 	jne	1f
 	movw	$msg_testdev, %si
@@ -203,16 +160,7 @@ print_progress:
 	je	3f
 	movw	$msg_bad, %si
 3:	call	puts
-4:	movb	$'\n', %al
-	call	putc
-	movl	BLK_TICKS, %eax
-	movl	%eax, BLK_LAST_LINE
-	/* fall through */
-
-line_done:
-	addl	$1, BLK_LINES
-	adcl	$0, BLK_LINES + 4
-	ret
+4:	ret
 
 /* ---- PCI configuration space ------------------------------------------------ */
 
@@ -547,10 +495,6 @@ gdt:		.quad	0
 gdt_ptr:	.word	gdt_ptr - gdt - 1
 		.long	gdt
 
-magic:		.ascii	"CPRDGST1"
-msg_booted:	.asciz	"cprd-guest: booted\n"
-msg_line:	.asciz	"cprd-guest: line "
-msg_counter:	.asciz	" counter "
 msg_pci:	.asciz	"cprd-guest: pci "
 msg_bar0:	.asciz	" bar0 "
 msg_cmd:	.asciz	" cmd "

@@ -24,21 +24,17 @@
 # a static libc (libc6-dev). scripts/install-deps.sh installs them.
 
 set -euo pipefail
-export LC_ALL=C
 
-die() {
-	echo "vfio-lab-l1: error: $*" >&2
-	exit 1
-}
-note() { echo "vfio-lab-l1: $*"; }
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+GUEST_LINUX=$(cd "$HERE/../guest/linux" && pwd)
+BUILD_TAG=vfio-lab-l1
+# shellcheck source=tests/guest/linux/debs.sh
+. "$GUEST_LINUX/debs.sh"
 
 [ $# -eq 1 ] || die "usage: $0 OUT_DIR"
 OUT=$1
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-GUEST_LINUX=$(cd "$HERE/../guest/linux" && pwd)
 QEMU_DIR=${CPRD_LAB_QEMU111_DIR:-/opt/cprd/qemu-11.1}
 CC=${CC:-cc}
-export SOURCE_DATE_EPOCH=946684800	# 2000-01-01, for every file in the image
 
 # In l1-init's loading order: virtio and 9p (the payload), then VFIO.
 MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
@@ -50,10 +46,7 @@ FIRMWARE="/usr/share/seabios/bios-256k.bin /usr/share/seabios/bios.bin
 	/usr/share/qemu/kvmvapic.bin /usr/share/qemu/linuxboot_dma.bin
 	/usr/share/qemu/multiboot_dma.bin"
 
-for tool in dpkg-deb tar cpio lz4 sha256sum flock "$CC"; do
-	command -v "$tool" >/dev/null ||
-		die "$tool is missing; run scripts/install-deps.sh (packages cpio lz4 build-essential)"
-done
+need_tools "cpio lz4 build-essential" dpkg-deb tar cpio lz4 sha256sum flock "$CC"
 if [ ! -x "$QEMU_DIR/bin/qemu-system-x86_64" ] || [ ! -x "$QEMU_DIR/lib/ld-linux-x86-64.so.2" ]; then
 	die "no QEMU 11.1 in $QEMU_DIR; run scripts/install-deps.sh (it builds that folder)"
 fi
@@ -61,12 +54,7 @@ for f in $FIRMWARE; do
 	[ -f "$f" ] || die "$f is missing; install seabios and qemu-system-data"
 done
 
-mkdir -p "$OUT"
-exec 9>"$OUT/.l1.lock"
-flock 9
-
-# shellcheck source=tests/guest/linux/debs.sh
-. "$GUEST_LINUX/debs.sh"
+build_lock "$OUT" l1
 KDEB=$(deb_fetch "$(deb_kernel_package)")
 BDEB=$(deb_fetch busybox-static)
 
@@ -90,36 +78,17 @@ key=$( {
 	# shellcheck disable=SC2086 # lists of paths
 	sha256sum "$QEMU_DIR/bin/qemu-system-x86_64" $QEMU_LIBS "$QEMU_DIR/lib/ld-linux-x86-64.so.2" $FIRMWARE
 } | sha256sum | cut -d' ' -f1)
-if [ -f "$OUT/l1.initrd" ] && [ -f "$OUT/l1.vmlinuz" ] && [ "$(cat "$OUT/l1.stamp" 2>/dev/null)" = "$key" ]; then
-	note "$OUT/l1.initrd is up to date"
-	exit 0
-fi
+exit_if_current "$OUT/l1.stamp" "$key" "$OUT/l1.initrd" "$OUT/l1.vmlinuz"
 
 note "building $OUT/l1.initrd from $(basename "$KDEB"), $(basename "$BDEB") and $QEMU_DIR"
-WORK=$(mktemp -d "$OUT/.l1.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-
-kver=$(dpkg-deb -f "$KDEB" Package)
-kver=${kver#linux-image-}
-members=("./boot/vmlinuz-$kver")
-for m in $MODULES; do
-	members+=("./lib/modules/$kver/kernel/*/$m.ko")
-done
-mkdir "$WORK/deb"
-dpkg-deb --fsys-tarfile "$KDEB" | tar -x -C "$WORK/deb" --wildcards "${members[@]}"
-dpkg-deb --fsys-tarfile "$BDEB" | tar -x -C "$WORK/deb" ./bin/busybox
+build_workdir "$OUT" l1
 
 R=$WORK/root
 mkdir -p "$R"/{bin,dev,proc,sys,tmp,run,lib/modules,payload,out,usr/share/qemu,usr/share/seabios}
+deb_unpack "$KDEB" "$BDEB" "$MODULES" "$R"
 install -m 0755 "$HERE/l1-init" "$R/init"
-install -m 0755 "$WORK/deb/bin/busybox" "$R/bin/busybox"
 for a in $("$R/bin/busybox" --list); do
 	[ "$a" = busybox ] || ln -s busybox "$R/bin/$a"
-done
-for m in $MODULES; do
-	f=$(find "$WORK/deb/lib/modules/$kver" -name "$m.ko")
-	[ -n "$f" ] || die "$m.ko is not in $(basename "$KDEB")"
-	install -m 0644 "$f" "$R/lib/modules/$m.ko"
 done
 "$CC" -std=gnu11 -O2 -Wall -Wextra -Werror -static -o "$R/bin/labtool" "$HERE/labtool.c"
 
@@ -145,11 +114,7 @@ done
 "$QEMU_DIR/lib/ld-linux-x86-64.so.2" --library-path "$QEMU_DIR/lib" \
 	"$QEMU_DIR/bin/qemu-system-x86_64" --version | head -n1 >"$R/opt/cprd/qemu-11.1/VERSION"
 
-find "$R" -exec touch -h -d @$SOURCE_DATE_EPOCH {} +
-chmod 0755 "$R"
-(cd "$R" && find . -mindepth 1 | sort | cpio --quiet -o -H newc -R 0:0 --reproducible) |
-	lz4 -q -9 -l >"$WORK/initrd"
-install -m 0644 "$WORK/deb/boot/vmlinuz-$kver" "$WORK/vmlinuz"
+cpio_root "$R" | lz4 -q -9 -l >"$WORK/initrd"
 
 mv -f "$WORK/vmlinuz" "$OUT/l1.vmlinuz"
 mv -f "$WORK/initrd" "$OUT/l1.initrd"

@@ -10,31 +10,27 @@
 # ./cprd-net as /bin/cprd-net. SeaBIOS boots the disk from virtio-blk; the
 # kernel talks on ttyS0. See ../README.md.
 #
-# The .debs are kept in $CPRD_TEST_DEB_CACHE (default /var/cache/cprd-test/debs),
-# so a rebuild needs no network (debs.sh, shared with the VFIO lab). A stamp (OUTDIR/cprd-linux.stamp) holds a
-# digest of everything the image is made of: when nothing changed, the
-# script does nothing.
+# The .debs are kept in $CPRD_TEST_DEB_CACHE (default
+# /var/cache/cprd-test/debs), so a rebuild needs no network; debs.sh has
+# that and the other steps shared with the VFIO lab's build-l1.sh. A stamp
+# (OUTDIR/cprd-linux.stamp) holds a digest of everything the image is made
+# of: when nothing changed, the script does nothing.
 #
 # Needs: dpkg, apt (for the first download, as root), cpio, gzip,
 # dosfstools (mkfs.vfat), mtools (mcopy), syslinux and syslinux-common
 # (scripts/install-deps.sh installs them).
 
 set -euo pipefail
-export LC_ALL=C
 
-die() {
-	echo "cprd-linux-guest: error: $*" >&2
-	exit 1
-}
-note() { echo "cprd-linux-guest: $*"; }
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BUILD_TAG=cprd-linux-guest
+# shellcheck source=tests/guest/linux/debs.sh
+. "$HERE/debs.sh"
 
 [ $# -eq 1 ] || die "usage: $0 OUTDIR"
 OUT=$1
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 IMG=$OUT/cprd-linux.img
 STAMP=$OUT/cprd-linux.stamp
-# Fixed timestamps for everything that goes into the images (2000-01-01).
-export SOURCE_DATE_EPOCH=946684800
 # In the order init loads them: virtio_net needs net_failover, which needs
 # failover (their modinfo "depends=").
 MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
@@ -43,20 +39,14 @@ APPLETS="sh mount insmod sleep sha256sum dd blockdev head cat printf echo ip nc 
 CMDLINE="console=ttyS0 quiet"
 SYSLINUX_BIOS=/usr/lib/syslinux/modules/bios
 
-for tool in dpkg-deb tar cpio gzip mkfs.vfat mcopy syslinux sha256sum flock; do
-	command -v $tool >/dev/null ||
-		die "$tool is missing; run scripts/install-deps.sh (packages dosfstools mtools syslinux syslinux-common cpio)"
-done
+need_tools "dosfstools mtools syslinux syslinux-common cpio" \
+	dpkg-deb tar cpio gzip mkfs.vfat mcopy syslinux sha256sum flock
 [ -f $SYSLINUX_BIOS/ldlinux.c32 ] || die "$SYSLINUX_BIOS/ldlinux.c32 is missing; install syslinux-common"
 
-mkdir -p "$OUT"
-exec 9>"$OUT/.cprd-linux.lock"
-flock 9
+build_lock "$OUT" cprd-linux
 
 # ---- the packages -------------------------------------------------------------
 
-# shellcheck source=tests/guest/linux/debs.sh
-. "$HERE/debs.sh"
 KDEB=$(deb_fetch "$(deb_kernel_package)")
 BDEB=$(deb_fetch busybox-static)
 kpkg=$(dpkg-deb -f "$KDEB" Package)
@@ -73,45 +63,22 @@ key=$( {
 	echo "$(basename "$KDEB") $(stat -c %s "$KDEB")"
 	echo "$(basename "$BDEB") $(stat -c %s "$BDEB")"
 } | sha256sum | cut -d' ' -f1)
-if [ -f "$IMG" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ]; then
-	note "$IMG is up to date"
-	exit 0
-fi
+exit_if_current "$STAMP" "$key" "$IMG"
 
 # ---- the initramfs ------------------------------------------------------------
 
 note "building $IMG from $(basename "$KDEB") and $(basename "$BDEB")"
-WORK=$(mktemp -d "$OUT/.cprd-linux.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-
-kver=$(dpkg-deb -f "$KDEB" Package)
-kver=${kver#linux-image-}
-members=(./boot/vmlinuz-$kver)
-for m in $MODULES; do
-	# drivers/*/ and net/core/ (failover): * matches / here.
-	members+=("./lib/modules/$kver/kernel/*/$m.ko")
-done
-mkdir "$WORK/deb"
-dpkg-deb --fsys-tarfile "$KDEB" | tar -x -C "$WORK/deb" --wildcards "${members[@]}"
-dpkg-deb --fsys-tarfile "$BDEB" | tar -x -C "$WORK/deb" ./bin/busybox
+build_workdir "$OUT" cprd-linux
 
 R=$WORK/root
 mkdir -p "$R"/{bin,dev,proc,sys,tmp,lib/modules}
+deb_unpack "$KDEB" "$BDEB" "$MODULES" "$R"
 install -m 0755 "$HERE/init" "$R/init"
 install -m 0755 "$HERE/cprd-net" "$R/bin/cprd-net"
-install -m 0755 "$WORK/deb/bin/busybox" "$R/bin/busybox"
 for a in $APPLETS; do
 	ln -s busybox "$R/bin/$a"
 done
-for m in $MODULES; do
-	f=$(find "$WORK/deb/lib/modules/$kver" -name "$m.ko")
-	[ -n "$f" ] || die "$m.ko is not in $(basename "$KDEB")"
-	install -m 0644 "$f" "$R/lib/modules/$m.ko"
-done
-find "$R" -exec touch -h -d @$SOURCE_DATE_EPOCH {} +
-(cd "$R" && find . -mindepth 1 | sort | cpio --quiet -o -H newc -R 0:0 --reproducible) |
-	gzip -9 -n >"$WORK/initrd.gz"
-install -m 0644 "$WORK/deb/boot/vmlinuz-$kver" "$WORK/vmlinuz"
+cpio_root "$R" | gzip -9 -n >"$WORK/initrd.gz"
 
 # ---- the boot disk --------------------------------------------------------------
 

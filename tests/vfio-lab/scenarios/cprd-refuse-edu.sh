@@ -18,37 +18,13 @@
 dev=$LAB_EDU
 vm=l2edu
 [ -n "$dev" ] || { fail setup "L1 has no edu"; finish; }
-cprd_start || finish
 note "edu $dev, IOMMU group $LAB_EDU_GROUP"
-
-if ! cprctl create "$vm" --memory "$L2_MIB" --qemu "$LAB_QEMU" --accel tcg --machine pc \
-	--disk "$LAB_GUEST,readonly" --device "pci=$dev" >"$LAB_OUT/create.log" 2>&1; then
-	fail create "cprctl create $vm --device pci=$dev: $(cat "$LAB_OUT/create.log")"
-	cprd_stop
-	finish
-fi
-pass create "cprctl create $vm --device pci=$dev"
-if ! cprctl start "$vm" >"$LAB_OUT/start.log" 2>&1; then
-	fail start "cprctl start $vm: $(cat "$LAB_OUT/start.log")"
-	cprd_keep_logs "$vm"
-	cprd_stop
-	finish
-fi
-pass start "cprctl start $vm"
-L2_SERIAL=$(cprd_vm_serial "$vm")
-if ! wait_for 180 grep -q '^cprd-guest: pci ' "$L2_SERIAL" || ! wait_progress 2 120; then
-	fail boot "the guest did not come up; QEMU: $(tail -n 3 "$CPRD_STATE/vms/$vm/qemu.log" 2>&1)"
-	cprd_keep_logs "$vm"
-	finish
-fi
+cprd_boot_l2 "$vm" "$dev"
 pid=$(cprd_vm_pid "$vm")
-check l2-found-edu "$(grep '^cprd-guest: pci ' "$L2_SERIAL")" \
-	grep -q '^cprd-guest: pci .* 1234:11e8 .* id 010000ed$' "$L2_SERIAL"
+check edu-id "$(grep '^cprd-guest: pci ' "$L2_SERIAL")" grep -q '^cprd-guest: pci .* id 010000ed$' "$L2_SERIAL"
 check edu-dma "$(last_progress)" eval 'last_progress | grep -q " edu dma [0-9]* ok$"'
-check held-vfio "GetVM fds kinds: $(cprd_held_kinds "$vm" | sort | uniq -c | tr -s ' \n' ' ')" \
-	eval 'cprd_held_kinds "$vm" | grep -qx vfio'
-check cprd-holds-device "cprd holds $(cprd_own_vfio_fds) VFIO fds" [ "$(cprd_own_vfio_fds)" -ge 1 ]
 
+guest_mark
 for mode in cpr-transfer auto local-migrate; do
 	cprctl --json upgrade "$vm" --qemu "$LAB_QEMU" --mode "$mode" >"$LAB_OUT/upgrade-$mode.json" 2>&1
 	rc=$?
@@ -64,14 +40,7 @@ done
 reason=$(grep -o '"reason": *"[^"]*"' "$LAB_OUT/upgrade-cpr-transfer.json" | head -n 1)
 check refuse-reason "$reason" eval 'echo "$reason" | grep -qi tcg && echo "$reason" | grep -qi interrupt'
 
-lines=$(progress_count)
-if wait_progress 3 120; then
-	bad=$(serial_lines | grep '^cprd-guest: line ' | tail -n +$((lines + 1)) | grep -vc ' ok$')
-	check still-running "$bad BAD DMA rounds since the refusals; last: $(last_progress)" [ "$bad" -eq 0 ]
-else
-	fail still-running "no progress after the refusals (last: $(last_progress))"
-fi
-check no-reboot "$(boots) boot line(s)" [ "$(boots)" -eq 1 ]
+guest_went_on after-refusals "the refusals"
 
 cprd_keep_logs "$vm"
 check stop "cprctl stop $vm --force" cprctl stop "$vm" --force

@@ -21,42 +21,15 @@
 dev=$LAB_TESTDEV
 vm=l2
 [ -n "$dev" ] || { fail setup "L1 has no pci-testdev"; finish; }
-cprd_start || finish
 note "pci-testdev $dev, IOMMU group $LAB_TESTDEV_GROUP"
-
-if ! cprctl create "$vm" --memory "$L2_MIB" --qemu "$LAB_QEMU" --accel tcg --machine pc \
-	--disk "$LAB_GUEST,readonly" --device "pci=$dev" >"$LAB_OUT/create.log" 2>&1; then
-	fail create "cprctl create $vm --device pci=$dev: $(cat "$LAB_OUT/create.log")"
-	cprd_stop
-	finish
-fi
-pass create "cprctl create $vm --device pci=$dev"
-if ! cprctl start "$vm" >"$LAB_OUT/start.log" 2>&1; then
-	fail start "cprctl start $vm: $(cat "$LAB_OUT/start.log")"
-	cprd_keep_logs "$vm"
-	cprd_stop
-	finish
-fi
-pass start "cprctl start $vm"
-L2_SERIAL=$(cprd_vm_serial "$vm")
-if ! wait_for 180 grep -q '^cprd-guest: pci ' "$L2_SERIAL" || ! wait_progress 3 120; then
-	fail boot "the guest did not come up; QEMU: $(tail -n 3 "$CPRD_STATE/vms/$vm/qemu.log" 2>&1)"
-	cprd_keep_logs "$vm"
-	finish
-fi
+cprd_boot_l2 "$vm" "$dev"
 pid=$(cprd_vm_pid "$vm")
-check l2-found-device "$(grep '^cprd-guest: pci ' "$L2_SERIAL")" \
-	grep -q '^cprd-guest: pci .* 1b36:0005 ' "$L2_SERIAL"
 check l2-device-ok "$(last_progress)" eval 'last_progress | grep -q " ok$"'
-check held-vfio "GetVM fds kinds: $(cprd_held_kinds "$vm" | sort | uniq -c | tr -s ' \n' ' ')" \
-	eval 'cprd_held_kinds "$vm" | grep -qx vfio'
-check cprd-holds-device "cprd holds $(cprd_own_vfio_fds) VFIO fds" [ "$(cprd_own_vfio_fds)" -ge 1 ]
 check bus-master-on "L1 sees command $(pci_command "$dev")" bus_master_on "$dev"
 figure cprd_locked_before "$(locked "$pid")"
 
 for round in 1 2; do
-	before=$(last_progress)
-	lines_before=$(progress_count)
+	guest_mark
 	old=$pid
 	cprctl --json upgrade "$vm" --qemu "$LAB_QEMU" --mode cpr-transfer >"$LAB_OUT/upgrade-$round.json" 2>&1
 	result=$(tail -n 1 "$LAB_OUT/upgrade-$round.json")
@@ -70,25 +43,8 @@ for round in 1 2; do
 	figure "cprd_upgrade${round}_pause_ms" "$(echo "$result" | json_field pauseMs)"
 	figure "cprd_upgrade${round}_total_ms" "$(echo "$result" | json_field totalMs)"
 	figure "cprd_upgrade${round}_new_locked" "$(locked "$pid")"
-	check "upgrade$round-old-gone" "old QEMU $old" eval "! alive $old"
-	n=$(vfio_fds "$pid")
-	check "upgrade$round-device-assigned" "new QEMU $pid has $n VFIO fds" [ "$n" -ge 2 ]
-	check "upgrade$round-held-vfio" "GetVM fds kinds: $(cprd_held_kinds "$vm" | sort | uniq -c | tr -s ' \n' ' ')" \
-		eval 'cprd_held_kinds "$vm" | grep -qx vfio'
-	if ! wait_progress 3 120; then
-		fail "upgrade$round-running" "no progress on the new QEMU (last: $(last_progress))"
-		break
-	fi
-	after=$(last_progress)
-	check "upgrade$round-kept-counting" "'$before' -> '$after'" \
-		[ "$(ticks_of "$after")" -gt "$(ticks_of "$before")" ]
-	check "upgrade$round-no-reboot" "$(boots) boot line(s)" [ "$(boots)" -eq 1 ]
-	bad=$(serial_lines | grep '^cprd-guest: line ' | tail -n +$((lines_before + 1)) | grep -vc ' ok$')
-	check "upgrade$round-device-not-reset" "$bad BAD lines since the upgrade; last: $after" [ "$bad" -eq 0 ]
-	check "upgrade$round-bus-master" "L1 sees command $(pci_command "$dev")" bus_master_on "$dev"
-	lck=$(vmlck_kb "$pid")
-	check "upgrade$round-pinned" "new QEMU VmLck $lck kB (guest RAM $((L2_MIB * 1024)) kB)" \
-		[ "$lck" -ge $((L2_MIB * 1024)) ]
+	cprd_check_held "upgrade$round-held-vfio" "$vm"
+	l2_moved "upgrade$round" "$old" "$pid" "$dev" || break
 done
 
 # Another VM may not have the device.

@@ -13,23 +13,14 @@
 
 ROUNDS=${EDU_ROUNDS:-5}
 dev=$LAB_EDU
-if [ -z "$dev" ]; then
-	fail setup "L1 has no edu device"
-	finish
-fi
+[ -n "$dev" ] || { fail setup "L1 has no edu device"; finish; }
 note "edu $dev, IOMMU group $LAB_EDU_GROUP"
 
 # block_u32 PID OFFSET: a u32 of the guest's RAM block, through the memfd.
 block_u32() { od -An -tu4 -j $(($2)) -N4 "/proc/$1/fd/5" | tr -d ' '; }
 
-l2_start "$dev" edu
-if ! wait_for 180 grep -q '^cprd-guest: pci ' "$L2_SERIAL" || ! wait_progress 1 120; then
-	fail boot "the L2 guest did not come up; QEMU said: $(tail -n 3 "$L2_LOG/edu.log")"
-	kill -9 "$L2_PID" 2>/dev/null
-	finish
-fi
-check l2-found-edu "$(grep '^cprd-guest: pci ' "$L2_SERIAL")" \
-	grep -q '^cprd-guest: pci .* 1234:11e8 .* id 010000ed$' "$L2_SERIAL"
+l2_boot "$dev" edu
+check edu-id "$(grep '^cprd-guest: pci ' "$L2_SERIAL")" grep -q '^cprd-guest: pci .* id 010000ed$' "$L2_SERIAL"
 v1=$(block_u32 "$L2_PID" 0x8034)
 wait_progress "$ROUNDS" $((ROUNDS * 30))
 v2=$(block_u32 "$L2_PID" 0x8034)

@@ -113,12 +113,14 @@ l2_start() {
 }
 
 # serial_lines: the L2 guest's complete lines so far (not one it is
-# still writing).
+# still writing). The log only grows: its first serial_size bytes stay as
+# they are while the guest writes on.
 serial_lines() {
-	if [ "$(tail -c 1 "$L2_SERIAL" | od -An -tx1 | tr -d ' ')" = 0a ]; then
-		cat "$L2_SERIAL"
+	serial_size=$(($(wc -c <"$L2_SERIAL")))
+	if [ "$(tail -c +"$serial_size" "$L2_SERIAL" | head -c 1 | od -An -tx1 | tr -d ' ')" = 0a ]; then
+		head -c "$serial_size" "$L2_SERIAL"
 	else
-		sed '$d' "$L2_SERIAL"
+		head -c "$serial_size" "$L2_SERIAL" | sed '$d'
 	fi
 }
 # progress_count: how many "line N" progress lines the guest printed.
@@ -132,6 +134,79 @@ wait_progress() {
 }
 # ticks_of LINE: the counter of a progress line.
 ticks_of() { echo "$1" | sed -n 's/^cprd-guest: line [0-9]* counter \([0-9]*\).*/\1/p'; }
+
+# l2_booted: until the guest found its device and printed 3 progress
+# lines; status 1 when it did not within minutes.
+l2_booted() { wait_for 180 grep -q '^cprd-guest: pci ' "$L2_SERIAL" && wait_progress 3 120; }
+
+# l2_found ADDR: checks that the guest's pci line names the device that
+# L1 has at ADDR (its vendor:device).
+l2_found() {
+	found_id=$(cut -c3- "/sys/bus/pci/devices/$1/vendor"):$(cut -c3- "/sys/bus/pci/devices/$1/device")
+	check l2-found-device "$(grep '^cprd-guest: pci ' "$L2_SERIAL")" \
+		grep -q "^cprd-guest: pci .* $found_id " "$L2_SERIAL"
+}
+
+# l2_boot ADDR NAME: l2_start, then l2_booted and l2_found; a guest that
+# did not come up ends the scenario.
+l2_boot() {
+	l2_start "$1" "$2"
+	if ! l2_booted; then
+		fail boot "the L2 guest did not come up; QEMU said: $(tail -n 3 "$L2_LOG/$2.log")"
+		kill -9 "$L2_PID" 2>/dev/null
+		finish
+	fi
+	l2_found "$1"
+}
+
+# guest_mark: notes the guest's last progress line, for guest_went_on.
+guest_mark() {
+	MARK_LINE=$(last_progress)
+	MARK_COUNT=$(progress_count)
+}
+
+# guest_went_on NAME SINCE: after an upgrade, a rollback or a refusal (SINCE
+# says which), the guest printed 3 more lines (NAME-running; status 1 when
+# not), its counter went on from the line guest_mark saw (a pause, not a
+# new start), it booted once, and every line since was ok: the device kept
+# its state and worked (NAME-device-ok).
+guest_went_on() {
+	if ! wait_progress 3 120; then
+		fail "$1-running" "no progress since $2 (last: $(last_progress))"
+		return 1
+	fi
+	went_lines=$(serial_lines | grep '^cprd-guest: line ' | tail -n +$((MARK_COUNT + 1)))
+	went_last=$(echo "$went_lines" | tail -n 1)
+	went_bad=$(echo "$went_lines" | grep -vc ' ok$')
+	check "$1-kept-counting" "'$MARK_LINE' -> '$went_last'" \
+		[ "$(ticks_of "$went_last")" -gt "$(ticks_of "$MARK_LINE")" ]
+	check "$1-no-reboot" "$(boots) boot line(s)" [ "$(boots)" -eq 1 ]
+	check "$1-device-ok" "$went_bad BAD of $(echo "$went_lines" | wc -l) lines since $2; last: $went_last" \
+		[ "$went_bad" -eq 0 ]
+}
+
+# l2_has_device NAME PID ADDR: QEMU PID holds the device's VFIO fds
+# (container, group, device), bus mastering is on in L1's view of ADDR
+# (vfio-pci clears it when the device's last fd closes), and PID has all of
+# the guest's RAM locked (pinned for the device's DMA).
+l2_has_device() {
+	held_n=$(vfio_fds "$2")
+	check "$1-device-held" "QEMU $2 has $held_n VFIO fds" [ "$held_n" -ge 2 ]
+	check "$1-bus-master" "L1 sees command $(pci_command "$3")" bus_master_on "$3"
+	held_kb=$(vmlck_kb "$2")
+	check "$1-pinned" "QEMU $2 VmLck $held_kb kB (guest RAM $((L2_MIB * 1024)) kB)" \
+		[ "$held_kb" -ge $((L2_MIB * 1024)) ]
+}
+
+# l2_moved NAME OLD NEW ADDR: after the guest moved from QEMU OLD to QEMU
+# NEW with the device ADDR (guest_mark before the move): OLD is gone, the
+# guest went on (guest_went_on) and NEW has the device (l2_has_device).
+# Status 1 when the guest did not go on.
+l2_moved() {
+	check "$1-old-gone" "old QEMU $2" eval "! alive $2"
+	guest_went_on "$1" "QEMU $2 -> $3" || return 1
+	l2_has_device "$1" "$3" "$4"
+}
 
 # ---- cpr-transfer 11.1 -> 11.1 without cprd, as cprd does it ---------------------
 
@@ -260,9 +335,49 @@ cprd_held_kinds() {
 # cprd_own_vfio_fds: how many VFIO fds cprd itself holds.
 cprd_own_vfio_fds() { vfio_fds "$CPRD_PID"; }
 
+# cprd_check_held NAME VM: GetVM lists held fds of kind vfio for VM.
+cprd_check_held() {
+	check "$1" "GetVM fds kinds: $(cprd_held_kinds "$2" | sort | uniq -c | tr -s ' \n' ' ')" \
+		eval "cprd_held_kinds $2 | grep -qx vfio"
+}
+
 # cprd_keep_logs NAME: copies the VM's console and QEMU logs to $LAB_OUT.
 cprd_keep_logs() {
 	cp "$CPRD_STATE/vms/$1/console.log" "$LAB_OUT/$1-console.log" 2>/dev/null
 	cp "$CPRD_STATE/vms/$1/qemu.log" "$LAB_OUT/$1-qemu.log" 2>/dev/null
 	cprctl --json status "$1" >"$LAB_OUT/$1-status.json" 2>&1
+}
+
+# cprd_boot_l2 VM ADDR: starts cprd, creates VM (the L2 guest, read-only,
+# under TCG) with the device ADDR assigned, starts it and waits until the
+# guest came up (l2_booted); sets L2_SERIAL. A step that fails ends the
+# scenario. Then checks that the guest found the device (l2_found), that
+# GetVM lists held VFIO fds and that cprd holds some itself. cprd gets the
+# caller's environment (a test hook's variables).
+cprd_boot_l2() {
+	cprd_start || finish
+	if ! cprctl create "$1" --memory "$L2_MIB" --qemu "$LAB_QEMU" --accel tcg --machine pc \
+		--disk "$LAB_GUEST,readonly" --device "pci=$2" >"$LAB_OUT/create.log" 2>&1; then
+		fail create "cprctl create $1 --device pci=$2: $(cat "$LAB_OUT/create.log")"
+		cprd_stop
+		finish
+	fi
+	pass create "cprctl create $1 --device pci=$2"
+	if ! cprctl start "$1" >"$LAB_OUT/start.log" 2>&1; then
+		fail start "cprctl start $1: $(cat "$LAB_OUT/start.log")"
+		cprd_keep_logs "$1"
+		cprd_stop
+		finish
+	fi
+	pass start "cprctl start $1"
+	L2_SERIAL=$(cprd_vm_serial "$1")
+	if ! l2_booted; then
+		fail boot "the guest did not come up; QEMU: $(tail -n 3 "$CPRD_STATE/vms/$1/qemu.log" 2>&1)"
+		cprd_keep_logs "$1"
+		cprd_stop
+		finish
+	fi
+	l2_found "$2"
+	cprd_check_held held-vfio "$1"
+	check cprd-holds-device "cprd holds $(cprd_own_vfio_fds) VFIO fds" [ "$(cprd_own_vfio_fds)" -ge 1 ]
 }

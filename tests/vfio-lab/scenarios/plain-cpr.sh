@@ -17,28 +17,17 @@
 . /payload/scenarios/lib.sh
 
 dev=$LAB_TESTDEV
-if [ -z "$dev" ]; then
-	fail setup "L1 has no pci-testdev"
-	finish
-fi
+[ -n "$dev" ] || { fail setup "L1 has no pci-testdev"; finish; }
 note "pci-testdev $dev, IOMMU group $LAB_TESTDEV_GROUP, reset_method $(cat "/sys/bus/pci/devices/$dev/reset_method" 2>/dev/null)"
 
-l2_start "$dev" old
-if ! wait_for 180 grep -q '^cprd-guest: pci ' "$L2_SERIAL" || ! wait_progress 3 120; then
-	fail boot "the L2 guest did not come up; QEMU said: $(tail -n 3 "$L2_LOG/old.log")"
-	kill -9 "$L2_PID" 2>/dev/null
-	finish
-fi
-check l2-found-device "$(grep '^cprd-guest: pci ' "$L2_SERIAL")" \
-	grep -q '^cprd-guest: pci .* 1b36:0005 ' "$L2_SERIAL"
+l2_boot "$dev" old
 check l2-device-ok "$(last_progress)" eval 'last_progress | grep -q " ok$"'
 check bus-master-on "L1 sees command $(pci_command "$dev")" bus_master_on "$dev"
 figure locked_before_kb "$(vmlck_kb "$L2_PID")"
 note "before: QEMU $L2_PID $(locked "$L2_PID"), $(vfio_fds "$L2_PID") VFIO fds"
 
 for round in 1 2; do
-	before=$(last_progress)
-	lines_before=$(progress_count)
+	guest_mark
 	old=$L2_PID
 	if ! cpr_transfer "$dev" "$round"; then
 		fail "cpr$round" "cpr-transfer did not complete"
@@ -54,24 +43,10 @@ for round in 1 2; do
 	figure "cpr${round}_old_locked_at_completion" "$CPR_OLD_LOCKED"
 	figure "cpr${round}_new_locked_at_completion" "$CPR_NEW_LOCKED_EARLY"
 	figure "cpr${round}_new_locked" "$(locked "$L2_PID")"
-	check "cpr$round-old-gone" "old QEMU $old retired" eval "! alive $old"
-	n=$(vfio_fds "$L2_PID")
-	check "cpr$round-device-held" "new QEMU $L2_PID has $n VFIO fds" [ "$n" -ge 2 ]
-	if ! wait_progress 3 120; then
-		fail "cpr$round-running" "no progress from the guest on the new QEMU (last: $(last_progress))"
+	if ! l2_moved "cpr$round" "$old" "$L2_PID" "$dev"; then
 		kill -9 "$L2_PID" 2>/dev/null
 		finish
 	fi
-	after=$(last_progress)
-	check "cpr$round-kept-counting" "'$before' -> '$after'" \
-		[ "$(ticks_of "$after")" -gt "$(ticks_of "$before")" ]
-	check "cpr$round-no-reboot" "$(boots) boot line(s)" [ "$(boots)" -eq 1 ]
-	# Every line since the transfer: the device kept its state.
-	bad=$(serial_lines | grep '^cprd-guest: line ' | tail -n +$((lines_before + 1)) | grep -vc ' ok$')
-	check "cpr$round-device-not-reset" "$(progress_count) lines, $bad BAD since the transfer; last: $after" [ "$bad" -eq 0 ]
-	check "cpr$round-bus-master" "L1 sees command $(pci_command "$dev")" bus_master_on "$dev"
-	lck=$(vmlck_kb "$L2_PID")
-	check "cpr$round-pinned" "new QEMU VmLck $lck kB (guest RAM $((L2_MIB * 1024)) kB)" [ "$lck" -ge $((L2_MIB * 1024)) ]
 done
 
 # The control: a reset under the guest shows in its lines.

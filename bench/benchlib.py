@@ -114,6 +114,42 @@ def pid_alive(pid):
         return False
 
 
+# ---- the command line -------------------------------------------------------
+
+def require_built(prog, *paths):
+    """Exits with a hint when one of the built programs or images is missing."""
+    for path in paths:
+        if not os.path.exists(path):
+            sys.exit(f"{prog}: {path} does not exist (build first: cmake --build build)")
+
+
+def pick_pairs(prog, pairs, wanted, known):
+    """Those of pairs that --pair FROM,TO,MODE (repeatable; wanted, None
+    when not given) names; exits on a pair not in known."""
+    if not wanted:
+        return pairs
+    want = [tuple(x.strip() for x in p.split(",")) for p in wanted]
+    unknown = [",".join(w) for w in want if w not in known]
+    if unknown:
+        sys.exit(f"{prog}: --pair {' '.join(unknown)} is not one of "
+                 f"{' '.join(','.join(p) for p in known)}")
+    return [p for p in pairs if p in want]
+
+
+def json_lines(text):
+    """The JSON objects among text's lines: cprctl --json prints one a line,
+    anything else (progress, a stray line) is passed over."""
+    out = []
+    for line in text.splitlines():
+        try:
+            o = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(o, dict):
+            out.append(o)
+    return out
+
+
 # ---- Varlink ---------------------------------------------------------------
 
 class Varlink:

@@ -22,7 +22,7 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (BenchError, Cprd, MiB, Varlink, Workdir, loadavg, log,  # noqa: E402
-                      median, percentile, proc_cpu_seconds, proc_status)
+                      median, percentile, proc_cpu_seconds, proc_status, require_built)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_RSS = 10 * MiB
@@ -132,9 +132,7 @@ def main():
     ap.add_argument("--calls", type=int, default=200, help="calls per client")
     ap.add_argument("--keep", action="store_true", help="keep cprd's state folder")
     a = ap.parse_args()
-    for path in (a.cprd, a.qemu, a.guest_image):
-        if not os.path.exists(path):
-            sys.exit(f"daemon_bench: {path} does not exist (build first: cmake --build build)")
+    require_built("daemon_bench", a.cprd, a.qemu, a.guest_image)
 
     wd = Workdir("cprd-daemon-bench-", a.keep)
     cprd = Cprd(a.cprd, a.cprctl, wd.path)

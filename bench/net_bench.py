@@ -40,7 +40,8 @@ sys.path.insert(0, BENCH)
 # (NetLab, net-ping, net-stream): one copy, so the bench measures what the
 # test checks.
 sys.path.insert(1, os.path.join(REPO, "tests", "integration"))
-from benchlib import BenchError, Cprd, Workdir, loadavg, log, median  # noqa: E402
+from benchlib import (BenchError, Cprd, Workdir, loadavg, log, median, pick_pairs,  # noqa: E402
+                      require_built)
 from upgrade_bench import (LINUX_NET_RE, PAIR_DATA_BYTES, PAIR_MIB, Liveness, first_line,  # noqa: E402
                            machine_for, ms, run_cprctl_upgrade)
 import cprdtest  # noqa: E402
@@ -410,23 +411,14 @@ def main():
     ap.add_argument("--interval", type=float, default=0.01, help="seconds between pings (default 0.01)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, cprd state)")
     a = ap.parse_args()
-    for path in (a.cprd, a.cprctl, a.qemu):
-        if not os.path.exists(path):
-            sys.exit(f"net_bench: {path} does not exist (build first: cmake --build build)")
+    require_built("net_bench", a.cprd, a.cprctl, a.qemu)
     if not os.path.exists(a.linux_image):
         sys.exit(f"net_bench: {a.linux_image} does not exist (build the target cprd-linux-guest, "
                  f"or pass --linux-image)")
     a.linux_image = os.path.abspath(a.linux_image)  # cprd wants absolute paths in a spec
     a.qemus = {"10.0": a.qemu, "7.2": a.qemu72, "11.1": a.qemu111}
     a.upgrades = a.upgrades or (2 if a.quick else 5)
-    a.pairs = list(PAIRS)
-    if a.pair:
-        want = [tuple(x.strip() for x in p.split(",")) for p in a.pair]
-        unknown = [",".join(w) for w in want if w not in PAIRS]
-        if unknown:
-            sys.exit(f"net_bench: --pair {' '.join(unknown)} is not one of "
-                     f"{' '.join(','.join(p) for p in PAIRS)}")
-        a.pairs = [p for p in PAIRS if p in want]
+    a.pairs = pick_pairs("net_bench", list(PAIRS), a.pair, PAIRS)
 
     wd = Workdir("cprd-net-bench-", a.keep)
     net = cprdtest.NetLab()

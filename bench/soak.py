@@ -31,7 +31,6 @@ Usage: soak.py [--upgrades N] [--every K] [--cprd PATH] [--cprctl PATH]
 """
 import argparse
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -40,7 +39,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (MiB, BenchError, Cprd, Workdir, loadavg, log, percentile,  # noqa: E402
+from benchlib import (MiB, BenchError, Cprd, Workdir, json_lines, loadavg, log, percentile,  # noqa: E402
                       proc_status)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 import ci_skips  # noqa: E402
@@ -243,12 +242,8 @@ def upgrade(cprd, qemu, mode):
     p, wall = cprd.cprctl_run("upgrade", NAME, "--qemu", qemu, "--mode", mode, "--json",
                               timeout=300 * SLOWDOWN)
     result = None
-    for line in p.stdout.splitlines():
-        try:
-            o = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(o, dict) and "outcome" in o:
+    for o in json_lines(p.stdout):
+        if "outcome" in o:
             result = o
     return result, p.stderr.strip(), wall
 

@@ -48,8 +48,9 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (GiB, MiB, QMP, BenchError, Console, Cprd, Qemu, Workdir,  # noqa: E402
-                      argv_without, dirty_ram, fmt_size, loadavg, log, log_tail, meminfo, median,
-                      parse_size, read_ticks, split_cmdline, wait_guest_ticking)
+                      argv_without, dirty_ram, fmt_size, json_lines, loadavg, log, log_tail, meminfo,
+                      median, parse_size, pick_pairs, read_ticks, require_built, split_cmdline,
+                      wait_guest_ticking)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN_MAX_BANDWIDTH = 10 * 1000 ** 3  # bytes/s
@@ -458,11 +459,7 @@ def bench_many(cprd, a):
                                           "--mode", "cpr-transfer", "--json")
                 results = {}
                 summary = None
-                for line in p.stdout.splitlines():
-                    try:
-                        o = json.loads(line)
-                    except ValueError:
-                        continue
+                for o in json_lines(p.stdout):
                     if "outcome" in o and "vm" in o:
                         results[o["vm"]] = o
                     elif "committed" in o:
@@ -667,11 +664,7 @@ class PairCprd:
     def dry_run(self):
         p, _ = self.cprd.cprctl_run("upgrade", *self._upgrade_args(), "--dry-run", "--json")
         result = None
-        for line in p.stdout.splitlines():
-            try:
-                o = json.loads(line)
-            except ValueError:
-                continue
+        for o in json_lines(p.stdout):
             if "outcome" in o:
                 result = o
         if result and result.get("outcome") == "dry-run":
@@ -1303,9 +1296,7 @@ def main():
     ap.add_argument("--qemu111", default=os.environ.get("CPRD_QEMU111") or "/opt/cprd/qemu-system-x86_64-11.1")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, cprd state)")
     a = ap.parse_args()
-    for path in (a.cprd, a.cprctl, a.qemu, a.guest_image):
-        if not os.path.exists(path):
-            sys.exit(f"upgrade_bench: {path} does not exist (build first: cmake --build build)")
+    require_built("upgrade_bench", a.cprd, a.cprctl, a.qemu, a.guest_image)
     if a.guest is None:
         a.guest = "linux" if os.path.exists(a.linux_image) else "boot"
     elif a.guest == "linux" and a.pairs and not os.path.exists(a.linux_image):
@@ -1314,14 +1305,7 @@ def main():
     # cprd wants absolute paths in a VM's spec.
     a.guest_image, a.linux_image = os.path.abspath(a.guest_image), os.path.abspath(a.linux_image)
     a.qemus = {"10.0": a.qemu, "7.2": a.qemu72, "11.1": a.qemu111}
-    a.pairs = list(PAIRS) if a.pairs else []
-    if a.pair:
-        want = [tuple(x.strip() for x in p.split(",")) for p in a.pair]
-        unknown = [",".join(w) for w in want if w not in PAIRS]
-        if unknown:
-            sys.exit(f"upgrade_bench: --pair {' '.join(unknown)} is not one of "
-                     f"{' '.join(','.join(p) for p in PAIRS)}")
-        a.pairs = [p for p in a.pairs if p in want]
+    a.pairs = pick_pairs("upgrade_bench", list(PAIRS) if a.pairs else [], a.pair, PAIRS)
     a.pair_reps = a.reps or (1 if a.quick else 3)
     sizes = a.sizes if a.sizes is not None else ("256M,1G" if a.quick else "256M,1G,4G,8G")
     a.sizes = [] if sizes.strip().lower() == "none" else [parse_size(s) for s in sizes.split(",") if s.strip()]

@@ -208,6 +208,23 @@ class Run:
         self.killed = False
         self.start_cprd(hold=False)
 
+    def kill_cprd_mid_upgrade(self, while_down=None):
+        """Kills cprd during the upgrade (the client's call ends with it),
+        runs while_down() if given, and starts a new cprd."""
+        self.kill_cprd()
+        self.upgrade_result()
+        if while_down:
+            while_down()
+        self.restart_cprd()
+
+    def runtime_path(self, name):
+        """A file in the VM's runtime folder (qemu.json, upgrade.json)."""
+        return os.path.join(self.cprd.runtime_dir, "vms", self.name, name)
+
+    def wait_gone(self, pid, who, fate):
+        """Waits for pid to exit: "the <who> <pid> to be <fate>"."""
+        T.wait_until(lambda: not T.pid_alive(pid), 20, what="the %s %d to be %s" % (who, pid, fate))
+
     # -- the VM ---------------------------------------------------------------------
 
     def ctl(self, *args, **kw):
@@ -416,7 +433,7 @@ class Run:
             check(vm["state"] == state, "state %s, expected %s" % (vm["state"], state))
             check(vm.get("pid") == qpid, "status says pid %s, the live QEMU is %d" % (vm.get("pid"), qpid))
             if binary:
-                with open(os.path.join(self.cprd.runtime_dir, "vms", self.name, "qemu.json")) as f:
+                with open(self.runtime_path("qemu.json")) as f:
                     rec = json.load(f)
                 check(vm.get("qemu") == binary and rec.get("binary") == binary,
                       "cprd says pid %d runs %s (qemu.json: %s), expected %s" % (
@@ -689,12 +706,9 @@ def cprd_kill_preflight(r):
     r.create_and_start()
     r.upgrade_bg()
     r.wait_hold()
-    r.kill_cprd()
-    r.upgrade_result()
     # As if cprd had died right after making the upgrade's private folder
     # (the journal, written once the target is spawned, names it).
-    os.mkdir(os.path.join(r.cprd.runtime_dir, "vms", r.name, "upgrade-Xk3Zq9"), 0o700)
-    r.restart_cprd()
+    r.kill_cprd_mid_upgrade(lambda: os.mkdir(r.runtime_path("upgrade-Xk3Zq9"), 0o700))
     return r.verify("none", "old", memfd="held")
 
 
@@ -705,10 +719,8 @@ def cprd_kill_spawn(r):
     r.upgrade_bg()
     r.wait_hold()
     t = r.target_pid()
-    r.kill_cprd()
-    r.upgrade_result()
-    r.restart_cprd()
-    T.wait_until(lambda: not T.pid_alive(t), 20, what="the target QEMU %d to be killed" % t)
+    r.kill_cprd_mid_upgrade()
+    r.wait_gone(t, "target QEMU", "killed")
     return r.verify("rolled-back", "old", memfd="held")
 
 
@@ -722,10 +734,8 @@ def cprd_kill_transfer(r):
     r.sig(t, signal.SIGSTOP)  # the transfer cannot finish
     r.wait_log("upgrade transfer:")
     time.sleep(0.3)
-    r.kill_cprd()
-    r.upgrade_result()
-    r.restart_cprd()
-    T.wait_until(lambda: not T.pid_alive(t), 20, what="the target QEMU %d to be killed" % t)
+    r.kill_cprd_mid_upgrade()
+    r.wait_gone(t, "target QEMU", "killed")
     return r.verify("rolled-back", "old", memfd="held")
 
 
@@ -735,10 +745,8 @@ def cprd_kill_after_resume(r):
     r.create_and_start()
     r.upgrade_bg()
     r.wait_hold()
-    r.kill_cprd()
-    r.upgrade_result()
-    r.restart_cprd()
-    T.wait_until(lambda: not T.pid_alive(r.old_pid), 20, what="the old QEMU %d to be retired" % r.old_pid)
+    r.kill_cprd_mid_upgrade()
+    r.wait_gone(r.old_pid, "old QEMU", "retired")
     return r.verify("committed", "new", memfd="held")
 
 
@@ -754,17 +762,17 @@ def cprd_kill_before_resumed_journal(r):
     r.create_and_start()
     r.upgrade_bg()
     r.wait_hold()
-    r.kill_cprd()
-    r.upgrade_result()
-    path = os.path.join(r.cprd.runtime_dir, "vms", r.name, "upgrade.json")
-    with open(path) as f:
-        journal = json.load(f)
-    check(journal.get("resumed") is True, "the journal held before retire is not resumed: %s" % journal)
-    journal["resumed"], journal["phase"] = False, "transfer"
-    with open(path, "w") as f:
-        json.dump(journal, f)
-    r.restart_cprd()
-    T.wait_until(lambda: not T.pid_alive(r.old_pid), 20, what="the old QEMU %d to be retired" % r.old_pid)
+
+    def rewind_journal():
+        path = r.runtime_path("upgrade.json")
+        with open(path) as f:
+            journal = json.load(f)
+        check(journal.get("resumed") is True, "the journal held before retire is not resumed: %s" % journal)
+        journal["resumed"], journal["phase"] = False, "transfer"
+        with open(path, "w") as f:
+            json.dump(journal, f)
+    r.kill_cprd_mid_upgrade(rewind_journal)
+    r.wait_gone(r.old_pid, "old QEMU", "retired")
     return r.verify("committed", "new", memfd="held")
 
 
@@ -777,7 +785,7 @@ def cprd_kill_before_journal_removed(r):
     r.create_and_start()
     r.upgrade_bg()
     r.wait_hold()
-    path = os.path.join(r.cprd.runtime_dir, "vms", r.name, "upgrade.json")
+    path = r.runtime_path("upgrade.json")
     with open(path) as f:
         journal = f.read()
     rc, doc, err = r.upgrade_result()
@@ -904,17 +912,17 @@ def console_log_full(r):
 @case("client killed mid-Upgrade, spawn-target", "upgrade carries on: committed, in the history",
       hold="transfer")
 def client_gone_spawn(r):
-    r.create_and_start()
-    p = r.upgrade_bg()
-    r.wait_hold()
-    p.kill()
-    p.communicate()
-    return r.verify("committed", "new")
+    return kill_client_mid_upgrade(r)
 
 
 @case("client killed mid-Upgrade, after resume", "upgrade carries on: committed, in the history",
       hold="retire")
 def client_gone_after_resume(r):
+    return kill_client_mid_upgrade(r)
+
+
+def kill_client_mid_upgrade(r):
+    """The two client cases differ only in where the upgrade holds."""
     r.create_and_start()
     p = r.upgrade_bg()
     r.wait_hold()
@@ -989,9 +997,7 @@ def exec_cprd_kill_before_migrate(r):
     w, _ = T.write_exec_wrapper(r.tmp, T.QEMU111)
     r.upgrade_bg(mode="cpr-exec", qemu=w)
     r.wait_hold()
-    r.kill_cprd()
-    r.upgrade_result()
-    r.restart_cprd()
+    r.kill_cprd_mid_upgrade()
     return r.verify("rolled-back", "old", binary=T.QEMU111)
 
 
@@ -1008,9 +1014,7 @@ def exec_cprd_kill_loading(r):
     # Its shell reads the script through cprd's /proc/CPRD/fd/N: opened
     # within a few ms of the exec.
     time.sleep(0.3)
-    r.kill_cprd()
-    r.upgrade_result()
-    r.restart_cprd()
+    r.kill_cprd_mid_upgrade()
     waiting = any(comm == "sleep" for _, comm in T.children_of(r.old_pid).values())
     out = r.verify("committed", "exec", binary=w)
     return out + ("; the new binary was still starting when cprd came back" if waiting else "")
@@ -1024,9 +1028,7 @@ def exec_cprd_kill_after_resume(r):
     w, _ = T.write_exec_wrapper(r.tmp, T.QEMU111)
     r.upgrade_bg(mode="cpr-exec", qemu=w)
     r.wait_hold()
-    r.kill_cprd()
-    r.upgrade_result()
-    r.restart_cprd()
+    r.kill_cprd_mid_upgrade()
     return r.verify("committed", "exec", binary=w)
 
 
@@ -1041,9 +1043,7 @@ def exec_fails_cprd_kill(r):
     r.wait_hold("transfer")
     os.unlink(sh)
     r.wait_hold("resume")  # migrate sent; QEMU tries the exec without cprd
-    r.kill_cprd()
-    r.upgrade_result()
-    r.restart_cprd()
+    r.kill_cprd_mid_upgrade()
     out = r.verify("rolled-back", "old", binary=T.QEMU111, again=False)
     rec = r.status()["upgrades"][-1]
     check("execvp" in rec.get("reason", ""), "the record does not say why: %s" % rec)

@@ -181,6 +181,18 @@ def kill_pid(pid, sig=signal.SIGKILL):
         return False
 
 
+def reap(procs):
+    """Kills whichever of procs still runs and collects every one's exit;
+    for teardown, so a process that will not go is passed over."""
+    for p in procs:
+        if p.poll() is None:
+            kill_pid(p.pid, signal.SIGKILL)
+        try:
+            p.communicate(timeout=10)
+        except Exception:
+            pass
+
+
 def tree_snapshot(root):
     """{relative path: (mode, size, mtime_ns)} of everything under root."""
     out = {}
@@ -634,13 +646,7 @@ class Cprd:
     def stop(self):
         """Stops what this cprd ran, then cprd with SIGTERM; raises
         AssertionError when cprd, still running until then, did not exit 0."""
-        for p in self.spawned:
-            if p.poll() is None:
-                kill_pid(p.pid, signal.SIGKILL)
-            try:
-                p.communicate(timeout=10)
-            except Exception:
-                pass
+        reap(self.spawned)
         if self.proc is None:
             return
         trouble = None
@@ -980,13 +986,7 @@ class NetLab:
                             pause, stall)
 
     def remove(self):
-        for p in self.procs:
-            if p.poll() is None:
-                kill_pid(p.pid, signal.SIGKILL)
-            try:
-                p.communicate(timeout=10)
-            except Exception:
-                pass
+        reap(self.procs)
         if not self.created:
             return
         # Whatever else runs in it was started there by this test (cprd,

@@ -807,15 +807,22 @@ end_vm() {
 	fi
 }
 
+# upgrade_and_end PREFIX COUNTER MODE QEMU: upgrades $VM in MODE to QEMU,
+# checks that QEMU is confined as the unit says and the guest moves on
+# (step COUNTER), then stops and deletes $VM.
+upgrade_and_end() {
+	do_upgrade "$1_upgrade" "$3" "$4" && confined "$1_confinement_after" "$QPID" qemu
+	guest_progress "$2" "$QPID"
+	end_vm "$1_stop"
+}
+
 # ---- from Debian 12's QEMU 7.2 to 10.0 under the unit ------------------------
 # The upgrade an operator makes first: 7.2 has no CPR mode, so local-migrate.
 VM=vm5
 if cin test -x "$QEMU72"; then
 	if start_vm old_start --qemu "$QEMU72"; then
 		confined old_confinement "$QPID" qemu
-		do_upgrade old_upgrade local-migrate "$QEMU" && confined old_confinement_after "$QPID" qemu
-		guest_progress old_guest_counter "$QPID"
-		end_vm old_stop
+		upgrade_and_end old old_guest_counter local-migrate "$QEMU"
 	fi
 else
 	skip old_upgrade "no QEMU 7.2 at $QEMU72 on this host (scripts/install-deps.sh installs it)"
@@ -830,9 +837,7 @@ if cin test -x "$QEMU111"; then
 	if start_vm exec_start --qemu "$QEMU111" --allow-exec; then
 		confined exec_confinement "$QPID" qemu
 		guest_progress exec_guest_counter "$QPID"
-		do_upgrade exec_upgrade cpr-exec "$QEMU111" && confined exec_confinement_after "$QPID" qemu
-		guest_progress exec_guest_counter_after "$QPID"
-		end_vm exec_stop
+		upgrade_and_end exec exec_guest_counter_after cpr-exec "$QEMU111"
 	fi
 else
 	skip exec_upgrade "no QEMU 11.1 at $QEMU111 on this host (scripts/install-deps.sh installs it)"

@@ -88,6 +88,14 @@ static void teardown(void) {
 	strcpy(dir, "/tmp/cprd-test-users-XXXXXX");
 }
 
+/* The account files clash with the range, and why names the clash. */
+static void clash(const struct users_range *r, const char *passwd, const char *group, const char *subuid,
+		  const char *subgid, const char *says) {
+	char why[512];
+	ck_assert_int_eq(users_check_accounts(r, passwd, group, subuid, subgid, why, sizeof(why)), -EEXIST);
+	ck_assert_msg(strstr(why, says), "%s", why);
+}
+
 START_TEST(test_accounts) {
 	struct users_range r = parse_ok("200000-200999");
 	char why[512];
@@ -107,47 +115,44 @@ START_TEST(test_accounts) {
 	/* A user's uid, a user's primary gid, a group, a subordinate range:
 	 * each is named. */
 	passwd = write_file("passwd", "root:x:0:0::/:\nbob:x:200999:1000::/:\n");
-	ck_assert_int_eq(users_check_accounts(&r, passwd, group, NULL, NULL, why, sizeof(why)), -EEXIST);
-	ck_assert_msg(strstr(why, "user bob has uid 200999"), "%s", why);
+	clash(&r, passwd, group, NULL, NULL, "user bob has uid 200999");
 	passwd = write_file("passwd", "carol:x:1001:200000::/:\n");
-	ck_assert_int_eq(users_check_accounts(&r, passwd, NULL, NULL, NULL, why, sizeof(why)), -EEXIST);
-	ck_assert_msg(strstr(why, "user carol has gid 200000"), "%s", why);
+	clash(&r, passwd, NULL, NULL, NULL, "user carol has gid 200000");
 	group = write_file("group", "root:x:0:\nvms:x:200001:\n");
-	ck_assert_int_eq(users_check_accounts(&r, NULL, group, NULL, NULL, why, sizeof(why)), -EEXIST);
-	ck_assert_msg(strstr(why, "group vms has gid 200001"), "%s", why);
+	clash(&r, NULL, group, NULL, NULL, "group vms has gid 200001");
 	/* 100000-165535 ends before the range; 199999 + 2 reaches into it. */
 	subuid = write_file("subuid", "alice:100000:65536\ndave:199999:2\n");
-	ck_assert_int_eq(users_check_accounts(&r, NULL, NULL, subuid, NULL, why, sizeof(why)), -EEXIST);
-	ck_assert_msg(strstr(why, "gives dave the ids 199999-200000"), "%s", why);
+	clash(&r, NULL, NULL, subuid, NULL, "gives dave the ids 199999-200000");
 	subgid = write_file("subgid", "erin:200999:100\n");
-	ck_assert_int_eq(users_check_accounts(&r, NULL, NULL, NULL, subgid, why, sizeof(why)), -EEXIST);
-	ck_assert_msg(strstr(why, "gives erin the ids 200999-201098"), "%s", why);
+	clash(&r, NULL, NULL, NULL, subgid, "gives erin the ids 200999-201098");
 	subgid = write_file("subgid", "erin:201000:100\nfrank:199000:1000\n");
 	ck_assert_int_eq(users_check_accounts(&r, NULL, NULL, NULL, subgid, why, sizeof(why)), 0);
 }
 END_TEST
 
+/* users_pick() with the uids in used[0..n) taken gives want. */
+static void picks(const struct users_range *r, const uid_t *used, size_t n, uid_t want) {
+	uid_t uid = 0;
+	ck_assert_int_eq(users_pick(r, used, n, &uid), 0);
+	ck_assert_uint_eq(uid, want);
+}
+
 START_TEST(test_pick) {
 	struct users_range r = parse_ok("100-103");
 	uid_t uid = 0;
-	ck_assert_int_eq(users_pick(&r, NULL, 0, &uid), 0);
-	ck_assert_uint_eq(uid, 100);
+	picks(&r, NULL, 0, 100);
 	/* Out-of-range, zero and duplicate entries do not matter; the lowest
 	 * free one is picked, whatever the order. */
 	uid_t used[] = {102, 0, 100, 5000, 100, 99};
-	ck_assert_int_eq(users_pick(&r, used, 6, &uid), 0);
-	ck_assert_uint_eq(uid, 101);
+	picks(&r, used, 6, 101);
 	uid_t more[] = {103, 101, 100, 102};
-	ck_assert_int_eq(users_pick(&r, more, 3, &uid), 0);
-	ck_assert_uint_eq(uid, 102);
+	picks(&r, more, 3, 102);
 	ck_assert_int_eq(users_pick(&r, more, 4, &uid), -ENOSPC);
 	/* A freed uid (its VM deleted) is given again. */
 	uid_t freed[] = {100, 101, 103};
-	ck_assert_int_eq(users_pick(&r, freed, 3, &uid), 0);
-	ck_assert_uint_eq(uid, 102);
+	picks(&r, freed, 3, 102);
 	struct users_range one = parse_ok("4294967293-4294967293");
-	ck_assert_int_eq(users_pick(&one, NULL, 0, &uid), 0);
-	ck_assert_uint_eq(uid, USERS_UID_MAX);
+	picks(&one, NULL, 0, USERS_UID_MAX);
 	uid_t top[] = {USERS_UID_MAX};
 	ck_assert_int_eq(users_pick(&one, top, 1, &uid), -ENOSPC);
 	struct users_range unset = {0};

@@ -1123,14 +1123,28 @@ def _net_ping(addr, interval, reply_times="0"):
     return out
 
 
-def _net_stream(addr, port, lines, every, pause, stall):
-    lines, stall = int(lines), float(stall)
-    out = {"bytes": 0, "lines": 0, "end": False, "first_bad": None, "reset": False, "error": None,
-           "max_gap_ms": 0.0}
+def _net_session(out, addr, port, stall, talk):
+    """Connects to the guest's cprd-net, runs talk(socket) and fills out's
+    reset, error and seconds the same way for every helper."""
     t0 = time.monotonic()
     try:
         s = socket.create_connection((addr, int(port)), timeout=10)
-        s.settimeout(stall)
+        s.settimeout(float(stall))
+        talk(s)
+    except ConnectionResetError as e:
+        out["reset"], out["error"] = True, str(e)
+    except OSError as e:
+        out["error"] = "%s: %s" % (type(e).__name__, e)
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def _net_stream(addr, port, lines, every, pause, stall):
+    lines = int(lines)
+    out = {"bytes": 0, "lines": 0, "end": False, "first_bad": None, "reset": False, "error": None,
+           "max_gap_ms": 0.0}
+
+    def talk(s):
         s.sendall(b"send %d %d %s\n" % (lines, int(every), str(pause).encode()))
         pending, last = b"", time.monotonic()
         end_line = b"cprd-net end %d\n" % lines
@@ -1154,23 +1168,16 @@ def _net_stream(addr, port, lines, every, pause, stall):
                     out["first_bad"] = "after %d good lines: %r" % (out["lines"], line[:100])
         if pending and out["first_bad"] is None:
             out["first_bad"] = "a partial last line: %r" % pending[:100]
-    except ConnectionResetError as e:
-        out["reset"], out["error"] = True, str(e)
-    except OSError as e:
-        out["error"] = "%s: %s" % (type(e).__name__, e)
-    out["seconds"] = round(time.monotonic() - t0, 2)
-    return out
+    return _net_session(out, addr, port, stall, talk)
 
 
 def _net_sink(addr, port, nbytes, chunk, pause, stall):
     import hashlib
     nbytes, chunk, pause = int(nbytes), int(chunk), float(pause)
     out = {"bytes": 0, "match": False, "reset": False, "error": None, "answer": None}
-    t0 = time.monotonic()
     h = hashlib.sha256()
-    try:
-        s = socket.create_connection((addr, int(port)), timeout=10)
-        s.settimeout(float(stall))
+
+    def talk(s):
         s.sendall(b"sink %d\n" % nbytes)
         i = 0
         while out["bytes"] < nbytes:
@@ -1190,12 +1197,7 @@ def _net_sink(addr, port, nbytes, chunk, pause, stall):
             answer += data
         out["answer"] = answer.decode("ascii", "replace").strip()
         out["match"] = out["answer"] == "cprd-net sink %d %s" % (nbytes, h.hexdigest())
-    except ConnectionResetError as e:
-        out["reset"], out["error"] = True, str(e)
-    except OSError as e:
-        out["error"] = "%s: %s" % (type(e).__name__, e)
-    out["seconds"] = round(time.monotonic() - t0, 2)
-    return out
+    return _net_session(out, addr, port, stall, talk)
 
 
 def _net_tap_exec(ifname, bridge, fd, *argv):

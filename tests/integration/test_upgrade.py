@@ -959,6 +959,36 @@ class Upgrade(UpgradeCase):
         self.assertEqual(r.rc, 2, repr(r))
         self.assertIn("--pause-slots", r.stderr)
 
+    def test_pause_slot_given_back_by_rollback(self):
+        """With one pause slot: an upgrade whose target is killed in the
+        middle of the transfer rolls back while three others of another call
+        wait for the slot; they all commit, one pause at a time, and a last
+        upgrade still finds the slot free (none leaked)."""
+        self.create_started("rb", ticks=10)
+        names = ["ps0", "ps1", "ps2"]
+        for n in names:
+            self.create_started(n)
+        w = T.write_wrapper(os.path.join(self.tmp, "qemu-killmid"), "killmid")
+        before = {n: self.before_upgrade(n) for n in names}
+        failing = self.cprd.ctl_bg("upgrade", "rb", "--qemu", w, "--pause-slots", 1, "--json")
+        r = self.upgrade_many(*names, "--parallel", 3, "--pause-slots", 1, "--json")
+        out, err = failing.communicate(timeout=120)
+        self.assertEqual(failing.returncode, 1, (out, err))
+        self.assertEqual(json.loads(out.splitlines()[-1])["outcome"], "rolled-back", out)
+        self.assertEqual(r.rc, 0, repr(r))
+        results = {d["vm"]: d for d in r.json_lines if "outcome" in d}
+        edges = []
+        for n in names:
+            self.assert_committed_many(n, before[n], results[n], T.QEMU10)
+            edges += [(results[n]["pausedAtUs"], 1), (results[n]["resumedAtUs"], -1)]
+        paused = 0
+        for _, step in sorted(edges):
+            paused += step
+            self.assertLessEqual(paused, 1, results)
+        b = self.before_upgrade("rb")
+        r = self.upgrade("rb", "--qemu", T.QEMU10, "--pause-slots", 1)
+        self.assert_committed("rb", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+
 
 class QemuUser(UpgradeCase):
     """cprd --qemu-user nobody: every QEMU, the upgraded ones too, runs as

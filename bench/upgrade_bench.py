@@ -20,7 +20,8 @@ For each guest size (default 256 MiB, 1 GiB, 4 GiB, 8 GiB):
      otherwise set the time). Total = migrate sent -> RESUME on the target;
      downtime and total-time from query-migrate.
 And (d) 20 VMs of 64 MiB upgraded with `cprctl upgrade vm1..vm20 --parallel
-N` for N = 1, 2, 4.
+N [--pause-slots K]` for N = 1, 2, 4 and each K: the total and the pause's
+p50, p90 and max beside the solo pause (one VM upgraded alone).
 And (e) every QEMU pair and mode (10.0, 11.1 and 7.2; cpr-transfer,
 cpr-exec, local-migrate), with the Linux test guest (or --guest boot): the
 pause and total of `cprctl upgrade --mode M` beside the floor of the same
@@ -31,7 +32,9 @@ It prints figures; it is not a test. It exits non-zero if something it drives
 fails (an upgrade does not commit, a guest stops ticking, a migration fails).
 
 Usage: upgrade_bench.py [--sizes 256M,1G,4G,8G] [--quick] [--reps N]
-                        [--no-plain] [--no-many] [--no-pairs] [--guest linux|boot]
+                        [--no-plain] [--no-many] [--parallel 1,2,4]
+                        [--pause-slots default,1,2] [--solo-reps N]
+                        [--no-pairs] [--guest linux|boot]
                         [--pair FROM,TO,MODE] [--cprd PATH] [--cprctl PATH]
                         [--qemu PATH] [--qemu72 PATH] [--qemu111 PATH]
                         [--guest-image PATH] [--linux-image PATH] [--keep]
@@ -442,9 +445,41 @@ def bench_plain(a, wd, size, cmdline, runtime_dir):
 
 # ---- (d) many VMs -----------------------------------------------------------------
 
+def percentile(v, q):
+    """The nearest-rank percentile q (0-100) of v."""
+    if not v:
+        return float("nan")
+    v = sorted(v)
+    return v[max(0, min(len(v) - 1, -(-len(v) * q // 100) - 1))]
+
+
+def upgrade_json(cprd, names, *args):
+    """One cprctl upgrade --json of names; the results by VM, the wall time."""
+    p, wall = cprd.cprctl_run("upgrade", *names, *args, "--json")
+    results = {o["vm"]: o for o in json_lines(p.stdout) if "outcome" in o and "vm" in o}
+    bad = [n for n in names if results.get(n, {}).get("outcome") != "committed"]
+    if p.returncode != 0 or bad:
+        raise BenchError(f"cprctl upgrade {' '.join(args)} (exit {p.returncode}): not committed: "
+                         f"{' '.join(bad)}; {p.stderr.strip()[-600:]}")
+    return results, wall
+
+
+def most_paused(results):
+    """The most guests paused at one instant, from pausedAtUs/resumedAtUs."""
+    edges = []
+    for r in results.values():
+        if "pausedAtUs" in r:
+            edges += [(r["pausedAtUs"], 1), (r["resumedAtUs"], -1)]
+    n = most = 0
+    for _, step in sorted(edges):
+        n += step
+        most = max(most, n)
+    return most
+
+
 def bench_many(cprd, a):
     names = [f"vm{i}" for i in range(1, a.many_vms + 1)]
-    out = []
+    out = {"solo": [], "rows": []}
     for n in names:
         cprd.create_vm(n, a.many_mib, a.qemu, a.guest_image)
     try:
@@ -454,30 +489,30 @@ def bench_many(cprd, a):
         try:
             for n in names:
                 check_ticking(fds[n], f"{n} after start")
+            # The solo pause: one VM upgraded alone, the others running.
+            for n in names[:a.solo_reps]:
+                results, _ = upgrade_json(cprd, [n], "--qemu", a.qemu, "--mode", "cpr-transfer")
+                out["solo"].append(results[n]["pauseMs"])
+            log(f"  solo pause: {' '.join(f'{x:.1f}' for x in out['solo'])} ms")
             for par in a.parallel:
-                p, wall = cprd.cprctl_run("upgrade", *names, "--parallel", str(par), "--qemu", a.qemu,
-                                          "--mode", "cpr-transfer", "--json")
-                results = {}
-                summary = None
-                for o in json_lines(p.stdout):
-                    if "outcome" in o and "vm" in o:
-                        results[o["vm"]] = o
-                    elif "committed" in o:
-                        summary = o
-                bad = [n for n in names if results.get(n, {}).get("outcome") != "committed"]
-                if p.returncode != 0 or bad:
-                    raise BenchError(f"cprctl upgrade --parallel {par} (exit {p.returncode}): not committed: "
-                                     f"{' '.join(bad)}; {p.stderr.strip()[-600:]}")
-                pauses = [r["pauseMs"] for r in results.values() if "pauseMs" in r]
-                totals = [r["totalMs"] for r in results.values()]
-                out.append({"parallel": par, "wall": wall, "per_vm": wall / len(names),
-                            "mean_total": sum(totals) / len(totals),
-                            "mean_pause": sum(pauses) / len(pauses) if pauses else float("nan"),
-                            "max_pause": max(pauses) if pauses else float("nan"), "summary": summary})
-                log(f"  many    --parallel {par}: {wall:.0f} ms for {len(names)} VMs")
-                for n in names:
-                    check_ticking(fds[n], f"{n} after upgrade --parallel {par}")
-                    cprd.get_vm(n)
+                for slots in a.pause_slots:
+                    extra = [] if slots is None else ["--pause-slots", str(slots)]
+                    results, wall = upgrade_json(cprd, names, "--parallel", str(par), "--qemu", a.qemu,
+                                                 "--mode", "cpr-transfer", *extra)
+                    pauses = [r["pauseMs"] for r in results.values() if "pauseMs" in r]
+                    totals = [r["totalMs"] for r in results.values()]
+                    out["rows"].append({"parallel": par, "slots": slots, "wall": wall,
+                                        "per_vm": wall / len(names),
+                                        "mean_total": sum(totals) / len(totals),
+                                        "p50": percentile(pauses, 50), "p90": percentile(pauses, 90),
+                                        "max_pause": max(pauses) if pauses else float("nan"),
+                                        "most_paused": most_paused(results)})
+                    log(f"  many    --parallel {par} --pause-slots {slots or 'default'}: {wall:.0f} ms for "
+                        f"{len(names)} VMs; pause p50 {percentile(pauses, 50):.1f} p90 "
+                        f"{percentile(pauses, 90):.1f} max {max(pauses):.1f} ms")
+                    for n in names:
+                        check_ticking(fds[n], f"{n} after upgrade --parallel {par}")
+                        cprd.get_vm(n)
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -1138,16 +1173,25 @@ def print_sizes(a, rows):
 
 
 def print_many(a, many):
-    if many:
-        print()
-        print(f"Upgrading {a.many_vms} VMs of {a.many_mib} MiB with one `cprctl upgrade vm1..vm{a.many_vms} "
-              f"--parallel N` (cpr-transfer, RAM not dirtied)")
-        print(f"  {'parallel':>8} | {'wall time':>9} | {'per VM':>8} | {'mean cprd totalMs':>17} | "
-              f"{'mean pause':>10} | {'max pause':>9}")
-        for m in many:
-            print(f"  {m['parallel']:>8} | {ms(m['wall']):>9} | {ms(m['per_vm']):>8} | {ms(m['mean_total']):>17} | "
-                  f"{ms(m['mean_pause']):>10} | {ms(m['max_pause']):>9}")
-        print("  per VM = wall time / number of VMs")
+    if not many or not many["rows"]:
+        return
+    print()
+    print(f"Upgrading {a.many_vms} VMs of {a.many_mib} MiB with one `cprctl upgrade vm1..vm{a.many_vms} "
+          f"--parallel N --pause-slots K` (cpr-transfer, RAM not dirtied)")
+    solo = many["solo"]
+    print(f"  solo pause (one VM alone, the others running), median of {len(solo)}: "
+          f"{ms(percentile(solo, 50))}")
+    print(f"  {'parallel':>8} | {'slots':>7} | {'total':>9} | {'per VM':>8} | {'pause p50':>9} | "
+          f"{'p90':>8} | {'max':>8} | {'p90/solo':>8} | {'most paused':>11}")
+    for m in many["rows"]:
+        slots = "default" if m["slots"] is None else str(m["slots"])
+        ratio = m["p90"] / percentile(solo, 50) if solo else float("nan")
+        print(f"  {m['parallel']:>8} | {slots:>7} | {ms(m['wall']):>9} | {ms(m['per_vm']):>8} | "
+              f"{ms(m['p50']):>9} | {ms(m['p90']):>8} | {ms(m['max_pause']):>8} | {ratio:>7.2f}x | "
+              f"{m['most_paused']:>11}")
+    print(f"  total = wall time of the call; per VM = total / number of VMs; slots default = cprd's "
+          f"(online CPUs / 2, at least 1: {max(1, (os.cpu_count() or 1) // 2)} here); most paused = the most "
+          f"guests paused at one instant, from pausedAtUs/resumedAtUs")
 
 
 def pair_name(pair):
@@ -1284,6 +1328,9 @@ def main():
     ap.add_argument("--many-vms", type=int, default=20)
     ap.add_argument("--many-mib", type=int, default=64)
     ap.add_argument("--parallel", help="comma-separated --parallel values (default 1,2,4)")
+    ap.add_argument("--pause-slots", help="comma-separated --pause-slots values for each --parallel, "
+                    "'default' for cprd's own (default: default)")
+    ap.add_argument("--solo-reps", type=int, default=3, help="VMs upgraded alone for the solo pause (default 3)")
     ap.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True,
                     help="(e): upgrade each QEMU pair in each mode beside its floor (default on)")
     ap.add_argument("--pair", action="append", metavar="FROM,TO,MODE",
@@ -1311,6 +1358,8 @@ def main():
     a.sizes = [] if sizes.strip().lower() == "none" else [parse_size(s) for s in sizes.split(",") if s.strip()]
     a.reps = a.reps or (1 if a.quick else 5)
     a.parallel = [int(x) for x in (a.parallel or ("1,4" if a.quick else "1,2,4")).split(",")]
+    a.pause_slots = [None if x.strip() == "default" else int(x)
+                     for x in (a.pause_slots or "default").split(",")]
 
     wd = Workdir("cprd-upgrade-bench-", a.keep)
     cprd = Cprd(a.cprd, a.cprctl, os.path.join(wd.path, "cprd"))

@@ -16,7 +16,7 @@
 
 struct upgrade_opts {
 	const char *qemu, *mode;
-	long timeout, parallel;
+	long timeout, parallel, pause_slots;
 	bool dry_run, outdated, stop_on_failure;
 };
 
@@ -60,6 +60,14 @@ static int upgrade_opt(int opt, const char *arg, void *userdata) {
 		if (*end || o->parallel < 1 || o->parallel > CPRD_UPGRADE_PARALLEL_MAX) {
 			usage_error(&cmd_upgrade, "--parallel needs a number between 1 and %d, not '%s'",
 				    CPRD_UPGRADE_PARALLEL_MAX, arg);
+			return -1;
+		}
+		return 0;
+	case 'k':
+		o->pause_slots = strtol(arg, &end, 10);
+		if (*end || end == arg || o->pause_slots < 1 || o->pause_slots > CPRD_PAUSE_SLOTS_MAX) {
+			usage_error(&cmd_upgrade, "--pause-slots needs a number between 1 and %d, not '%s'",
+				    CPRD_PAUSE_SLOTS_MAX, arg);
 			return -1;
 		}
 		return 0;
@@ -189,7 +197,8 @@ static int upgrade_run(struct ctx *ctx, int argc, char **argv) {
 		{"qemu", required_argument, NULL, 'q'},    {"mode", required_argument, NULL, 'm'},
 		{"timeout", required_argument, NULL, 't'}, {"parallel", required_argument, NULL, 'p'},
 		{"dry-run", no_argument, NULL, 'n'},        {"outdated", no_argument, NULL, 'o'},
-		{"stop-on-failure", no_argument, NULL, 's'}, {},
+		{"stop-on-failure", no_argument, NULL, 's'}, {"pause-slots", required_argument, NULL, 'k'},
+		{},
 	};
 	struct upgrade_opts o = {.timeout = -1, .parallel = 1};
 	int r = parse_options(ctx, &cmd_upgrade, argc, argv, NULL, longopts, upgrade_opt, &o);
@@ -218,6 +227,8 @@ static int upgrade_run(struct ctx *ctx, int argc, char **argv) {
 		json_object_object_add(p, "timeoutSec", json_object_new_int((int)o.timeout));
 	if (o.dry_run)
 		json_object_object_add(p, "dryRun", json_object_new_boolean(true));
+	if (o.pause_slots > 0)
+		json_object_object_add(p, "pauseSlots", json_object_new_int((int)o.pause_slots));
 	const char *method;
 	if (n == 1 && !o.outdated) {
 		method = "io.cprd.Manager.Upgrade";
@@ -258,7 +269,7 @@ static int upgrade_run(struct ctx *ctx, int argc, char **argv) {
 
 const struct cmd cmd_upgrade = {
 	.name = "upgrade",
-	.args = "NAME... | --outdated [--qemu PATH] [--mode MODE] [--timeout SECONDS] [--dry-run] [--parallel N]",
+	.args = "NAME... | --outdated [--qemu PATH] [--mode MODE] [--timeout SECONDS] [--dry-run] [--parallel N] [--pause-slots K]",
 	.summary = "Move running guests to another QEMU binary without a reboot",
 	.help = "Options:\n"
 		"  --qemu PATH        the new QEMU binary (default: the VM's own path, which after\n"
@@ -273,8 +284,13 @@ const struct cmd cmd_upgrade = {
 		"  --dry-run          check everything and say what would happen; change nothing\n"
 		"  --outdated         every VM whose QEMU binary changed on disk since it started\n"
 		"  --parallel N       upgrade N VMs at a time (default 1)\n"
+		"  --pause-slots K    at most K guests paused at once by upgrades, this call's and\n"
+		"                     others'; new QEMUs still start N at a time, and an upgrade\n"
+		"                     whose target is ready waits, its guest running, for a slot\n"
+		"                     (default: cprd's --pause-slots, else online CPUs / 2, min 1)\n"
 		"  --stop-on-failure  start no further upgrades after one fails\n"
 		"With --json every line is a JSON object; the last one for each VM is its result\n"
-		"(vm, outcome, mode, pauseMs, totalMs, fromVersion, toVersion, pid, attempts).\n",
+		"(vm, outcome, mode, pauseMs, pausedAtUs, resumedAtUs, totalMs, fromVersion,\n"
+		"toVersion, pid, attempts).\n",
 	.run = upgrade_run,
 };

@@ -28,6 +28,12 @@ static int parse_upgrade_request(struct vl_call *c, struct json_object *params,
 		return -EINVAL;
 	}
 	req->timeout_sec = (int)t;
+	int64_t k = 0;
+	if (api_param_int(params, "pauseSlots", &k) && (k < 1 || k > CPRD_PAUSE_SLOTS_MAX)) {
+		vl_call_error_invalid_parameter(c, "pauseSlots");
+		return -EINVAL;
+	}
+	req->pause_slots = (unsigned)k;
 	req->dry_run = api_param_bool(params, "dryRun");
 	return 0;
 }

@@ -638,6 +638,7 @@ const struct vl_param api_params_upgrade[] = {{"name", VL_STRING, VL_MANDATORY |
 					    {"mode", VL_STRING, VL_NULLABLE | VL_NO_NUL},
 					    {"timeoutSec", VL_INT, VL_NULLABLE},
 					    {"dryRun", VL_BOOL, VL_NULLABLE},
+					    {"pauseSlots", VL_INT, VL_NULLABLE},
 					    {}};
 const struct vl_param api_params_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLABLE},
 						 {"outdated", VL_BOOL, VL_NULLABLE},
@@ -647,6 +648,7 @@ const struct vl_param api_params_upgrade_many[] = {{"names", VL_ARRAY, VL_NULLAB
 						 {"stopOnFailure", VL_BOOL, VL_NULLABLE},
 						 {"timeoutSec", VL_INT, VL_NULLABLE},
 						 {"dryRun", VL_BOOL, VL_NULLABLE},
+						 {"pauseSlots", VL_INT, VL_NULLABLE},
 						 {}};
 
 static const struct vl_method manager_methods[] = {

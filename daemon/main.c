@@ -50,9 +50,12 @@ static void help(void) {
 	       "  --qemu-users FIRST-LAST\n"
 	       "                      give each VM a user of its own from this uid range\n"
 	       "                      (gid = uid, no groups), which no account may use\n"
+	       "  --pause-slots K     at most K guests paused by upgrades at once, unless a\n"
+	       "                      request says otherwise (1-%d; default: online CPUs / 2,\n"
+	       "                      at least 1)\n"
 	       "  --version           print the version\n"
 	       "  -h, --help          this text\n",
-	       DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_RUNTIME_DIR);
+	       DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_RUNTIME_DIR, CPRD_PAUSE_SLOTS_MAX);
 }
 
 /* JOURNAL_STREAM names the journal's stream as "dev:ino"; it counts only
@@ -178,6 +181,17 @@ static int parse_option(int c, const char *arg, struct manager_config *cfg) {
 	case 'R':
 		cfg->runtime_dir = arg;
 		return -1;
+	case 'K': {
+		char *end;
+		long k = strtol(arg, &end, 10);
+		if (*end || end == arg || k < 1 || k > CPRD_PAUSE_SLOTS_MAX) {
+			fprintf(stderr, "cprd: --pause-slots needs a number between 1 and %d, not '%s'\n",
+				CPRD_PAUSE_SLOTS_MAX, arg);
+			return 2;
+		}
+		cfg->pause_slots = (unsigned)k;
+		return -1;
+	}
 	case 'l':
 		if ((r = log_level_from_string(arg)) < 0) {
 			fprintf(stderr, "cprd: unknown log level '%s'; use err, warning, notice, info or debug\n",
@@ -247,6 +261,7 @@ static int parse_args(int argc, char **argv, struct manager_config *cfg) {
 		{"allow-group", required_argument, NULL, 'G'},
 		{"qemu-user", required_argument, NULL, 'u'},
 		{"qemu-users", required_argument, NULL, 'P'},
+		{"pause-slots", required_argument, NULL, 'K'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{},

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "spec.h"
 #include "log.h"
@@ -49,6 +50,9 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	m->host.runtime_dir = m->runtime_dir;
 	m->qemu_users = cfg->qemu_users;
 	m->host.qemu_users = m->qemu_users.set ? &m->qemu_users : NULL;
+	pause_slots_init(&m->pause_slots);
+	m->pause_slots_default = cfg->pause_slots ? cfg->pause_slots
+						  : pause_slots_default(sysconf(_SC_NPROCESSORS_ONLN));
 	if (!m->socket_path || !m->state_dir || !m->runtime_dir) {
 		manager_free(m);
 		return -ENOMEM;

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "pause-slots.h"
 #include "users.h"
 #include "varlink.h"
 #include "vm.h"
@@ -20,6 +21,7 @@ struct manager_config {
 	const char *runtime_dir;
 	int listen_fd; /* socket activation, or -1 */
 	struct users_range qemu_users; /* --qemu-users, checked against the accounts */
+	unsigned pause_slots; /* --pause-slots; 0: from the CPU count */
 };
 
 struct manager {
@@ -32,6 +34,10 @@ struct manager {
 	size_t n_vms;
 	struct vl_subscribers watchers; /* WatchEvents calls */
 	unsigned upgrades_running;
+	/* Guests paused by upgrades at once, over every call (upgrade.c);
+	 * pause_slots_default is the limit of a request that names none. */
+	struct pause_slots pause_slots;
+	unsigned pause_slots_default;
 };
 
 /* Creates the folders and the Varlink server, which listens only once

@@ -125,6 +125,11 @@ struct upgrade {
 	struct migration_rollback rollback;
 	struct hold *held; /* the test hook's pending delay */
 	bool counted;      /* in manager->upgrades_running */
+	/* The pause window (migrate sent until the guest runs again) needs a
+	 * slot of m->pause_slots; slot_ev carries a grant to the event loop. */
+	struct pause_slot_waiter slot;
+	unsigned pause_limit;
+	struct event *slot_ev;
 };
 
 static void upgrade_fail(struct upgrade *u, const char *fmt, ...) _printf_(2, 3);
@@ -196,6 +201,10 @@ static void upgrade_free(struct upgrade *u) {
 		if (qs[i] && vm_qemu_qmp(qs[i]))
 			qmp_cancel(vm_qemu_qmp(qs[i]), u);
 	migration_rollback_cancel(&u->rollback);
+	/* Every end gives the slot back, or leaves the queue. */
+	pause_slots_leave(&u->m->pause_slots, &u->slot);
+	if (u->slot_ev)
+		event_free(u->slot_ev);
 	if (u->held) {
 		event_free(u->held->ev);
 		free(u->held);
@@ -358,6 +367,12 @@ static struct json_object *upgrade_result(struct upgrade *u, const char *outcome
 	json_object_object_add(r, "vm", json_object_new_string(u->vm->name));
 	if (u->vm->qemu)
 		json_object_object_add(r, "pid", json_object_new_int(vm_qemu_pid(u->vm->qemu)));
+	/* The pause window on the wall clock (QMP STOP and RESUME), so that a
+	 * caller can see how many guests were paused at once. */
+	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts) {
+		json_object_object_add(r, "pausedAtUs", json_object_new_int64(u->stop_ts));
+		json_object_object_add(r, "resumedAtUs", json_object_new_int64(u->resume_ts));
+	}
 	/* A dry run's plan, a refusal's reason, a trouble after commit. */
 	if (u->reason && !json_object_object_get_ex(r, "reason", NULL))
 		json_object_object_add(r, "reason", json_object_new_string(u->reason));
@@ -549,6 +564,8 @@ static void upgrade_on_rollback(struct migration_rollback *r, int error, const c
 	struct upgrade *u = container_of(r, struct upgrade, rollback);
 	if (error == -EPIPE)
 		return rollback_await_exit(u);
+	/* The old QEMU runs the guest again (or it stays paused as it was). */
+	pause_slots_leave(&u->m->pause_slots, &u->slot);
 	bool as_before = error == 0 && streq_ptr(status, u->was_running ? "running" : "paused");
 	/* Past --timeout the caller has waited long enough: no second try. */
 	bool in_time = evtimer_pending(u->total_timer, NULL);
@@ -809,6 +826,8 @@ static void upgrade_resumed(struct upgrade *u) {
 	u->target_resumed = true;
 	evtimer_del(u->poll_timer);
 	evtimer_del(u->total_timer);
+	/* The pause window is over: the next upgrade may stop its guest. */
+	pause_slots_leave(&u->m->pause_slots, &u->slot);
 
 	if (u->ops->in_place) {
 		/* The same process runs the new binary: nothing to retire. */
@@ -966,6 +985,31 @@ static void check_reply(struct qmp *qmp, struct json_object *ret, const struct q
 		upgrade_fail(u, "%s: %s", qmp_get_label(qmp), err->desc);
 }
 
+/* ---- pause slots --------------------------------------------------------- */
+
+static void on_slot_event(evutil_socket_t fd, short what, void *userdata) {
+	struct upgrade *u = userdata;
+	if (u->phase == PHASE_SPAWN && u->slot.held)
+		upgrade_send_migrate(u);
+}
+
+/* Runs inside pause_slots_leave of another upgrade: go on from the loop. */
+static void on_slot_granted(struct pause_slot_waiter *w) {
+	struct upgrade *u = container_of(w, struct upgrade, slot);
+	event_active(u->slot_ev, EV_TIMEOUT, 1);
+}
+
+/* The target is ready: migrate goes out once fewer than pause_limit guests
+ * are paused by upgrades, first come first served; until then the guest
+ * runs on, and a failure meanwhile leaves the queue (upgrade_free). */
+static void upgrade_take_slot(struct upgrade *u) {
+	struct pause_slots *s = &u->m->pause_slots;
+	if (pause_slots_acquire(s, &u->slot, u->pause_limit, on_slot_granted))
+		return upgrade_send_migrate(u);
+	upgrade_enter(u, PHASE_SPAWN, "target ready; waiting for a pause slot (%u of %u in use, %u in line)",
+		      s->busy, u->pause_limit, pause_slots_queued(s));
+}
+
 /* -incoming defer: the target listens (migrate-incoming) once its QMP is up. */
 static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 				  const struct qmp_error *err, void *userdata) {
@@ -979,7 +1023,7 @@ static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 		qmp_command(vm_qemu_qmp(u->old), "migrate-set-capabilities",
 			    migration_caps_ignore_shared(true), UPGRADE_QMP_TIMEOUT_MS, check_reply, u);
 	}
-	upgrade_next(u, "transfer", upgrade_send_migrate);
+	upgrade_next(u, "transfer", upgrade_take_slot);
 }
 
 static void target_ready(struct vm_qemu *q, void *userdata) {
@@ -1013,7 +1057,7 @@ static void on_poll(evutil_socket_t fd, short what, void *userdata) {
 		 * listen: migrate may go out only once the socket listens, or the
 		 * old QEMU's connect is refused. */
 		if (stat(u->cpr_path, &st) == 0 && S_ISSOCK(st.st_mode) && unix_socket_listening(u->cpr_path))
-			return upgrade_next(u, "transfer", upgrade_send_migrate);
+			return upgrade_next(u, "transfer", upgrade_take_slot);
 		arm(u->poll_timer, UPGRADE_SOCKET_POLL_MS);
 		return;
 	case PHASE_TRANSFER:
@@ -1043,7 +1087,7 @@ static void on_exec_command_set(struct qmp *qmp, struct json_object *ret,
 				    (int)u->old_pid, err->desc);
 	/* From migrate on, the process may greet again from the new binary. */
 	qmp_expect_restart(qmp, true);
-	upgrade_next(u, "transfer", upgrade_send_migrate);
+	upgrade_next(u, "transfer", upgrade_take_slot);
 }
 
 /* A mode that spawns nothing: the old QEMU is told what to execute once
@@ -1290,7 +1334,9 @@ int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request
 	u->phase_timer = evtimer_new(m->base, on_phase_timeout, u);
 	u->total_timer = evtimer_new(m->base, on_total_timeout, u);
 	u->poll_timer = evtimer_new(m->base, on_poll, u);
-	if (!u->binary || !u->phase_timer || !u->total_timer || !u->poll_timer) {
+	u->slot_ev = event_new(m->base, -1, 0, on_slot_event, u);
+	u->pause_limit = req->pause_slots ? req->pause_slots : m->pause_slots_default;
+	if (!u->binary || !u->phase_timer || !u->total_timer || !u->poll_timer || !u->slot_ev) {
 		upgrade_free(u);
 		return -ENOMEM;
 	}

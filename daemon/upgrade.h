@@ -28,6 +28,7 @@ struct upgrade_request {
 	const char *qemu;  /* NULL: the VM's own binary path */
 	enum upgrade_mode mode;
 	int timeout_sec;
+	unsigned pause_slots; /* at most this many guests paused at once; 0: cprd's default */
 	bool dry_run;
 };
 

@@ -12,3 +12,4 @@ static const char *const cprd_upgrade_modes[] = {"auto", "cpr-transfer", "local-
 						     "cpr-exec"};
 #define CPRD_TIMEOUT_SEC_MAX 3600     /* StopVM's and Upgrade's timeoutSec */
 #define CPRD_UPGRADE_PARALLEL_MAX 64  /* UpgradeMany's parallel */
+#define CPRD_PAUSE_SLOTS_MAX 64       /* Upgrade's and UpgradeMany's pauseSlots */

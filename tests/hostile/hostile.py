@@ -731,6 +731,9 @@ def parameter_table_violations(h):
     h.expect_error(h.one("Upgrade", {"name": "live", "timeoutSec": 0}), ip, parameter="timeoutSec")
     h.expect_error(h.one("Upgrade", {"name": "live", "mode": "rsync"}), ip, parameter="mode")
     h.expect_error(h.one("UpgradeMany", {"names": [], "parallel": 100000}), ip, parameter="parallel")
+    for k in (0, -1, 65, 2 ** 63 - 1, -2 ** 63, 1.5, "1"):
+        h.expect_error(h.one("UpgradeMany", {"names": [], "pauseSlots": k}), ip, parameter="pauseSlots")
+        h.expect_error(h.one("Upgrade", {"name": "live", "pauseSlots": k}), ip, parameter="pauseSlots")
     h.expect_error(h.one("WatchEvents"), "org.varlink.service.ExpectedMore")
 
 

@@ -914,6 +914,81 @@ class Upgrade(UpgradeCase):
         self.assert_committed_many("pa", ba, results["pa"], T.QEMU10)
         self.assert_committed_many("pb", bb, results["pb"], T.QEMU10)
 
+    def test_upgrade_many_pause_slots(self):
+        """--parallel 6 with --pause-slots 1, then 2: every upgrade commits,
+        and from the STOP and RESUME times in the results, never more than K
+        guests were paused at once (not timed: only the order is checked)."""
+        names = ["ps%d" % i for i in range(6)]
+        for n in names:
+            self.create_started(n)
+        for k in (1, 2):
+            before = {n: self.before_upgrade(n) for n in names}
+            r = self.upgrade_many(*names, "--parallel", 6, "--pause-slots", k, "--json")
+            self.assertEqual(r.rc, 0, repr(r))
+            docs = r.json_lines
+            self.assertEqual(docs[-1], {"committed": 6, "rolledBack": 0, "skipped": 0}, docs[-1])
+            results = {d["vm"]: d for d in docs if "outcome" in d}
+            self.assertEqual(set(results), set(names), docs)
+            edges = []
+            for n in names:
+                res = results[n]
+                self.assert_committed_many(n, before[n], res, T.QEMU10)
+                self.assertLessEqual(res["pausedAtUs"], res["resumedAtUs"], res)
+                # pauseMs is the same window.
+                self.assertAlmostEqual(res["pauseMs"], (res["resumedAtUs"] - res["pausedAtUs"]) / 1000.0,
+                                       delta=0.01)
+                edges += [(res["pausedAtUs"], 1), (res["resumedAtUs"], -1)]
+            # A resume at the instant of another's stop ends first.
+            paused = most = 0
+            for _, step in sorted(edges):
+                paused += step
+                most = max(most, paused)
+            self.assertLessEqual(most, k, "more than %d guests paused at once: %s" % (
+                k, {n: (results[n]["pausedAtUs"], results[n]["resumedAtUs"]) for n in names}))
+            waited = [d for d in docs if "pause slot" in d.get("message", "")]
+            T.log("    --pause-slots %d: at most %d paused at once; %d waits for a slot" % (k, most, len(waited)))
+            for d in waited:
+                self.assertEqual(d["phase"], "spawn-target", d)
+            # Spawning went on in parallel: the six were under way together.
+            recs = [self.status(n)["upgrades"][-1] for n in names]
+            starts = [rfc3339_ms(x["time"]) for x in recs]
+            ends = [a + x["totalMs"] for a, x in zip(starts, recs)]
+            self.assertLess(max(starts), min(ends), "the upgrades did not all overlap: %s" % recs)
+        # A limit out of range is refused before anything starts.
+        r = self.ctl("upgrade", *names, "--pause-slots", 0)
+        self.assertEqual(r.rc, 2, repr(r))
+        self.assertIn("--pause-slots", r.stderr)
+
+    def test_pause_slot_given_back_by_rollback(self):
+        """With one pause slot: an upgrade whose target is killed in the
+        middle of the transfer rolls back while three others of another call
+        wait for the slot; they all commit, one pause at a time, and a last
+        upgrade still finds the slot free (none leaked)."""
+        self.create_started("rb", ticks=10)
+        names = ["ps0", "ps1", "ps2"]
+        for n in names:
+            self.create_started(n)
+        w = T.write_wrapper(os.path.join(self.tmp, "qemu-killmid"), "killmid")
+        before = {n: self.before_upgrade(n) for n in names}
+        failing = self.cprd.ctl_bg("upgrade", "rb", "--qemu", w, "--pause-slots", 1, "--json")
+        r = self.upgrade_many(*names, "--parallel", 3, "--pause-slots", 1, "--json")
+        out, err = failing.communicate(timeout=120)
+        self.assertEqual(failing.returncode, 1, (out, err))
+        self.assertEqual(json.loads(out.splitlines()[-1])["outcome"], "rolled-back", out)
+        self.assertEqual(r.rc, 0, repr(r))
+        results = {d["vm"]: d for d in r.json_lines if "outcome" in d}
+        edges = []
+        for n in names:
+            self.assert_committed_many(n, before[n], results[n], T.QEMU10)
+            edges += [(results[n]["pausedAtUs"], 1), (results[n]["resumedAtUs"], -1)]
+        paused = 0
+        for _, step in sorted(edges):
+            paused += step
+            self.assertLessEqual(paused, 1, results)
+        b = self.before_upgrade("rb")
+        r = self.upgrade("rb", "--qemu", T.QEMU10, "--pause-slots", 1)
+        self.assert_committed("rb", b, r, "cpr-transfer", "10.0", "10.0", T.QEMU10)
+
 
 class QemuUser(UpgradeCase):
     """cprd --qemu-user nobody: every QEMU, the upgraded ones too, runs as

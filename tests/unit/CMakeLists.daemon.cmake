@@ -4,6 +4,7 @@
 #   util            helpers whose output clients see
 #   cmdline         the QEMU command line
 #   mode            the upgrade modes and the choice auto makes
+#   pause_slots     the queue of upgrades waiting to pause their guest
 #   qemu_record     the QEMU record in qemu.json
 #   upgrade_journal upgrade.json's writer and reader
 #   custody         the held fds, and taking them back from a process
@@ -11,7 +12,7 @@
 #   vfio            a host PCI device's checks, against a fake sysfs tree
 #   users           --qemu-users: the range, the account files, the uid picked
 #   disk_grant      disks given to a VM's user: records; as root, real files
-foreach(name spec util cmdline mode qemu_record upgrade_journal custody tap vfio users disk_grant)
+foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

@@ -1242,10 +1242,15 @@ static void preflight_on_status(struct qmp *qmp, struct json_object *ret, const 
 	if (!u->was_running && !streq_ptr(status, "paused"))
 		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the guest is %s, not running or paused",
 				      status ? status : "in an unknown state");
-	if (u->ops->qmp_mode) {
-		/* Blockers are per mode: ask with the mode we will use. */
+	if (u->ops->qmp_mode || vm_qemu_has_migration_modes(u->vm->qemu)) {
+		/* Blockers are per mode: ask with the mode we will use. Set even
+		 * when it is "normal": a cprd killed after setting a CPR mode at
+		 * an earlier preflight (and so before any journal) left it set,
+		 * and a local-migrate in cpr-transfer mode fails for want of a
+		 * cpr channel (found by tests/faults/chaos.py, seed 881602461). */
 		struct json_object *p = json_object_new_object();
-		json_object_object_add(p, "mode", json_object_new_string(u->ops->qmp_mode));
+		json_object_object_add(p, "mode",
+				       json_object_new_string(u->ops->qmp_mode ? u->ops->qmp_mode : "normal"));
 		/* Its failure shows in query-migrate's answer or in the transfer. */
 		qmp_command(qmp, "migrate-set-parameters", p, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	}

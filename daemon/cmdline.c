@@ -51,15 +51,7 @@ int cmdline_build(const struct cmdline *c, char ***ret) {
 	strv_addf(&a, "%u", s->cpus);
 	/* Guest RAM, QMP, the console, assigned devices: each kind of held fd
 	 * names its own. */
-	const struct custody_vm cv = {
-		.name = s->name,
-		.ram_bytes = s->memory_mib << 20,
-		.hugepages = s->hugepages,
-		.nics = s->nics,
-		.n_nics = s->n_nics,
-		.devices = s->devices,
-		.n_devices = s->n_devices,
-	};
+	const struct custody_vm cv = custody_vm_of(s);
 	for (unsigned k = 0; k < custody_n_kinds; k++)
 		custody_kinds[k]->qemu_args(&cv, c->fds, &a);
 	if (c->qmp_path) {

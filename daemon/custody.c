@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "macro.h"
+#include "spec.h"
 #include "util.h"
 
 /* The i-th copy of each kind of VFIO fd QEMU opened: no QEMU is given them
@@ -32,6 +33,18 @@ const struct custody_fd custody_fds[_CUSTODY_MAX] = {
 	/* QEMU gets the other end of the socketpair. */
 	[CUSTODY_QMP] = {.name = "qmp", .kind = "qmp", .to_qemu = true, .target_name = "qmp-target"},
 };
+
+struct custody_vm custody_vm_of(const struct vm_spec *s) {
+	return (struct custody_vm){
+		.name = s->name,
+		.ram_bytes = s->memory_mib << 20,
+		.hugepages = s->hugepages,
+		.nics = s->nics,
+		.n_nics = s->n_nics,
+		.devices = s->devices,
+		.n_devices = s->n_devices,
+	};
+}
 
 /* RAM first: the machine's memory-backend names it. */
 const struct custody_ops *const custody_kinds[] = {

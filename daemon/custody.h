@@ -21,6 +21,7 @@
 
 struct json_object;
 struct spec_device;
+struct vm_spec;
 struct spec_nic;
 struct strv;
 
@@ -97,6 +98,9 @@ struct custody_vm {
 	const struct spec_device *devices; /* assigned through VFIO */
 	size_t n_devices;
 };
+
+/* What the kinds know of the VM whose spec is s (which must outlive it). */
+struct custody_vm custody_vm_of(const struct vm_spec *s);
 
 struct custody_ops {
 	const char *kind;

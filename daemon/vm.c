@@ -236,18 +236,6 @@ void vm_watch_console(struct vm *vm) {
 	event_add(vm->console_ev, NULL);
 }
 
-static struct custody_vm vm_custody_vm(const struct vm *vm) {
-	return (struct custody_vm){
-		.name = vm->name,
-		.ram_bytes = vm->spec->memory_mib * 1024 * 1024,
-		.hugepages = vm->spec->hugepages,
-		.nics = vm->spec->nics,
-		.n_nics = vm->spec->n_nics,
-		.devices = vm->spec->devices,
-		.n_devices = vm->spec->n_devices,
-	};
-}
-
 /* After a kind made, took back or replaced fds: the fd store holds what we
  * hold, and the console is read from now on. */
 static void vm_custody_adopt(struct vm *vm, const int before[_CUSTODY_VM_MAX]) {
@@ -265,7 +253,7 @@ static void vm_custody_adopt(struct vm *vm, const int before[_CUSTODY_VM_MAX]) {
 /* The QEMU (pid, pidfd) is the VM's now: each kind takes copies of what
  * that QEMU opened itself (custody_ops.from_qemu). */
 static void vm_custody_from_qemu(struct vm *vm, pid_t pid, int pidfd) {
-	const struct custody_vm cv = vm_custody_vm(vm);
+	const struct custody_vm cv = custody_vm_of(vm->spec);
 	int before[_CUSTODY_VM_MAX];
 	memcpy(before, vm->held, sizeof(before));
 	for (unsigned k = 0; k < custody_n_kinds; k++)
@@ -326,7 +314,7 @@ static int vm_ensure_custody(struct vm *vm) {
 	int r = vm_open_logs(vm);
 	if (r < 0)
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot open logs in %s: %m", vm->dir);
-	const struct custody_vm cv = vm_custody_vm(vm);
+	const struct custody_vm cv = custody_vm_of(vm->spec);
 	int before[_CUSTODY_VM_MAX];
 	memcpy(before, vm->held, sizeof(before));
 	for (unsigned k = 0; k < custody_n_kinds && r >= 0; k++)
@@ -345,7 +333,7 @@ void vm_restore_custody(struct vm *vm) {
 		snprintf(name, sizeof(name), "%s.%s", vm->name, custody_fds[i].name);
 		vm->held[i] = systemd_take_fd(name);
 	}
-	const struct custody_vm cv = vm_custody_vm(vm);
+	const struct custody_vm cv = custody_vm_of(vm->spec);
 	for (unsigned k = 0; k < custody_n_kinds; k++)
 		if (custody_kinds[k]->restored)
 			custody_kinds[k]->restored(&cv, vm->held);
@@ -891,7 +879,7 @@ static struct probe_result *probe_from_record(const struct qemu_record *rec) {
  * number in at; every kind takes its own back. */
 static void vm_recover_custody(struct vm *vm, pid_t pid, int pidfd,
 			       const struct custody_qemu_fds *at) {
-	const struct custody_vm cv = vm_custody_vm(vm);
+	const struct custody_vm cv = custody_vm_of(vm->spec);
 	int before[_CUSTODY_VM_MAX];
 	memcpy(before, vm->held, sizeof(before));
 	for (unsigned k = 0; k < custody_n_kinds; k++)

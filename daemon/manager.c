@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <event2/event.h>
 #include <json-c/json.h>
 #include <limits.h>
 #include <stdio.h>
@@ -12,9 +13,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "idl.h"
 #include "spec.h"
 #include "log.h"
 #include "macro.h"
+#include "metrics.h"
 #include "qemu.h"
 #include "util.h"
 #include "varlink.h"
@@ -36,6 +39,21 @@ static void manager_host_emit(struct vm_host *h, struct vm *vm, const char *type
 	manager_emit(container_of(h, struct manager, host), vm, type, message);
 }
 
+static void manager_metrics_timer(evutil_socket_t fd, short what, void *userdata) {
+	manager_metrics_write(userdata);
+}
+
+/* Counters start at 0 for every mode and outcome, so that a rate over
+ * them has a start before the first upgrade. */
+static void manager_metrics_init(struct manager *m) {
+	static const char *const outcomes[] = {"committed", "rolled-back", "failed"};
+	metrics_init(&m->metrics, (double)now_usec(CLOCK_REALTIME) / 1e6);
+	/* cprd_upgrade_modes[0] is "auto", a choice and not a mode. */
+	for (size_t i = 1; i < ELEMENTSOF(cprd_upgrade_modes); i++)
+		for (size_t k = 0; k < ELEMENTSOF(outcomes); k++)
+			(void)metrics_upgrade_kind(&m->metrics, cprd_upgrade_modes[i], outcomes[k]);
+}
+
 int manager_new(struct event_base *base, const struct manager_config *cfg, struct manager **ret) {
 	struct manager *m = calloc(1, sizeof(*m));
 	int r;
@@ -51,9 +69,14 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	m->qemu_users = cfg->qemu_users;
 	m->host.qemu_users = m->qemu_users.set ? &m->qemu_users : NULL;
 	pause_slots_init(&m->pause_slots);
+	manager_metrics_init(m);
+	m->metrics_timer = evtimer_new(base, manager_metrics_timer, m);
+	if (asprintf(&m->metrics_path, "%s/metrics.prom", cfg->runtime_dir) < 0)
+		m->metrics_path = NULL;
 	m->pause_slots_default = cfg->pause_slots ? cfg->pause_slots
 						  : pause_slots_default(sysconf(_SC_NPROCESSORS_ONLN));
-	if (!m->socket_path || !m->state_dir || !m->runtime_dir) {
+	if (!m->socket_path || !m->state_dir || !m->runtime_dir || !m->metrics_timer ||
+	    !m->metrics_path) {
 		manager_free(m);
 		return -ENOMEM;
 	}
@@ -117,6 +140,9 @@ void manager_free(struct manager *m) {
 		return;
 	vl_subscribers_clear(&m->watchers);
 	vl_server_free(m->server);
+	if (m->metrics_timer)
+		event_free(m->metrics_timer);
+	free(m->metrics_path);
 	for (size_t i = 0; i < m->n_vms; i++)
 		vm_free(m->vms[i]);
 	free(m->vms);
@@ -207,6 +233,7 @@ int manager_add(struct manager *m, struct vm *vm) {
 		return -ENOMEM;
 	m->vms = n;
 	m->vms[m->n_vms++] = vm;
+	manager_metrics_changed(m);
 	return 0;
 }
 
@@ -215,11 +242,13 @@ void manager_remove(struct manager *m, struct vm *vm) {
 		if (m->vms[i] == vm) {
 			memmove(&m->vms[i], &m->vms[i + 1], (m->n_vms - i - 1) * sizeof(*m->vms));
 			m->n_vms--;
+			manager_metrics_changed(m);
 			return;
 		}
 }
 
 void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message) {
+	manager_metrics_changed(m);
 	if (vl_subscribers_prune(&m->watchers) == 0)
 		return;
 	char ts[32];
@@ -241,4 +270,69 @@ int manager_watch(struct manager *m, struct vl_call *call) {
 	if (vl_subscribers_prune(&m->watchers) >= MANAGER_WATCHERS_MAX)
 		return -ENOSPC;
 	return vl_subscribers_add(&m->watchers, call);
+}
+
+/* ---- metrics.prom ---------------------------------------------------------- */
+
+void manager_metrics_changed(struct manager *m) {
+	if (evtimer_pending(m->metrics_timer, NULL))
+		return;
+	struct timeval tv = {0, MANAGER_METRICS_DELAY_MS * 1000};
+	evtimer_add(m->metrics_timer, &tv);
+}
+
+/* When vm's last committed upgrade ended (unix seconds), from its history;
+ * -1 when it has none. */
+static double vm_last_upgrade(struct vm *vm) {
+	for (size_t i = json_object_array_length(vm->history); i-- > 0;) {
+		struct json_object *h = json_object_array_get_idx(vm->history, i);
+		uint64_t start;
+		if (!streq_ptr(json_object_get_string(json_object_object_get(h, "outcome")), "committed"))
+			continue;
+		if (parse_rfc3339(json_object_get_string(json_object_object_get(h, "time")), &start) < 0)
+			return -1;
+		return (double)start / 1e6 + json_object_get_double(json_object_object_get(h, "totalMs")) / 1e3;
+	}
+	return -1;
+}
+
+int manager_metrics_write(struct manager *m) {
+	/* Every state a VM can be in, and "upgrading" (vm_state_name). */
+	const char *states[_VM_STATE_MAX + 1];
+	unsigned in_state[_VM_STATE_MAX + 1] = {0};
+	for (size_t i = 0; i < _VM_STATE_MAX; i++)
+		states[i] = vm_state_to_string((enum vm_state)i);
+	states[_VM_STATE_MAX] = "upgrading";
+	_cleanup_free_ struct metrics_vm *vms = calloc(m->n_vms ? m->n_vms : 1, sizeof(*vms));
+	if (!vms)
+		return -ENOMEM;
+	for (size_t i = 0; i < m->n_vms; i++) {
+		const char *state = vm_state_name(m->vms[i]);
+		for (size_t k = 0; k < ELEMENTSOF(states); k++)
+			if (streq(states[k], state))
+				in_state[k]++;
+		vms[i] = (struct metrics_vm){.name = m->vms[i]->name, .last_upgrade = vm_last_upgrade(m->vms[i])};
+	}
+	const struct metrics_snapshot snap = {
+		.totals = &m->metrics,
+		.states = states,
+		.vms_in_state = in_state,
+		.n_states = ELEMENTSOF(states),
+		.upgrades_running = m->upgrades_running,
+		.vms = vms,
+		.n_vms = m->n_vms,
+	};
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	int r = metrics_render(&snap, &text, &len);
+	/* Readable by all: node_exporter runs as a user of its own. */
+	if (r >= 0)
+		r = write_file_atomic(m->metrics_path, text, len, 0644);
+	if (r < 0 && !m->metrics_failing)
+		log_warning_errno(r, "cannot write %s: %m; the metrics are stale until a write works",
+				  m->metrics_path);
+	else if (r >= 0 && m->metrics_failing)
+		log_info("%s is written again", m->metrics_path);
+	m->metrics_failing = r < 0;
+	return r;
 }

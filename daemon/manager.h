@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "metrics.h"
 #include "pause-slots.h"
 #include "users.h"
 #include "varlink.h"
@@ -38,6 +39,11 @@ struct manager {
 	 * pause_slots_default is the limit of a request that names none. */
 	struct pause_slots pause_slots;
 	unsigned pause_slots_default;
+	/* <runtime>/metrics.prom, rewritten a moment after each change. */
+	struct metrics metrics;
+	char *metrics_path;
+	struct event *metrics_timer;
+	bool metrics_failing; /* the last write failed (logged once) */
 };
 
 /* Creates the folders and the Varlink server, which listens only once
@@ -57,6 +63,14 @@ void manager_remove(struct manager *m, struct vm *vm);
 /* Tells WatchEvents subscribers and the log. */
 void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message);
 int manager_watch(struct manager *m, struct vl_call *call);
+
+/* Something metrics.prom shows changed: it is rewritten within
+ * MANAGER_METRICS_DELAY_MS, once for a burst of changes. manager_emit and
+ * adding or removing a VM call it. */
+#define MANAGER_METRICS_DELAY_MS 100
+void manager_metrics_changed(struct manager *m);
+/* Writes metrics.prom now. */
+int manager_metrics_write(struct manager *m);
 
 /* Gives vm a uid of its own from --qemu-users before a QEMU of it runs (at
  * create and start): it keeps the one it has while that is in the range

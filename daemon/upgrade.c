@@ -22,6 +22,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "metrics.h"
 #include "migration.h"
 #include "mode.h"
 #include "upgrade-journal.h"
@@ -385,6 +386,15 @@ static void upgrade_record(struct upgrade *u, const char *outcome) {
 	account_record(u->vm, &a);
 }
 
+/* Into cprd's metrics (metrics.prom): by mode and outcome, with its pause
+ * and how long it took. */
+static void upgrade_count(struct upgrade *u, const char *outcome) {
+	char v[64], ts[32];
+	struct account a = upgrade_account(u, outcome, v, sizeof(v), ts);
+	metrics_count_upgrade(&u->m->metrics, a.mode, outcome, a.pause_ms < 0 ? -1 : a.pause_ms / 1e3,
+			      a.total_ms / 1e3);
+}
+
 void upgrade_record_settled(struct vm *vm, const struct upgrade_journal *j, const char *outcome,
 			    const char *reason) {
 	/* The cprd that ran the upgrade records it before it removes the
@@ -499,6 +509,7 @@ static void upgrade_finish(struct upgrade *u) {
 		 * restart (upgrade_record_settled adds no second record), and
 		 * nothing is left that no journal names. */
 		upgrade_record(u, outcome);
+		upgrade_count(u, outcome);
 		upgrade_dir_remove(u->dir);
 		enum upgrade_phase was = u->phase;
 		u->phase = PHASE_DONE;

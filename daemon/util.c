@@ -34,6 +34,25 @@ void format_rfc3339(uint64_t usec, char buf[static 32]) {
 	snprintf(buf + n, 32 - n, ".%03uZ", (unsigned)((usec / 1000u) % 1000u));
 }
 
+int parse_rfc3339(const char *s, uint64_t *ret) {
+	struct tm tm = {0};
+	const char *p;
+	unsigned ms = 0;
+	int n = 0;
+	if (!s || !(p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm)))
+		return -EINVAL;
+	if (*p == '.' && (sscanf(p, ".%3u%n", &ms, &n) != 1 || n != 4))
+		return -EINVAL;
+	p += n;
+	if (!streq(p, "Z"))
+		return -EINVAL;
+	time_t t = timegm(&tm);
+	if (t < 0)
+		return -EINVAL;
+	*ret = (uint64_t)t * 1000000u + ms * 1000u;
+	return 0;
+}
+
 void format_bytes(uint64_t bytes, char *buf, size_t size) {
 	static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
 	double v = (double)bytes;
@@ -73,6 +92,9 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 	_cleanup_close_ int fd = open(dirname(copy), O_TMPFILE | O_WRONLY | O_CLOEXEC, mode);
 	bool named = fd < 0;
 	if (named && (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)) < 0)
+		return -errno;
+	/* The mode asked for, whatever the umask. */
+	if (fchmod(fd, mode) < 0)
 		return -errno;
 	const char *p = data;
 	size_t left = len;

@@ -13,11 +13,15 @@ struct json_object;
 uint64_t now_usec(clockid_t clock);
 /* RFC 3339 UTC with milliseconds, e.g. 2026-11-21T10:00:00.123Z. */
 void format_rfc3339(uint64_t realtime_usec, char buf[static 32]);
+/* The reverse, for what format_rfc3339 wrote (milliseconds optional):
+ * -EINVAL for anything else. */
+int parse_rfc3339(const char *s, uint64_t *ret_usec);
 /* "1.5 GiB", "512 MiB"; "2m 3s", "850 ms". */
 void format_bytes(uint64_t bytes, char *buf, size_t size);
 
 /* Writes data to path through a temporary file, fsync and rename, then
- * fsyncs the directory, so a crash leaves the old or the new file. */
+ * fsyncs the directory, so a crash leaves the old or the new file. The
+ * file gets mode as it is, whatever the umask. */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 int write_json_atomic(const char *path, struct json_object *o);
 /* Reads a whole file of at most max bytes. */

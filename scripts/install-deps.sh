@@ -41,6 +41,35 @@ TEST_PKGS=(varlink-go python3 socat procps iproute2 valgrind clang libclang-rt-1
 echo "install-deps: build and test packages"
 apt-get install "${APT_OPTS[@]}" --no-install-recommends "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"
 
+# The metrics test scrapes cprd's metrics.prom through a real node_exporter,
+# and the Ansible test runs contrib/ansible's playbook. The test runs its own
+# node_exporter on a loopback port: the package's postinst must not leave a
+# system-wide one running (a policy-rc.d that refuses starts, for this
+# install only), and a node_exporter this script installed stays disabled.
+if ! dpkg-query -W -f '${Status}' prometheus-node-exporter 2>/dev/null | grep -q 'ok installed'; then
+	echo "install-deps: prometheus-node-exporter (its service neither started nor enabled)"
+	policy=/usr/sbin/policy-rc.d
+	own_policy=false
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\n# cprd install-deps.sh: no service starts while it installs\nexit 101\n' >"$policy"
+		chmod 0755 "$policy"
+		own_policy=true
+	fi
+	apt-get install "${APT_OPTS[@]}" --no-install-recommends prometheus-node-exporter || {
+		"$own_policy" && rm -f "$policy"
+		exit 1
+	}
+	"$own_policy" && rm -f "$policy"
+	if command -v systemctl >/dev/null; then
+		systemctl disable prometheus-node-exporter.service >/dev/null 2>&1 || true
+		if [ -d /run/systemd/system ]; then
+			systemctl stop prometheus-node-exporter.service >/dev/null 2>&1 || true
+		fi
+	fi
+fi
+echo "install-deps: ansible"
+apt-get install "${APT_OPTS[@]}" --no-install-recommends ansible
+
 echo "install-deps: QEMU 10 and python3-varlink from bookworm-backports"
 apt-get install "${APT_OPTS[@]}" --no-install-recommends -t bookworm-backports \
 	qemu-system-x86 qemu-system-data python3-varlink

@@ -123,6 +123,8 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	if (timeout && atoi(timeout) > 0)
 		vl_server_set_limits(m->server,
 				     &(struct vl_server_limits){.message_timeout_ms = atoi(timeout)});
+	/* The first metrics.prom once the loop runs, VMs loaded or none. */
+	manager_metrics_changed(m);
 	*ret = m;
 	return 0;
 }

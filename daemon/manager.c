@@ -277,6 +277,7 @@ int manager_watch(struct manager *m, struct vl_call *call) {
 /* ---- metrics.prom ---------------------------------------------------------- */
 
 void manager_metrics_changed(struct manager *m) {
+	m->metrics_changes++;
 	if (evtimer_pending(m->metrics_timer, NULL))
 		return;
 	struct timeval tv = {0, MANAGER_METRICS_DELAY_MS * 1000};
@@ -330,6 +331,9 @@ int manager_metrics_write(struct manager *m) {
 	/* Readable by all: node_exporter runs as a user of its own. */
 	if (r >= 0)
 		r = write_file_atomic(m->metrics_path, text, len, 0644);
+	if (r >= 0)
+		log_debug("%s written for %u changes", m->metrics_path, m->metrics_changes);
+	m->metrics_changes = 0;
 	if (r < 0 && !m->metrics_failing)
 		log_warning_errno(r, "cannot write %s: %m; the metrics are stale until a write works",
 				  m->metrics_path);

@@ -44,6 +44,7 @@ struct manager {
 	char *metrics_path;
 	struct event *metrics_timer;
 	bool metrics_failing; /* the last write failed (logged once) */
+	unsigned metrics_changes; /* since the last write */
 };
 
 /* Creates the folders and the Varlink server, which listens only once

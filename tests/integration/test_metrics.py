@@ -206,6 +206,14 @@ class MetricsTest(T.CprdTestCase):
         s = self.scrape_until("m3 gone", lambda s: s.get(("cprd_vms", frozenset({("state", "defined")}))) == 0)
         self.assert_states(s, {"running": 1, "stopped": 1})
 
+        # Changes that come together are written once: DeleteVM's event and
+        # the VM's removal, CreateVM's addition and its event (cprd logs
+        # each write at debug level with the changes it covered).
+        writes = [int(n) for n in re.findall(r"metrics\.prom written for (\d+) changes", self.cprd.read_log())]
+        T.log("  %d writes for %d changes: %s" % (len(writes), sum(writes), writes))
+        self.assertGreaterEqual(writes[-1], 2, writes)
+        self.assertLess(len(writes), sum(writes), writes)
+
 
 if __name__ == "__main__":
     T.main()

@@ -40,7 +40,7 @@ static void help(void) {
 	       "under running guests. Clients talk to it with cprctl or any Varlink client.\n\n"
 	       "  --socket PATH       Varlink socket (default %s)\n"
 	       "  --state-dir DIR     VM specs, logs, history (default %s)\n"
-	       "  --runtime-dir DIR   runtime files, upgrade sockets (default %s)\n"
+	       "  --runtime-dir DIR   runtime files, upgrade sockets, metrics.prom (default %s)\n"
 	       "  --log-level LEVEL   err, warning, notice, info or debug (default info)\n"
 	       "  --qemu-dir DIR      run QEMU binaries only from DIR (repeatable; default: any\n"
 	       "                      root-owned binary in root-owned folders)\n"

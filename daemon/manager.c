@@ -142,11 +142,12 @@ void manager_free(struct manager *m) {
 		return;
 	vl_subscribers_clear(&m->watchers);
 	vl_server_free(m->server);
+	for (size_t i = 0; i < m->n_vms; i++)
+		vm_free(m->vms[i]);
+	/* After the VMs: nothing may arm it any more. */
 	if (m->metrics_timer)
 		event_free(m->metrics_timer);
 	free(m->metrics_path);
-	for (size_t i = 0; i < m->n_vms; i++)
-		vm_free(m->vms[i]);
 	free(m->vms);
 	free(m->socket_path);
 	free(m->state_dir);

@@ -210,13 +210,18 @@ def client_sockets(socket_path):
 
 def held_fds(cprd):
     """cprd's fds without client connections (a cprctl that just exited
-    may not be closed yet on cprd's side)."""
+    may not be closed yet on cprd's side), and without those of a write of
+    metrics.prom under way: its unnamed file in the runtime folder, its
+    temporary name, or the folder, fsync'd."""
     clients = client_sockets(cprd.socket)
     base = f"/proc/{cprd.pid}/fd"
     n = 0
     for fd in os.listdir(base):
         try:
-            if os.readlink(os.path.join(base, fd)) not in clients:
+            t = os.readlink(os.path.join(base, fd))
+            r = cprd.runtime_dir
+            writing = t == r or t.startswith(r + "/#") or t.startswith(r + "/metrics.prom")
+            if t not in clients and not writing:
                 n += 1
         except OSError:
             pass

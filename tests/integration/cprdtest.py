@@ -571,11 +571,20 @@ class Cprd:
                     out.add(parts[6])
         return out
 
+    def metrics_writing(self, target):
+        """Whether target (an fd's link) is open only while cprd writes
+        metrics.prom, which it does a moment after each change, from its
+        loop: the unnamed file in the runtime folder ("RUNTIME/#INODE
+        (deleted)"), its temporary name, or the folder, fsync'd."""
+        r = self.runtime_dir
+        return target == r or target.startswith(r + "/#") or target.startswith(r + "/metrics.prom")
+
     def held_fds(self):
         """cprd's fds without client connections, which close a moment
-        after each cprctl call returns."""
+        after each cprctl call returns, and without those of a write of
+        metrics.prom under way."""
         clients = {"socket:[%s]" % i for i in self.client_socket_inodes()}
-        return {fd: t for fd, t in self.fds().items() if t not in clients}
+        return {fd: t for fd, t in self.fds().items() if t not in clients and not self.metrics_writing(t)}
 
     def memfd(self, name):
         """cprd's fd number for the VM's guest RAM memfd, or None."""

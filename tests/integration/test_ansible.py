@@ -66,6 +66,7 @@ class AnsibleTest(T.CprdTestCase):
             "ANSIBLE_STDOUT_CALLBACK": "json",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_HOME": os.path.join(self.tmp, "ansible-home"),
             "ANSIBLE_LOCAL_TEMP": os.path.join(self.tmp, "ansible-local"),
             "ANSIBLE_REMOTE_TEMP": os.path.join(self.tmp, "ansible-remote"),
             "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",

@@ -209,7 +209,11 @@ class MetricsTest(T.CprdTestCase):
         # Changes that come together are written once: DeleteVM's event and
         # the VM's removal, CreateVM's addition and its event (cprd logs
         # each write at debug level with the changes it covered).
-        writes = [int(n) for n in re.findall(r"metrics\.prom written for (\d+) changes", self.cprd.read_log())]
+        def logged():
+            w = [int(n) for n in re.findall(r"metrics\.prom written for (\d+) changes", self.cprd.read_log())]
+            return w if w and w[-1] >= 2 else None
+        # The line comes once the write returned, a moment after the rename.
+        writes = wait_until(logged, 10, what="the write after DeleteVM in cprd's log")
         T.log("  %d writes for %d changes: %s" % (len(writes), sum(writes), writes))
         self.assertGreaterEqual(writes[-1], 2, writes)
         self.assertLess(len(writes), sum(writes), writes)

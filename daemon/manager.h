@@ -10,7 +10,9 @@
 #include "varlink.h"
 #include "vm.h"
 
+struct binwatch;
 struct event_base;
+struct json_object;
 
 #define MANAGER_VMS_MAX 1024
 #define MANAGER_WATCHERS_MAX 256
@@ -38,6 +40,9 @@ struct manager {
 	 * pause_slots_default is the limit of a request that names none. */
 	struct pause_slots pause_slots;
 	unsigned pause_slots_default;
+	/* The folders of the running QEMUs' binaries, watched; outdated.c
+	 * makes and owns it (NULL without). */
+	struct binwatch *binwatch;
 };
 
 /* Creates the folders and the Varlink server, which listens only once
@@ -56,6 +61,12 @@ void manager_remove(struct manager *m, struct vm *vm);
 
 /* Tells WatchEvents subscribers and the log. */
 void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message);
+/* The same with more fields in the event (more: an object, taken; NULL). */
+void manager_emit_more(struct manager *m, struct vm *vm, const char *type, const char *message,
+		       struct json_object *more);
+/* Points m->binwatch at the binaries the VMs' QEMUs run now (every event
+ * does, since a QEMU comes or goes only with one). */
+void manager_watch_binaries(struct manager *m);
 int manager_watch(struct manager *m, struct vl_call *call);
 
 /* Gives vm a uid of its own from --qemu-users before a QEMU of it runs (at

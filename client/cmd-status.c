@@ -63,7 +63,11 @@ static int status_run(struct ctx *ctx, int argc, char **argv) {
 	if (jget(vm, "uid"))
 		printf("User:         uid %lld, gid %lld (the VM's own)\n", (long long)jint(vm, "uid", 0),
 		       (long long)jint(vm, "uid", 0));
-	if (jbool(vm, "outdated"))
+	if (jbool(vm, "outdated") && jstr(vm, "newQemuVersion"))
+		printf("Outdated:     yes, the binary changed on disk since this QEMU started; it is "
+		       "QEMU %s now\n",
+		       jstr(vm, "newQemuVersion"));
+	else if (jbool(vm, "outdated"))
 		printf("Outdated:     yes, the binary changed on disk since this QEMU started\n");
 	printf("Machine:      %s\n", jstr(vm, "machine"));
 	printf("Memory:       %s, %lld CPU%s, accel %s%s\n", mem, (long long)jint(spec, "cpus", 1),

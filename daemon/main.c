@@ -22,6 +22,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "outdated.h"
 #include "qemu.h"
 #include "systemd.h"
 #include "users.h"
@@ -298,6 +299,11 @@ static int run(const struct manager_config *cfg) {
 	manager = m;
 	manager_load(m);
 	attach_all(m);
+	struct outdated *outdated = NULL;
+	r = outdated_new(m, &outdated);
+	if (r < 0)
+		log_warning_errno(r, "cannot watch the QEMU binaries for changes (inotify): %m; "
+			      "list --outdated still works, the first upgrade after a change probes");
 
 	struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
 	struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
@@ -332,6 +338,7 @@ static int run(const struct manager_config *cfg) {
 	event_free(reload_retry);
 	systemd_close();
 	qemu_set_exiting();
+	outdated_free(outdated);
 	manager_free(m);
 	event_base_free(base);
 	return 0;

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "binwatch.h"
 #include "idl.h"
 #include "spec.h"
 #include "log.h"
@@ -250,7 +251,27 @@ void manager_remove(struct manager *m, struct vm *vm) {
 		}
 }
 
+void manager_watch_binaries(struct manager *m) {
+	const char *paths[MANAGER_VMS_MAX];
+	size_t n = 0;
+	if (!m->binwatch)
+		return;
+	for (size_t i = 0; i < m->n_vms; i++)
+		if (m->vms[i]->qemu)
+			paths[n++] = vm_qemu_binary(m->vms[i]->qemu);
+	int r = binwatch_set(m->binwatch, paths, n);
+	if (r < 0)
+		log_warning_errno(r, "cannot watch every QEMU binary: %m");
+}
+
 void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message) {
+	manager_emit_more(m, vm, type, message, NULL);
+}
+
+void manager_emit_more(struct manager *m, struct vm *vm, const char *type, const char *message,
+		       struct json_object *more) {
+	_cleanup_json_ struct json_object *extra = more;
+	manager_watch_binaries(m);
 	manager_metrics_changed(m);
 	if (vl_subscribers_prune(&m->watchers) == 0)
 		return;
@@ -262,6 +283,10 @@ void manager_emit(struct manager *m, struct vm *vm, const char *type, const char
 	json_object_object_add(e, "type", json_object_new_string(type));
 	json_object_object_add(e, "state", json_object_new_string(vm_state_name(vm)));
 	json_object_object_add(e, "message", json_object_new_string(message ? message : ""));
+	if (extra) {
+		json_object_object_foreach(extra, k, v)
+			json_object_object_add(e, k, json_object_get(v));
+	}
 
 	struct json_object *p = json_object_new_object();
 	json_object_object_add(p, "event", e);

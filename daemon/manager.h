@@ -11,7 +11,9 @@
 #include "varlink.h"
 #include "vm.h"
 
+struct binwatch;
 struct event_base;
+struct json_object;
 
 #define MANAGER_VMS_MAX 1024
 #define MANAGER_WATCHERS_MAX 256
@@ -45,6 +47,9 @@ struct manager {
 	struct event *metrics_timer;
 	bool metrics_failing; /* the last write failed (logged once) */
 	unsigned metrics_changes; /* since the last write */
+	/* The folders of the running QEMUs' binaries, watched; outdated.c
+	 * makes and owns it (NULL without). */
+	struct binwatch *binwatch;
 };
 
 /* Creates the folders and the Varlink server, which listens only once
@@ -63,6 +68,12 @@ void manager_remove(struct manager *m, struct vm *vm);
 
 /* Tells WatchEvents subscribers and the log. */
 void manager_emit(struct manager *m, struct vm *vm, const char *type, const char *message);
+/* The same with more fields in the event (more: an object, taken; NULL). */
+void manager_emit_more(struct manager *m, struct vm *vm, const char *type, const char *message,
+		       struct json_object *more);
+/* Points m->binwatch at the binaries the VMs' QEMUs run now (every event
+ * does, since a QEMU comes or goes only with one). */
+void manager_watch_binaries(struct manager *m);
 int manager_watch(struct manager *m, struct vl_call *call);
 
 /* Something metrics.prom shows changed: it is rewritten within

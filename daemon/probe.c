@@ -269,15 +269,18 @@ struct probe_cache_entry {
 /* Most recent first. Static: cprd has one loop and one set of binaries. */
 static struct probe_cache_entry *probe_cache;
 
-static bool probe_cache_match(const struct probe_result *r, const char *path,
-			      const struct stat *st) {
+/* The size too: dpkg gives a file the mtime recorded in the package
+ * (seconds), and an inode number is reused once nothing holds the old
+ * file; two builds rarely agree on all of them. */
+bool probe_key_matches(const struct probe_result *r, const char *path, const struct stat *st) {
 	return streq(r->path, path) && r->dev == st->st_dev && r->ino == st->st_ino &&
-	       r->mtime.tv_sec == st->st_mtim.tv_sec && r->mtime.tv_nsec == st->st_mtim.tv_nsec;
+	       r->mtime.tv_sec == st->st_mtim.tv_sec && r->mtime.tv_nsec == st->st_mtim.tv_nsec &&
+	       r->size == st->st_size;
 }
 
 static struct probe_result *probe_cache_find(const char *path, const struct stat *st) {
 	for (struct probe_cache_entry *e = probe_cache; e; e = e->next)
-		if (probe_cache_match(e->result, path, st))
+		if (probe_key_matches(e->result, path, st))
 			return e->result;
 	return NULL;
 }
@@ -333,6 +336,16 @@ struct probe_result *probe_cache_lookup(const char *path) {
 	if (c)
 		c->cached = true;
 	return c;
+}
+
+bool probe_cache_version(const char *path, char *buf, size_t size) {
+	struct stat st;
+	const struct probe_result *r;
+
+	if (!path || stat(path, &st) < 0 || !(r = probe_cache_find(path, &st)))
+		return false;
+	snprintf(buf, size, "%u.%u.%u", r->major, r->minor, r->micro);
+	return true;
 }
 
 void probe_cache_clear(void) {
@@ -1177,6 +1190,7 @@ int probe_run(struct event_base *base, const char *path, int binary_fd,
 	p->result->dev = p->st.st_dev;
 	p->result->ino = p->st.st_ino;
 	p->result->mtime = p->st.st_mtim;
+	p->result->size = p->st.st_size;
 
 	tv = usec_to_timeval(p->timeout_usec);
 	evtimer_add(p->deadline_ev, &tv);

@@ -10,6 +10,8 @@
 #include <sys/types.h>
 #include <time.h>
 
+struct stat;
+
 struct event_base;
 struct json_object;
 struct probe;
@@ -31,6 +33,7 @@ struct probe_result {
 	dev_t dev;
 	ino_t ino;
 	struct timespec mtime;
+	off_t size;
 
 	unsigned major, minor, micro;
 	char *package; /* distribution's version string, or "" */
@@ -96,4 +99,10 @@ int probe_result_to_json(const struct probe_result *r, struct json_object **ret)
 /* A copy of the cached result for the file at path as it is now, or NULL
  * (also when the file changed since it was probed). */
 struct probe_result *probe_cache_lookup(const char *path);
+/* The version ("10.0.2") of the file at path as it is now, if it was
+ * probed; false otherwise. Cheaper than probe_cache_lookup(). */
+bool probe_cache_version(const char *path, char *buf, size_t size);
+/* Whether a probe of the file as st describes it would come from the
+ * cache (pure: the key is path, device, inode, mtime and size). */
+bool probe_key_matches(const struct probe_result *r, const char *path, const struct stat *st);
 void probe_cache_clear(void);

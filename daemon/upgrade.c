@@ -100,6 +100,7 @@ struct upgrade {
 	enum upgrade_refusal refusal; /* preflight said no: nothing was touched */
 
 	struct probe_result *probe; /* of the new binary */
+	double probe_ms;            /* preflight's wait for it */
 	struct vm_qemu *old, *target;
 	pid_t old_pid, target_pid;
 	char *from_version, *from_binary;
@@ -116,7 +117,7 @@ struct upgrade {
 	bool exec_seen;
 
 	char *dir, *main_path, *cpr_path;
-	uint64_t start_mono, start_real;
+	uint64_t start_mono, start_real, probe_mono;
 	int64_t stop_ts, resume_ts; /* QMP event times, usec */
 	struct event *phase_timer, *total_timer, *poll_timer;
 
@@ -373,6 +374,12 @@ static struct json_object *upgrade_result(struct upgrade *u, const char *outcome
 	if (u->stop_ts > 0 && u->resume_ts > u->stop_ts) {
 		json_object_object_add(r, "pausedAtUs", json_object_new_int64(u->stop_ts));
 		json_object_object_add(r, "resumedAtUs", json_object_new_int64(u->resume_ts));
+	}
+	/* Whether preflight waited for QEMU to be run, or the probe cache
+	 * answered (outdated.c probes a binary as soon as it changes). */
+	if (u->probe) {
+		json_object_object_add(r, "probeCached", json_object_new_boolean(u->probe->cached));
+		json_object_object_add(r, "probeMs", json_new_fixed3(u->probe_ms));
 	}
 	/* A dry run's plan, a refusal's reason, a trouble after commit. */
 	if (u->reason && !json_object_object_get_ex(r, "reason", NULL))
@@ -1277,6 +1284,7 @@ static void preflight_on_probe(struct probe *p, int error, struct probe_result *
 				      reason ? reason : strerror(-error));
 	}
 	u->probe = result;
+	u->probe_ms = ms_since(u->probe_mono);
 	if (!vm->qemu || !vm_qemu_running(vm->qemu))
 		return upgrade_refuse(u, UPGRADE_REFUSED_BAD_STATE, "the VM is not running");
 	if (vm->held[CUSTODY_RAM] < 0)
@@ -1386,6 +1394,7 @@ int upgrade_start(struct manager *m, struct vm *vm, const struct upgrade_request
 		return 0;
 	}
 	const struct probe_options po = {.user = vm_qemu_user(vm)};
+	u->probe_mono = now_usec(CLOCK_MONOTONIC);
 	int r = probe_run(m->base, u->binary, bfd, &po, preflight_on_probe, u, NULL);
 	if (r < 0)
 		upgrade_refuse(u, UPGRADE_REFUSED_PROBE_FAILED, "cannot run %s: %s", u->binary, strerror(-r));

@@ -1509,7 +1509,13 @@ struct json_object *vm_to_json(struct vm *vm) {
 		json_object_object_add(o, "qemuVersion", json_object_new_string(vm_qemu_version(vm->qemu)));
 		json_object_object_add(o, "pid", json_object_new_int(vm_qemu_pid(vm->qemu)));
 	}
-	json_object_object_add(o, "outdated", json_object_new_boolean(vm_outdated(vm)));
+	bool outdated = vm_outdated(vm);
+	json_object_object_add(o, "outdated", json_object_new_boolean(outdated));
+	/* What replaced it, once probed (outdated.c probes a changed binary
+	 * as soon as it is noticed). */
+	char newer[48];
+	if (outdated && probe_cache_version(vm->qemu->binary, newer, sizeof(newer)))
+		json_object_object_add(o, "newQemuVersion", json_object_new_string(newer));
 	if (vm->uid)
 		json_object_object_add(o, "uid", json_object_new_int64(vm->uid));
 	if (vm->started_usec)

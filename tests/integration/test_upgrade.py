@@ -799,6 +799,13 @@ class Upgrade(UpgradeCase):
         self.wait_guest_ticks("fdn", self.wait_guest_ticks("fdn", 1)[1] + 1)
         self.assert_console_continuous("fdn")
 
+    def wait_probed_ahead(self, name):
+        """Until cprd's binary watch has probed the VM's replaced binary
+        (GetVM's newQemuVersion), so that its probe's fds are not counted
+        by before_upgrade."""
+        wait_until(lambda: "newQemuVersion" in self.status(name), 20,
+                   what="the replaced binary of %s probed by the watch" % name)
+
     def test_outdated(self):
         copy = os.path.join(self.tmp, "bin", "qemu-system-x86_64")
         os.makedirs(os.path.dirname(copy))
@@ -813,6 +820,7 @@ class Upgrade(UpgradeCase):
         # The binary's time stamp changes (as when a package rewrites it).
         st = os.stat(copy)
         os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1000000000))
+        self.wait_probed_ahead("od")
         vms = self.ok("list", "--outdated", "--json").json["vms"]
         self.assertEqual([v["name"] for v in vms], ["od"], vms)
         self.assertTrue(vms[0]["outdated"])
@@ -834,6 +842,7 @@ class Upgrade(UpgradeCase):
         tmpcopy = copy + ".new"
         shutil.copy2(T.QEMU10, tmpcopy)
         os.rename(tmpcopy, copy)
+        self.wait_probed_ahead("od")
         self.assertEqual([v["name"] for v in self.ok("list", "--outdated", "--json").json["vms"]], ["od"])
         b = self.before_upgrade("od")
         r = self.upgrade_many("--outdated")

@@ -13,7 +13,9 @@
 #   users           --qemu-users: the range, the account files, the uid picked
 #   disk_grant      disks given to a VM's user: records; as root, real files
 #   metrics         metrics.prom's text: every metric, escaping, the limits
-foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant metrics)
+#   binwatch        the QEMU binaries' folders watched: the debounce, symlink
+#                   steps, the probe cache's key; real inotify on temp files
+foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant metrics binwatch)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

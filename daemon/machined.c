@@ -6,6 +6,7 @@
 #include "machined.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-bus.h>
@@ -197,9 +198,26 @@ static int call_register(sd_bus *b, const char *vm, const char *name, pid_t lead
 	return r;
 }
 
+/* A method call with machined's deadline (sd_bus_call_method has none but
+ * the bus's default of 25 s). reply may be NULL. */
+static int call(sd_bus *b, const char *path, const char *interface, const char *method,
+		sd_bus_error *error, sd_bus_message **reply, const char *types, ...) {
+	sd_bus_message *m = NULL;
+	va_list ap;
+	int r = sd_bus_message_new_method_call(b, &m, MACHINED_DEST, path, interface, method);
+	if (r >= 0) {
+		va_start(ap, types);
+		r = sd_bus_message_appendv(m, types, ap);
+		va_end(ap);
+	}
+	if (r >= 0)
+		r = sd_bus_call(b, m, MACHINED_TIMEOUT_USEC, error, reply);
+	sd_bus_message_unref(m);
+	return r;
+}
+
 static int call_unregister(sd_bus *b, const char *name, sd_bus_error *error) {
-	int r = sd_bus_call_method(b, MACHINED_DEST, MACHINED_PATH, MACHINED_MANAGER,
-				   "UnregisterMachine", error, NULL, "s", name);
+	int r = call(b, MACHINED_PATH, MACHINED_MANAGER, "UnregisterMachine", error, NULL, "s", name);
 	if (r < 0 && sd_bus_error_has_name(error, "org.freedesktop.machine1.NoSuchMachine"))
 		return 0; /* its scope ended, and machined let it go by itself */
 	return r;
@@ -208,21 +226,28 @@ static int call_unregister(sd_bus *b, const char *name, sd_bus_error *error) {
 /* The leader and unit of the machine name, registered before. */
 static int inspect(sd_bus *b, const char *name, pid_t *ret_leader, char **ret_unit,
 		   sd_bus_error *error) {
-	sd_bus_message *reply = NULL;
-	const char *path;
-	uint32_t leader = 0;
-	int r = sd_bus_call_method(b, MACHINED_DEST, MACHINED_PATH, MACHINED_MANAGER, "GetMachine",
-				   error, &reply, "s", name);
+	sd_bus_message *machine = NULL, *leader = NULL, *unit = NULL;
+	const char *path = NULL, *u = NULL;
+	uint32_t pid = 0;
+	int r = call(b, MACHINED_PATH, MACHINED_MANAGER, "GetMachine", error, &machine, "s", name);
 	if (r >= 0)
-		r = sd_bus_message_read(reply, "o", &path);
+		r = sd_bus_message_read(machine, "o", &path);
 	if (r >= 0)
-		r = sd_bus_get_property_trivial(b, MACHINED_DEST, path, MACHINED_MACHINE, "Leader", error,
-						'u', &leader);
+		r = call(b, path, "org.freedesktop.DBus.Properties", "Get", error, &leader, "ss",
+			 MACHINED_MACHINE, "Leader");
 	if (r >= 0)
-		r = sd_bus_get_property_string(b, MACHINED_DEST, path, MACHINED_MACHINE, "Unit", error,
-					       ret_unit);
-	sd_bus_message_unref(reply);
-	*ret_leader = (pid_t)leader;
+		r = sd_bus_message_read(leader, "v", "u", &pid);
+	if (r >= 0)
+		r = call(b, path, "org.freedesktop.DBus.Properties", "Get", error, &unit, "ss",
+			 MACHINED_MACHINE, "Unit");
+	if (r >= 0)
+		r = sd_bus_message_read(unit, "v", "s", &u);
+	if (r >= 0 && !(*ret_unit = strdup(u)))
+		r = -ENOMEM;
+	sd_bus_message_unref(machine);
+	sd_bus_message_unref(leader);
+	sd_bus_message_unref(unit);
+	*ret_leader = (pid_t)pid;
 	return r;
 }
 

@@ -162,7 +162,12 @@ static bool machined_gone(const sd_bus_error *error, int r) {
 			    MACHINED_TIMEOUT_USEC / 1000000);
 		return true;
 	}
-	if (sd_bus_error_has_names(error, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER)) {
+	/* Not installed (no D-Bus service file), or its activation failed
+	 * (masked, or it would not start): dbus-daemon's and systemd's names. */
+	const char *name = error->name ? error->name : "";
+	if (sd_bus_error_has_names(error, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER) ||
+	    strncmp(name, "org.freedesktop.DBus.Error.Spawn.", strlen("org.freedesktop.DBus.Error.Spawn.")) == 0 ||
+	    strncmp(name, "org.freedesktop.systemd1.", strlen("org.freedesktop.systemd1.")) == 0) {
 		machined_off = true;
 		log_info("systemd-machined is not available (%s): VMs are not registered as machines",
 			 error->message ? error->message : error->name);

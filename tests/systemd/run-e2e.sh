@@ -960,6 +960,23 @@ elif start_vm machined_start --qemu "$QEMU" --nic "bridge=$BRIDGE"; then
 			"VM $VM is machine '${mname:-none}', unit '$unit', leader '$leader' (QEMU pid $QPID); machinectl list: $(echo "$list" | tr -s ' \n' ' ')"
 		end_vm machined_mapped_stop
 	fi
+	# Without machined (a host without systemd-container: no D-Bus service
+	# file for it), VMs start and upgrade as before and cprd says so once.
+	VM=vm7
+	M1=/usr/share/dbus-1/system-services/org.freedesktop.machine1.service
+	cin sh -c "systemctl stop systemd-machined.service && mv $M1 /run/machine1.service.off && systemctl reload dbus.service"
+	cin systemctl restart cprd.service
+	wait_for 30 cprd_answers
+	CPRD=$(main_pid)
+	if start_vm machined_absent_start --qemu "$QEMU"; then
+		do_upgrade machined_absent_upgrade
+		said=$(cin journalctl -u cprd.service "_PID=$CPRD" --no-pager -o cat | grep -E 'systemd-machined')
+		verdict machined_absent "$([ "$(echo "$said" | grep -c 'systemd-machined is not available')" = 1 ] &&
+			[ "$(echo "$said" | grep -c .)" = 1 ] && ! cin systemctl is-active -q systemd-machined.service && echo 0 || echo 1)" \
+			"the journal of cprd $CPRD (restarted): $(echo "$said" | tr '\n' ';')"
+		end_vm machined_absent_stop
+	fi
+	cin sh -c "mv /run/machine1.service.off $M1 && systemctl reload dbus.service"
 fi
 
 # ---- the watchdog ----------------------------------------------------------

@@ -20,6 +20,7 @@
 #include "attach.h"
 #include "binary.h"
 #include "log.h"
+#include "machined.h"
 #include "macro.h"
 #include "manager.h"
 #include "outdated.h"
@@ -336,6 +337,7 @@ static int run(const struct manager_config *cfg) {
 	event_free(sighup);
 	event_free(status);
 	event_free(reload_retry);
+	machined_close();
 	systemd_close();
 	qemu_set_exiting();
 	outdated_free(outdated);

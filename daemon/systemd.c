@@ -205,6 +205,12 @@ static sd_bus *get_bus(void) {
 	return bus;
 }
 
+sd_bus *systemd_bus(void) { return get_bus(); }
+
+void systemd_scope_name(const char *vm, char *unit, size_t unit_size) {
+	snprintf(unit, unit_size, "cprd-vm-%s.scope", vm);
+}
+
 static int start_scope(sd_bus *b, const char *unit, const char *vm, pid_t pid) {
 	_cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
 	sd_bus_message *m = NULL, *reply = NULL;
@@ -261,7 +267,7 @@ int systemd_scope_attach(const char *vm, pid_t pid, char *unit, size_t unit_size
 		return 0;
 	/* One scope per VM: a second QEMU during an upgrade joins the first
 	 * one's scope, and the scope lives on with whichever QEMU remains. */
-	snprintf(unit, unit_size, "cprd-vm-%s.scope", vm);
+	systemd_scope_name(vm, unit, unit_size);
 	int r = start_scope(b, unit, vm, pid);
 	if (r == -EEXIST)
 		r = attach_to_scope(b, unit, pid);

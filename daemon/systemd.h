@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 struct event_base;
+struct sd_bus;
 
 bool systemd_notify_available(void);
 
@@ -31,6 +32,10 @@ void systemd_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void systemd_watchdog_start(struct event_base *base);
 void systemd_watchdog_stop(void);
 
+/* The system bus, connected on first use; NULL without systemd (said once). */
+struct sd_bus *systemd_bus(void);
+/* The name of the VM's scope: cprd-vm-NAME.scope. */
+void systemd_scope_name(const char *vm, char *unit, size_t unit_size);
 /* Moves pid into the VM's scope (cprd-vm-NAME.scope in machine.slice),
  * creating it if needed. Returns 1 when moved, 0 without systemd, or a
  * negative errno (logged). unit receives the scope's name. */

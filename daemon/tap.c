@@ -41,18 +41,6 @@ bool tap_ifname_valid(const char *name) {
 	return true;
 }
 
-/* FNV-1a, 64 bits: small, stable across builds and hosts. */
-static uint64_t fnv1a(uint64_t h, const void *data, size_t len) {
-	const unsigned char *p = data;
-	for (size_t i = 0; i < len; i++) {
-		h ^= p[i];
-		h *= UINT64_C(0x100000001b3);
-	}
-	return h;
-}
-
-#define FNV_OFFSET UINT64_C(0xcbf29ce484222325)
-
 int tap_name(const char *vm, unsigned index, char buf[static IFNAMSIZ]) {
 	static const char base32[] = "abcdefghijklmnopqrstuvwxyz234567";
 	if (!vm || !*vm || index >= TAP_PER_VM_MAX)
@@ -60,7 +48,7 @@ int tap_name(const char *vm, unsigned index, char buf[static IFNAMSIZ]) {
 	int n = snprintf(buf, IFNAMSIZ, "cprd-%s-%u", vm, index);
 	if (n > 0 && n < IFNAMSIZ)
 		return 0;
-	uint64_t h = fnv1a(FNV_OFFSET, vm, strlen(vm));
+	uint64_t h = fnv1a64(FNV1A64_OFFSET, vm, strlen(vm));
 	char hash[6];
 	for (size_t i = 0; i < 5; i++)
 		hash[i] = base32[(h >> (5 * i)) & 31];
@@ -73,8 +61,8 @@ int tap_name(const char *vm, unsigned index, char buf[static IFNAMSIZ]) {
 void tap_derive_mac(const char *vm, unsigned index, uint8_t mac[static 6]) {
 	uint32_t group = index / 8;
 	uint8_t g[4] = {group, group >> 8, group >> 16, group >> 24};
-	uint64_t h = fnv1a(FNV_OFFSET, vm, strlen(vm) + 1); /* the NUL ends the name */
-	h = fnv1a(h, g, sizeof(g));
+	uint64_t h = fnv1a64(FNV1A64_OFFSET, vm, strlen(vm) + 1); /* the NUL ends the name */
+	h = fnv1a64(h, g, sizeof(g));
 	uint32_t v = (uint32_t)(h ^ (h >> 32)) & 0x1fffff; /* 21 bits */
 	mac[0] = 0x52; /* 0x52: locally administered (0x02), unicast (0x01 clear) */
 	mac[1] = 0x54;

@@ -77,6 +77,15 @@ static int fsync_dir_of(const char *path) {
 	return fsync(dfd) < 0 ? -errno : 0;
 }
 
+uint64_t fnv1a64(uint64_t h, const void *data, size_t len) {
+	const unsigned char *p = data;
+	for (size_t i = 0; i < len; i++) {
+		h ^= p[i];
+		h *= UINT64_C(0x100000001b3);
+	}
+	return h;
+}
+
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {
 	char tmp[PATH_MAX], fdpath[64];
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))

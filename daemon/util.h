@@ -18,6 +18,10 @@ void format_rfc3339(uint64_t realtime_usec, char buf[static 32]);
 int parse_rfc3339(const char *s, uint64_t *ret_usec);
 /* "1.5 GiB", "512 MiB"; "2m 3s", "850 ms". */
 void format_bytes(uint64_t bytes, char *buf, size_t size);
+/* FNV-1a, 64 bits, from h (FNV1A64_OFFSET to start): small, stable across
+ * builds and hosts, for names derived from a VM's name. */
+#define FNV1A64_OFFSET UINT64_C(0xcbf29ce484222325)
+uint64_t fnv1a64(uint64_t h, const void *data, size_t len);
 
 /* Writes data to path through a temporary file, fsync and rename, then
  * fsyncs the directory, so a crash leaves the old or the new file. The

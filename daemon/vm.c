@@ -19,6 +19,7 @@
 #include "binary.h"
 #include "cmdline.h"
 #include "log.h"
+#include "machined.h"
 #include "macro.h"
 #include "mode.h"
 #include "probe.h"
@@ -725,6 +726,25 @@ void vm_qemu_stderr_summary(struct vm_qemu *q, char *buf, size_t size) {
 	}
 }
 
+/* systemd-machined's machine of the VM follows the QEMU that runs its
+ * guest: registered when it starts, at an upgrade's point of no return (a
+ * new leader), when a restarted cprd finds it again; gone when it ends. */
+static void vm_machine_follow(struct vm *vm) {
+	if (!vm->qemu || !vm_qemu_running(vm->qemu)) {
+		machined_unregister(vm->name);
+		return;
+	}
+	int ifindex[SPEC_NICS_MAX];
+	size_t n = 0;
+	for (size_t i = 0; i < vm->spec->n_nics && n < SPEC_NICS_MAX; i++) {
+		char ifname[IFNAMSIZ];
+		if (tap_name(vm->name, (unsigned)i, ifname) == 0 &&
+		    (ifindex[n] = (int)if_nametoindex(ifname)) > 0)
+			n++;
+	}
+	machined_register(vm->name, vm_qemu_pid(vm->qemu), ifindex, n);
+}
+
 struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q) {
 	struct vm_qemu *old = vm->qemu;
 	vm->qemu = q;
@@ -736,6 +756,7 @@ struct vm_qemu *vm_adopt_qemu(struct vm *vm, struct vm_qemu *q) {
 	if (q)
 		vm_qemu_take_custody(q);
 	vm_save_runtime(vm);
+	vm_machine_follow(vm);
 	return old;
 }
 
@@ -1108,6 +1129,7 @@ static void vm_main_exited(struct vm_qemu *q, const char *how, int status, int s
 	vm_qemu_free(q);
 	vm_unstore_fd(vm, "qmp");
 	vm_save_runtime(vm);
+	vm_machine_follow(vm);
 
 	if (requested) {
 		vm_op_done(vm);
@@ -1164,6 +1186,7 @@ static void vm_on_cont(struct qmp *qmp, struct json_object *ret, const struct qm
 	vm->started_usec = now_usec(CLOCK_REALTIME);
 	vm_save_runtime(vm);
 	vm_qemu_take_custody(vm->qemu);
+	vm_machine_follow(vm);
 	vm_set_state(vm, VM_RUNNING, "guest started");
 	vm->host->emit(vm->host, vm, "started", "guest started");
 	vm_done(vm, &(struct vm_outcome){.error = VM_OK});
@@ -1184,6 +1207,8 @@ static const struct vm_qemu_callbacks vm_main_callbacks = {
 void vm_watch_main(struct vm *vm) {
 	if (vm->qemu)
 		vm_qemu_set_callbacks(vm->qemu, &vm_main_callbacks, vm);
+	/* After a restart, an upgrade or its rollback: the QEMU left running. */
+	vm_machine_follow(vm);
 }
 
 /* Before a fresh QEMU: the VM's own user gets its disks (each grant is in

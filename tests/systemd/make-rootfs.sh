@@ -11,7 +11,7 @@
 # What is in it: debootstrap --variant=minbase plus what cprd needs at run
 # time (systemd as PID 1, dbus, libevent, json-c, libsystemd, python3 to read
 # the guest's counter, procps, man-db for systemd-analyze verify's check of
-# Documentation=), and QEMU 10 (qemu-system-x86 from
+# Documentation=, systemd-container for machined), and QEMU 10 (qemu-system-x86 from
 # bookworm-backports, installed inside with --no-install-recommends; Debian
 # 12's own QEMU 7.2 has no CPR modes). cprd itself is not in it: the test
 # installs the build into a per-run copy.
@@ -25,12 +25,14 @@
 set -euo pipefail
 
 # Bump when the recipe below changes: older caches are then rebuilt.
-RECIPE=2
+RECIPE=3
 SUITE=bookworm
 ROOTFS=${1:-${CPRD_TEST_ROOTFS:-/var/cache/cprd-test/rootfs-bookworm}}
 STAMP_NAME=.cprd-rootfs-stamp
 # man-db: systemd-analyze verify runs man for each Documentation=man: entry.
-PACKAGES=systemd,systemd-sysv,dbus,libevent-core-2.1-7,libjson-c5,libsystemd0,python3,procps,man-db
+# systemd-container: systemd-machined and machinectl, which cprd registers
+# its VMs with.
+PACKAGES=systemd,systemd-sysv,dbus,libevent-core-2.1-7,libjson-c5,libsystemd0,python3,procps,man-db,systemd-container
 
 say() { echo "make-rootfs: $*" >&2; }
 cannot() { say "cannot build the root file system: $*"; exit 77; }

@@ -13,7 +13,8 @@
 # where overlayfs is not available), so a run never changes the cache;
 # `DESTDIR=<root> cmake --install BUILD_DIR --prefix /usr` puts cprd, cprctl
 # and the units into it; `systemd-nspawn -b` boots it in the background
-# (private network, no machined: the host need not run systemd); commands
+# (private network, not registered with the host's machined: the host need
+# not run systemd; the container's own machined is tested); commands
 # run inside through nsenter into the container's PID 1 namespaces.
 #
 # Prints "PASS name", "FAIL name: why" or "SKIP name: why" per check, then
@@ -891,6 +892,92 @@ if start_vm user_start --qemu "$QEMU" --nic "bridge=$BRIDGE"; then
 fi
 cin rm -f /run/systemd/system/cprd.service.d/e2e-qemu-user.conf
 cin systemctl daemon-reload
+
+# ---- systemd-machined: machinectl sees each VM ------------------------------
+# cprd registers each running VM with machined (class vm, leader = its QEMU,
+# unit = its scope), follows the new QEMU after an upgrade, keeps the
+# registration through a rollback and a restart of cprd, and unregisters
+# the VM when it stops. machinectl is systemd-container's (make-rootfs.sh).
+VM=vm6
+# mshow PROPERTY: machined's PROPERTY of machine $VM ("" when there is none).
+mshow() { cin machinectl show "$VM" -p "$1" --value 2>/dev/null; }
+# machine_is NAME: machine $VM is registered with leader $QPID in its scope.
+machine_is() {
+	local leader unit class service
+	leader=$(mshow Leader) unit=$(mshow Unit) class=$(mshow Class) service=$(mshow Service)
+	verdict "$1" "$([ "$leader" = "$QPID" ] && [ "$unit" = "cprd-vm-$VM.scope" ] && [ "$class" = vm ] &&
+		[ "$service" = cprd ] && echo 0 || echo 1)" \
+		"machine $VM: leader '$leader' (QEMU pid $QPID), unit '$unit', class '$class', service '$service'"
+}
+if ! cin test -x /usr/bin/machinectl; then
+	skip machined "no machinectl in the container: its root file system lacks systemd-container (make-rootfs.sh)"
+elif start_vm machined_start --qemu "$QEMU" --nic "bridge=$BRIDGE"; then
+	list=$(cin machinectl list --no-legend --no-pager 2>&1)
+	verdict machined_list "$(echo "$list" | awk -v vm="$VM" '$1 == vm && $2 == "vm" { found = 1 } END { exit !found }' && echo 0 || echo 1)" \
+		"machinectl list: $(echo "$list" | tr -s ' \n' ' ')"
+	status=$(cin machinectl status --no-pager "$VM" 2>&1)
+	verdict machined_status "$(echo "$status" | grep -q "Leader: $QPID " &&
+		echo "$status" | grep -q "Unit: cprd-vm-$VM.scope" && echo "$status" | grep -q "class vm" && echo 0 || echo 1)" \
+		"machinectl status $VM: $(echo "$status" | grep -E 'Leader:|Service:|Unit:|Iface:' | sed 's/^ *//' | tr '\n' ';')"
+	machine_is machined_registered
+	since=$(mshow TimestampMonotonic)
+	# A rollback (the target never becomes QEMU within --timeout) leaves the
+	# old QEMU and its registration as they were.
+	out=$(cprctl upgrade "$VM" --qemu "$GUEST_DIR/qemu-slow" --timeout 2 --json 2>&1)
+	verdict machined_rollback "$([ "$(echo "$out" | J 'd.get("outcome")')" = rolled-back ] &&
+		[ "$(mshow Leader)" = "$QPID" ] && [ "$(mshow TimestampMonotonic)" = "$since" ] && echo 0 || echo 1)" \
+		"upgrade outcome '$(echo "$out" | J 'd.get("outcome")')'; machine $VM: leader $(mshow Leader) (QEMU pid $QPID), registered at $(mshow TimestampMonotonic) (was $since)"
+	if do_upgrade machined_upgrade; then
+		machine_is machined_follows_upgrade
+		n=$(cin machinectl list --no-legend --no-pager | awk -v vm="$VM" '$1 == vm' | wc -l)
+		verdict machined_one_machine "$([ "$n" = 1 ] && echo 0 || echo 1)" "$n machines named $VM"
+	fi
+	# A restarted cprd finds its registration (same leader): it stays as is.
+	since=$(mshow TimestampMonotonic)
+	if cin systemctl restart cprd.service && wait_for 30 cprd_answers; then
+		verdict machined_restart "$([ "$(mshow Leader)" = "$QPID" ] && [ "$(mshow TimestampMonotonic)" = "$since" ] && echo 0 || echo 1)" \
+			"after systemctl restart cprd: leader $(mshow Leader) (QEMU pid $QPID), registered at $(mshow TimestampMonotonic) (was $since)"
+	else
+		fail machined_restart "systemctl restart cprd: $(prop cprd.service ActiveState)"
+	fi
+	guest_progress machined_guest_counter "$QPID"
+	end_vm machined_stop
+	verdict machined_gone "$(cin machinectl show "$VM" >/dev/null 2>&1 && echo 1 || echo 0)" \
+		"after cprctl stop: $(cin machinectl show "$VM" -p Leader 2>&1 | head -n 1)"
+	# cprd's journal says each step, with the VM's VM= field.
+	said=$(cin journalctl -u cprd.service "VM=$VM" --no-pager -o cat | grep -E 'systemd-machined')
+	verdict machined_journal "$([ "$(echo "$said" | grep -c "registered with systemd-machined as machine $VM")" -ge 2 ] &&
+		echo "$said" | grep -q "machine $VM unregistered" && echo 0 || echo 1)" \
+		"journalctl VM=$VM: $(echo "$said" | tr '\n' ';')"
+	# A VM name that is no host name ('_') gets a mapped machine name.
+	VM=web_6
+	if start_vm machined_mapped_start --qemu "$QEMU"; then
+		list=$(cin machinectl list --no-legend --no-pager 2>&1)
+		mname=$(echo "$list" | awk '$2 == "vm" { print $1 }' | grep -E '^web-6-[a-z2-7]{5}$')
+		unit=$([ -n "$mname" ] && cin machinectl show "$mname" -p Unit --value 2>/dev/null)
+		leader=$([ -n "$mname" ] && cin machinectl show "$mname" -p Leader --value 2>/dev/null)
+		verdict machined_mapped_name "$([ -n "$mname" ] && [ "$unit" = "cprd-vm-$VM.scope" ] && [ "$leader" = "$QPID" ] && echo 0 || echo 1)" \
+			"VM $VM is machine '${mname:-none}', unit '$unit', leader '$leader' (QEMU pid $QPID); machinectl list: $(echo "$list" | tr -s ' \n' ' ')"
+		end_vm machined_mapped_stop
+	fi
+	# Without machined (a host without systemd-container: no D-Bus service
+	# file for it), VMs start and upgrade as before and cprd says so once.
+	VM=vm7
+	M1=/usr/share/dbus-1/system-services/org.freedesktop.machine1.service
+	cin sh -c "systemctl stop systemd-machined.service && mv $M1 /run/machine1.service.off && systemctl reload dbus.service"
+	cin systemctl restart cprd.service
+	wait_for 30 cprd_answers
+	CPRD=$(main_pid)
+	if start_vm machined_absent_start --qemu "$QEMU"; then
+		do_upgrade machined_absent_upgrade
+		said=$(cin journalctl -u cprd.service "_PID=$CPRD" --no-pager -o cat | grep -E 'systemd-machined')
+		verdict machined_absent "$([ "$(echo "$said" | grep -c 'systemd-machined is not available')" = 1 ] &&
+			[ "$(echo "$said" | grep -c .)" = 1 ] && ! cin systemctl is-active -q systemd-machined.service && echo 0 || echo 1)" \
+			"the journal of cprd $CPRD (restarted): $(echo "$said" | tr '\n' ';')"
+		end_vm machined_absent_stop
+	fi
+	cin sh -c "mv /run/machine1.service.off $M1 && systemctl reload dbus.service"
+fi
 
 # ---- the watchdog ----------------------------------------------------------
 # WatchdogSec=30s would need a long quiet wait: a drop-in makes it 4 s, and

@@ -15,7 +15,8 @@
 #   metrics         metrics.prom's text: every metric, escaping, the limits
 #   binwatch        the QEMU binaries' folders watched: the debounce, symlink
 #                   steps, the probe cache's key; real inotify on temp files
-foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant metrics binwatch)
+#   machined        machine names and ids for systemd-machined
+foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant metrics binwatch machined)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

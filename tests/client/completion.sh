@@ -116,7 +116,7 @@ expect() {
 	done
 	if [ -n "$missing" ]; then
 		fail "$name" "missing:$missing; offered: '${got% }' $(head -c 300 "$RUN/complete.err")"
-	elif [ "${4:-}" = exactly ] && [ "$(echo "$want" | tr ' ' '\n' | sort | tr '\n' ' ')" != "$got" ]; then
+	elif [ "${4:-}" = exactly ] && [ "$(tr -s ' ' '\n' <<<"$want" | sed '/^$/d' | sort | tr '\n' ' ')" != "$got" ]; then
 		fail "$name" "offered '${got% }', want exactly '$want'"
 	else
 		pass "$name" "'${got% }'"

@@ -460,6 +460,14 @@ if [ -n "${DEB1:-}" ] && apt_install apt_install "$DEB1"; then
 else
 	fail apt_install "apt-get install ./${DEB1:-(no package)} failed: $(grep -v '^ *$' "$RUN/apt_install.txt" 2>/dev/null | tail -n 4 | tr '\n' ' ')"
 fi
+# What the package holds, where Debian looks for it.
+missing=
+for f in /usr/sbin/cprd /usr/bin/cprctl /lib/systemd/system/cprd.service /lib/systemd/system/cprd.socket \
+	/usr/lib/sysusers.d/cprd.conf /usr/share/man/man8/cprd.8.gz /usr/share/man/man1/cprctl.1.gz \
+	/usr/share/bash-completion/completions/cprctl /usr/share/doc/cprd/copyright; do
+	cin dpkg -S "$f" >/dev/null 2>&1 || missing="$missing $f"
+done
+verdict deb_files "$([ -z "$missing" ] && echo 0 || echo 1)" "${missing:+not in the package:}${missing:-cprd, cprctl, both units, the sysusers entry, both man pages, the bash completion, copyright: dpkg -S finds each}"
 UNITDIR=$ROOT/usr/lib/systemd/system
 for u in cprd.service cprd.socket; do
 	[ -f "$UNITDIR/$u" ] || fail "install_$u" "$u is not in /usr/lib/systemd/system"

@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-APT_OPTS=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+# Wait for another apt run (a parallel job) rather than fail on its lock.
+APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -37,9 +38,12 @@ BUILD_PKGS=(build-essential cmake pkg-config binutils
 	libevent-dev libjson-c-dev libsystemd-dev libacl1-dev check linux-libc-dev)
 TEST_PKGS=(varlink-go python3 socat procps iproute2 valgrind clang libclang-rt-14-dev
 	systemd-container debootstrap dosfstools mtools syslinux syslinux-common cpio lz4)
+# The Debian package (debian/, dpkg-buildpackage, lintian) and the bash
+# completion's test (bash-completion's loader).
+PKG_PKGS=(dpkg-dev debhelper devscripts lintian fakeroot bash-completion)
 
 echo "install-deps: build and test packages"
-apt-get install "${APT_OPTS[@]}" --no-install-recommends "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"
+apt-get install "${APT_OPTS[@]}" --no-install-recommends "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${PKG_PKGS[@]}"
 
 # The metrics test scrapes cprd's metrics.prom through a real node_exporter,
 # and the Ansible test runs contrib/ansible's playbook. The test runs its own

@@ -13,8 +13,8 @@
 #   CPRD_SANITIZE_BUILD_DIR   default SRC/build-asan
 #   CPRD_SANITIZE_EXCLUDE     ctest -E regex of tests left out, default
 #                             ^(systemd_e2e|fuzz|matrix)$: the container test
-#                             installs the build into a Debian root without
-#                             the ASan runtime, the fuzz targets have their
+#                             builds and installs the Debian package, a build
+#                             of its own without ASan, the fuzz targets have their
 #                             own sanitized build (tests/fuzz/build-and-run.sh),
 #                             and the version matrix (minutes of QEMU under
 #                             TCG) exercises no cprd path the other

@@ -1,7 +1,9 @@
 #!/bin/bash
-# cprd under a real systemd: boots Debian 12 with systemd as PID 1 in a
-# systemd-nspawn container, installs this build into it and drives cprd with
-# systemctl, checking that guests and the fds cprd holds outlive cprd.
+# cprd under a real systemd: builds cprd's Debian package from this source
+# tree, boots Debian 12 with systemd as PID 1 in a systemd-nspawn container,
+# installs the package into it with apt-get and drives cprd with systemctl,
+# checking that guests and the fds cprd holds outlive cprd, a package
+# upgrade, and its removal.
 #
 # Usage (as root): tests/systemd/run-e2e.sh BUILD_DIR
 # Environment:
@@ -11,8 +13,12 @@
 #
 # How: the cached tree is the lower layer of an overlayfs mount (a full copy
 # where overlayfs is not available), so a run never changes the cache;
-# `DESTDIR=<root> cmake --install BUILD_DIR --prefix /usr` puts cprd, cprctl
-# and the units into it; `systemd-nspawn -b` boots it in the background
+# `dpkg-buildpackage -b -us -uc` builds cprd_VERSION_ARCH.deb in a copy of
+# the source tree, then once more with the version bumped (dch --local), and
+# `apt-get install ./cprd_*.deb` inside the container installs the first and
+# later upgrades to the second while a guest runs (nothing is cached between
+# runs: a broken package build fails the run); procps is purged first, as a
+# debootstrap minbase root lacks it; `systemd-nspawn -b` boots it in the background
 # (private network, not registered with the host's machined: the host need
 # not run systemd; the container's own machined is tested); commands
 # run inside through nsenter into the container's PID 1 namespaces.
@@ -106,12 +112,13 @@ T0=$(date +%s)
 
 # ---- can this machine run the container? -----------------------------------
 [ "$(id -u)" -eq 0 ] || skip_all "needs root (systemd-nspawn, mounts)"
-for tool in systemd-nspawn nsenter cmake python3 mount timeout; do
+for tool in systemd-nspawn nsenter python3 mount timeout; do
 	command -v "$tool" >/dev/null || skip_all "$tool is not installed (systemd-container, util-linux)"
 done
-for f in daemon/cprd client/cprctl tests/guest/cprd-guest.img; do
-	[ -e "$BUILD/$f" ] || { echo "run-e2e: $BUILD/$f is not built" >&2; exit 1; }
+for tool in dpkg-buildpackage dch lintian; do
+	command -v "$tool" >/dev/null || skip_all "$tool is not installed (dpkg-dev, devscripts, lintian: scripts/install-deps.sh)"
 done
+[ -e "$BUILD/tests/guest/cprd-guest.img" ] || { echo "run-e2e: $BUILD/tests/guest/cprd-guest.img is not built" >&2; exit 1; }
 
 "$HERE/make-rootfs.sh" "$ROOTFS"
 rc=$?
@@ -170,28 +177,61 @@ else
 	note "per-run tree: a copy at $ROOT ($(($(date +%s) - t))s)"
 fi
 
-# ---- install the build -----------------------------------------------------
-if DESTDIR=$ROOT cmake --install "$BUILD" --prefix /usr >"$RUN/install.log" 2>&1; then
-	pass install "$(grep -c 'Installing\|Up-to-date' "$RUN/install.log") files into $ROOT/usr"
+# ---- build the packages ----------------------------------------------------
+# In a copy of the source tree (the files git knows, committed or not, or
+# the whole tree without build folders when it is no git checkout), so the
+# tree itself stays clean: dpkg-buildpackage puts the .debs in the copy's
+# parent folder. Then once more, with the version bumped by dch --local and
+# without the pre-clean (the same binaries, a newer package), for the
+# upgrade under a running guest.
+SRC=$(cd "$HERE/../.." && pwd)
+PKG=$RUN/pkg
+mkdir -p "$PKG/cprd" "$ROOT$GUEST_DIR/debs"
+t=$(date +%s)
+# The files git knows that are there (a deleted one is still in the index).
+git_files() {
+	local f
+	git -C "$SRC" ls-files -z --cached --others --exclude-standard |
+		while IFS= read -r -d '' f; do [ -f "$SRC/$f" ] && printf '%s\0' "$f"; done
+}
+if git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1; then
+	git_files | tar -C "$SRC" --null -T - -cf - | tar -C "$PKG/cprd" -xf -
 else
-	fail install "cmake --install failed: $(tail -n 3 "$RUN/install.log" | tr '\n' ' ')"
+	tar -C "$SRC" --exclude=./build --exclude='./build-*' --exclude='./obj-*' --exclude=./debian/cprd \
+		--exclude=./debian/.debhelper -cf - . | tar -C "$PKG/cprd" -xf -
 fi
-UNITDIR=$ROOT/usr/lib/systemd/system
-for u in cprd.service cprd.socket; do
-	[ -f "$UNITDIR/$u" ] || fail "install_$u" "$u is not in /usr/lib/systemd/system"
-done
-
-# The unit must start the binary that was installed.
-exec_start=$(sed -n 's/^ExecStart=[-@:+!]*\([^ ]*\).*/\1/p' "$UNITDIR/cprd.service" 2>/dev/null | head -n 1)
-if [ -n "$exec_start" ] && [ -x "$ROOT$exec_start" ]; then
-	pass unit_execstart "ExecStart=$exec_start is installed"
-else
-	fail unit_execstart "cprd.service runs '$exec_start' but 'cmake --install --prefix /usr' put cprd in /usr/sbin (the unit was configured for the build's CMAKE_INSTALL_PREFIX, not the install prefix)"
-	if [ -n "$exec_start" ] && [ -x "$ROOT/usr/sbin/cprd" ]; then
-		note "workaround for the checks below: $exec_start -> /usr/sbin/cprd"
-		mkdir -p "$ROOT$(dirname "$exec_start")"
-		ln -sf /usr/sbin/cprd "$ROOT$exec_start"
+DEB_BUILD_OPTIONS="parallel=$(nproc) noautodbgsym"
+export DEB_BUILD_OPTIONS
+# deb_build NAME [dpkg-buildpackage options]: build, and set DEB to the .deb.
+deb_build() {
+	local name=$1 deb
+	shift
+	DEB=
+	if (cd "$PKG/cprd" && dpkg-buildpackage -b -us -uc "$@") >"$RUN/$name.log" 2>&1; then
+		deb=$(sed -n "s|.*building package 'cprd' in '\.\./\(cprd_.*\.deb\)'.*|\1|p" "$RUN/$name.log")
+		if [ -n "$deb" ] && [ -f "$PKG/$deb" ]; then
+			DEB=$deb
+			cp "$PKG/$deb" "$ROOT$GUEST_DIR/debs/"
+			pass "$name" "dpkg-buildpackage -b -us -uc${*:+ $*} built $deb ($(dpkg-deb -f "$PKG/$deb" Version), $(($(date +%s) - t))s)"
+			return 0
+		fi
 	fi
+	fail "$name" "dpkg-buildpackage $* failed: $(grep -v '^ *$' "$RUN/$name.log" | tail -n 4 | tr '\n' ' ')"
+	return 1
+}
+deb_build deb_build
+DEB1=$DEB
+if [ -n "$DEB1" ]; then
+	# lintian: no errors (warnings are printed as notes).
+	lintian --fail-on error "$PKG/${DEB1%.deb}.changes" >"$RUN/lintian.txt" 2>&1
+	rc=$?
+	grep -E '^[EWI]:' "$RUN/lintian.txt" | sed 's/^/# lintian: /'
+	verdict deb_lintian "$rc" "lintian ${DEB1%.deb}.changes exited $rc: $(grep -c '^E:' "$RUN/lintian.txt") errors, $(grep -c '^W:' "$RUN/lintian.txt") warnings"
+	t=$(date +%s)
+	(cd "$PKG/cprd" && DEBEMAIL="cprd e2e <root@localhost>" dch --local +e2e "e2e: the next build, for the upgrade test") >"$RUN/dch.log" 2>&1
+	deb_build deb_build_next -nc
+	DEB2=$DEB
+	[ "$DEB2" != "$DEB1" ] || { fail deb_next_version "the second build is $DEB2 again"; DEB2=; }
 fi
 
 mkdir -p "$ROOT$GUEST_DIR"
@@ -402,15 +442,57 @@ tap_on_bridge() {
 	verdict "$1" "$([ "${master##*/}" = "$BRIDGE" ] && echo 0 || echo 1)" "tap $2: master '${master##*/}' (want $BRIDGE)"
 }
 
+# ---- install the package ---------------------------------------------------
+# A minimal root first: debootstrap --variant=minbase has no procps, so no
+# /bin/kill (the cache has it for other reasons; nothing here needs it).
+cin dpkg --purge procps >"$RUN/purge-procps.txt" 2>&1
+verdict minbase_no_kill "$(cin test ! -e /bin/kill && echo 0 || echo 1)" "procps purged, /bin/kill $(cin test -e /bin/kill && echo is still there || echo is gone)"
+
+# apt_install NAME DEB: apt-get install ./DEB inside, from $GUEST_DIR/debs;
+# the container has no network, so every dependency must be installed
+# already (it comes from Debian's mirrors when the cache is built).
+apt_install() {
+	cin --timeout 180 sh -c "cd $GUEST_DIR/debs && apt-get install -y -q -o Dpkg::Use-Pty=0 ./$2" >"$RUN/$1.txt" 2>&1
+}
+# shellcheck disable=SC2016 # dpkg-query's format, not the shell's
+pkg_version() { cin dpkg-query -W -f '${db:Status-Abbrev}${Version}' cprd 2>/dev/null; }
+if [ -n "${DEB1:-}" ] && apt_install apt_install "$DEB1"; then
+	pass apt_install "apt-get install ./$DEB1: $(pkg_version)"
+else
+	fail apt_install "apt-get install ./${DEB1:-(no package)} failed: $(grep -v '^ *$' "$RUN/apt_install.txt" 2>/dev/null | tail -n 4 | tr '\n' ' ')"
+fi
+# What the package holds, where Debian looks for it.
+missing=
+for f in /usr/sbin/cprd /usr/bin/cprctl /lib/systemd/system/cprd.service /lib/systemd/system/cprd.socket \
+	/usr/lib/sysusers.d/cprd.conf /usr/share/man/man8/cprd.8.gz /usr/share/man/man1/cprctl.1.gz \
+	/usr/share/bash-completion/completions/cprctl /usr/share/doc/cprd/copyright; do
+	cin dpkg -S "$f" >/dev/null 2>&1 || missing="$missing $f"
+done
+verdict deb_files "$([ -z "$missing" ] && echo 0 || echo 1)" "${missing:+not in the package:}${missing:-cprd, cprctl, both units, the sysusers entry, both man pages, the bash completion, copyright: dpkg -S finds each}"
+UNITDIR=$ROOT/usr/lib/systemd/system
+for u in cprd.service cprd.socket; do
+	[ -f "$UNITDIR/$u" ] || fail "install_$u" "$u is not in /usr/lib/systemd/system"
+done
+# The unit must start the binary that was installed.
+exec_start=$(sed -n 's/^ExecStart=[-@:+!]*\([^ ]*\).*/\1/p' "$UNITDIR/cprd.service" 2>/dev/null | head -n 1)
+if [ -n "$exec_start" ] && [ -x "$ROOT$exec_start" ]; then
+	pass unit_execstart "ExecStart=$exec_start is installed"
+else
+	fail unit_execstart "cprd.service runs '$exec_start', which the package did not install"
+fi
+
 # ---- the checks ------------------------------------------------------------
-# sysusers: what a package's postinst does.
-cin systemd-sysusers >/dev/null 2>&1
+# sysusers: the postinst ran systemd-sysusers (dh_installsysusers).
 if cin getent group cprd >/dev/null; then
 	pass sysusers_group "group cprd (gid $(cin getent group cprd | cut -d: -f3))"
 else
-	fail sysusers_group "systemd-sysusers created no group cprd from /usr/lib/sysusers.d"
+	fail sysusers_group "the postinst created no group cprd from /usr/lib/sysusers.d"
 fi
-cin systemctl daemon-reload
+# The postinst enabled both units and started the socket, not the service.
+en=$(cin systemctl is-enabled cprd.socket cprd.service 2>&1 | tr '\n' ' ')
+verdict postinst_enabled "$([ "$en" = "enabled enabled " ] && echo 0 || echo 1)" "systemctl is-enabled cprd.socket cprd.service: $en"
+verdict postinst_socket "$([ "$(prop cprd.socket ActiveState)" = active ] && [ "$(prop cprd.service ActiveState)" = inactive ] && echo 0 || echo 1)" \
+	"after the install cprd.socket is $(prop cprd.socket ActiveState), cprd.service $(prop cprd.service ActiveState)"
 
 out=$(cin systemd-analyze verify /usr/lib/systemd/system/cprd.service /usr/lib/systemd/system/cprd.socket 2>&1)
 rc=$?
@@ -427,11 +509,12 @@ cin systemd-analyze security --no-pager cprd.service >"$RUN/security.txt" 2>&1
 note "systemd-analyze security cprd.service: $(grep -o 'Overall exposure level.*' "$RUN/security.txt" || tail -n 1 "$RUN/security.txt")"
 grep '✗' "$RUN/security.txt" | sed 's/  */ /g; s/^ */#   /'
 
-if cin systemctl start cprd.socket && [ "$(prop cprd.socket ActiveState)" = active ]; then
+if [ "$(prop cprd.socket ActiveState)" = active ]; then
 	perms=$(cin stat -c '%a %G %F' /run/cprd/io.cprd.Manager 2>&1)
 	verdict socket_start $([ "$perms" = "660 cprd socket" ] && echo 0 || echo 1) "/run/cprd/io.cprd.Manager: $perms"
 else
-	fail socket_start "systemctl start cprd.socket: $(prop cprd.socket ActiveState)"
+	fail socket_start "cprd.socket is $(prop cprd.socket ActiveState) after the install"
+	cin systemctl start cprd.socket
 fi
 
 out=$(cprctl list 2>&1)
@@ -620,6 +703,47 @@ custody reload_custody
 guest_progress reload_guest_counter "$QPID"
 # QMP survived the re-exec if another upgrade works.
 do_upgrade reload_upgrade
+
+# ---- a package upgrade while the guest runs --------------------------------
+# apt-get install of the next build: dpkg replaces /usr/sbin/cprd (a new
+# inode), and the postinst reloads cprd, which re-executes the new file in
+# the same process. Nothing is stopped or restarted: the same cprd pid, now
+# running the new file, the same QEMU, the guest counting on.
+exe_inode() { cin stat -L -c %i "/proc/$1/exe" 2>/dev/null; }
+if [ -n "${DEB2:-}" ]; then
+	CPRD=$(main_pid)
+	exe_before=$(exe_inode "$CPRD")
+	restarts_before=$(prop cprd.service NRestarts)
+	ticks_before=$(ram "$QPID" | J 'd["ticks"]')
+	lines_before=$(console_lines)
+	t=$(cin date +%s)
+	if apt_install apt_upgrade "$DEB2"; then
+		pass apt_upgrade "apt-get install ./$DEB2: $(pkg_version) (was $(dpkg-deb -f "$PKG/$DEB1" Version))"
+	else
+		fail apt_upgrade "apt-get install ./$DEB2 failed: $(grep -v '^ *$' "$RUN/apt_upgrade.txt" | tail -n 4 | tr '\n' ' ')"
+	fi
+	grep '^cprd: ' "$RUN/apt_upgrade.txt" | sed 's/^/# postinst: /'
+	wait_for 30 cprd_answers
+	NEW=$(main_pid)
+	exe_after=$(exe_inode "$NEW")
+	file_inode=$(cin stat -c %i /usr/sbin/cprd)
+	reexec=$(cin journalctl -u cprd.service --since "@$t" --no-pager -o cat | grep -c 're-executing')
+	verdict pkg_upgrade_reexec "$([ "$NEW" = "$CPRD" ] && [ -n "$exe_after" ] && [ "$exe_after" = "$file_inode" ] &&
+		[ "$exe_after" != "$exe_before" ] && [ "$reexec" -ge 1 ] && echo 0 || echo 1)" \
+		"cprd pid $CPRD -> $NEW, its executable inode $exe_before -> $exe_after (the new /usr/sbin/cprd is $file_inode), $reexec 're-executing' lines in the journal"
+	verdict pkg_upgrade_no_restart "$([ "$(prop cprd.service NRestarts)" = "$restarts_before" ] &&
+		[ "$(prop cprd.service ActiveState)" = active ] && [ "$(prop cprd.socket ActiveState)" = active ] && echo 0 || echo 1)" \
+		"restarts $restarts_before -> $(prop cprd.service NRestarts); cprd.service $(prop cprd.service ActiveState), cprd.socket $(prop cprd.socket ActiveState)"
+	CPRD=$NEW
+	vm_running pkg_upgrade_guest
+	t2=$(ram "$QPID" | J 'd["ticks"]')
+	verdict pkg_upgrade_guest_kept "$(ticks_kept "$ticks_before" "$t2" && echo 0 || echo 1)" "QEMU pid $QPID kept, ticks $ticks_before -> $t2 (no reboot)"
+	guest_progress pkg_upgrade_guest_counter "$QPID"
+	console_progress pkg_upgrade_guest_console "$lines_before"
+	custody pkg_upgrade_custody
+else
+	fail apt_upgrade "no second package was built (see deb_build_next)"
+fi
 
 # ---- systemctl stop: the guest stays ----------------------------------------
 lines_before=$(console_lines)
@@ -1003,6 +1127,50 @@ else
 fi
 cin rm -f /run/systemd/system/cprd.service.d/e2e-watchdog.conf
 cin systemctl daemon-reload
+
+# ---- removing and purging the package with a guest running ------------------
+# apt-get remove stops cprd.socket and cprd.service; the guest runs on in
+# its scope and the prerm says so. A purge keeps /var/lib/cprd while a VM is
+# defined there. Installed again, cprd takes the guest back (socket
+# activation, custody from the QEMU itself: the stop emptied the fd store).
+# Once the VM is deleted, a purge deletes the state.
+VM=vm6
+if [ -n "${DEB2:-}" ] && start_vm pkg_vm_start --qemu "$QEMU"; then
+	cin --timeout 180 apt-get remove -y -q -o Dpkg::Use-Pty=0 cprd >"$RUN/apt_remove.txt" 2>&1
+	rc=$?
+	grep '^cprd: ' "$RUN/apt_remove.txt" | sed 's/^/# prerm: /'
+	verdict apt_remove "$([ $rc -eq 0 ] && [ "$(pkg_version)" = "rc $(dpkg-deb -f "$PKG/$DEB2" Version)" ] && cin test ! -e /usr/sbin/cprd && echo 0 || echo 1)" \
+		"apt-get remove cprd exited $rc; dpkg says '$(pkg_version)'; /usr/sbin/cprd $(cin test -e /usr/sbin/cprd && echo is still there || echo is gone)"
+	verdict remove_stopped "$([ "$(prop cprd.service ActiveState)" = inactive ] && [ "$(prop cprd.socket ActiveState)" = inactive ] && echo 0 || echo 1)" \
+		"cprd.service $(prop cprd.service ActiveState), cprd.socket $(prop cprd.socket ActiveState)"
+	verdict remove_message "$(grep -q "^cprd: .*keep running.* $VM\." "$RUN/apt_remove.txt" && echo 0 || echo 1)" \
+		"$(grep -m 1 '^cprd: ' "$RUN/apt_remove.txt" || echo "no message from the prerm")"
+	verdict remove_qemu_alive "$(alive "$QPID" && echo 0 || echo 1)" "QEMU pid $QPID of $VM after apt-get remove cprd"
+	guest_progress remove_guest_counter "$QPID"
+
+	cin --timeout 180 apt-get purge -y -q -o Dpkg::Use-Pty=0 cprd >"$RUN/apt_purge.txt" 2>&1
+	rc=$?
+	grep '^cprd: ' "$RUN/apt_purge.txt" | sed 's/^/# postrm: /'
+	verdict purge_keeps_state "$([ $rc -eq 0 ] && [ -z "$(pkg_version)" ] && cin test -f "/var/lib/cprd/vms/$VM/vm.json" &&
+		grep -q "^cprd: purge keeps .* $VM\." "$RUN/apt_purge.txt" && echo 0 || echo 1)" \
+		"apt-get purge exited $rc, dpkg says '$(pkg_version)', /var/lib/cprd/vms/$VM/vm.json $(cin test -f "/var/lib/cprd/vms/$VM/vm.json" && echo kept || echo gone): $(grep -m 1 '^cprd: ' "$RUN/apt_purge.txt")"
+	guest_progress purge_guest_counter "$QPID"
+
+	if apt_install apt_reinstall "$DEB2" && wait_for 30 cprd_answers; then
+		pass apt_reinstall "apt-get install ./$DEB2 after the purge: $(pkg_version); cprd pid $(main_pid)"
+		vm_running reinstall_takes_back
+		custody reinstall_custody
+	else
+		fail apt_reinstall "$(grep -v '^ *$' "$RUN/apt_reinstall.txt" | tail -n 4 | tr '\n' ' ')"
+	fi
+	end_vm pkg_vm_stop
+	cin --timeout 180 apt-get purge -y -q -o Dpkg::Use-Pty=0 cprd >"$RUN/apt_purge2.txt" 2>&1
+	rc=$?
+	verdict purge_deletes_state "$([ $rc -eq 0 ] && [ -z "$(pkg_version)" ] && cin test ! -e /var/lib/cprd && echo 0 || echo 1)" \
+		"apt-get purge with no VM left exited $rc; /var/lib/cprd $(cin test -e /var/lib/cprd && echo is still there || echo is gone)"
+else
+	fail apt_remove "no VM to remove the package under (see above)"
+fi
 
 # ---- done ------------------------------------------------------------------
 if [ $FAILED -gt 0 ]; then

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "binary.h"
@@ -58,6 +59,12 @@ struct snapshot_op {
 	int64_t stop_ts, resume_ts; /* QEMU's STOP and RESUME after migrate */
 	uint64_t migrate_usec;      /* CLOCK_MONOTONIC when migrate was answered */
 	uint64_t migrate_done_usec;
+	/* Writable qcow2 disks get an external overlay while the guest is
+	 * stopped (by cprd) right before migrate: overlay[i] for spec disk i,
+	 * NULL for a read-only one. */
+	char *overlay[SPEC_DISKS_MAX];
+	size_t n_overlays;
+	bool stopped_by_us, cont_sent, was_running, overlays_taken;
 
 	/* restore */
 	struct snapshot_record want; /* the record read */
@@ -79,6 +86,8 @@ static void op_free(struct snapshot_op *s) {
 	snapshot_record_done(&s->rec);
 	snapshot_record_done(&s->want);
 	free(s->binary);
+	for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
+		free(s->overlay[i]);
 	free(s->name);
 	free(s->file);
 	free(s);
@@ -145,6 +154,11 @@ static void snap_undo(struct snapshot_op *s) {
 		return;
 	if (s->migrate_sent && !s->cancel_sent && s->error != SNAPSHOT_OK)
 		qmp_command(q, "migrate_cancel", NULL, SNAPSHOT_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+	if (s->stopped_by_us && !s->cont_sent && s->was_running) {
+		/* The guest ran before cprd stopped it: it runs again. */
+		qmp_command(q, "cont", NULL, SNAPSHOT_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+		s->cont_sent = true;
+	}
 	if (s->caps_set) {
 		struct json_object *cap = json_object_new_object();
 		json_object_object_add(cap, "capability", json_object_new_string("background-snapshot"));
@@ -226,6 +240,13 @@ static struct json_object *snap_result(struct snapshot_op *s) {
 	json_object_object_add(r, "mbPerSec",
 			       json_new_fixed3(ms > 0 ? (double)s->size / 1e6 / (ms / 1000.0) : 0));
 	json_object_object_add(r, "totalMs", json_new_fixed3(elapsed_ms(s->t0)));
+	if (s->n_overlays) {
+		struct json_object *a = json_object_new_array();
+		for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
+			if (s->overlay[i])
+				json_object_array_add(a, json_object_new_string(s->overlay[i]));
+		json_object_object_add(r, "overlays", a);
+	}
 	return r;
 }
 
@@ -291,14 +312,37 @@ static void snap_completed(struct snapshot_op *s) {
 		snap_fail(s, SNAPSHOT_FAILED, "cannot checksum the file: %s", strerror(-r));
 }
 
+static void snap_on_cont(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
+			 void *userdata) {
+	struct snapshot_op *s = userdata;
+	if (err)
+		log_vm(LOG_ERR, s->name, "cont after the snapshot's start failed: %s", err->desc);
+}
+
+/* While cprd holds the guest stopped, the poll is what ends the pause. */
+static int snap_poll_ms(const struct snapshot_op *s) {
+	return s->stopped_by_us && !s->cont_sent ? SNAPSHOT_PAUSED_POLL_MS : SNAPSHOT_POLL_MS;
+}
+
+/* Lets the guest run again after cprd stopped it for the overlays. */
+static void snap_cont(struct snapshot_op *s) {
+	s->cont_sent = true;
+	if (!s->was_running)
+		return;
+	qmp_command(snap_qmp(s), "cont", NULL, SNAPSHOT_QMP_TIMEOUT_MS, snap_on_cont, s);
+}
+
 static void snap_on_query(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
 			  void *userdata) {
 	struct snapshot_op *s = userdata;
 	if (err)
 		return snap_fail(s, SNAPSHOT_FAILED, "query-migrate failed: %s", err->desc);
 	const char *st = status_of(ret);
-	if (streq(st, "completed"))
+	if (streq(st, "completed")) {
+		if (s->stopped_by_us && !s->cont_sent)
+			snap_cont(s);
 		return snap_completed(s);
+	}
 	if (streq(st, "failed") || streq(st, "cancelled")) {
 		const char *desc = json_object_get_string(json_object_object_get(ret, "error-desc"));
 		if (s->caller_gone)
@@ -309,6 +353,11 @@ static void snap_on_query(struct qmp *q, struct json_object *ret, const struct q
 	struct json_object *ram = json_object_object_get(ret, "ram");
 	int64_t normal = json_object_get_int64(json_object_object_get(ram, "normal"));
 	int64_t dup = json_object_get_int64(json_object_object_get(ram, "duplicate"));
+	/* QEMU saves pages only after it stopped the guest (a no-op: cprd had),
+	 * saved the devices and write-protected RAM, all under its big lock:
+	 * from the first page on, cont cannot come before that point. */
+	if (s->stopped_by_us && !s->cont_sent && normal + dup > 0)
+		snap_cont(s);
 	int64_t page = json_object_get_int64(json_object_object_get(ram, "page-size"));
 	int64_t total = json_object_get_int64(json_object_object_get(ram, "total"));
 	if (total > 0 && page > 0) {
@@ -316,7 +365,7 @@ static void snap_on_query(struct qmp *q, struct json_object *ret, const struct q
 		progress(s, "write", f > 1 ? 1 : f, "%s: %lld of %lld bytes of RAM saved", st ? st : "?",
 			 (long long)((normal + dup) * page), (long long)total);
 	}
-	arm(s->poll_timer, SNAPSHOT_POLL_MS);
+	arm(s->poll_timer, snap_poll_ms(s));
 }
 
 static void snap_poll(evutil_socket_t fd, short what, void *userdata) {
@@ -326,6 +375,8 @@ static void snap_poll(evutil_socket_t fd, short what, void *userdata) {
 		snap_fail(s, SNAPSHOT_FAILED, "the QMP channel to QEMU closed");
 }
 
+static void snap_cont(struct snapshot_op *s);
+
 static void snap_on_migrate(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
 			    void *userdata) {
 	struct snapshot_op *s = userdata;
@@ -333,16 +384,10 @@ static void snap_on_migrate(struct qmp *q, struct json_object *ret, const struct
 		return snap_fail(s, SNAPSHOT_FAILED, "QEMU refused migrate: %s", err->desc);
 	s->migrate_usec = now_usec(CLOCK_MONOTONIC);
 	progress(s, "write", 0.0, "QEMU writes the guest's state");
-	arm(s->poll_timer, SNAPSHOT_POLL_MS);
+	arm(s->poll_timer, snap_poll_ms(s));
 }
 
-static void snap_on_caps(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
-			 void *userdata) {
-	struct snapshot_op *s = userdata;
-	if (err) /* QEMU checks the kernel and its RAM blocks here */
-		return snap_fail(s, SNAPSHOT_NOT_SNAPSHOTTABLE,
-				 "QEMU refused the background-snapshot capability: %s", err->desc);
-	s->caps_set = true;
+static void snap_migrate(struct snapshot_op *s, struct qmp *q) {
 	char uri[64];
 	if (s->fdset)
 		snprintf(uri, sizeof(uri), "file:/dev/fdset/%d", SNAPSHOT_FDSET_ID);
@@ -352,6 +397,86 @@ static void snap_on_caps(struct qmp *q, struct json_object *ret, const struct qm
 	json_object_object_add(args, "uri", json_object_new_string(uri));
 	s->migrate_sent = true;
 	if (qmp_command(q, "migrate", args, SNAPSHOT_QMP_TIMEOUT_MS, snap_on_migrate, s) < 0)
+		snap_fail(s, SNAPSHOT_FAILED, "the QMP channel to QEMU closed");
+}
+
+/* The overlays are there: the VM's QEMU writes to them from now on, so the
+ * spec names them (the record keeps the disks as they were). */
+static void snap_on_transaction(struct qmp *q, struct json_object *ret,
+				const struct qmp_error *err, void *userdata) {
+	struct snapshot_op *s = userdata;
+	if (err)
+		return snap_fail(s, SNAPSHOT_FAILED,
+				 "QEMU could not take the disk overlays (nothing changed): %s",
+				 err->desc);
+	s->overlays_taken = true;
+	struct vm_spec *spec = s->vm->spec;
+	for (size_t i = 0; i < spec->n_disks && i < SPEC_DISKS_MAX; i++) {
+		if (!s->overlay[i])
+			continue;
+		char *path = strdup(s->overlay[i]), *fmt = strdup("qcow2");
+		if (!path || !fmt) {
+			free(path);
+			free(fmt);
+			continue;
+		}
+		free(spec->disks[i].path);
+		free(spec->disks[i].format);
+		spec->disks[i].path = path;
+		spec->disks[i].format = fmt;
+	}
+	vm_save(s->vm);
+	progress(s, "overlay", -1, "%zu disk overlay(s) taken; the VM writes to them from now on",
+		 s->n_overlays);
+	snap_migrate(s, q);
+}
+
+static void snap_on_stop(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
+			 void *userdata) {
+	struct snapshot_op *s = userdata;
+	if (err) {
+		s->stopped_by_us = false;
+		return snap_fail(s, SNAPSHOT_FAILED, "QEMU refused stop: %s", err->desc);
+	}
+	struct json_object *actions = json_object_new_array();
+	for (size_t i = 0; i < SPEC_DISKS_MAX; i++) {
+		if (!s->overlay[i])
+			continue;
+		char device[32];
+		snprintf(device, sizeof(device), "virtio%zu", i); /* -drive if=virtio,index=i */
+		struct json_object *data = json_object_new_object();
+		json_object_object_add(data, "device", json_object_new_string(device));
+		json_object_object_add(data, "snapshot-file", json_object_new_string(s->overlay[i]));
+		json_object_object_add(data, "format", json_object_new_string("qcow2"));
+		json_object_object_add(data, "mode", json_object_new_string("absolute-paths"));
+		struct json_object *a = json_object_new_object();
+		json_object_object_add(a, "type", json_object_new_string("blockdev-snapshot-sync"));
+		json_object_object_add(a, "data", data);
+		json_object_array_add(actions, a);
+	}
+	struct json_object *args = json_object_new_object();
+	json_object_object_add(args, "actions", actions);
+	if (qmp_command(q, "transaction", args, SNAPSHOT_QMP_TIMEOUT_MS, snap_on_transaction, s) < 0)
+		snap_fail(s, SNAPSHOT_FAILED, "the QMP channel to QEMU closed");
+}
+
+static void snap_on_caps(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
+			 void *userdata) {
+	struct snapshot_op *s = userdata;
+	if (err) /* QEMU checks the kernel and its RAM blocks here */
+		return snap_fail(s, SNAPSHOT_NOT_SNAPSHOTTABLE,
+				 "QEMU refused the background-snapshot capability: %s", err->desc);
+	s->caps_set = true;
+	if (!s->n_overlays)
+		return snap_migrate(s, q);
+	/* The disks and RAM must be of one instant: cprd stops the guest, the
+	 * overlays are taken, migrate starts (QEMU's own stop finds it
+	 * stopped and saves that instant), and cprd lets it run once QEMU
+	 * saves pages. */
+	s->was_running = s->vm->state == VM_RUNNING;
+	s->stopped_by_us = true;
+	s->migrate_sent = true; /* the STOP event counts as the snapshot's pause */
+	if (qmp_command(q, "stop", NULL, SNAPSHOT_QMP_TIMEOUT_MS, snap_on_stop, s) < 0)
 		snap_fail(s, SNAPSHOT_FAILED, "the QMP channel to QEMU closed");
 }
 
@@ -465,30 +590,63 @@ int snapshot_start(struct manager *m, struct vm *vm, const struct snapshot_reque
 	if (vm->spec->n_devices)
 		return refuse(ref, SNAPSHOT_NOT_SNAPSHOTTABLE,
 			      "the VM has assigned devices, whose state QEMU cannot save");
-	for (size_t i = 0; i < vm->spec->n_disks; i++)
-		if (!vm->spec->disks[i].readonly)
-			return refuse(ref, SNAPSHOT_NOT_SNAPSHOTTABLE,
-				      "disks[%zu] %s is writable: a snapshot saves RAM and devices, "
-				      "not disks, and a disk that moves on after the snapshot no "
-				      "longer matches it; cprd snapshots VMs whose disks are all "
-				      "read-only (see docs/operations.md, \"Snapshots\")",
-				      i, vm->spec->disks[i].path);
 	const struct qemu_identity *id = vm_qemu_user(vm) ? vm_qemu_user(vm) : qemu_default_user();
 	if (!snapshot_uffd_allowed_for(id ? id->uid : 0, why, sizeof(why)))
 		return refuse(ref, SNAPSHOT_NOT_SNAPSHOTTABLE, "%s", why);
 	if (snapshot_uffd_wp_check(why, sizeof(why)) < 0)
 		return refuse(ref, SNAPSHOT_NOT_SNAPSHOTTABLE, "%s", why);
+	char stamp[32];
+	time_t now = time(NULL);
+	struct tm tm;
+	strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", gmtime_r(&now, &tm));
+	char *overlay[SPEC_DISKS_MAX] = {0};
+	for (size_t i = 0; i < vm->spec->n_disks && i < SPEC_DISKS_MAX; i++) {
+		const struct spec_disk *d = &vm->spec->disks[i];
+		if (d->readonly)
+			continue;
+		struct stat st;
+		/* Beside the disk, named for the disk it started from: a.qcow2,
+		 * then a.snap-T1.qcow2, then a.snap-T2.qcow2. */
+		const char *base = strrchr(d->path, '/');
+		const char *cut = strstr(base ? base : d->path, ".snap-");
+		if (!cut)
+			cut = strstr(base ? base : d->path, ".qcow2");
+		int stem = cut ? (int)(cut - d->path) : (int)strlen(d->path);
+		if (!streq(d->format, "qcow2") ||
+		    asprintf(&overlay[i], "%.*s.snap-%s.qcow2", stem, d->path, stamp) < 0 ||
+		    strlen(overlay[i]) >= SPEC_PATH_MAX || lstat(overlay[i], &st) == 0) {
+			bool raw = !streq(d->format, "qcow2");
+			refuse(ref, SNAPSHOT_NOT_SNAPSHOTTABLE,
+			       raw ? "disks[%zu] %s is a writable raw disk: a snapshot's disk state "
+				     "needs an external qcow2 overlay taken at the snapshot's instant, "
+				     "and cprd takes overlays of qcow2 disks only (convert it with "
+				     "qemu-img convert -O qcow2, or make it read-only)"
+				   : "disks[%zu] %s: its overlay %s exists already or its path is too long",
+			       i, d->path, overlay[i] ? overlay[i] : "");
+			for (size_t k = 0; k < SPEC_DISKS_MAX; k++)
+				free(overlay[k]);
+			return -EINVAL;
+		}
+	}
 	int fd = -1;
-	if (snapshot_file_create(req->file, &fd, why, sizeof(why)) < 0)
+	if (snapshot_file_create(req->file, &fd, why, sizeof(why)) < 0) {
+		for (size_t k = 0; k < SPEC_DISKS_MAX; k++)
+			free(overlay[k]);
 		return refuse(ref, SNAPSHOT_BAD_FILE, "%s", why);
+	}
 
 	struct snapshot_op *s = op_new(m, KIND_SNAPSHOT, vm->name, req, pr, done, userdata);
 	if (!s) {
 		close(fd);
+		for (size_t k = 0; k < SPEC_DISKS_MAX; k++)
+			free(overlay[k]);
 		return refuse(ref, SNAPSHOT_FAILED, "out of memory");
 	}
 	s->vm = vm;
 	s->fd = fd;
+	for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
+		if ((s->overlay[i] = overlay[i]))
+			s->n_overlays++;
 	s->rec.vm = strdup(vm->name);
 	s->rec.spec = spec_to_json(vm->spec);
 	s->rec.machine = strdup(vm->spec->machine);
@@ -703,7 +861,9 @@ static void restore_on_start(struct vm *vm, const struct vm_outcome *o, void *us
 		qmp_cancel(vm_qemu_qmp(vm->qemu), s);
 	if (o->error != VM_OK) {
 		if (!s->reason[0])
-			snprintf(s->reason, sizeof(s->reason), "%s", o->reason ? o->reason : "start failed");
+			snprintf(s->reason, sizeof(s->reason), "%s%s",
+				 s->load_sent ? "QEMU could not load the snapshot: " : "",
+				 o->reason ? o->reason : "start failed");
 		s->error = SNAPSHOT_FAILED;
 		s->ended = true;
 		event_base_once(s->m->base, -1, EV_TIMEOUT, restore_cleanup, s, NULL);
@@ -729,18 +889,21 @@ static void restore_launch(struct snapshot_op *s) {
 		return restore_fail(s, SNAPSHOT_BAD_STATE,
 				    "VM %s is %s now; stop it or restore under another name", s->name,
 				    vm_state_name(vm));
+	/* The recorded spec, under this name and binary: its disks are the
+	 * disks as they were at the snapshot (not the overlays the VM went on
+	 * with), for a VM that exists as for a new one. */
+	struct vm_spec *spec = NULL;
+	struct spec_error err;
+	memset(&err, 0, sizeof(err));
+	struct json_object *o = json_object_get(s->want.spec);
+	json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, "qemu", json_object_new_string(s->binary));
+	r = spec_from_json(o, &spec, &err);
+	json_object_put(o);
+	if (r < 0)
+		return restore_fail(s, SNAPSHOT_BAD_FILE, "the record's spec is refused: %s: %s",
+				    err.field, err.reason);
 	if (!vm) {
-		struct vm_spec *spec = NULL;
-		struct spec_error err;
-		memset(&err, 0, sizeof(err));
-		struct json_object *o = json_object_get(s->want.spec);
-		json_object_object_add(o, "name", json_object_new_string(s->name));
-		json_object_object_add(o, "qemu", json_object_new_string(s->binary));
-		r = spec_from_json(o, &spec, &err);
-		json_object_put(o);
-		if (r < 0)
-			return restore_fail(s, SNAPSHOT_BAD_FILE, "the record's spec is refused: %s: %s",
-					    err.field, err.reason);
 		_cleanup_free_ char *dir = manager_vm_state_dir(s->m, s->name);
 		if (!dir || (r = vm_new(&s->m->host, spec, dir, &vm)) < 0) {
 			spec_free(spec);
@@ -756,14 +919,9 @@ static void restore_launch(struct snapshot_op *s) {
 		manager_emit(s->m, vm, "created", "VM defined from a snapshot");
 	} else {
 		s->vm = vm;
-		if (!streq(vm->spec->qemu, s->binary)) {
-			char *b = strdup(s->binary);
-			if (!b)
-				return restore_fail(s, SNAPSHOT_FAILED, "out of memory");
-			free(vm->spec->qemu);
-			vm->spec->qemu = b;
-			vm_save(vm);
-		}
+		spec_free(vm->spec);
+		vm->spec = spec;
+		vm_save(vm);
 	}
 	progress(s, "start", -1, "starting QEMU %s with -incoming defer", s->binary);
 	s->incoming = (struct vm_incoming){.ready = restore_ready, .timeout_sec = s->timeout_sec};

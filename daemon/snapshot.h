@@ -13,6 +13,7 @@ struct vm;
 
 #define SNAPSHOT_TIMEOUT_SEC_DEFAULT 600
 #define SNAPSHOT_POLL_MS 100
+#define SNAPSHOT_PAUSED_POLL_MS 2 /* while cprd holds the guest stopped */
 #define SNAPSHOT_QMP_TIMEOUT_MS 5000
 /* The fd set QEMU gets the file in (file:/dev/fdset/N, QEMU >= 9.0). */
 #define SNAPSHOT_FDSET_ID 4350

@@ -45,6 +45,8 @@ void snapshot_hash_update(struct snapshot_hash *s, const void *data, size_t len)
 			s->n_carry = 0;
 		}
 	}
+	if (s->n_carry) /* all of data went into a word still incomplete */
+		return;
 	uint64_t h = s->h;
 	for (; len >= 8; p += 8, len -= 8)
 		h = hash_word(h, p);

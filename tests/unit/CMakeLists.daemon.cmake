@@ -12,7 +12,9 @@
 #   vfio            a host PCI device's checks, against a fake sysfs tree
 #   users           --qemu-users: the range, the account files, the uid picked
 #   disk_grant      disks given to a VM's user: records; as root, real files
-foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant)
+#   snapshot_file   a snapshot's checksum and record; as root, its folder and
+#                   file checks, the hasher, userfaultfd on a shared memfd
+foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant snapshot_file)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

@@ -103,7 +103,7 @@ static int on_reply(struct json_object *p, const char *error, bool continues, vo
 			fprintf(stderr, "cprctl: %s cannot be snapshot, nothing was changed: %s.\n",
 				jstr(p, "name"), jstr(p, "reason"));
 		else if (streq(error, "io.cprd.Manager.BadSnapshot"))
-			fprintf(stderr, "cprctl: %s: %s: %s.\n", pr->command, jstr(p, "file"),
+			fprintf(stderr, "cprctl: %s refused, nothing was changed: %s.\n", pr->command,
 				jstr(p, "reason"));
 		else if (streq(error, "io.cprd.Manager.SnapshotFailed"))
 			fprintf(stderr, "cprctl: %s of %s failed: %s.\n", pr->command, jstr(p, "name"),

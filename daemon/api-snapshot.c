@@ -11,6 +11,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "snapshot.h"
+#include "spec.h"
 #include "util.h"
 #include "varlink.h"
 #include "vm.h"
@@ -140,6 +141,8 @@ static int method_restore_vm(struct vl_call *c, struct json_object *params, void
 	if (!api_authorize(c, true) || parse_request(c, params, &req) < 0)
 		return 0;
 	const char *name = api_param_str(params, "name");
+	if (!spec_name_valid(name))
+		return vl_call_error_invalid_parameter(c, "name");
 	if (restore_start(m, name, &req, on_progress, on_done, c, &ref, &s) < 0) {
 		struct vm *vm = manager_find(m, name);
 		reply_error(c, name, vm ? vm_state_name(vm) : NULL, req.file, ref.error, ref.reason);

@@ -96,8 +96,9 @@ static void reexec(evutil_socket_t fd, short what, void *base) {
 	char path[4096];
 	_cleanup_free_ char *list = NULL;
 
-	if (manager->upgrades_running > 0) {
-		log_info("reload waits for %u upgrades to finish", manager->upgrades_running);
+	if (manager->upgrades_running > 0 || manager->snapshots_running > 0) {
+		log_info("reload waits for %u upgrades and %u snapshots or restores to finish",
+			 manager->upgrades_running, manager->snapshots_running);
 		struct timeval tv = {1, 0};
 		evtimer_add(reload_retry, &tv);
 		return;

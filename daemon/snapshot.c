@@ -50,6 +50,7 @@ struct snapshot_op {
 	uint64_t size;
 	bool fdset;  /* QEMU got the file in an fd set (file:), not by getfd (fd:) */
 	bool ended;
+	bool counted; /* in manager->snapshots_running: a reload waits */
 	char reason[1024];
 	enum snapshot_error error;
 
@@ -76,6 +77,8 @@ struct snapshot_op {
 };
 
 static void op_free(struct snapshot_op *s) {
+	if (s->counted)
+		s->m->snapshots_running--;
 	if (s->poll_timer)
 		event_free(s->poll_timer);
 	if (s->deadline)
@@ -669,6 +672,8 @@ int snapshot_start(struct manager *m, struct vm *vm, const struct snapshot_reque
 		op_free(s);
 		return refuse(ref, SNAPSHOT_FAILED, "the QMP channel to QEMU is closed");
 	}
+	s->counted = true;
+	m->snapshots_running++;
 	*ret = s;
 	return 0;
 }
@@ -1040,6 +1045,8 @@ int restore_start(struct manager *m, const char *name, const struct snapshot_req
 	}
 	progress(s, "preflight", -1, "restoring %s from %s (QEMU %u.%u.%u, %s, %llu bytes)", name,
 		 req->file, w->major, w->minor, w->micro, w->machine, (unsigned long long)s->size);
+	s->counted = true;
+	m->snapshots_running++;
 	*ret = s;
 	return 0;
 }

@@ -12,6 +12,10 @@ SnapshotVM's refusals (a writable raw disk, a file that exists, a folder
 others may write, a VM that does not run), and a snapshot whose caller
 goes away (Ctrl-C): the file is removed and the guest runs on.
 
+Releases: QEMU 7.2 (fd: by getfd) snapshots and restores, and 10.0 loads
+its file; 11.1 loads a 10.0 file, and 10.0 refuses an 11.1 file. Skipped
+(and failed in CI) without QEMU 7.2 or 11.1.
+
 LinuxGuest: the Linux guest writes its records to a qcow2 data disk during
 the snapshot; cprd takes the disk's overlay at the snapshot's instant. The
 first cprd and its QEMU are then killed (the host goes down), and a fresh
@@ -36,6 +40,8 @@ from cprdtest import wait_until
 import test_linux_guest as L
 
 TICKS_PER_SEC = 18.2
+HAVE_72 = T.qemu_usable(T.QEMU72)
+HAVE_111 = T.qemu_usable(T.QEMU111)
 QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
 
 
@@ -305,6 +311,47 @@ class BootSector(SnapshotCase):
         res = self.snapshot("big", path)
         T.log("    1 GiB guest, 256 MiB of it written: %d bytes at %.1f MB/s, pause %s ms" %
               (res["bytes"], res["mbPerSec"], res.get("pauseMs")))
+
+class Releases(SnapshotCase):
+    """QEMU 7.2 (which gets the file by getfd and fd:, having no fd sets for
+    file:) and 11.1; a file restored by a newer QEMU that has its machine
+    type, and refused by an older one."""
+
+    def restore_ticks_on(self, name, path, qemu=None):
+        args = ["restore", name, "--from", path, "--json"] + (["--qemu", qemu] if qemu else [])
+        r = self.ctl(*args, timeout=300)
+        self.assertEqual(r.rc, 0, repr(r))
+        t = self.guest(name)[1]
+        self.wait_guest_ticks(name, t + 9)
+        return r.json
+
+    @unittest.skipUnless(HAVE_72, "QEMU 7.2 (%s) is missing" % T.QEMU72)
+    def test_72_fd_uri(self):
+        vm = self.create_started("old", qemu=T.QEMU72, ticks=5)
+        self.assertEqual(vm["machine"], "pc-i440fx-7.2")
+        path = os.path.join(self.snap_dir(), "old.state")
+        res = self.snapshot("old", path)
+        self.assertTrue(res["qemuVersion"].startswith("7.2."), res)
+        got = self.restore_ticks_on("old-back", path)
+        self.assertTrue(got["qemuVersion"].startswith("7.2."), got)
+        # A newer QEMU that has pc-i440fx-7.2 loads it too.
+        got = self.restore_ticks_on("old-on-10", path, qemu=T.QEMU10)
+        self.assertTrue(got["qemuVersion"].startswith("10.0"), got)
+
+    @unittest.skipUnless(HAVE_111, "QEMU 11.1 (%s) is missing" % T.QEMU111)
+    def test_111_and_back(self):
+        self.create_started("g", ticks=5)
+        path = os.path.join(self.snap_dir(), "g.state")
+        self.snapshot("g", path)
+        got = self.restore_ticks_on("g-on-111", path, qemu=T.QEMU111)
+        self.assertTrue(got["qemuVersion"].startswith("11.1"), got)
+        # A file written by 11.1 is refused by the older 10.0, before any QEMU.
+        path2 = os.path.join(self.snap_dir(), "g111.state")
+        self.snapshot("g-on-111", path2)
+        r = self.ctl("restore", "g-back", "--from", path2, "--qemu", T.QEMU10)
+        self.assertNotEqual(r.rc, 0, repr(r))
+        self.assertIn("is older and cannot read it", r.stderr, repr(r))
+        self.assertNotIn("g-back", [v["name"] for v in self.ok("list", "--json").json["vms"]])
 
 
 class LinuxGuest(SnapshotCase, L.LinuxGuestCase):

@@ -466,9 +466,19 @@ static void snap_on_stop(struct qmp *q, struct json_object *ret, const struct qm
 static void snap_on_caps(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
 			 void *userdata) {
 	struct snapshot_op *s = userdata;
-	if (err) /* QEMU checks the kernel and its RAM blocks here */
+	if (err) { /* QEMU checks the kernel and its RAM blocks here */
+		/* QEMU before 8.1 makes its userfaultfd only with the syscall,
+		 * which cprd.service's seccomp filter denies (design.md). */
+		const struct probe_result *p = vm_qemu_probe(s->vm->qemu);
+		bool syscall_only = p && (p->major < 8 || (p->major == 8 && p->minor < 1));
 		return snap_fail(s, SNAPSHOT_NOT_SNAPSHOTTABLE,
-				 "QEMU refused the background-snapshot capability: %s", err->desc);
+				 "QEMU refused the background-snapshot capability: %s%s", err->desc,
+				 syscall_only ? " (QEMU before 8.1 makes its userfaultfd with the "
+						"userfaultfd system call, which cprd.service's "
+						"SystemCallFilter=~userfaultfd denies; QEMU >= 8.1 uses "
+						"/dev/userfaultfd)"
+					      : "");
+	}
 	s->caps_set = true;
 	if (!s->n_overlays)
 		return snap_migrate(s, q);

@@ -23,6 +23,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "qemu.h"
+#include "snapshot.h"
 #include "systemd.h"
 #include "users.h"
 #include "varlink.h"
@@ -299,6 +300,7 @@ static int run(const struct manager_config *cfg) {
 	manager = m;
 	manager_load(m);
 	attach_all(m);
+	snapshot_settle_all(m);
 
 	struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
 	struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);

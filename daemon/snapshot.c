@@ -1096,3 +1096,111 @@ static struct snapshot_op *op_new(struct manager *m, enum snapshot_kind kind, co
 		arm(s->deadline, s->timeout_sec * 1000);
 	return s;
 }
+
+/* ---- after a restart ----------------------------------------------------- */
+
+struct settle {
+	struct manager *m;
+	char *name;
+	pid_t pid;
+	int tries;
+	struct event *timer;
+};
+
+static void settle_free(struct settle *st) {
+	if (st->timer)
+		event_free(st->timer);
+	free(st->name);
+	free(st);
+}
+
+/* The QMP channel of the same QEMU the settlement began with, or NULL when
+ * the VM or that QEMU is gone. */
+static struct qmp *settle_qmp(struct settle *st, struct vm **ret) {
+	struct vm *vm = manager_find(st->m, st->name);
+	if (!vm || !vm->qemu || vm_qemu_pid(vm->qemu) != st->pid)
+		return NULL;
+	*ret = vm;
+	return vm_qemu_qmp(vm->qemu);
+}
+
+static void settle_poll(evutil_socket_t fd, short what, void *userdata);
+
+static void settle_on_status(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
+			     void *userdata) {
+	struct settle *st = userdata;
+	struct vm *vm = NULL;
+	const char *status = err ? NULL : status_of(ret);
+	if (status && (streq(status, "setup") || streq(status, "active") ||
+		       streq(status, "cancelling")) && ++st->tries < 100) {
+		arm(st->timer, SNAPSHOT_POLL_MS);
+		return;
+	}
+	q = settle_qmp(st, &vm);
+	if (q && vm->operation == VM_OP_NONE) {
+		struct json_object *cap = json_object_new_object();
+		json_object_object_add(cap, "capability", json_object_new_string("background-snapshot"));
+		json_object_object_add(cap, "state", json_object_new_boolean(false));
+		struct json_object *caps = json_object_new_array();
+		json_object_array_add(caps, cap);
+		struct json_object *args = json_object_new_object();
+		json_object_object_add(args, "capabilities", caps);
+		qmp_command(q, "migrate-set-capabilities", args, SNAPSHOT_QMP_TIMEOUT_MS,
+			    qmp_reply_ignore, NULL);
+		args = json_object_new_object();
+		json_object_object_add(args, "fdset-id", json_object_new_int(SNAPSHOT_FDSET_ID));
+		qmp_command(q, "remove-fd", args, SNAPSHOT_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+		log_vm(LOG_INFO, st->name, "cleared the background-snapshot capability");
+	}
+	settle_free(st);
+}
+
+static void settle_poll(evutil_socket_t fd, short what, void *userdata) {
+	struct settle *st = userdata;
+	struct vm *vm = NULL;
+	struct qmp *q = settle_qmp(st, &vm);
+	if (!q || qmp_command(q, "query-migrate", NULL, SNAPSHOT_QMP_TIMEOUT_MS, settle_on_status,
+			      st) < 0)
+		settle_free(st);
+}
+
+static void settle_on_caps(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
+			   void *userdata) {
+	struct settle *st = userdata;
+	struct vm *vm = NULL;
+	bool on = false;
+	size_t n = !err && json_object_is_type(ret, json_type_array) ? json_object_array_length(ret) : 0;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *c = json_object_array_get_idx(ret, i);
+		on |= streq(json_object_get_string(json_object_object_get(c, "capability")),
+			    "background-snapshot") &&
+		      json_object_get_boolean(json_object_object_get(c, "state"));
+	}
+	if (!on || !settle_qmp(st, &vm) || vm->operation != VM_OP_NONE)
+		return settle_free(st);
+	log_vm(LOG_WARNING, st->name,
+	       "QEMU pid %d has background-snapshot set by a cprd that ended during a snapshot: "
+	       "cancelling that snapshot (its file was never named) and clearing it",
+	       (int)st->pid);
+	qmp_command(q, "migrate_cancel", NULL, SNAPSHOT_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+	settle_poll(-1, 0, st);
+}
+
+void snapshot_settle_all(struct manager *m) {
+	for (size_t i = 0; i < m->n_vms; i++) {
+		struct vm *vm = m->vms[i];
+		if (!vm->qemu || vm->operation != VM_OP_NONE)
+			continue;
+		struct settle *st = calloc(1, sizeof(*st));
+		if (!st)
+			return;
+		st->m = m;
+		st->name = strdup(vm->name);
+		st->pid = vm_qemu_pid(vm->qemu);
+		st->timer = evtimer_new(m->base, settle_poll, st);
+		if (!st->name || !st->timer ||
+		    qmp_command(vm_qemu_qmp(vm->qemu), "query-migrate-capabilities", NULL,
+				SNAPSHOT_QMP_TIMEOUT_MS, settle_on_caps, st) < 0)
+			settle_free(st);
+	}
+}

@@ -70,3 +70,10 @@ int restore_start(struct manager *m, const char *name, const struct snapshot_req
 void snapshot_caller_gone(struct snapshot_op *s);
 const char *snapshot_op_vm(const struct snapshot_op *s);
 const char *snapshot_op_file(const struct snapshot_op *s);
+
+/* After cprd started: a cprd that ended during a snapshot left the
+ * background-snapshot capability set on that VM's QEMU (and maybe the
+ * snapshot still writing into a file nobody will name). For each running
+ * VM whose QEMU has it set and no operation, the migration is cancelled,
+ * the capability cleared and the fd set removed, from the loop. */
+void snapshot_settle_all(struct manager *m);

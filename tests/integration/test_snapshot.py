@@ -311,6 +311,33 @@ class BootSector(SnapshotCase):
         res = self.snapshot("big", path)
         T.log("    1 GiB guest, 256 MiB of it written: %d bytes at %.1f MB/s, pause %s ms" %
               (res["bytes"], res["mbPerSec"], res.get("pauseMs")))
+    def test_cprd_killed_during_snapshot(self):
+        """A cprd killed while QEMU writes: the next cprd cancels that
+        snapshot and clears QEMU's background-snapshot capability, no file
+        appears, and the guest upgrades with cpr-transfer as before."""
+        self.ok("create", "big", "--memory", 1024, "--qemu", T.QEMU10, "--machine", "pc", "--accel", "tcg",
+                "--disk", T.GUEST_IMAGE + ",readonly")
+        vm = self.start_vm("big")
+        self.wait_guest_ticks("big", 2)
+        fill_guest_ram(self.cprd, "big", 64 << 20, 256 << 20)
+        d = self.snap_dir()
+        path = os.path.join(d, "big.state")
+        p = self.cprd.ctl_bg("snapshot", "big", "--to", path)
+        wait_until(lambda: "handing QEMU the file %s" % path in self.cprd.read_log(), 30,
+                   what="the snapshot to start")
+        time.sleep(0.3)
+        self.cprd.proc.kill()
+        self.cprd.proc.wait()
+        p.wait(timeout=10)
+        self.cprd.start()
+        wait_until(lambda: "cleared the background-snapshot capability" in self.cprd.read_log(), 30,
+                   what="the new cprd to clear the capability")
+        self.assertEqual(os.listdir(d), [])
+        self.assertEqual(self.status("big")["pid"], vm["pid"])
+        up = self.ok("upgrade", "big", "--json", timeout=180).json
+        self.assertEqual((up["outcome"], up["mode"]), ("committed", "cpr-transfer"), up)
+        self.assertEqual(len(up.get("attempts", [])), 1, up)
+
 
 class Releases(SnapshotCase):
     """QEMU 7.2 (which gets the file by getfd and fd:, having no fd sets for

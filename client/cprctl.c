@@ -16,7 +16,7 @@
 
 static const struct cmd *const commands[] = {
 	&cmd_list, &cmd_status, &cmd_create, &cmd_start, &cmd_stop, &cmd_pause,
-	&cmd_resume, &cmd_delete, &cmd_log, &cmd_events, &cmd_upgrade,
+	&cmd_resume, &cmd_delete, &cmd_log, &cmd_events, &cmd_upgrade, &cmd_snapshot, &cmd_restore,
 };
 
 /* ---- output helpers ------------------------------------------------------ */

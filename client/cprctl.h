@@ -38,7 +38,7 @@ struct cmd {
 };
 
 extern const struct cmd cmd_list, cmd_status, cmd_create, cmd_start, cmd_stop, cmd_delete,
-	cmd_log, cmd_events, cmd_upgrade, cmd_pause, cmd_resume;
+	cmd_log, cmd_events, cmd_upgrade, cmd_pause, cmd_resume, cmd_snapshot, cmd_restore;
 
 /* Connects on first use. */
 int ctx_connect(struct ctx *ctx);

@@ -1,4 +1,4 @@
-/* What api.c shares with api-upgrade.c: the named errors of io.cprd.Manager,
+/* What api.c shares with api-upgrade.c and api-snapshot.c: the named errors of io.cprd.Manager,
  * the checks every method opens with, and the upgrade methods' handlers. */
 #pragma once
 
@@ -37,3 +37,9 @@ bool api_param_int(struct json_object *params, const char *key, int64_t *ret);
 /* Upgrade and UpgradeMany (api-upgrade.c); userdata is the manager. */
 int api_method_upgrade(struct vl_call *c, struct json_object *params, void *userdata);
 int api_method_upgrade_many(struct vl_call *c, struct json_object *params, void *userdata);
+
+/* SnapshotVM and RestoreVM (api-snapshot.c) and their parameter tables. */
+int api_method_snapshot(struct vl_call *c, struct json_object *params, void *userdata);
+int api_method_restore(struct vl_call *c, struct json_object *params, void *userdata);
+extern const struct vl_param api_params_snapshot[];
+extern const struct vl_param api_params_restore[];

@@ -664,6 +664,8 @@ static const struct vl_method manager_methods[] = {
 	{.name = "WatchEvents", .fn = method_watch_events, .flags = VL_METHOD_REQUIRES_MORE},
 	{.name = "Upgrade", .fn = api_method_upgrade, .params = api_params_upgrade},
 	{.name = "UpgradeMany", .fn = api_method_upgrade_many, .params = api_params_upgrade_many},
+	{.name = "SnapshotVM", .fn = api_method_snapshot, .params = api_params_snapshot},
+	{.name = "RestoreVM", .fn = api_method_restore, .params = api_params_restore},
 	{},
 };
 

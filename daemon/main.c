@@ -25,6 +25,7 @@
 #include "manager.h"
 #include "outdated.h"
 #include "qemu.h"
+#include "snapshot.h"
 #include "systemd.h"
 #include "users.h"
 #include "varlink.h"
@@ -98,8 +99,9 @@ static void reexec(evutil_socket_t fd, short what, void *base) {
 	char path[4096];
 	_cleanup_free_ char *list = NULL;
 
-	if (manager->upgrades_running > 0) {
-		log_info("reload waits for %u upgrades to finish", manager->upgrades_running);
+	if (manager->upgrades_running > 0 || manager->snapshots_running > 0) {
+		log_info("reload waits for %u upgrades and %u snapshots or restores to finish",
+			 manager->upgrades_running, manager->snapshots_running);
 		struct timeval tv = {1, 0};
 		evtimer_add(reload_retry, &tv);
 		return;
@@ -300,6 +302,7 @@ static int run(const struct manager_config *cfg) {
 	manager = m;
 	manager_load(m);
 	attach_all(m);
+	snapshot_settle_all(m);
 	struct outdated *outdated = NULL;
 	r = outdated_new(m, &outdated);
 	if (r < 0)

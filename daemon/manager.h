@@ -37,6 +37,7 @@ struct manager {
 	size_t n_vms;
 	struct vl_subscribers watchers; /* WatchEvents calls */
 	unsigned upgrades_running;
+	unsigned snapshots_running; /* snapshots and restores (snapshot.c) */
 	/* Guests paused by upgrades at once, over every call (upgrade.c);
 	 * pause_slots_default is the limit of a request that names none. */
 	struct pause_slots pause_slots;

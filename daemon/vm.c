@@ -66,6 +66,7 @@ static const char *const operation_names[_VM_OP_MAX] = {
 	[VM_OP_CREATE] = "create",  [VM_OP_START] = "start",   [VM_OP_STOP] = "stop",
 	[VM_OP_PAUSE] = "pause",    [VM_OP_RESUME] = "resume",
 	[VM_OP_UPGRADE_PREFLIGHT] = "upgrade-preflight",        [VM_OP_UPGRADE] = "upgrade",
+	[VM_OP_SNAPSHOT] = "snapshot",
 };
 
 const char *vm_operation_to_string(enum vm_operation op) {
@@ -483,8 +484,10 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	_cleanup_(strv_freep) char **argv = NULL;
 	int r;
 
-	/* A target must map the guest's RAM, never a fresh one. */
-	if (incoming && vm->held[CUSTODY_RAM] < 0)
+	/* An upgrade's target (not a start that loads a snapshot) must map the
+	 * guest's RAM, never a fresh one. */
+	bool target = incoming && vm->operation != VM_OP_START;
+	if (target && vm->held[CUSTODY_RAM] < 0)
 		return log_vm_errno(LOG_ERR, -EBADFD, vm->name,
 				    "the guest RAM memfd is not in custody; refusing to start a target");
 	r = vm_ensure_custody(vm);
@@ -534,7 +537,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	}
 	/* A target waits for vm_qemu_let_run: see there. */
 	int go[2] = {-1, -1};
-	if (incoming && pipe2(go, O_CLOEXEC) < 0) {
+	if (target && pipe2(go, O_CLOEXEC) < 0) {
 		r = -errno;
 		vm_qemu_free(q);
 		return log_vm_errno(LOG_ERR, r, vm->name, "cannot make a pipe: %m");
@@ -547,7 +550,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 		.log_fd = vm->qemu_log_fd,
 		.exec_error_fd = -1,
 		.user = vm_qemu_user(vm),
-		.go_pipe = incoming ? go : NULL,
+		.go_pipe = target ? go : NULL,
 	};
 	r = qemu_spawn(vm->host->base, &so, vm->name, vm_qemu_on_exit, q, &q->proc);
 	safe_close(go[0]);
@@ -561,7 +564,7 @@ int vm_qemu_spawn(struct vm *vm, const char *binary, const struct probe_result *
 	char unit[160];
 	systemd_scope_attach(vm->name, qemu_proc_pid(q->proc), unit, sizeof(unit));
 	proc_starttime(qemu_proc_pid(q->proc), &q->starttime);
-	vm_store_fd(vm, incoming ? custody_fds[CUSTODY_QMP].target_name : custody_fds[CUSTODY_QMP].name,
+	vm_store_fd(vm, target ? custody_fds[CUSTODY_QMP].target_name : custody_fds[CUSTODY_QMP].name,
 		    qmp_ours);
 
 	q->qmp_fd = qmp_ours;
@@ -1090,6 +1093,7 @@ static void vm_fail(struct vm *vm, enum vm_error error, const char *reason) {
 
 static void vm_op_done(struct vm *vm) {
 	vm->operation = VM_OP_NONE;
+	vm->incoming = NULL;
 	if (vm->op_timer)
 		evtimer_del(vm->op_timer);
 }
@@ -1194,11 +1198,26 @@ static void vm_on_cont(struct qmp *qmp, struct json_object *ret, const struct qm
 
 static void vm_main_ready(struct vm_qemu *q, void *userdata) {
 	struct vm *vm = userdata;
-	if (vm->operation == VM_OP_START)
+	if (vm->operation != VM_OP_START)
+		return;
+	if (vm->incoming)
+		vm->incoming->ready(vm, q->qmp, vm->incoming_userdata);
+	else
 		qmp_command(q->qmp, "cont", NULL, QMP_COMMAND_TIMEOUT_MS, vm_on_cont, vm);
 }
 
-static const struct vm_qemu_callbacks vm_main_callbacks = {
+void vm_start_incoming_done(struct vm *vm, const char *reason) {
+	if (vm->operation != VM_OP_START || !vm->qemu)
+		return;
+	if (!reason) {
+		qmp_command(vm->qemu->qmp, "cont", NULL, QMP_COMMAND_TIMEOUT_MS, vm_on_cont, vm);
+		return;
+	}
+	log_vm(LOG_ERR, vm->name, "%s", reason);
+	vm_qemu_kill(vm->qemu, SIGKILL); /* the exit handler ends the start */
+}
+
+const struct vm_qemu_callbacks vm_main_callbacks = {
 	.ready = vm_main_ready,
 	.event = vm_main_event,
 	.exited = vm_main_exited,
@@ -1305,7 +1324,10 @@ static void vm_on_start_probe(struct probe *p, int error, struct probe_result *r
 		return vm_start_fail(vm, &(struct vm_outcome){
 			.error = VM_ERROR_FAILED, .state = vm->state, .reason = refusal});
 	}
-	int r = vm_qemu_spawn(vm, vm->spec->qemu, result, NULL, &vm_main_callbacks, vm, &vm->qemu);
+	/* A start that loads a snapshot takes the guest in instead of booting. */
+	static const struct cmdline_incoming defer = {.kind = CMDLINE_INCOMING_DEFER};
+	int r = vm_qemu_spawn(vm, vm->spec->qemu, result, vm->incoming ? &defer : NULL,
+			      &vm_main_callbacks, vm, &vm->qemu);
 	probe_result_free(result);
 	if (r < 0) {
 		char why[256];
@@ -1333,6 +1355,22 @@ static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {
 		log_vm(LOG_WARNING, vm->name, "QEMU did not quit in time; killing it");
 		vm_qemu_kill(vm->qemu, SIGKILL);
 	}
+}
+
+int vm_start_incoming(struct vm *vm, const struct vm_incoming *in, void *in_userdata,
+		      vm_done_fn done, void *userdata) {
+	vm->incoming = in;
+	vm->incoming_userdata = in_userdata;
+	int r = vm_start(vm, done, userdata);
+	if (r < 0) {
+		vm->incoming = NULL;
+		return r;
+	}
+	if (in->timeout_sec > 0) {
+		struct timeval tv = {in->timeout_sec, 0};
+		evtimer_add(vm->op_timer, &tv);
+	}
+	return 0;
 }
 
 int vm_start(struct vm *vm, vm_done_fn done, void *userdata) {

@@ -55,6 +55,7 @@ enum vm_operation {
 	VM_OP_RESUME,
 	VM_OP_UPGRADE_PREFLIGHT, /* the VM is not touched yet */
 	VM_OP_UPGRADE,           /* past preflight: the state reads "upgrading" */
+	VM_OP_SNAPSHOT,          /* a live snapshot is being written (snapshot.c) */
 	_VM_OP_MAX,
 };
 
@@ -151,6 +152,19 @@ struct vm {
 	 * lives as long as the VM: the QMP replies it waits for may outlive
 	 * the settlement, and go when the QEMU does. */
 	struct migration_rollback settle_rollback;
+	/* A start that loads a snapshot (vm_start_incoming), or NULL. */
+	const struct vm_incoming *incoming;
+	void *incoming_userdata;
+};
+
+/* A start whose QEMU takes the guest in instead of booting it (a restore,
+ * snapshot.c): the QEMU gets -incoming defer, and once its QMP is up,
+ * ready runs instead of cont. The caller then ends the start with
+ * vm_start_incoming_done: cont and the VM runs, or the QEMU is killed and
+ * the start fails with the caller's reason. */
+struct vm_incoming {
+	void (*ready)(struct vm *vm, struct qmp *qmp, void *userdata);
+	int timeout_sec; /* from fork until the guest runs; 0: VM_START_TIMEOUT_MS */
 };
 
 int vm_new(struct vm_host *host, struct vm_spec *spec, const char *dir, struct vm **ret);
@@ -177,6 +191,15 @@ void vm_set_state(struct vm *vm, enum vm_state s, const char *why);
  * guest runs or the start failed, or when the VM is freed first. A negative
  * errno return means nothing started and done will not run. */
 int vm_start(struct vm *vm, vm_done_fn done, void *userdata);
+/* vm_start for a VM whose QEMU loads a snapshot (see struct vm_incoming). */
+int vm_start_incoming(struct vm *vm, const struct vm_incoming *in, void *in_userdata,
+		      vm_done_fn done, void *userdata);
+/* Ends such a start: reason NULL sends cont; else the QEMU is killed and
+ * the start fails as Failed with reason. */
+void vm_start_incoming_done(struct vm *vm, const char *reason);
+/* The callbacks of a VM's current QEMU outside of an upgrade; an
+ * operation that watches the QEMU itself (a snapshot) hands them on. */
+extern const struct vm_qemu_callbacks vm_main_callbacks;
 /* Stops the VM: ACPI power-down (quit when force), then quit, then SIGKILL;
  * done as for vm_start. */
 int vm_stop(struct vm *vm, bool force, int timeout_sec, vm_done_fn done, void *userdata);

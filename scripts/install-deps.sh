@@ -76,7 +76,7 @@ apt-get install "${APT_OPTS[@]}" --no-install-recommends ansible
 
 echo "install-deps: QEMU 10 and python3-varlink from bookworm-backports"
 apt-get install "${APT_OPTS[@]}" --no-install-recommends -t bookworm-backports \
-	qemu-system-x86 qemu-system-data python3-varlink
+	qemu-system-x86 qemu-system-data qemu-utils python3-varlink
 
 # QEMU 7.2 (Debian 12's own release) unpacked beside the installed one,
 # never installed over it: the upgrade tests and the demo go 7.2 -> 10.

@@ -555,6 +555,36 @@ def readlog_log_escape(h):
 
 
 @case
+def snapshot_paths_that_escape(h):
+    """SnapshotVM and RestoreVM with paths and names a careless client
+    might send: relative, in a folder others may write (/tmp), over an
+    existing file, into /proc, /dev/zero as a snapshot, escaping names.
+    Each is refused with a reason; nothing is created or overwritten."""
+    h.need_vm()
+    ip = "org.varlink.service.InvalidParameter"
+    bad = MANAGER + "BadSnapshot"
+    for f in ("relative.state", "", "./x"):
+        h.expect_error(h.one("SnapshotVM", {"name": h.vm_running, "file": f}), ip, parameter="file")
+        h.expect_error(h.one("RestoreVM", {"name": "r", "file": f}), ip, parameter="file")
+    for f in ("/tmp/cprd-hostile.state", "/etc/passwd", "/proc/self/cprd.state", "/", "/etc/"):
+        r = h.one("SnapshotVM", {"name": h.vm_running, "file": f})
+        h.expect_error(r, bad)
+        check(param(r, "reason"), "BadSnapshot without a reason: %r" % r)
+    check(not os.path.exists("/tmp/cprd-hostile.state"), "a snapshot was written into /tmp")
+    for f in ("/etc/shadow", "/dev/zero", "/proc/self/environ", "/etc/passwd"):
+        r = h.one("RestoreVM", {"name": "r", "file": f})
+        h.expect_error(r, bad)
+    for n in ("../x", "/etc", "a/b", "n" * 65):
+        h.expect_error(h.one("RestoreVM", {"name": n, "file": "/etc/passwd"}), ip, parameter="name")
+    # A running VM is never replaced, whatever the file.
+    r = h.one("RestoreVM", {"name": h.vm_running, "file": "/etc/passwd"})
+    h.expect_error(r, MANAGER + "BadState")
+    h.expect_error(h.one("SnapshotVM", {"name": h.vm_running, "file": "/x", "timeoutSec": 0}), ip,
+                   parameter="timeoutSec")
+    check(not os.path.exists(os.path.join(h.cprd.state_dir, "vms", "r")), "vms/r was created")
+
+
+@case
 def disk_path_relative_and_comma(h):
     h.expect_invalid_spec(h.spec(disks=[{"path": "../../etc/shadow"}]), "disks[0].path")
     h.expect_invalid_spec(h.spec(disks=[{"path": "/etc/shadow,format=qcow2"}]), "disks[0].path")

@@ -16,7 +16,9 @@
 #   binwatch        the QEMU binaries' folders watched: the debounce, symlink
 #                   steps, the probe cache's key; real inotify on temp files
 #   machined        machine names and ids for systemd-machined
-foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant metrics binwatch machined)
+#   snapshot_file   a snapshot's checksum and record; as root, its folder and
+#                   file checks, the hasher, userfaultfd on a shared memfd
+foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant metrics binwatch machined snapshot_file)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

@@ -477,7 +477,7 @@ static int upgrade_journal(struct upgrade *u) {
 		.target = target_rec,
 	};
 	_cleanup_json_ struct json_object *o = upgrade_journal_to_json(&j);
-	int r = write_json_atomic(path, o);
+	int r = write_json_runtime(path, o);
 	if (r < 0) {
 		snprintf(u->journal_error, sizeof(u->journal_error), "cannot write the upgrade journal %s: %s",
 			 path, strerror(-r));

@@ -86,7 +86,7 @@ uint64_t fnv1a64(uint64_t h, const void *data, size_t len) {
 	return h;
 }
 
-int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {
+static int write_atomic(const char *path, const void *data, size_t len, mode_t mode, bool sync) {
 	char tmp[PATH_MAX], fdpath[64];
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))
 		return -ENAMETOOLONG;
@@ -119,7 +119,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 		p += n;
 		left -= (size_t)n;
 	}
-	if (r == 0 && fsync(fd) < 0)
+	if (r == 0 && sync && fsync(fd) < 0)
 		r = -errno;
 	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
 	if (r == 0 && !named && linkat(AT_FDCWD, fdpath, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) < 0)
@@ -130,10 +130,14 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 		unlink(tmp);
 		return r;
 	}
-	return fsync_dir_of(path);
+	return sync ? fsync_dir_of(path) : 0;
 }
 
-int write_json_atomic(const char *path, struct json_object *o) {
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {
+	return write_atomic(path, data, len, mode, true);
+}
+
+static int write_json(const char *path, struct json_object *o, bool sync) {
 	size_t len;
 	const char *s = json_object_to_json_string_length(
 		o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
@@ -144,7 +148,15 @@ int write_json_atomic(const char *path, struct json_object *o) {
 		return -ENOMEM;
 	memcpy(withnl, s, len);
 	withnl[len] = '\n';
-	return write_file_atomic(path, withnl, len + 1, 0600);
+	return write_atomic(path, withnl, len + 1, 0600, sync);
+}
+
+int write_json_atomic(const char *path, struct json_object *o) {
+	return write_json(path, o, true);
+}
+
+int write_json_runtime(const char *path, struct json_object *o) {
+	return write_json(path, o, false);
 }
 
 int read_file(const char *path, size_t max, char **ret, size_t *ret_len) {

@@ -28,6 +28,13 @@ uint64_t fnv1a64(uint64_t h, const void *data, size_t len);
  * file gets mode as it is, whatever the umask. */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 int write_json_atomic(const char *path, struct json_object *o);
+/* The same without the fsyncs, for the records in the runtime folder
+ * (qemu.json, upgrade.json): they describe processes that a power loss
+ * ends anyway, the folder is a tmpfs (/run) where a sync does nothing, and
+ * the rename alone leaves the old or the new file when cprd itself dies.
+ * cprd writes them on its one thread several times per upgrade, in the
+ * middle of other upgrades' pauses. */
+int write_json_runtime(const char *path, struct json_object *o);
 /* Reads a whole file of at most max bytes. */
 int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 int mkdir_p(const char *path, mode_t mode);

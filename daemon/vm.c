@@ -864,7 +864,7 @@ int vm_save_runtime(struct vm *vm) {
 	_cleanup_json_ struct json_object *o = vm_qemu_record(vm->qemu);
 	json_object_object_add(o, "startedUsec", json_object_new_int64((int64_t)vm->started_usec));
 	json_object_object_add(o, "accel", json_object_new_string(vm->accel ? vm->accel : "tcg"));
-	int r = write_json_atomic(path, o);
+	int r = write_json_runtime(path, o);
 	if (r < 0)
 		log_vm_errno(LOG_WARNING, r, vm->name, "cannot write %s: %m", path);
 	return r;

@@ -19,6 +19,7 @@
 
 #include "binary.h"
 #include "cmdline.h"
+#include "cpr-relay.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -41,6 +42,16 @@
 /* The incoming sockets the target binds in the upgrade's private folder. */
 #define UPGRADE_MAIN_SOCK "main.sock"
 #define UPGRADE_CPR_SOCK "cpr.sock"
+/* cpr-transfer: where the old QEMU connects its cpr channel, to cprd, which
+ * passes it on to the target's UPGRADE_CPR_SOCK (cpr-relay.c). */
+#define UPGRADE_RELAY_SOCK "cprd.sock"
+/* During its pause window the two QEMUs run at this nice value (and their
+ * autogroups), so that the few ms of saving and loading the guest go
+ * before other upgrades' targets starting up and whatever else the host
+ * runs; then 0 again. An old QEMU quits at UPGRADE_RETIRE_NICE, so that its
+ * teardown does not slow the next guest's pause. */
+#define UPGRADE_PAUSE_NICE (-10)
+#define UPGRADE_RETIRE_NICE 10
 
 enum upgrade_phase {
 	PHASE_PREFLIGHT,
@@ -132,6 +143,12 @@ struct upgrade {
 	struct pause_slot_waiter slot;
 	unsigned pause_limit;
 	struct event *slot_ev;
+	/* cpr-transfer: the cpr channel through cprd. The old QEMU waits for
+	 * its hang-up before it stops the guest, so the pause slot is taken
+	 * once the target is ready, not when migrate is sent. */
+	struct cpr_relay *relay;
+	char *relay_path;
+	bool boosted; /* its QEMUs run at UPGRADE_PAUSE_NICE */
 };
 
 static void upgrade_fail(struct upgrade *u, const char *fmt, ...) _printf_(2, 3);
@@ -203,6 +220,7 @@ static void upgrade_free(struct upgrade *u) {
 		if (qs[i] && vm_qemu_qmp(qs[i]))
 			qmp_cancel(vm_qemu_qmp(qs[i]), u);
 	migration_rollback_cancel(&u->rollback);
+	cpr_relay_free(u->relay);
 	/* Every end gives the slot back, or leaves the queue. */
 	pause_slots_leave(&u->m->pause_slots, &u->slot);
 	if (u->slot_ev)
@@ -230,13 +248,15 @@ static void upgrade_free(struct upgrade *u) {
 	free(u->dir);
 	free(u->main_path);
 	free(u->cpr_path);
+	free(u->relay_path);
 	free(u);
 }
 
 void upgrade_dir_remove(const char *dir) {
 	if (!dir)
 		return;
-	static const char *const files[] = {UPGRADE_MAIN_SOCK, UPGRADE_CPR_SOCK, UPGRADE_STATE_FILE};
+	static const char *const files[] = {UPGRADE_MAIN_SOCK, UPGRADE_CPR_SOCK, UPGRADE_RELAY_SOCK,
+					     UPGRADE_STATE_FILE};
 	for (size_t i = 0; i < ELEMENTSOF(files); i++) {
 		_cleanup_free_ char *path = NULL;
 		if (asprintf(&path, "%s/%s", dir, files[i]) >= 0)
@@ -266,6 +286,44 @@ static void upgrade_enter(struct upgrade *u, enum upgrade_phase p, const char *f
 		u->progress(u, phase_names[p], msg, u->userdata);
 	if (p != PHASE_DONE && p != PHASE_ROLLBACK)
 		arm(u->phase_timer, UPGRADE_PHASE_TIMEOUT_MS);
+}
+
+/* ---- priorities ---------------------------------------------------------- */
+
+/* Only where cprd may raise a priority: without CAP_SYS_NICE (not in
+ * cprd.service's bounding set) the QEMUs keep theirs. */
+static bool priority_settable(void) {
+	static int may = -1;
+	if (may < 0)
+		may = may_raise_priority();
+	return may;
+}
+
+static void set_nice(struct upgrade *u, pid_t pid, int nice) {
+	int r = pid > 0 ? proc_set_nice(pid, nice) : 0;
+	if (r < 0 && r != -ESRCH)
+		log_vm_errno(LOG_WARNING, r, u->vm->name, "cannot give QEMU pid %d nice %d: %m", (int)pid, nice);
+}
+
+/* The pause window starts: both QEMUs before anything else. */
+static void upgrade_priority_boost(struct upgrade *u) {
+	if (u->boosted || !priority_settable())
+		return;
+	u->boosted = true;
+	set_nice(u, u->old_pid, UPGRADE_PAUSE_NICE);
+	if (u->target_pid != u->old_pid)
+		set_nice(u, u->target_pid, UPGRADE_PAUSE_NICE);
+}
+
+/* The guest runs again, on either QEMU: the guest's priority. */
+static void upgrade_priority_back(struct upgrade *u) {
+	if (!u->boosted)
+		return;
+	u->boosted = false;
+	if (u->old && !u->old_gone)
+		set_nice(u, u->old_pid, 0);
+	if (u->target_pid != u->old_pid && (u->target || u->target_resumed))
+		set_nice(u, u->target_pid, 0);
 }
 
 /* ---- the result ---------------------------------------------------------- */
@@ -495,6 +553,7 @@ static void upgrade_finish(struct upgrade *u) {
 	evtimer_del(u->phase_timer);
 	evtimer_del(u->total_timer);
 	evtimer_del(u->poll_timer);
+	upgrade_priority_back(u);
 
 	if (u->refusal != UPGRADE_NOT_REFUSED)
 		outcome = "refused";
@@ -567,6 +626,9 @@ static void upgrade_retry(struct upgrade *u, const struct mode_ops *next) {
 	u->dir = mfree(u->dir);
 	u->main_path = mfree(u->main_path);
 	u->cpr_path = mfree(u->cpr_path);
+	u->relay_path = mfree(u->relay_path);
+	cpr_relay_free(u->relay);
+	u->relay = NULL;
 	u->reason = mfree(u->reason);
 	u->migrate_sent = u->source_done = u->old_ignore_shared = false;
 	u->stop_ts = u->resume_ts = 0;
@@ -584,6 +646,7 @@ static void upgrade_on_rollback(struct migration_rollback *r, int error, const c
 		return rollback_await_exit(u);
 	/* The old QEMU runs the guest again (or it stays paused as it was). */
 	pause_slots_leave(&u->m->pause_slots, &u->slot);
+	upgrade_priority_back(u);
 	bool as_before = error == 0 && streq_ptr(status, u->was_running ? "running" : "paused");
 	/* Past --timeout the caller has waited long enough: no second try. */
 	bool in_time = evtimer_pending(u->total_timer, NULL);
@@ -636,6 +699,10 @@ static void upgrade_rollback(struct upgrade *u) {
 		/* It is reaped through its pidfd; we drop our interest now. */
 		vm_qemu_set_callbacks(u->target, &(struct vm_qemu_callbacks){0}, NULL);
 	}
+	/* The old QEMU sees the cpr channel hang up, as it would if the target
+	 * died: it then fails to connect the main channel and carries on. */
+	cpr_relay_free(u->relay);
+	u->relay = NULL;
 	if (u->old_gone) {
 		vm_set_state(vm, VM_CRASHED, "the old QEMU died during the upgrade");
 		return upgrade_finish(u);
@@ -808,6 +875,8 @@ static void upgrade_retire(struct upgrade *u) {
 	upgrade_enter(u, PHASE_RETIRE, "quitting the old QEMU pid %d", (int)u->old_pid);
 	if (!u->old)
 		return upgrade_commit(u);
+	if (priority_settable())
+		set_nice(u, u->old_pid, UPGRADE_RETIRE_NICE);
 	if (qmp_command(vm_qemu_qmp(u->old), "quit", NULL, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL) < 0)
 		vm_qemu_kill(u->old, SIGTERM);
 }
@@ -846,6 +915,9 @@ static void upgrade_resumed(struct upgrade *u) {
 	evtimer_del(u->total_timer);
 	/* The pause window is over: the next upgrade may stop its guest. */
 	pause_slots_leave(&u->m->pause_slots, &u->slot);
+	cpr_relay_free(u->relay);
+	u->relay = NULL;
+	upgrade_priority_back(u);
 
 	if (u->ops->in_place) {
 		/* The same process runs the new binary: nothing to retire. */
@@ -961,6 +1033,10 @@ static void target_exited(struct vm_qemu *q, const char *how, int status, int si
 }
 
 static void upgrade_poll_transfer(struct upgrade *u) {
+	/* Through the relay, the old QEMU waits in setup until cprd lets it
+	 * go (upgrade_pause_go); nothing to ask it before. */
+	if (u->relay && !cpr_relay_released(u->relay))
+		return;
 	arm(u->poll_timer, UPGRADE_POLL_MS);
 }
 
@@ -986,7 +1062,7 @@ static void upgrade_send_migrate(struct upgrade *u) {
 			    UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
 	upgrade_enter(u, PHASE_TRANSFER, "old QEMU pid %d sends device state (%s)", (int)u->old_pid,
 		      upgrade_mode_to_string(u->mode));
-	struct json_object *args = u->ops->migrate_args(u->main_path, u->cpr_path);
+	struct json_object *args = u->ops->migrate_args(u->main_path, u->relay ? u->relay_path : u->cpr_path);
 	if (upgrade_journal(u) < 0) {
 		json_object_put(args);
 		return upgrade_fail(u, "%s", u->journal_error);
@@ -1005,10 +1081,25 @@ static void check_reply(struct qmp *qmp, struct json_object *ret, const struct q
 
 /* ---- pause slots --------------------------------------------------------- */
 
+/* The upgrade holds a pause slot: the old QEMU may stop the guest. */
+static void upgrade_pause_go(struct upgrade *u) {
+	upgrade_priority_boost(u);
+	if (!u->relay)
+		return upgrade_send_migrate(u);
+	/* cpr-transfer: migrate went out already and the target listens; the
+	 * hang-up of the cpr channel lets the old QEMU go on. */
+	cpr_relay_release(u->relay);
+	if (!u->held)
+		arm(u->poll_timer, 0);
+}
+
 static void on_slot_event(evutil_socket_t fd, short what, void *userdata) {
 	struct upgrade *u = userdata;
-	if (u->phase == PHASE_SPAWN && u->slot.held)
-		upgrade_send_migrate(u);
+	if (!u->slot.held)
+		return;
+	if ((u->phase == PHASE_SPAWN && !u->relay) ||
+	    (u->phase == PHASE_TRANSFER && u->relay && !cpr_relay_released(u->relay)))
+		upgrade_pause_go(u);
 }
 
 /* Runs inside pause_slots_leave of another upgrade: go on from the loop. */
@@ -1023,9 +1114,26 @@ static void on_slot_granted(struct pause_slot_waiter *w) {
 static void upgrade_take_slot(struct upgrade *u) {
 	struct pause_slots *s = &u->m->pause_slots;
 	if (pause_slots_acquire(s, &u->slot, u->pause_limit, on_slot_granted))
-		return upgrade_send_migrate(u);
-	upgrade_enter(u, PHASE_SPAWN, "target ready; waiting for a pause slot (%u of %u in use, %u in line)",
+		return upgrade_pause_go(u);
+	upgrade_enter(u, u->phase, "target ready; waiting for a pause slot (%u of %u in use, %u in line)",
 		      s->busy, u->pause_limit, pause_slots_queued(s));
+}
+
+/* cpr-transfer: the target took the cpr state and hung up, so it listens on
+ * the main channel; the old QEMU waits for cprd to pass the hang-up on. */
+static void on_relay(struct cpr_relay *r, int error, void *userdata) {
+	struct upgrade *u = userdata;
+	if ((u->phase != PHASE_TRANSFER && u->phase != PHASE_SPAWN) || u->target_resumed)
+		return;
+	if (error < 0)
+		return upgrade_fail(u, "the cpr channel from the old QEMU pid %d to the new one failed: %s",
+				    (int)u->old_pid, error == -EPIPE ? "the old QEMU closed it" : strerror(-error));
+	if (u->phase != PHASE_TRANSFER)
+		return;
+	if (!unix_socket_listening(u->main_path))
+		return upgrade_fail(u, "the new QEMU pid %d closed its cpr channel without listening on %s",
+				    (int)u->target_pid, u->main_path);
+	upgrade_take_slot(u);
 }
 
 /* -incoming defer: the target listens (migrate-incoming) once its QMP is up. */
@@ -1074,8 +1182,18 @@ static void on_poll(evutil_socket_t fd, short what, void *userdata) {
 		 * blocks accepting on it. The file appears at bind, before
 		 * listen: migrate may go out only once the socket listens, or the
 		 * old QEMU's connect is refused. */
-		if (stat(u->cpr_path, &st) == 0 && S_ISSOCK(st.st_mode) && unix_socket_listening(u->cpr_path))
-			return upgrade_next(u, "transfer", upgrade_take_slot);
+		if (!u->relay && stat(u->cpr_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+			int r = cpr_relay_new(u->m->base, u->cpr_path, u->relay_path, u->old_pid, on_relay, u,
+					      &u->relay);
+			if (r == 0 && (r = qemu_chown(vm_qemu_user(u->vm), u->relay_path)) < 0)
+				return upgrade_fail(u, "cannot give %s to QEMU's user: %s", u->relay_path,
+						    strerror(-r));
+			if (r == 0)
+				return upgrade_next(u, "transfer", upgrade_send_migrate);
+			if (r != -ECONNREFUSED && r != -ENOENT && r != -EAGAIN)
+				return upgrade_fail(u, "cannot connect to the new QEMU's cpr socket %s: %s",
+						    u->cpr_path, strerror(-r));
+		}
 		arm(u->poll_timer, UPGRADE_SOCKET_POLL_MS);
 		return;
 	case PHASE_TRANSFER:
@@ -1169,7 +1287,8 @@ static void upgrade_spawn(struct upgrade *u) {
 		return upgrade_fail(u, "cannot give %s to QEMU's user: %s", buf, strerror(-r));
 	if (asprintf(&u->main_path, "%s/%s", u->dir,
 		     u->ops->in_place ? UPGRADE_STATE_FILE : UPGRADE_MAIN_SOCK) < 0 ||
-	    asprintf(&u->cpr_path, "%s/" UPGRADE_CPR_SOCK, u->dir) < 0)
+	    asprintf(&u->cpr_path, "%s/" UPGRADE_CPR_SOCK, u->dir) < 0 ||
+	    asprintf(&u->relay_path, "%s/" UPGRADE_RELAY_SOCK, u->dir) < 0)
 		return upgrade_fail(u, "out of memory");
 	if (u->ops->in_place)
 		return upgrade_exec_setup(u);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -385,6 +386,53 @@ pid_t proc_parent(pid_t pid) {
 	if (!f || sscanf(f, "%*c %d", &ppid) != 1) /* ppid is field 4 */
 		return -1;
 	return (pid_t)ppid;
+}
+
+int proc_set_nice(pid_t pid, int nice) {
+	char path[64];
+	/* The main thread first: threads it makes meanwhile take its value. */
+	if (setpriority(PRIO_PROCESS, (id_t)pid, nice) < 0)
+		return -errno;
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return -errno;
+	int r = 0;
+	for (struct dirent *e; (e = readdir(d));) {
+		char *end;
+		long tid = strtol(e->d_name, &end, 10);
+		if (*end || tid <= 0 || tid == pid)
+			continue;
+		if (setpriority(PRIO_PROCESS, (id_t)tid, nice) < 0 && errno != ESRCH)
+			r = -errno;
+	}
+	closedir(d);
+	/* With autogroups (Debian's default, for tasks outside a cgroup with
+	 * the cpu controller), nice weighs only within the session, and each
+	 * QEMU has a session of its own: its autogroup has a nice too. */
+	snprintf(path, sizeof(path), "/proc/%d/autogroup", (int)pid);
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0 && dprintf(fd, "%d\n", nice) < 0 && r == 0)
+		r = -errno;
+	return r;
+}
+
+bool may_raise_priority(void) {
+	_cleanup_free_ char *line = NULL;
+	size_t cap = 0;
+	bool yes = false;
+	FILE *f = fopen("/proc/self/status", "re");
+	if (!f)
+		return false;
+	while (getline(&line, &cap, f) > 0) {
+		unsigned long long eff;
+		if (sscanf(line, "CapEff: %llx", &eff) == 1) {
+			yes = eff & (1ULL << 23); /* CAP_SYS_NICE */
+			break;
+		}
+	}
+	fclose(f);
+	return yes;
 }
 
 int proc_cmdline_has(pid_t pid, const char *arg, const char *value) {

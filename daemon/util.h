@@ -97,6 +97,12 @@ int proc_starttime(pid_t pid, uint64_t *ret);
 pid_t proc_parent(pid_t pid);
 /* The real uid of process pid (/proc/PID/status). */
 int proc_uid(pid_t pid, uid_t *ret);
+/* Sets the nice value of every thread of process pid (nice is a thread's
+ * own; threads made later take their maker's), and of its autogroup when
+ * the kernel has them. 0 or a negative errno. */
+int proc_set_nice(pid_t pid, int nice);
+/* Whether cprd may raise a priority again (CAP_SYS_NICE in effect). */
+bool may_raise_priority(void);
 /* Whether a unix socket bound at path is listening (/proc/net/unix). */
 /* 1 when process pid's command line holds arg followed by value, 0 when
  * not, a negative errno when it cannot be read (-ENOENT: gone). */

@@ -75,7 +75,7 @@ int manager_new(struct event_base *base, const struct manager_config *cfg, struc
 	if (asprintf(&m->metrics_path, "%s/metrics.prom", cfg->runtime_dir) < 0)
 		m->metrics_path = NULL;
 	m->pause_slots_default = cfg->pause_slots ? cfg->pause_slots
-						  : pause_slots_default(sysconf(_SC_NPROCESSORS_ONLN));
+						  : pause_slots_default(cpus_usable());
 	if (!m->socket_path || !m->state_dir || !m->runtime_dir || !m->metrics_timer ||
 	    !m->metrics_path) {
 		manager_free(m);

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <libgen.h>
+#include <sched.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -415,6 +416,13 @@ int proc_set_nice(pid_t pid, int nice) {
 	if (fd >= 0 && dprintf(fd, "%d\n", nice) < 0 && r == 0)
 		r = -errno;
 	return r;
+}
+
+long cpus_usable(void) {
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return CPU_COUNT(&set);
+	return sysconf(_SC_NPROCESSORS_ONLN);
 }
 
 bool may_raise_priority(void) {

@@ -101,6 +101,9 @@ int proc_uid(pid_t pid, uid_t *ret);
  * own; threads made later take their maker's), and of its autogroup when
  * the kernel has them. 0 or a negative errno. */
 int proc_set_nice(pid_t pid, int nice);
+/* The CPUs cprd may run on (its affinity: taskset, a cpuset), which its
+ * children inherit; the online CPUs if that cannot be read. */
+long cpus_usable(void);
 /* Whether cprd may raise a priority again (CAP_SYS_NICE in effect). */
 bool may_raise_priority(void);
 /* Whether a unix socket bound at path is listening (/proc/net/unix). */

@@ -20,8 +20,15 @@ For each guest size (default 256 MiB, 1 GiB, 4 GiB, 8 GiB):
      otherwise set the time). Total = migrate sent -> RESUME on the target;
      downtime and total-time from query-migrate.
 And (d) 20 VMs of 64 MiB upgraded with `cprctl upgrade vm1..vm20 --parallel
-N [--pause-slots K]` for N = 1, 2, 4 and each K: the total and the pause's
-p50, p90 and max beside the solo pause (one VM upgraded alone).
+N [--pause-slots K]` for N = 1, 4, 8 and each K: the total and the pause's
+p50, p90 and max beside the solo pause (one VM upgraded alone), and issue
+16's targets for 2 cores: p90 at --parallel 4 within 1.3x of p90 at
+--parallel 1, total at --parallel 4 at most 0.6x the total at --parallel 1.
+And (f) scale (issue 14): 100 VMs of 64 MiB on a copy of QEMU whose time
+stamp is then changed, upgraded with `cprctl upgrade --outdated --parallel
+8`: the total, the pause's p50, p99 and max, cprd's RSS and CPU time, and
+whether every guest committed and its counter went on; targets: under 5 s,
+no pause over 20 ms, none lost.
 And (e) every QEMU pair and mode (10.0, 11.1 and 7.2; cpr-transfer,
 cpr-exec, local-migrate), with the Linux test guest (or --guest boot): the
 pause and total of `cprctl upgrade --mode M` beside the floor of the same
@@ -32,8 +39,10 @@ It prints figures; it is not a test. It exits non-zero if something it drives
 fails (an upgrade does not commit, a guest stops ticking, a migration fails).
 
 Usage: upgrade_bench.py [--sizes 256M,1G,4G,8G] [--quick] [--reps N]
-                        [--no-plain] [--no-many] [--parallel 1,2,4]
+                        [--no-plain] [--no-many] [--parallel 1,4,8]
                         [--pause-slots default,1,2] [--solo-reps N]
+                        [--many-reps N] [--no-scale] [--scale-vms 100]
+                        [--scale-parallel 8]
                         [--no-pairs] [--guest linux|boot]
                         [--pair FROM,TO,MODE] [--cprd PATH] [--cprctl PATH]
                         [--qemu PATH] [--qemu72 PATH] [--qemu111 PATH]
@@ -43,6 +52,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,8 +62,8 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (GiB, MiB, QMP, BenchError, Console, Cprd, Qemu, Workdir,  # noqa: E402
                       argv_without, dirty_ram, fmt_size, json_lines, loadavg, log, log_tail, meminfo,
-                      median, parse_size, pick_pairs, read_ticks, require_built, split_cmdline,
-                      wait_guest_ticking)
+                      median, parse_size, pick_pairs, proc_cpu_seconds, proc_status, read_ticks,
+                      require_built, split_cmdline, wait_guest_ticking)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN_MAX_BANDWIDTH = 10 * 1000 ** 3  # bytes/s
@@ -494,25 +504,26 @@ def bench_many(cprd, a):
                 results, _ = upgrade_json(cprd, [n], "--qemu", a.qemu, "--mode", "cpr-transfer")
                 out["solo"].append(results[n]["pauseMs"])
             log(f"  solo pause: {' '.join(f'{x:.1f}' for x in out['solo'])} ms")
-            for par in a.parallel:
-                for slots in a.pause_slots:
-                    extra = [] if slots is None else ["--pause-slots", str(slots)]
-                    results, wall = upgrade_json(cprd, names, "--parallel", str(par), "--qemu", a.qemu,
-                                                 "--mode", "cpr-transfer", *extra)
-                    pauses = [r["pauseMs"] for r in results.values() if "pauseMs" in r]
-                    totals = [r["totalMs"] for r in results.values()]
-                    out["rows"].append({"parallel": par, "slots": slots, "wall": wall,
-                                        "per_vm": wall / len(names),
-                                        "mean_total": sum(totals) / len(totals),
-                                        "p50": percentile(pauses, 50), "p90": percentile(pauses, 90),
-                                        "max_pause": max(pauses) if pauses else float("nan"),
-                                        "most_paused": most_paused(results)})
-                    log(f"  many    --parallel {par} --pause-slots {slots or 'default'}: {wall:.0f} ms for "
-                        f"{len(names)} VMs; pause p50 {percentile(pauses, 50):.1f} p90 "
-                        f"{percentile(pauses, 90):.1f} max {max(pauses):.1f} ms")
-                    for n in names:
-                        check_ticking(fds[n], f"{n} after upgrade --parallel {par}")
-                        cprd.get_vm(n)
+            # Rounds of every --parallel and K in turn, so that the load of a
+            # shared host falls on all of them alike.
+            for par, slots in [(p, k) for _ in range(a.many_reps) for p in a.parallel for k in a.pause_slots]:
+                extra = [] if slots is None else ["--pause-slots", str(slots)]
+                results, wall = upgrade_json(cprd, names, "--parallel", str(par), "--qemu", a.qemu,
+                                             "--mode", "cpr-transfer", *extra)
+                pauses = [r["pauseMs"] for r in results.values() if "pauseMs" in r]
+                totals = [r["totalMs"] for r in results.values()]
+                out["rows"].append({"parallel": par, "slots": slots, "wall": wall,
+                                    "per_vm": wall / len(names),
+                                    "mean_total": sum(totals) / len(totals),
+                                    "p50": percentile(pauses, 50), "p90": percentile(pauses, 90),
+                                    "max_pause": max(pauses) if pauses else float("nan"),
+                                    "most_paused": most_paused(results), "load": loadavg().split()[0]})
+                log(f"  many    --parallel {par} --pause-slots {slots or 'default'}: {wall:.0f} ms for "
+                    f"{len(names)} VMs; pause p50 {percentile(pauses, 50):.1f} p90 "
+                    f"{percentile(pauses, 90):.1f} max {max(pauses):.1f} ms")
+                for n in names:
+                    check_ticking(fds[n], f"{n} after upgrade --parallel {par}")
+                    cprd.get_vm(n)
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -1070,11 +1081,13 @@ def spread(v):
     return f"{min(v):.2f}-{max(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
 
-def print_report(a, rows, many, prs=None):
+def print_report(a, rows, many, prs=None, scale=None):
     if rows:
         print_sizes(a, rows)
     if many:
         print_many(a, many)
+    if scale:
+        print_scale(a, scale)
     if prs:
         print_pairs(a, prs)
     print()
@@ -1172,26 +1185,163 @@ def print_sizes(a, rows):
         print("  at least 100x faster than the plain migration at 4 GiB: not measured in this run")
 
 
+MANY_P90_RATIO = 1.3   # issue 16: p90 at --parallel 4 within 1.3x of --parallel 1 (2 cores)
+MANY_TOTAL_RATIO = 0.6  # and its total at most 0.6x
+
+
+def many_medians(many):
+    """{(parallel, slots): (total, p90)} medians over the rounds."""
+    out = {}
+    for m in many["rows"]:
+        out.setdefault((m["parallel"], m["slots"]), []).append(m)
+    return {k: (median([m["wall"] for m in v]), median([m["p90"] for m in v]), len(v)) for k, v in out.items()}
+
+
 def print_many(a, many):
     if not many or not many["rows"]:
         return
     print()
-    print(f"Upgrading {a.many_vms} VMs of {a.many_mib} MiB with one `cprctl upgrade vm1..vm{a.many_vms} "
+    print(f"(d) Upgrading {a.many_vms} VMs of {a.many_mib} MiB with one `cprctl upgrade vm1..vm{a.many_vms} "
           f"--parallel N --pause-slots K` (cpr-transfer, RAM not dirtied)")
     solo = many["solo"]
-    print(f"  solo pause (one VM alone, the others running), median of {len(solo)}: "
-          f"{ms(percentile(solo, 50))}")
+    solo_p50 = percentile(solo, 50)
+    print(f"  solo pause (one VM alone, the others running), median of {len(solo)}: {ms(solo_p50)}")
     print(f"  {'parallel':>8} | {'slots':>7} | {'total':>9} | {'per VM':>8} | {'pause p50':>9} | "
-          f"{'p90':>8} | {'max':>8} | {'p90/solo':>8} | {'most paused':>11}")
+          f"{'p90':>8} | {'max':>8} | {'solo':>7} | {'p90/solo':>8} | {'most paused':>11} | load")
     for m in many["rows"]:
         slots = "default" if m["slots"] is None else str(m["slots"])
-        ratio = m["p90"] / percentile(solo, 50) if solo else float("nan")
+        ratio = m["p90"] / solo_p50 if solo else float("nan")
         print(f"  {m['parallel']:>8} | {slots:>7} | {ms(m['wall']):>9} | {ms(m['per_vm']):>8} | "
-              f"{ms(m['p50']):>9} | {ms(m['p90']):>8} | {ms(m['max_pause']):>8} | {ratio:>7.2f}x | "
-              f"{m['most_paused']:>11}")
+              f"{ms(m['p50']):>9} | {ms(m['p90']):>8} | {ms(m['max_pause']):>8} | {ms(solo_p50):>7} | "
+              f"{ratio:>7.2f}x | {m['most_paused']:>11} | {m.get('load', '')}")
     print(f"  total = wall time of the call; per VM = total / number of VMs; slots default = cprd's "
-          f"(online CPUs / 2, at least 1: {max(1, (os.cpu_count() or 1) // 2)} here); most paused = the most "
-          f"guests paused at one instant, from pausedAtUs/resumedAtUs")
+          f"(CPUs / 2, at least 1: {max(1, len(os.sched_getaffinity(0)) // 2)} here); most paused = the most "
+          f"guests paused at one instant, from pausedAtUs/resumedAtUs; load = 1-minute load average after the call")
+    print()
+    print(f"  Targets (issue 16, set for 2 cores and 20 guests; measured: {len(os.sched_getaffinity(0))} CPUs, "
+          f"{a.many_vms} guests), medians over {a.many_reps} round(s):")
+    med = many_medians(many)
+    for slots in a.pause_slots:
+        one, four = med.get((1, slots)), med.get((4, slots))
+        k = "default" if slots is None else str(slots)
+        if not one or not four:
+            print(f"    --pause-slots {k}: not measured (needs --parallel 1 and 4)")
+            continue
+        pr, tr = four[1] / one[1], four[0] / one[0]
+        print(f"    --pause-slots {k}: p90 pause at --parallel 4 {ms(four[1])} vs {ms(one[1])} at --parallel 1: "
+              f"{pr:.2f}x, target <= {MANY_P90_RATIO}x: {'met' if pr <= MANY_P90_RATIO else 'NOT met'}")
+        print(f"    --pause-slots {k}: total at --parallel 4 {ms(four[0])} vs {ms(one[0])} at --parallel 1: "
+              f"{tr:.2f}x, target <= {MANY_TOTAL_RATIO}x: {'met' if tr <= MANY_TOTAL_RATIO else 'NOT met'}")
+
+
+# ---- (f) scale: 100 guests, cprctl upgrade --outdated --parallel 8 ----------------
+
+SCALE_TOTAL_MS = 5000      # issue 14: all upgraded in under 5 s (2 cores)
+SCALE_MAX_PAUSE_MS = 20    # no pause over 20 ms
+SCALE_QEMU_MIB = 64        # what one TCG QEMU of the test guest takes besides guest RAM (measured ~45-50)
+
+
+def bench_scale(cprd, a, wd):
+    """(f): a.scale_vms VMs on a copy of QEMU; its time stamp changes (as an
+    apt upgrade's would), then one `cprctl upgrade --outdated --parallel P`."""
+    n = a.scale_vms
+    need = n * (a.many_mib + SCALE_QEMU_MIB) * MiB + a.scale_parallel * SCALE_QEMU_MIB * MiB + 2 * GiB
+    if meminfo("MemAvailable") < need:
+        return {"skipped": f"needs about {fmt_size(need)} of RAM, {fmt_size(meminfo('MemAvailable'))} available"}
+    bindir = os.path.join(wd, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    copy = os.path.join(bindir, os.path.basename(a.qemu))
+    shutil.copy2(a.qemu, copy)
+    names = [f"s{i}" for i in range(1, n + 1)]
+    out = {"vms": n}
+    mem0 = meminfo("MemAvailable")
+    created = []
+    fds = {}
+    try:
+        for name in names:
+            cprd.create_vm(name, a.many_mib, copy, a.guest_image)
+            created.append(name)
+        t0 = time.monotonic()
+        for i, name in enumerate(names):
+            cprd.start_vm(name)
+            if (i + 1) % 20 == 0:
+                log(f"  scale: {i + 1} of {n} VMs started ({time.monotonic() - t0:.1f} s)")
+        fds = {name: open_rw(cprd.ram_fd_path(name)) for name in names}
+        before = {name: check_ticking(fds[name], f"{name} after start") for name in names}
+        out["mem_used"] = mem0 - meminfo("MemAvailable")
+        st = os.stat(copy)
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1000000000))
+        outdated = [v for v in cprd.call("ListVMs").get("vms", []) if v.get("outdated")]
+        if len(outdated) != n:
+            raise BenchError(f"scale: {len(outdated)} of {n} VMs outdated after the binary's time stamp changed")
+        out["load_before"] = loadavg()
+        rss0, cpu0 = proc_status(cprd.pid, "VmRSS"), proc_cpu_seconds(cprd.pid)
+        p, wall = cprd.cprctl_run("upgrade", "--outdated", "--parallel", str(a.scale_parallel), "--json",
+                                  timeout=900)
+        cpu1 = proc_cpu_seconds(cprd.pid)
+        out.update(wall=wall, cpu=cpu1 - cpu0, rss_before=rss0, rss=proc_status(cprd.pid, "VmRSS"),
+                   hwm=proc_status(cprd.pid, "VmHWM"), load=loadavg())
+        results = {o["vm"]: o for o in json_lines(p.stdout) if "outcome" in o and "vm" in o}
+        out["committed"] = sum(1 for x in results.values() if x["outcome"] == "committed")
+        out["not_committed"] = [f"{name}: {results[name]['outcome'] if name in results else 'no result'}"
+                                for name in names if results.get(name, {}).get("outcome") != "committed"]
+        out["pauses"] = [r["pauseMs"] for r in results.values() if "pauseMs" in r]
+        out["most_paused"] = most_paused(results)
+        advanced = 0
+        for name in names:
+            try:
+                check_ticking(fds[name], f"{name} after the upgrade", before[name])
+                advanced += 1
+            except BenchError as e:
+                out.setdefault("stalled", []).append(str(e))
+        out["advanced"] = advanced
+        log(f"  scale: {n} VMs, --parallel {a.scale_parallel}: {wall:.0f} ms, {out['committed']} committed, "
+            f"{advanced} counters advanced, pause max {max(out['pauses']) if out['pauses'] else float('nan'):.1f} ms")
+        if p.returncode != 0 and not out["not_committed"]:
+            raise BenchError(f"cprctl upgrade --outdated exited {p.returncode}: {p.stderr.strip()[-600:]}")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        for name in created:
+            cprd.stop_vm(name)
+            cprd.delete_vm(name)
+    return out
+
+
+def print_scale(a, sc):
+    if not sc:
+        return
+    print()
+    print(f"(f) Scale: {a.scale_vms} running VMs of {a.many_mib} MiB (boot-sector guest, TCG) on one host, "
+          f"upgraded with `cprctl upgrade --outdated --parallel {a.scale_parallel}` (cprd's default pause slots: "
+          f"{max(1, len(os.sched_getaffinity(0)) // 2)})")
+    if "skipped" in sc:
+        print(f"  skipped: {sc['skipped']}")
+        return
+    pauses = sc["pauses"]
+    mx = max(pauses) if pauses else float("nan")
+    none_lost = sc["committed"] == sc["vms"] and sc["advanced"] == sc["vms"]
+    rows = [
+        ("total (wall time of the call)", ms(sc["wall"]), f"< {SCALE_TOTAL_MS / 1000:.0f} s",
+         "met" if sc["wall"] < SCALE_TOTAL_MS else "NOT met"),
+        ("pause p50 / p99 / max", f"{ms(percentile(pauses, 50))} / {ms(percentile(pauses, 99))} / {ms(mx)}",
+         f"none > {SCALE_MAX_PAUSE_MS} ms", "met" if mx <= SCALE_MAX_PAUSE_MS else "NOT met"),
+        ("committed / counters advanced", f"{sc['committed']} / {sc['advanced']} of {sc['vms']}", "none lost",
+         "met" if none_lost else "NOT met"),
+        ("cprd RSS before / after (peak)", f"{fmt_size(sc['rss_before'])} / {fmt_size(sc['rss'])} "
+         f"({fmt_size(sc['hwm'])})", "-", ""),
+        ("cprd CPU time during the call", f"{sc['cpu'] * 1000:.0f} ms", "-", ""),
+        ("most guests paused at once", str(sc["most_paused"]), "-", ""),
+        ("RAM the running VMs took (MemAvailable)", fmt_size(sc["mem_used"]), "-", ""),
+        ("load average before / after", f"{sc['load_before']} / {sc['load']}", "-", ""),
+    ]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print(f"  {r[0]:<{w[0]}} | {r[1]:>{w[1]}} | {r[2]:<{w[2]}} | {r[3]}")
+    for x in sc["not_committed"][:10]:
+        print(f"  not committed: {x}")
+    for x in sc.get("stalled", [])[:10]:
+        print(f"  stalled: {x}")
 
 
 def pair_name(pair):
@@ -1325,9 +1475,14 @@ def main():
                     "of (e) (default 3, 1 with --quick)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain migrations")
     ap.add_argument("--no-many", action="store_true", help="skip the 20-VM upgrade")
+    ap.add_argument("--many-reps", type=int, default=1,
+                    help="rounds of every --parallel and --pause-slots value in turn (default 1)")
+    ap.add_argument("--no-scale", action="store_true", help="skip (f), the 100-VM upgrade")
+    ap.add_argument("--scale-vms", type=int, default=100)
+    ap.add_argument("--scale-parallel", type=int, default=8)
     ap.add_argument("--many-vms", type=int, default=20)
     ap.add_argument("--many-mib", type=int, default=64)
-    ap.add_argument("--parallel", help="comma-separated --parallel values (default 1,2,4)")
+    ap.add_argument("--parallel", help="comma-separated --parallel values (default 1,4,8)")
     ap.add_argument("--pause-slots", help="comma-separated --pause-slots values for each --parallel, "
                     "'default' for cprd's own (default: default)")
     ap.add_argument("--solo-reps", type=int, default=3, help="VMs upgraded alone for the solo pause (default 3)")
@@ -1357,13 +1512,13 @@ def main():
     sizes = a.sizes if a.sizes is not None else ("256M,1G" if a.quick else "256M,1G,4G,8G")
     a.sizes = [] if sizes.strip().lower() == "none" else [parse_size(s) for s in sizes.split(",") if s.strip()]
     a.reps = a.reps or (1 if a.quick else 5)
-    a.parallel = [int(x) for x in (a.parallel or ("1,4" if a.quick else "1,2,4")).split(",")]
+    a.parallel = [int(x) for x in (a.parallel or ("1,4" if a.quick else "1,4,8")).split(",")]
     a.pause_slots = [None if x.strip() == "default" else int(x)
                      for x in (a.pause_slots or "default").split(",")]
 
     wd = Workdir("cprd-upgrade-bench-", a.keep)
     cprd = Cprd(a.cprd, a.cprctl, os.path.join(wd.path, "cprd"))
-    rows, many, prs = [], [], []
+    rows, many, prs, scale = [], [], [], None
     try:
         print(f"cprd upgrade benchmark: {a.cprd}, {a.cprctl}")
         print(f"host: {os.cpu_count()} CPUs, {meminfo('MemTotal') / GiB:.1f} GiB RAM, "
@@ -1381,10 +1536,13 @@ def main():
         if not a.no_many:
             log(f"{a.many_vms} VMs of {a.many_mib} MiB:")
             many = bench_many(cprd, a)
+        if not a.no_scale:
+            log(f"(f) scale: {a.scale_vms} VMs of {a.many_mib} MiB, --parallel {a.scale_parallel}:")
+            scale = bench_scale(cprd, a, wd.path)
         if a.pairs:
             log(f"(e) pairs, {a.guest} guest, load average {loadavg()}:")
             prs = bench_pairs(cprd, a, wd.path)
-        print_report(a, rows, many, prs)
+        print_report(a, rows, many, prs, scale)
         failed = [pair_name(r["pair"]) for r in prs if r["cprd_failed"] or r["floor_failed"]]
         if failed:
             print(f"upgrade_bench: FAILED in (e): {', '.join(failed)} (see Details)", file=sys.stderr)
@@ -1392,8 +1550,8 @@ def main():
         return 0
     except (BenchError, OSError) as e:
         print(f"upgrade_bench: FAILED: {e}", file=sys.stderr)
-        if rows or many or prs:
-            print_report(a, rows, many, prs)
+        if rows or many or prs or scale:
+            print_report(a, rows, many, prs, scale)
         return 1
     finally:
         cprd.stop()

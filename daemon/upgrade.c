@@ -48,10 +48,8 @@
 /* During its pause window the two QEMUs run at this nice value (and their
  * autogroups), so that the few ms of saving and loading the guest go
  * before other upgrades' targets starting up and whatever else the host
- * runs; then 0 again. An old QEMU quits at UPGRADE_RETIRE_NICE, so that its
- * teardown does not slow the next guest's pause. */
+ * runs; then 0 again. */
 #define UPGRADE_PAUSE_NICE (-10)
-#define UPGRADE_RETIRE_NICE 10
 
 enum upgrade_phase {
 	PHASE_PREFLIGHT,
@@ -148,6 +146,7 @@ struct upgrade {
 	 * once the target is ready, not when migrate is sent. */
 	struct cpr_relay *relay;
 	char *relay_path;
+	bool relay_passed; /* the target took the cpr state and hung up */
 	bool boosted; /* its QEMUs run at UPGRADE_PAUSE_NICE */
 };
 
@@ -629,6 +628,7 @@ static void upgrade_retry(struct upgrade *u, const struct mode_ops *next) {
 	u->relay_path = mfree(u->relay_path);
 	cpr_relay_free(u->relay);
 	u->relay = NULL;
+	u->relay_passed = false;
 	u->reason = mfree(u->reason);
 	u->migrate_sent = u->source_done = u->old_ignore_shared = false;
 	u->stop_ts = u->resume_ts = 0;
@@ -875,8 +875,6 @@ static void upgrade_retire(struct upgrade *u) {
 	upgrade_enter(u, PHASE_RETIRE, "quitting the old QEMU pid %d", (int)u->old_pid);
 	if (!u->old)
 		return upgrade_commit(u);
-	if (priority_settable())
-		set_nice(u, u->old_pid, UPGRADE_RETIRE_NICE);
 	if (qmp_command(vm_qemu_qmp(u->old), "quit", NULL, UPGRADE_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL) < 0)
 		vm_qemu_kill(u->old, SIGTERM);
 }
@@ -1133,7 +1131,13 @@ static void on_relay(struct cpr_relay *r, int error, void *userdata) {
 	if (!unix_socket_listening(u->main_path))
 		return upgrade_fail(u, "the new QEMU pid %d closed its cpr channel without listening on %s",
 				    (int)u->target_pid, u->main_path);
-	upgrade_take_slot(u);
+	u->relay_passed = true;
+	/* QEMU sends no event to a monitor before qmp_capabilities: the pause
+	 * starts only once the target's RESUME can reach cprd (target_ready),
+	 * so that it is measured with QEMU's own time stamp and ends the pause
+	 * window at once, not at cprd's next poll. */
+	if (u->target && qmp_is_ready(vm_qemu_qmp(u->target)))
+		upgrade_take_slot(u);
 }
 
 /* -incoming defer: the target listens (migrate-incoming) once its QMP is up. */
@@ -1154,8 +1158,12 @@ static void target_incoming_ready(struct qmp *qmp, struct json_object *ret,
 
 static void target_ready(struct vm_qemu *q, void *userdata) {
 	struct upgrade *u = userdata;
+	/* cpr-transfer: its QMP comes up only after migrate, once it has the
+	 * cpr state; the pause waits for it (on_relay). */
+	if (u->relay && u->relay_passed && u->phase == PHASE_TRANSFER && !cpr_relay_released(u->relay))
+		return upgrade_take_slot(u);
 	if (u->ops->incoming != CMDLINE_INCOMING_DEFER || u->phase != PHASE_SPAWN)
-		return; /* cpr-transfer: its QMP comes up only after migrate */
+		return;
 	char uri[PATH_MAX + 8];
 	snprintf(uri, sizeof(uri), "unix:%s", u->main_path);
 	struct json_object *a = json_object_new_object();

@@ -287,7 +287,7 @@ const struct cmd cmd_upgrade = {
 		"  --pause-slots K    at most K guests paused at once by upgrades, this call's and\n"
 		"                     others'; new QEMUs still start N at a time, and an upgrade\n"
 		"                     whose target is ready waits, its guest running, for a slot\n"
-		"                     (default: cprd's --pause-slots, else online CPUs / 2, min 1)\n"
+		"                     (default: cprd's --pause-slots, else cprd's CPUs / 2, min 1)\n"
 		"  --stop-on-failure  start no further upgrades after one fails\n"
 		"With --json every line is a JSON object; the last one for each VM is its result\n"
 		"(vm, outcome, mode, pauseMs, pausedAtUs, resumedAtUs, totalMs, fromVersion,\n"

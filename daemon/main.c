@@ -54,7 +54,7 @@ static void help(void) {
 	       "                      give each VM a user of its own from this uid range\n"
 	       "                      (gid = uid, no groups), which no account may use\n"
 	       "  --pause-slots K     at most K guests paused by upgrades at once, unless a\n"
-	       "                      request says otherwise (1-%d; default: online CPUs / 2,\n"
+	       "                      request says otherwise (1-%d; default: usable CPUs / 2,\n"
 	       "                      at least 1)\n"
 	       "  --version           print the version\n"
 	       "  -h, --help          this text\n",

@@ -37,5 +37,5 @@ bool pause_slots_acquire(struct pause_slots *s, struct pause_slot_waiter *w, uns
 void pause_slots_leave(struct pause_slots *s, struct pause_slot_waiter *w);
 /* Waiters in the queue. */
 unsigned pause_slots_queued(const struct pause_slots *s);
-/* The default limit for n online CPUs: one pause per two CPUs, at least one. */
+/* The default limit for n CPUs: one pause per two CPUs, at least one. */
 unsigned pause_slots_default(long ncpus);

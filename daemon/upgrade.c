@@ -300,7 +300,7 @@ static bool priority_settable(void) {
 
 static void set_nice(struct upgrade *u, pid_t pid, int nice) {
 	int r = pid > 0 ? proc_set_nice(pid, nice) : 0;
-	if (r < 0 && r != -ESRCH)
+	if (r < 0 && r != -ESRCH && r != -ENOENT) /* not if it is gone */
 		log_vm_errno(LOG_WARNING, r, u->vm->name, "cannot give QEMU pid %d nice %d: %m", (int)pid, nice);
 }
 

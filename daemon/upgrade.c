@@ -1082,7 +1082,7 @@ static void check_reply(struct qmp *qmp, struct json_object *ret, const struct q
 /* The upgrade holds a pause slot: the old QEMU may stop the guest. */
 static void upgrade_pause_go(struct upgrade *u) {
 	upgrade_priority_boost(u);
-	if (!u->relay)
+	if (!u->relay || !u->migrate_sent)
 		return upgrade_send_migrate(u);
 	/* cpr-transfer: migrate went out already and the target listens; the
 	 * hang-up of the cpr channel lets the old QEMU go on. */
@@ -1095,7 +1095,7 @@ static void on_slot_event(evutil_socket_t fd, short what, void *userdata) {
 	struct upgrade *u = userdata;
 	if (!u->slot.held)
 		return;
-	if ((u->phase == PHASE_SPAWN && !u->relay) ||
+	if ((u->phase == PHASE_SPAWN && !u->migrate_sent) ||
 	    (u->phase == PHASE_TRANSFER && u->relay && !cpr_relay_released(u->relay)))
 		upgrade_pause_go(u);
 }
@@ -1196,8 +1196,13 @@ static void on_poll(evutil_socket_t fd, short what, void *userdata) {
 			if (r == 0 && (r = qemu_chown(vm_qemu_user(u->vm), u->relay_path)) < 0)
 				return upgrade_fail(u, "cannot give %s to QEMU's user: %s", u->relay_path,
 						    strerror(-r));
+			/* Without the priority boost a pause would compete with
+			 * the target's own start-up after the cpr state and with
+			 * other targets': then the slot is taken before migrate,
+			 * as for the other modes, and covers that start-up too. */
 			if (r == 0)
-				return upgrade_next(u, "transfer", upgrade_send_migrate);
+				return upgrade_next(u, "transfer",
+						    priority_settable() ? upgrade_send_migrate : upgrade_take_slot);
 			if (r != -ECONNREFUSED && r != -ENOENT && r != -EAGAIN)
 				return upgrade_fail(u, "cannot connect to the new QEMU's cpr socket %s: %s",
 						    u->cpr_path, strerror(-r));

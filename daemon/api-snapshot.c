@@ -96,6 +96,14 @@ static void on_disconnect(struct vl_call *c, void *userdata) {
 	snapshot_caller_gone(userdata);
 }
 
+/* The operation started: the call stays open for its progress and its end,
+ * and the operation learns when the caller goes away. */
+static int hold_call(struct vl_call *c, struct snapshot_op *s) {
+	vl_call_ref(c);
+	vl_call_on_disconnect(c, on_disconnect, s);
+	return 0;
+}
+
 static int parse_request(struct vl_call *c, struct json_object *params,
 			 struct snapshot_request *req) {
 	int64_t t = SNAPSHOT_TIMEOUT_SEC_DEFAULT;
@@ -117,40 +125,36 @@ static int parse_request(struct vl_call *c, struct json_object *params,
 static int method_snapshot_vm(struct vl_call *c, struct json_object *params, void *userdata) {
 	struct manager *m = userdata;
 	struct snapshot_request req;
-	struct snapshot_refusal ref;
-	struct snapshot_op *s = NULL;
 	if (!api_authorize(c, true) || parse_request(c, params, &req) < 0)
 		return 0;
 	struct vm *vm = api_lookup(m, c, params);
 	if (!vm)
 		return 0;
+	struct snapshot_refusal ref;
+	struct snapshot_op *s = NULL;
 	if (snapshot_start(m, vm, &req, on_progress, on_done, c, &ref, &s) < 0) {
 		reply_error(c, vm->name, vm_state_name(vm), req.file, ref.error, ref.reason);
 		return 0;
 	}
-	vl_call_ref(c);
-	vl_call_on_disconnect(c, on_disconnect, s);
-	return 0;
+	return hold_call(c, s);
 }
 
 static int method_restore_vm(struct vl_call *c, struct json_object *params, void *userdata) {
 	struct manager *m = userdata;
 	struct snapshot_request req;
-	struct snapshot_refusal ref;
-	struct snapshot_op *s = NULL;
 	if (!api_authorize(c, true) || parse_request(c, params, &req) < 0)
 		return 0;
 	const char *name = api_param_str(params, "name");
 	if (!spec_name_valid(name))
 		return vl_call_error_invalid_parameter(c, "name");
+	struct snapshot_refusal ref;
+	struct snapshot_op *s = NULL;
 	if (restore_start(m, name, &req, on_progress, on_done, c, &ref, &s) < 0) {
 		struct vm *vm = manager_find(m, name);
 		reply_error(c, name, vm ? vm_state_name(vm) : NULL, req.file, ref.error, ref.reason);
 		return 0;
 	}
-	vl_call_ref(c);
-	vl_call_on_disconnect(c, on_disconnect, s);
-	return 0;
+	return hold_call(c, s);
 }
 
 const struct vl_param api_params_snapshot[] = {{"name", VL_STRING, VL_MANDATORY | VL_NO_NUL},

@@ -17,14 +17,18 @@ void migration_reset_mode(struct qmp *qmp) {
 		    NULL);
 }
 
-struct json_object *migration_caps_ignore_shared(bool on) {
+struct json_object *migration_caps(const char *capability, bool on) {
 	struct json_object *caps = json_object_new_object(), *a = json_object_new_array(),
 			   *c = json_object_new_object();
-	json_object_object_add(c, "capability", json_object_new_string("x-ignore-shared"));
+	json_object_object_add(c, "capability", json_object_new_string(capability));
 	json_object_object_add(c, "state", json_object_new_boolean(on));
 	json_object_array_add(a, c);
 	json_object_object_add(caps, "capabilities", a);
 	return caps;
+}
+
+struct json_object *migration_caps_ignore_shared(bool on) {
+	return migration_caps("x-ignore-shared", on);
 }
 
 static void rollback_done(struct migration_rollback *r, int error, const char *status) {

@@ -1,6 +1,7 @@
 /* migration: the QMP steps that an upgrade and the settlement of an upgrade
- * after a restart share: the migration mode, the x-ignore-shared capability,
- * and putting a guest back on the QEMU it was migrating away from. */
+ * after a restart share: the migration mode, the migration capabilities
+ * (x-ignore-shared; a snapshot's background-snapshot), and putting a guest
+ * back on the QEMU it was migrating away from. */
 #pragma once
 
 #include <stdbool.h>
@@ -13,6 +14,8 @@ struct qmp;
 /* Sets the migration mode back to normal (after cpr-transfer was set or
  * tried); the reply is not waited for. */
 void migration_reset_mode(struct qmp *qmp);
+/* migrate-set-capabilities' arguments that turn one capability on or off. */
+struct json_object *migration_caps(const char *capability, bool on);
 /* migrate-set-capabilities' arguments that turn x-ignore-shared on or off. */
 struct json_object *migration_caps_ignore_shared(bool on);
 

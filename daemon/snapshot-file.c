@@ -178,14 +178,23 @@ static int path_dir(const char *path, char *buf, size_t size, char *why, size_t 
 	return 0;
 }
 
-int snapshot_file_create(const char *path, int *ret_fd, char *why, size_t size) {
-	char dir[PATH_MAX], rec[PATH_MAX];
-	int r = path_dir(path, dir, sizeof(dir), why, size);
+/* A snapshot file's folder, checked (snapshot_dir_check), and its record's
+ * path; dir and rec have PATH_MAX bytes. */
+static int snapshot_paths(const char *path, char *dir, char *rec, char *why, size_t size) {
+	int r = path_dir(path, dir, PATH_MAX, why, size);
 	if (r < 0)
 		return r;
 	if ((r = snapshot_dir_check(dir, why, size)) < 0)
 		return r;
-	snprintf(rec, sizeof(rec), "%s%s", path, SNAPSHOT_RECORD_SUFFIX);
+	snprintf(rec, PATH_MAX, "%s%s", path, SNAPSHOT_RECORD_SUFFIX);
+	return 0;
+}
+
+int snapshot_file_create(const char *path, int *ret_fd, char *why, size_t size) {
+	char dir[PATH_MAX], rec[PATH_MAX];
+	int r = snapshot_paths(path, dir, rec, why, size);
+	if (r < 0)
+		return r;
 	struct stat st;
 	if (lstat(path, &st) == 0 || lstat(rec, &st) == 0)
 		return why_err(-EEXIST, why, size,
@@ -220,10 +229,8 @@ int snapshot_file_link(int fd, const char *path) {
 int snapshot_file_open(const char *path, int *ret_fd, uint64_t *ret_size,
 		       struct snapshot_record *ret_record, char *why, size_t size) {
 	char dir[PATH_MAX], rec[PATH_MAX];
-	int r = path_dir(path, dir, sizeof(dir), why, size);
+	int r = snapshot_paths(path, dir, rec, why, size);
 	if (r < 0)
-		return r;
-	if ((r = snapshot_dir_check(dir, why, size)) < 0)
 		return r;
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
@@ -237,7 +244,6 @@ int snapshot_file_open(const char *path, int *ret_fd, uint64_t *ret_size,
 		return why_err(-EPERM, why, size,
 			       "%s must belong to root and not be writable by group or others", path);
 
-	snprintf(rec, sizeof(rec), "%s%s", path, SNAPSHOT_RECORD_SUFFIX);
 	_cleanup_free_ char *text = NULL;
 	size_t len = 0;
 	r = read_file(rec, SNAPSHOT_RECORD_MAX, &text, &len);

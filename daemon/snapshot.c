@@ -23,6 +23,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "migration.h"
 #include "probe.h"
 #include "qmp.h"
 #include "snapshot-file.h"
@@ -142,6 +143,59 @@ static const char *status_of(struct json_object *ret) {
 	return json_object_get_string(json_object_object_get(ret, "status"));
 }
 
+/* ---- the file and the capability on the QEMU ----------------------------- */
+
+/* Hands QEMU the file: in an fd set for file: (QEMU >= 9.0; fd: on a file is
+ * deprecated since), else by name for fd:. Either way QEMU opens no path. */
+static int send_file_fd(struct qmp *q, bool fdset, int fd, qmp_reply_fn fn, void *userdata) {
+	struct json_object *args = json_object_new_object();
+	if (fdset) {
+		json_object_object_add(args, "fdset-id", json_object_new_int(SNAPSHOT_FDSET_ID));
+		return qmp_command_with_fd(q, "add-fd", args, fd, SNAPSHOT_QMP_TIMEOUT_MS, fn,
+					   userdata);
+	}
+	json_object_object_add(args, "fdname", json_object_new_string(SNAPSHOT_FD_NAME));
+	return qmp_command_with_fd(q, "getfd", args, fd, SNAPSHOT_QMP_TIMEOUT_MS, fn, userdata);
+}
+
+/* migrate's (or migrate-incoming's) arguments: the URI of the file that
+ * send_file_fd handed QEMU. */
+static struct json_object *file_uri_args(bool fdset) {
+	char uri[64];
+	if (fdset)
+		snprintf(uri, sizeof(uri), "file:/dev/fdset/%d", SNAPSHOT_FDSET_ID);
+	else
+		snprintf(uri, sizeof(uri), "fd:%s", SNAPSHOT_FD_NAME);
+	struct json_object *args = json_object_new_object();
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	return args;
+}
+
+/* Closes QEMU's copy of the file in the fd set; the reply is not waited for. */
+static void remove_file_fdset(struct qmp *q) {
+	struct json_object *args = json_object_new_object();
+	json_object_object_add(args, "fdset-id", json_object_new_int(SNAPSHOT_FDSET_ID));
+	qmp_command(q, "remove-fd", args, SNAPSHOT_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+}
+
+/* background-snapshot's entry in query-migrate-capabilities' reply, or NULL. */
+static struct json_object *background_snapshot_entry(struct json_object *caps) {
+	size_t n = json_object_is_type(caps, json_type_array) ? json_object_array_length(caps) : 0;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *c = json_object_array_get_idx(caps, i);
+		if (streq(json_object_get_string(json_object_object_get(c, "capability")),
+			  "background-snapshot"))
+			return c;
+	}
+	return NULL;
+}
+
+/* Turns the background-snapshot capability off; the reply is not waited for. */
+static void clear_background_snapshot(struct qmp *q) {
+	qmp_command(q, "migrate-set-capabilities", migration_caps("background-snapshot", false),
+		    SNAPSHOT_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+}
+
 /* ---- snapshot ------------------------------------------------------------ */
 
 static void snap_finish(struct snapshot_op *s, enum snapshot_error e, struct json_object *result);
@@ -163,21 +217,11 @@ static void snap_undo(struct snapshot_op *s) {
 		s->cont_sent = true;
 	}
 	if (s->caps_set) {
-		struct json_object *cap = json_object_new_object();
-		json_object_object_add(cap, "capability", json_object_new_string("background-snapshot"));
-		json_object_object_add(cap, "state", json_object_new_boolean(false));
-		struct json_object *caps = json_object_new_array();
-		json_object_array_add(caps, cap);
-		struct json_object *args = json_object_new_object();
-		json_object_object_add(args, "capabilities", caps);
-		qmp_command(q, "migrate-set-capabilities", args, SNAPSHOT_QMP_TIMEOUT_MS,
-			    qmp_reply_ignore, NULL);
+		clear_background_snapshot(q);
 		s->caps_set = false;
 	}
 	if (s->fdset) {
-		struct json_object *args = json_object_new_object();
-		json_object_object_add(args, "fdset-id", json_object_new_int(SNAPSHOT_FDSET_ID));
-		qmp_command(q, "remove-fd", args, SNAPSHOT_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+		remove_file_fdset(q);
 		s->fdset = false;
 	}
 }
@@ -391,15 +435,9 @@ static void snap_on_migrate(struct qmp *q, struct json_object *ret, const struct
 }
 
 static void snap_migrate(struct snapshot_op *s, struct qmp *q) {
-	char uri[64];
-	if (s->fdset)
-		snprintf(uri, sizeof(uri), "file:/dev/fdset/%d", SNAPSHOT_FDSET_ID);
-	else
-		snprintf(uri, sizeof(uri), "fd:%s", SNAPSHOT_FD_NAME);
-	struct json_object *args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string(uri));
 	s->migrate_sent = true;
-	if (qmp_command(q, "migrate", args, SNAPSHOT_QMP_TIMEOUT_MS, snap_on_migrate, s) < 0)
+	if (qmp_command(q, "migrate", file_uri_args(s->fdset), SNAPSHOT_QMP_TIMEOUT_MS,
+			snap_on_migrate, s) < 0)
 		snap_fail(s, SNAPSHOT_FAILED, "the QMP channel to QEMU closed");
 }
 
@@ -500,34 +538,20 @@ static void snap_on_fd(struct qmp *q, struct json_object *ret, const struct qmp_
 		s->fdset = false;
 		return snap_fail(s, SNAPSHOT_FAILED, "QEMU did not take the file's fd: %s", err->desc);
 	}
-	struct json_object *cap = json_object_new_object();
-	json_object_object_add(cap, "capability", json_object_new_string("background-snapshot"));
-	json_object_object_add(cap, "state", json_object_new_boolean(true));
-	struct json_object *caps = json_object_new_array();
-	json_object_array_add(caps, cap);
-	struct json_object *args = json_object_new_object();
-	json_object_object_add(args, "capabilities", caps);
-	if (qmp_command(q, "migrate-set-capabilities", args, SNAPSHOT_QMP_TIMEOUT_MS, snap_on_caps,
-			s) < 0)
+	if (qmp_command(q, "migrate-set-capabilities", migration_caps("background-snapshot", true),
+			SNAPSHOT_QMP_TIMEOUT_MS, snap_on_caps, s) < 0)
 		snap_fail(s, SNAPSHOT_FAILED, "the QMP channel to QEMU closed");
 }
 
-/* Hands QEMU the file: in an fd set for file: (QEMU >= 9.0; fd: on a file is
- * deprecated since), else by name for fd:. Either way QEMU opens no path. */
+/* Hands the VM's QEMU the file, in an fd set when its version takes one. */
 static int snap_send_fd(struct snapshot_op *s, struct qmp *q, int fd, qmp_reply_fn fn) {
 	const struct probe_result *p = vm_qemu_probe(s->vm->qemu);
 	const char *version = vm_qemu_version(s->vm->qemu);
 	unsigned major = p ? p->major : 0;
 	if (!p)
 		sscanf(version, "%u", &major);
-	struct json_object *args = json_object_new_object();
 	s->fdset = major >= 9;
-	if (s->fdset) {
-		json_object_object_add(args, "fdset-id", json_object_new_int(SNAPSHOT_FDSET_ID));
-		return qmp_command_with_fd(q, "add-fd", args, fd, SNAPSHOT_QMP_TIMEOUT_MS, fn, s);
-	}
-	json_object_object_add(args, "fdname", json_object_new_string(SNAPSHOT_FD_NAME));
-	return qmp_command_with_fd(q, "getfd", args, fd, SNAPSHOT_QMP_TIMEOUT_MS, fn, s);
+	return send_file_fd(q, s->fdset, fd, fn, s);
 }
 
 static void snap_on_status(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
@@ -549,13 +573,7 @@ static void snap_on_caps_list(struct qmp *q, struct json_object *ret, const stru
 	struct snapshot_op *s = userdata;
 	if (err)
 		return snap_fail(s, SNAPSHOT_FAILED, "query-migrate-capabilities failed: %s", err->desc);
-	bool has = false;
-	size_t n = json_object_is_type(ret, json_type_array) ? json_object_array_length(ret) : 0;
-	for (size_t i = 0; i < n; i++)
-		has |= streq(json_object_get_string(json_object_object_get(
-				     json_object_array_get_idx(ret, i), "capability")),
-			     "background-snapshot");
-	if (!has)
+	if (!background_snapshot_entry(ret))
 		return snap_fail(s, SNAPSHOT_NOT_SNAPSHOTTABLE,
 				 "QEMU %s has no background-snapshot migration capability (QEMU >= 6.0 "
 				 "has it)",
@@ -814,16 +832,10 @@ static void restore_on_fd(struct qmp *q, struct json_object *ret, const struct q
 		snprintf(s->reason, sizeof(s->reason), "QEMU did not take the file's fd: %s", err->desc);
 		return vm_start_incoming_done(s->vm, s->reason);
 	}
-	char uri[64];
-	if (s->fdset)
-		snprintf(uri, sizeof(uri), "file:/dev/fdset/%d", SNAPSHOT_FDSET_ID);
-	else
-		snprintf(uri, sizeof(uri), "fd:%s", SNAPSHOT_FD_NAME);
-	struct json_object *args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string(uri));
 	s->load_usec = now_usec(CLOCK_MONOTONIC);
 	s->load_sent = true;
-	qmp_command(q, "migrate-incoming", args, SNAPSHOT_QMP_TIMEOUT_MS, restore_on_incoming, s);
+	qmp_command(q, "migrate-incoming", file_uri_args(s->fdset), SNAPSHOT_QMP_TIMEOUT_MS,
+		    restore_on_incoming, s);
 }
 
 static void restore_ready(struct vm *vm, struct qmp *q, void *userdata) {
@@ -834,19 +846,8 @@ static void restore_ready(struct vm *vm, struct qmp *q, void *userdata) {
 		snprintf(s->reason, sizeof(s->reason), "cannot rewind %s: %m", s->file);
 		return vm_start_incoming_done(vm, s->reason);
 	}
-	struct json_object *args = json_object_new_object();
 	s->fdset = vm_qemu_probe(vm->qemu) && vm_qemu_probe(vm->qemu)->major >= 9;
-	int r;
-	if (s->fdset) {
-		json_object_object_add(args, "fdset-id", json_object_new_int(SNAPSHOT_FDSET_ID));
-		r = qmp_command_with_fd(q, "add-fd", args, s->fd, SNAPSHOT_QMP_TIMEOUT_MS,
-					restore_on_fd, s);
-	} else {
-		json_object_object_add(args, "fdname", json_object_new_string(SNAPSHOT_FD_NAME));
-		r = qmp_command_with_fd(q, "getfd", args, s->fd, SNAPSHOT_QMP_TIMEOUT_MS,
-					restore_on_fd, s);
-	}
-	if (r < 0) {
+	if (send_file_fd(q, s->fdset, s->fd, restore_on_fd, s) < 0) {
 		snprintf(s->reason, sizeof(s->reason), "the QMP channel to QEMU closed");
 		vm_start_incoming_done(vm, s->reason);
 	}
@@ -884,12 +885,8 @@ static void restore_on_start(struct vm *vm, const struct vm_outcome *o, void *us
 		event_base_once(s->m->base, -1, EV_TIMEOUT, restore_cleanup, s, NULL);
 		return;
 	}
-	if (s->fdset && vm->qemu) {
-		struct json_object *args = json_object_new_object();
-		json_object_object_add(args, "fdset-id", json_object_new_int(SNAPSHOT_FDSET_ID));
-		qmp_command(vm_qemu_qmp(vm->qemu), "remove-fd", args, SNAPSHOT_QMP_TIMEOUT_MS,
-			    qmp_reply_ignore, NULL);
-	}
+	if (s->fdset && vm->qemu)
+		remove_file_fdset(vm_qemu_qmp(vm->qemu));
 	struct json_object *result = restore_result(s);
 	progress(s, "done", 1.0, "the guest runs again from the snapshot");
 	s->error = SNAPSHOT_OK;
@@ -1138,18 +1135,8 @@ static void settle_on_status(struct qmp *q, struct json_object *ret, const struc
 	}
 	q = settle_qmp(st, &vm);
 	if (q && vm->operation == VM_OP_NONE) {
-		struct json_object *cap = json_object_new_object();
-		json_object_object_add(cap, "capability", json_object_new_string("background-snapshot"));
-		json_object_object_add(cap, "state", json_object_new_boolean(false));
-		struct json_object *caps = json_object_new_array();
-		json_object_array_add(caps, cap);
-		struct json_object *args = json_object_new_object();
-		json_object_object_add(args, "capabilities", caps);
-		qmp_command(q, "migrate-set-capabilities", args, SNAPSHOT_QMP_TIMEOUT_MS,
-			    qmp_reply_ignore, NULL);
-		args = json_object_new_object();
-		json_object_object_add(args, "fdset-id", json_object_new_int(SNAPSHOT_FDSET_ID));
-		qmp_command(q, "remove-fd", args, SNAPSHOT_QMP_TIMEOUT_MS, qmp_reply_ignore, NULL);
+		clear_background_snapshot(q);
+		remove_file_fdset(q);
 		log_vm(LOG_INFO, st->name, "cleared the background-snapshot capability");
 	}
 	settle_free(st);
@@ -1168,14 +1155,8 @@ static void settle_on_caps(struct qmp *q, struct json_object *ret, const struct 
 			   void *userdata) {
 	struct settle *st = userdata;
 	struct vm *vm = NULL;
-	bool on = false;
-	size_t n = !err && json_object_is_type(ret, json_type_array) ? json_object_array_length(ret) : 0;
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *c = json_object_array_get_idx(ret, i);
-		on |= streq(json_object_get_string(json_object_object_get(c, "capability")),
-			    "background-snapshot") &&
-		      json_object_get_boolean(json_object_object_get(c, "state"));
-	}
+	struct json_object *c = err ? NULL : background_snapshot_entry(ret);
+	bool on = c && json_object_get_boolean(json_object_object_get(c, "state"));
 	if (!on || !settle_qmp(st, &vm) || vm->operation != VM_OP_NONE)
 		return settle_free(st);
 	log_vm(LOG_WARNING, st->name,

@@ -59,7 +59,7 @@ static int send_all(int fd, const char *buf, size_t len, const int *fds, size_t 
 		union {
 			char buf[CMSG_SPACE(sizeof(int) * RELAY_MAX_FDS)];
 			struct cmsghdr align;
-		} c;
+		} c = {}; /* the padding after the fds is sent too */
 		struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
 		if (nfds > 0) {
 			mh.msg_control = c.buf;

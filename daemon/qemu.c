@@ -234,9 +234,28 @@ static _noreturn_ void child_exec(const struct qemu_spawn_options *o, pid_t pare
 	 * check, in case cprd died before it was set. */
 	if (o->die_with_parent && (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent))
 		_exit(127);
-	/* Everything else closes at exec; binary_fd too, unless it is a script
-	 * (see below). */
-	syscall(SYS_close_range, (unsigned)maxfd + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+	/* Everything else goes now, not at exec: a target waits for its go
+	 * below, and must not keep cprd's sockets (its Varlink listener above
+	 * all) open meanwhile, or a cprd killed in that wait leaves a listener
+	 * behind that the next cprd takes for a live one. Kept until exec: the
+	 * go pipe, the exec-error pipe and binary_fd, all close-on-exec. */
+	int keep[3] = {go, error_fd, binary_fd};
+	for (int i = 0; i < 3; i++) /* in order: three at most */
+		for (int j = i + 1; j < 3; j++)
+			if (keep[j] < keep[i]) {
+				int t = keep[i];
+				keep[i] = keep[j];
+				keep[j] = t;
+			}
+	unsigned lo = (unsigned)maxfd + 1;
+	for (int i = 0; i < 3; i++) {
+		if (keep[i] < 0 || (unsigned)keep[i] < lo)
+			continue;
+		if ((unsigned)keep[i] > lo)
+			syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0);
+		lo = (unsigned)keep[i] + 1;
+	}
+	syscall(SYS_close_range, lo, ~0U, 0);
 	if (go >= 0) {
 		char c;
 		ssize_t n;

@@ -289,6 +289,10 @@ class Lifecycle(T.CprdTestCase):
         def states():
             return [e["state"] for e in seen(lambda e: e["vm"] == "ev1" and e["type"] == "state")]
         wait_until(lambda: states()[-1:] == ["running"], 10, what="ev1's state events up to running")
+        # "started" follows the state change to running: the reader may not
+        # have it yet.
+        wait_until(lambda: seen(lambda e: e["vm"] == "ev1" and e["type"] == "started"), 10,
+                   what="ev1's started event")
         st = states()
         for s in ("stopping", "stopped", "starting", "running"):
             self.assertIn(s, st, st)

@@ -442,6 +442,38 @@ static void attach_running(struct vm *vm, struct vm_qemu *q) {
 		qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_status, vm);
 }
 
+/* qemu.json says its QEMU was starting: the cprd that started it died
+ * before it saw the guest run. A guest that runs is kept; one that never
+ * ran is undone, its QEMU quit, so the start can be made again instead of a
+ * QEMU waiting forever on the VM's disks. */
+static void on_starting_status(struct qmp *qmp, struct json_object *ret, const struct qmp_error *err,
+			       void *userdata) {
+	struct vm *vm = userdata;
+	const char *status = err ? NULL : json_object_get_string(json_object_object_get(ret, "status"));
+	vm->operation = VM_OP_NONE;
+	if (streq_ptr(status, "running")) {
+		vm->started_usec = now_usec(CLOCK_REALTIME);
+		vm_save_runtime(vm);
+		vm_set_state(vm, VM_RUNNING, "re-attached after cprd restarted; the guest it was starting runs");
+		return;
+	}
+	log_vm(LOG_NOTICE, vm->name,
+	       "QEMU pid %d never ran the guest (%s): undoing the start that cprd's exit cut short",
+	       (int)vm_qemu_pid(vm->qemu), status ? status : err ? err->desc : "no QMP");
+	vm_stop(vm, true, 0, NULL, NULL);
+}
+
+static void attach_starting(struct vm *vm, struct vm_qemu *q) {
+	vm->qemu = q;
+	vm_watch_main(vm);
+	/* Busy until settled; an exit meanwhile ends as a stop would. */
+	vm->operation = VM_OP_STOP;
+	vm_set_state(vm, VM_STARTING, "re-attached to a QEMU cprd was starting when it stopped");
+	if (!vm_qemu_qmp(q))
+		return on_starting_status(NULL, NULL, NULL, vm);
+	qmp_command(vm_qemu_qmp(q), "query-status", NULL, ATTACH_QMP_TIMEOUT_MS, on_starting_status, vm);
+}
+
 /* The upgrade had passed its point of no return: q, which qemu.json names,
  * is the target; the old QEMU the journal describes goes. */
 static void finish_committed(struct vm *vm, struct upgrade_journal *journal, struct vm_qemu *q) {
@@ -521,11 +553,24 @@ static void attach_vm(struct manager *m, struct vm *vm) {
 	}
 	safe_close(target_qmp);
 
+	bool starting = rec && json_object_get_boolean(json_object_object_get(rec, "starting"));
+	if (q && starting) {
+		log_vm(LOG_INFO, vm->name, "re-attached to QEMU pid %d, which it was starting", (int)vm_qemu_pid(q));
+		return attach_starting(vm, q);
+	}
 	if (q) {
 		attach_running(vm, q);
 		log_vm(LOG_INFO, vm->name, "re-attached to QEMU pid %d%s", (int)vm_qemu_pid(q),
 		       vm_qemu_qmp(q) ? "" : " (its QMP channel was lost: only stop works)");
 		vm_save_runtime(vm);
+		return;
+	}
+	if (rec && starting) {
+		/* It ended before the guest ran: nothing of the guest to keep. */
+		unlink(qpath);
+		vm_release_custody(vm);
+		vm_set_state(vm, vm->last_exit ? VM_STOPPED : VM_DEFINED,
+			     "the QEMU it was starting when cprd stopped is gone");
 		return;
 	}
 	if (rec) {

@@ -864,6 +864,10 @@ int vm_save_runtime(struct vm *vm) {
 	_cleanup_json_ struct json_object *o = vm_qemu_record(vm->qemu);
 	json_object_object_add(o, "startedUsec", json_object_new_int64((int64_t)vm->started_usec));
 	json_object_object_add(o, "accel", json_object_new_string(vm->accel ? vm->accel : "tcg"));
+	/* Written as the QEMU starts, before the guest runs: a cprd that finds
+	 * this flag knows whose start was cut short (attach.c). */
+	if (vm->operation == VM_OP_START)
+		json_object_object_add(o, "starting", json_object_new_boolean(true));
 	int r = write_json_runtime(path, o);
 	if (r < 0)
 		log_vm_errno(LOG_WARNING, r, vm->name, "cannot write %s: %m", path);
@@ -1335,6 +1339,9 @@ static void vm_on_start_probe(struct probe *p, int error, struct probe_result *r
 		return vm_start_fail(vm, &(struct vm_outcome){
 			.error = VM_ERROR_FAILED, .state = vm->state, .reason = why});
 	}
+	/* Recorded now, not only once the guest runs: a cprd killed before
+	 * then must not leave a QEMU nobody knows, holding the VM's disks. */
+	vm_save_runtime(vm);
 }
 
 static void vm_on_op_timeout(evutil_socket_t fd, short what, void *userdata) {

@@ -800,6 +800,78 @@ def cprd_kill_before_journal_removed(r):
     return r.verify("committed", "new", memfd="held") + "; recorded once"
 
 
+@case("cprd kill -9 during a start, its QEMU up but the guest not yet run; restart",
+      "the start undone: that QEMU quit, the VM stopped, its RAM released; the next start works")
+def cprd_kill_starting(r):
+    # cprd records the QEMU as starting as soon as it runs it, and sends
+    # cont once QEMU's QMP is up: a window of a few ms, made here. The VM's
+    # QEMU is a wrapper that waits 2 s before it runs QEMU; cprd is stopped
+    # (SIGSTOP) meanwhile, so QEMU comes up and waits (prelaunch) for a
+    # cont that never comes; then cprd is killed.
+    r.qemu = T.write_wrapper(os.path.join(r.tmp, "qemu-slow"), "slow", delay="2")
+    r.ok("create", r.name, "--memory", 64, "--qemu", r.qemu, "--accel", "tcg",
+         "--disk", T.GUEST_IMAGE + ",readonly", "--nic", "bridge=" + r.net.BRIDGE)
+    starter = r.cprd.ctl_bg("start", r.name, "--json")
+    # cprd's child with the VM's name on its command line; the wrapper's
+    # shell reads the script through /dev/fd, so only its arguments say so.
+    marker = "guest=%s,debug-threads=on" % r.name
+    qpid = T.wait_until(lambda: next((p for p in r.cprd.children() if marker in T.cmdline(p)), None), 30,
+                        interval=0.02, what="cprd to run the VM's QEMU")
+    r.sig(r.cprd.pid, signal.SIGSTOP)  # continued at teardown if the case fails before the kill
+    check("qemu" not in os.path.basename(T.cmdline(qpid)[0]),
+          "pid %d already runs QEMU when cprd is stopped (%s): the window was missed" % (
+              qpid, T.cmdline(qpid)[:2]))
+    with open(r.runtime_path("qemu.json")) as f:
+        rec = json.load(f)
+    check(rec.get("pid") == qpid and rec.get("starting") is True,
+          "qemu.json does not record pid %d as starting: %s" % (qpid, rec))
+
+    def qemu_up():  # QEMU answers on its own monitor
+        try:
+            return bool(T.migrate_capabilities(qpid, timeout=5))
+        except (OSError, AssertionError):
+            return False
+    T.wait_until(qemu_up, 30, interval=0.2, what="QEMU pid %d to answer on its recovery monitor" % qpid)
+    r.kill_cprd()
+    r.stopped.remove(r.cprd.pid)
+    out, err = starter.communicate(timeout=30)
+    check(starter.returncode != 0, "the start that cprd's kill cut short succeeded: %s" % out)
+    r.restart_cprd()
+    r.wait_gone(qpid, "QEMU", "quit by the new cprd")
+    vm = r.status()
+    check(vm["state"] == "stopped", "state %s, expected stopped" % vm["state"])
+    check(r.cprd.memfd_inode(r.name) is None, "cprd still holds the guest RAM of a start that was undone")
+    check(not os.path.exists(r.runtime_path("qemu.json")), "qemu.json is left behind")
+    check("undoing the start" in r.cprd.read_log(), "cprd's log does not say why it quit pid %d" % qpid)
+    check(not qemus_by_marker(r.name), "a QEMU still runs: %s" % qemus_by_marker(r.name))
+    vm = r.ok("start", r.name, "--json").json
+    T.wait_until(lambda: (r.cprd.read_guest(r.name) or (b"", 0))[1] >= 1, 30, what="the guest to boot")
+    return "start undone: QEMU pid %d quit, VM stopped, RAM released; started again as pid %d, guest runs" % (
+        qpid, vm["pid"])
+
+
+@case("cprd kill -9 after the guest started, before cprd recorded it (qemu.json still says "
+      "starting); restart",
+      "the guest kept: re-attached as running on the same QEMU; RAM memfd taken back")
+def cprd_kill_started_unrecorded(r):
+    # cprd rewrites qemu.json without "starting" once cont succeeded; the
+    # window is made: after the start, cprd is killed and the flag put back.
+    r.create_and_start()
+    r.kill_cprd()
+    path = r.runtime_path("qemu.json")
+    with open(path) as f:
+        rec = json.load(f)
+    check("starting" not in rec, "qemu.json of a running guest says starting: %s" % rec)
+    rec["starting"] = True
+    with open(path, "w") as f:
+        json.dump(rec, f)
+    r.restart_cprd()
+    T.wait_until(lambda: r.status()["state"] == "running", 20, what="the VM to be running again")
+    with open(path) as f:
+        check("starting" not in json.load(f), "qemu.json still says starting")
+    return r.verify("none", "old", memfd="held")
+
+
 # The state directory full ----------------------------------------------------------------
 
 @case("state disk full, CreateVM", "clear error, nothing half-written; works once space is back",

@@ -356,7 +356,7 @@ int manager_metrics_write(struct manager *m) {
 	int r = metrics_render(&snap, &text, &len);
 	/* Readable by all: node_exporter runs as a user of its own. */
 	if (r >= 0)
-		r = write_file_atomic(m->metrics_path, text, len, 0644);
+		r = write_file_runtime(m->metrics_path, text, len, 0644);
 	if (r >= 0)
 		log_debug("%s written for %u changes", m->metrics_path, m->metrics_changes);
 	m->metrics_changes = 0;

@@ -139,6 +139,10 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 	return write_atomic(path, data, len, mode, true);
 }
 
+int write_file_runtime(const char *path, const void *data, size_t len, mode_t mode) {
+	return write_atomic(path, data, len, mode, false);
+}
+
 static int write_json(const char *path, struct json_object *o, bool sync) {
 	size_t len;
 	const char *s = json_object_to_json_string_length(

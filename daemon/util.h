@@ -33,8 +33,10 @@ int write_json_atomic(const char *path, struct json_object *o);
  * ends anyway, the folder is a tmpfs (/run) where a sync does nothing, and
  * the rename alone leaves the old or the new file when cprd itself dies.
  * cprd writes them on its one thread several times per upgrade, in the
- * middle of other upgrades' pauses. */
+ * middle of other upgrades' pauses. metrics.prom too: it is rewritten
+ * after every change. */
 int write_json_runtime(const char *path, struct json_object *o);
+int write_file_runtime(const char *path, const void *data, size_t len, mode_t mode);
 /* Reads a whole file of at most max bytes. */
 int read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 int mkdir_p(const char *path, mode_t mode);

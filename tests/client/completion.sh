@@ -20,17 +20,6 @@ AREA=client_completion
 QEMU=${CPRD_QEMU10:-/usr/bin/qemu-system-x86_64}
 BASH_COMPLETION=/usr/share/bash-completion/bash_completion
 
-PASSED=0 FAILED=0 SKIPPED=0
-pass() { PASSED=$((PASSED + 1)); echo "PASS $1${2:+: $2}"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL $1${2:+: $2}"; }
-skip() {
-	if ci_skip_allowed "$AREA" "$1"; then
-		SKIPPED=$((SKIPPED + 1))
-		echo "SKIP $1${2:+: $2}"
-	else
-		fail "$1" "skipped, and CI accepts only the skips in tests/ci-skips.txt: ${2:-}"
-	fi
-}
 finish() {
 	echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
 	[ $FAILED -eq 0 ] || exit 1

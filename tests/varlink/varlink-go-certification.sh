@@ -33,21 +33,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-passed=0 failed=0 skipped=0
-pass() { echo "PASS $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
-skip() {
-	if ci_skip_allowed "$AREA" "$1"; then
-		echo "SKIP $1: $2"
-		skipped=$((skipped + 1))
-	else
-		fail "$1" "skipped, and CI accepts only the skips in tests/ci-skips.txt: $2"
-	fi
-}
 finish() {
-	echo "$passed passed, $failed failed$([ $skipped -gt 0 ] && echo ", $skipped skipped")"
-	[ $failed -gt 0 ] && exit 1
-	[ $skipped -gt 0 ] && exit 77
+	echo "$PASSED passed, $FAILED failed$([ $SKIPPED -gt 0 ] && echo ", $SKIPPED skipped")"
+	[ $FAILED -gt 0 ] && exit 1
+	[ $SKIPPED -gt 0 ] && exit 77
 	exit 0
 }
 

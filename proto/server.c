@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <unistd.h>
 
 #include "log.h"
 #include "macro.h"
@@ -780,34 +779,20 @@ int vl_server_listen_path(struct vl_server *s, const char *path, mode_t mode) {
 			return log_error_errno(errno, "varlink: cannot remove stale %s: %m", path);
 	}
 
-	/* Bound under a temporary name and linked to the path once it
-	 * listens: whoever sees the path can connect, where a bound socket
-	 * that does not listen yet would refuse. link(), unlike rename(),
-	 * fails when a server started at the same moment got there first.
-	 * Too long a path binds in place. */
-	struct sockaddr_un tmp = {.sun_family = AF_UNIX};
-	int n = snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s.%d~", path, (int)getpid());
-	const char *bound = n > 0 && (size_t)n < sizeof(tmp.sun_path) ? tmp.sun_path : path;
-	if (bound == tmp.sun_path)
-		unlink(bound); /* left by a pid that was ours before */
-
 	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
 	/* umask so the socket is never more open than asked, even briefly. */
 	mode_t old = umask(~mode & 0777);
-	int r = bound == path ? bind(fd, (struct sockaddr *)&sa, sizeof(sa))
-			      : bind(fd, (struct sockaddr *)&tmp, sizeof(tmp));
+	int r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
 	if (r < 0)
-		return log_error_errno(errno, "varlink: cannot bind %s: %m", bound);
-	if (chmod(bound, mode) < 0 || listen(fd, SOMAXCONN) < 0 || (bound != path && link(bound, path) < 0)) {
+		return log_error_errno(errno, "varlink: cannot bind %s: %m", path);
+	if (chmod(path, mode) < 0 || listen(fd, SOMAXCONN) < 0) {
 		r = -errno;
-		unlink(bound);
+		unlink(path);
 		return log_error_errno(r, "varlink: cannot listen on %s: %m", path);
 	}
-	if (bound != path)
-		unlink(bound);
 	r = vl_server_listen_fd(s, fd);
 	if (r < 0) {
 		unlink(path);

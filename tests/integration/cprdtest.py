@@ -485,14 +485,28 @@ class Cprd:
             prefix + [CPRD, "--state-dir", self.state_dir, "--runtime-dir", self.runtime_dir,
                       "--log-level", "debug"] + self.extra_args,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, close_fds=True)
+        # Ready once a connection works: cprd binds the path a moment before
+        # it listens, and a client in between gets "Connection refused".
         deadline = time.monotonic() + 15
-        while not os.path.exists(self.socket):
+        while not self._accepts():
             if self.proc.poll() is not None:
                 raise AssertionError("cprd exited with %d at start:\n%s" % (self.proc.returncode, self.read_log()))
             if time.monotonic() > deadline:
-                raise AssertionError("cprd did not create %s in 15 s" % self.socket)
+                raise AssertionError("cprd did not listen on %s in 15 s" % self.socket)
             time.sleep(0.02)
         return self
+
+    def _accepts(self):
+        if not os.path.exists(self.socket):
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            s.connect(self.socket)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     def read_log(self):
         try:

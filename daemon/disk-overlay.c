@@ -60,7 +60,7 @@ void disk_overlay_message(const char *output, size_t len, char *buf, size_t size
 	if (!size)
 		return;
 	while (len && (output[len - 1] == '\n' || output[len - 1] == ' ' || output[len - 1] == '\t' ||
-		       output[len - 1] == '\r'))
+		       output[len - 1] == '\r' || output[len - 1] == '.'))
 		len--;
 	for (size_t i = 0; i < len && o + 1 < size; i++) {
 		bool line_start = i == 0 || output[i - 1] == '\n';

@@ -28,7 +28,8 @@ void disk_overlay_argv(const char *qemu_img, const char *base, const char *overl
 		       const char *argv[static DISK_OVERLAY_ARGV_MAX]);
 
 /* qemu-img's output made into one line for a reason: "qemu-img: " and
- * trailing blanks cut, newlines made "; ", at most size - 1 bytes. */
+ * trailing blanks and full stops cut, newlines made "; ", at most size - 1
+ * bytes. */
 void disk_overlay_message(const char *output, size_t len, char *buf, size_t size);
 
 struct disk_overlay;

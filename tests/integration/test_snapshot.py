@@ -21,7 +21,11 @@ the snapshot; cprd takes the disk's overlay at the snapshot's instant. The
 first cprd and its QEMU are then killed (the host goes down), and a fresh
 cprd restores the guest: it booted once, its first record after the
 restore follows the last one on the disk as it was at the snapshot (RAM
-and disk agree), and every record from then on is on the disk.
+and disk agree), and every record from then on is on the disk: on the
+fresh overlay the restore made, while the recorded disk stays as it was.
+One snapshot restored twice: the second restore finds the disk as it was
+at the snapshot, not as the first restored guest left it; a failed restore
+leaves no overlay, and a disk qemu-img refuses fails it before any QEMU.
 
 Run: /usr/bin/python3 test_snapshot.py [BootSector.test_name ...]
 """

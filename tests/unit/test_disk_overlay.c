@@ -60,7 +60,8 @@ START_TEST(test_message) {
 	static const char two[] = "qemu-img: /v/a.qcow2: Could not open\nqemu-img: second\n\n";
 	disk_overlay_message(two, strlen(two), buf, sizeof(buf));
 	ck_assert_str_eq(buf, "/v/a.qcow2: Could not open; second");
-	static const char stop[] = "qemu-img: x: Image is not in qcow2 format\nCould not open backing image.\n";
+	static const char stop[] =
+		"qemu-img: x: Image is not in qcow2 format\nCould not open backing image.\n";
 	disk_overlay_message(stop, strlen(stop), buf, sizeof(buf));
 	ck_assert_str_eq(buf, "x: Image is not in qcow2 format; Could not open backing image");
 	disk_overlay_message("", 0, buf, sizeof(buf));

@@ -85,6 +85,11 @@ static void print_result(struct progress *pr, struct json_object *r) {
 		       jstr(r, "vm"), jstr(r, "file"), mb, load, total,
 		       jbool(r, "created") ? ", VM created" : "", jstr(r, "qemuVersion"),
 		       (long long)jint(r, "pid", 0));
+		struct json_object *ov = jget(r, "overlays");
+		size_t n = json_object_is_type(ov, json_type_array) ? json_object_array_length(ov) : 0;
+		for (size_t i = 0; i < n; i++)
+			printf("%s: writes to the new overlay %s\n", jstr(r, "vm"),
+			       json_object_get_string(json_object_array_get_idx(ov, i)));
 	}
 	fflush(stdout);
 }
@@ -300,9 +305,11 @@ const struct cmd cmd_restore = {
 		"                     wrote it); the same release or newer, with the machine type\n"
 		"  --timeout SECONDS  until the guest runs (default 600)\n"
 		"The VM is created from the recorded spec if there is none; one that runs is\n"
-		"refused. A truncated or corrupt file, or one for another machine type, is\n"
-		"refused and nothing is left behind.\n"
+		"refused. Each writable qcow2 disk gets a fresh overlay beside it,\n"
+		"DISK.restore-TIME.qcow2, which the guest writes to: the snapshot's disk is only\n"
+		"read, so the snapshot can be restored again. A truncated or corrupt file, or one\n"
+		"for another machine type, is refused and nothing is left behind.\n"
 		"With --json every line is a JSON object; the last one is the result (vm, file,\n"
-		"bytes, created, qemuVersion, pid, loadMs, totalMs).\n",
+		"bytes, created, qemuVersion, pid, loadMs, totalMs, overlays).\n",
 	.run = restore_run,
 };

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "binary.h"
+#include "disk-overlay.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -71,6 +72,14 @@ struct snapshot_op {
 	/* restore */
 	struct snapshot_record want; /* the record read */
 	char *binary;
+	/* The spec to start, the recorded one whose writable disks get a
+	 * fresh overlay each (overlay[i], made one after another by
+	 * `making`), so the recorded disks are only read; and an existing
+	 * VM's own spec, put back if the restore fails. */
+	struct vm_spec *spec, *old_spec;
+	struct disk_overlay *making;
+	size_t next_disk;
+	char stamp[32];
 	bool created;
 	bool load_sent;
 	uint64_t load_usec;
@@ -90,6 +99,9 @@ static void op_free(struct snapshot_op *s) {
 	snapshot_record_done(&s->rec);
 	snapshot_record_done(&s->want);
 	free(s->binary);
+	disk_overlay_cancel(s->making);
+	spec_free(s->spec);
+	spec_free(s->old_spec);
 	for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
 		free(s->overlay[i]);
 	free(s->name);
@@ -637,14 +649,10 @@ int snapshot_start(struct manager *m, struct vm *vm, const struct snapshot_reque
 			continue;
 		struct stat st;
 		/* Beside the disk, named for the disk it started from: a.qcow2,
-		 * then a.snap-T1.qcow2, then a.snap-T2.qcow2. */
-		const char *base = strrchr(d->path, '/');
-		const char *cut = strstr(base ? base : d->path, ".snap-");
-		if (!cut)
-			cut = strstr(base ? base : d->path, ".qcow2");
-		int stem = cut ? (int)(cut - d->path) : (int)strlen(d->path);
+		 * then a.snap-T1.qcow2, then a.snap-T2.qcow2 (a.restore-T3.qcow2
+		 * after a restore, then a.snap-T4.qcow2). */
 		if (!streq(d->format, "qcow2") ||
-		    asprintf(&overlay[i], "%.*s.snap-%s.qcow2", stem, d->path, stamp) < 0 ||
+		    !(overlay[i] = disk_overlay_name(d->path, "snap", stamp, 1)) ||
 		    strlen(overlay[i]) >= SPEC_PATH_MAX || lstat(overlay[i], &st) == 0) {
 			bool raw = !streq(d->format, "qcow2");
 			refuse(ref, SNAPSHOT_NOT_SNAPSHOTTABLE,
@@ -758,10 +766,20 @@ static void restore_cleanup(evutil_socket_t fd, short what, void *userdata) {
 			manager_remove(s->m, vm);
 			vm_free(vm);
 		} else {
+			if (s->old_spec) { /* its own spec again: the overlays go */
+				spec_free(vm->spec);
+				vm->spec = TAKE_PTR(s->old_spec);
+			}
 			vm_set_state(vm, VM_STOPPED, "restore failed");
 			vm_save(vm);
 		}
 	}
+	/* The overlays this restore made, unless a QEMU still has them. */
+	if (!vm || !vm_is_active(vm))
+		for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
+			if (s->overlay[i] && unlink(s->overlay[i]) < 0 && errno != ENOENT)
+				log_vm(LOG_WARNING, s->name, "cannot remove the overlay %s: %m",
+				       s->overlay[i]);
 	s->vm = NULL;
 	restore_end(s, NULL);
 }
@@ -866,6 +884,13 @@ static struct json_object *restore_result(struct snapshot_op *s) {
 		json_object_object_add(r, "pid", json_object_new_int(vm_qemu_pid(vm->qemu)));
 	json_object_object_add(r, "loadMs", json_new_fixed3(elapsed_ms(s->load_usec)));
 	json_object_object_add(r, "totalMs", json_new_fixed3(elapsed_ms(s->t0)));
+	if (s->n_overlays) {
+		struct json_object *a = json_object_new_array();
+		for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
+			if (s->overlay[i])
+				json_object_array_add(a, json_object_new_string(s->overlay[i]));
+		json_object_object_add(r, "overlays", a);
+	}
 	return r;
 }
 
@@ -893,28 +918,26 @@ static void restore_on_start(struct vm *vm, const struct vm_outcome *o, void *us
 	restore_end(s, result);
 }
 
-/* The binary is checked: the VM is made (or taken) and started. */
-static void restore_launch(struct snapshot_op *s) {
+/* The spec and its overlays are ready: the VM is made (or taken) and
+ * started. */
+static void restore_start_vm(struct snapshot_op *s) {
 	struct vm *vm = manager_find(s->m, s->name);
 	int r;
 	if (vm && (vm_is_active(vm) || vm->operation != VM_OP_NONE))
 		return restore_fail(s, SNAPSHOT_BAD_STATE,
 				    "VM %s is %s now; stop it or restore under another name", s->name,
 				    vm_state_name(vm));
-	/* The recorded spec, under this name and binary: its disks are the
-	 * disks as they were at the snapshot (not the overlays the VM went on
-	 * with), for a VM that exists as for a new one. */
-	struct vm_spec *spec = NULL;
-	struct spec_error err;
-	memset(&err, 0, sizeof(err));
-	struct json_object *o = json_object_get(s->want.spec);
-	json_object_object_add(o, "name", json_object_new_string(s->name));
-	json_object_object_add(o, "qemu", json_object_new_string(s->binary));
-	r = spec_from_json(o, &spec, &err);
-	json_object_put(o);
-	if (r < 0)
-		return restore_fail(s, SNAPSHOT_BAD_FILE, "the record's spec is refused: %s: %s",
-				    err.field, err.reason);
+	struct vm_spec *spec = s->spec;
+	for (size_t i = 0; i < spec->n_disks && i < SPEC_DISKS_MAX; i++) {
+		if (!s->overlay[i])
+			continue;
+		char *path = strdup(s->overlay[i]);
+		if (!path)
+			return restore_fail(s, SNAPSHOT_FAILED, "out of memory");
+		free(spec->disks[i].path);
+		spec->disks[i].path = path;
+	}
+	s->spec = NULL;
 	if (!vm) {
 		_cleanup_free_ char *dir = manager_vm_state_dir(s->m, s->name);
 		if (!dir || (r = vm_new(&s->m->host, spec, dir, &vm)) < 0) {
@@ -931,7 +954,7 @@ static void restore_launch(struct snapshot_op *s) {
 		manager_emit(s->m, vm, "created", "VM defined from a snapshot");
 	} else {
 		s->vm = vm;
-		spec_free(vm->spec);
+		s->old_spec = vm->spec;
 		vm->spec = spec;
 		vm_save(vm);
 	}
@@ -940,6 +963,80 @@ static void restore_launch(struct snapshot_op *s) {
 	r = vm_start_incoming(vm, &s->incoming, s, restore_on_start, s);
 	if (r < 0)
 		return restore_fail(s, SNAPSHOT_FAILED, "cannot start QEMU: %s", strerror(-r));
+}
+
+static void restore_next_overlay(struct snapshot_op *s);
+
+static void restore_on_overlay(int error, const char *overlay, const char *reason,
+			       void *userdata) {
+	struct snapshot_op *s = userdata;
+	size_t i = s->next_disk;
+	s->making = NULL;
+	if (error < 0)
+		return restore_fail(s, SNAPSHOT_FAILED, "disks[%zu]: %s", i, reason);
+	if (!(s->overlay[i] = strdup(overlay))) {
+		unlink(overlay);
+		return restore_fail(s, SNAPSHOT_FAILED, "out of memory");
+	}
+	s->n_overlays++;
+	progress(s, "overlay", -1, "disks[%zu]: the guest writes to %s; %s is only read", i,
+		 overlay, s->spec->disks[i].path);
+	s->next_disk++;
+	restore_next_overlay(s);
+}
+
+/* One writable disk after another gets its overlay (qemu-img in a child;
+ * a few ms each), then the VM starts. */
+static void restore_next_overlay(struct snapshot_op *s) {
+	const struct vm_spec *spec = s->spec;
+	char why[768];
+	for (; s->next_disk < spec->n_disks && s->next_disk < SPEC_DISKS_MAX; s->next_disk++) {
+		size_t i = s->next_disk;
+		if (spec->disks[i].readonly)
+			continue;
+		if (disk_overlay_create(s->m->base, spec->disks[i].path, "restore", s->stamp,
+					restore_on_overlay, s, &s->making, why, sizeof(why)) < 0)
+			return restore_fail(s, SNAPSHOT_FAILED, "disks[%zu]: %s", i, why);
+		return;
+	}
+	restore_start_vm(s);
+}
+
+/* The binary and the file are checked: the recorded spec under this name
+ * and binary, whose disks are the disks as they were at the snapshot (not
+ * the overlays the VM went on with), for a VM that exists as for a new
+ * one. Those disks are the snapshot's disk state, which the restored guest
+ * must never write: each writable one gets a fresh overlay first. */
+static void restore_launch(struct snapshot_op *s) {
+	struct vm *vm = manager_find(s->m, s->name);
+	int r;
+	if (vm && (vm_is_active(vm) || vm->operation != VM_OP_NONE))
+		return restore_fail(s, SNAPSHOT_BAD_STATE,
+				    "VM %s is %s now; stop it or restore under another name", s->name,
+				    vm_state_name(vm));
+	struct spec_error err;
+	memset(&err, 0, sizeof(err));
+	struct json_object *o = json_object_get(s->want.spec);
+	json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, "qemu", json_object_new_string(s->binary));
+	r = spec_from_json(o, &s->spec, &err);
+	json_object_put(o);
+	if (r < 0)
+		return restore_fail(s, SNAPSHOT_BAD_FILE, "the record's spec is refused: %s: %s",
+				    err.field, err.reason);
+	for (size_t i = 0; i < s->spec->n_disks && i < SPEC_DISKS_MAX; i++) {
+		const struct spec_disk *d = &s->spec->disks[i];
+		if (!d->readonly && !streq(d->format, "qcow2"))
+			return restore_fail(s, SNAPSHOT_BAD_FILE,
+					    "the record's disks[%zu] %s is a writable raw disk, which a "
+					    "snapshot never records: the restored guest would write "
+					    "into the snapshot's disk state",
+					    i, d->path);
+	}
+	time_t now = time(NULL);
+	struct tm tm;
+	strftime(s->stamp, sizeof(s->stamp), "%Y%m%dT%H%M%S", gmtime_r(&now, &tm));
+	restore_next_overlay(s);
 }
 
 static void restore_on_hash_progress(uint64_t done, uint64_t size, void *userdata) {

@@ -21,11 +21,16 @@ the snapshot; cprd takes the disk's overlay at the snapshot's instant. The
 first cprd and its QEMU are then killed (the host goes down), and a fresh
 cprd restores the guest: it booted once, its first record after the
 restore follows the last one on the disk as it was at the snapshot (RAM
-and disk agree), and every record from then on is on the disk.
+and disk agree), and every record from then on is on the disk: on the
+fresh overlay the restore made, while the recorded disk stays as it was.
+One snapshot restored twice: the second restore finds the disk as it was
+at the snapshot, not as the first restored guest left it; a failed restore
+leaves no overlay, and a disk qemu-img refuses fails it before any QEMU.
 
 Run: /usr/bin/python3 test_snapshot.py [BootSector.test_name ...]
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -54,6 +59,12 @@ def fnv1a64(data):
         h = ((h ^ w) * 0x100000001b3) & mask
     h = ((h ^ len(data)) * 0x100000001b3) & mask
     return "fnv1a64:%016x" % h
+
+
+def file_state(path):
+    """A file's sha256 and mtime (ns): what must not change."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns
 
 
 def fill_guest_ram(cprd, name, offset, length):
@@ -421,9 +432,16 @@ class LinuxGuest(SnapshotCase, L.LinuxGuestCase):
         last_frozen = self.last_record(frozen, boot_id)
         self.assertGreaterEqual(last_frozen, at, "records reported before the snapshot are missing")
 
+        frozen_sum = file_state(data)
         c2 = self.second_cprd()
         r = c2.ctl("restore", name, "--from", path, "--json", timeout=300)
         self.assertEqual(r.rc, 0, repr(r))
+        # The restored guest writes to a fresh overlay over the disk as it
+        # was, which stays as it was.
+        self.assertEqual(len(r.json.get("overlays", [])), 1, r.json)
+        mine = r.json["overlays"][0]
+        self.assert_restore_overlay(mine, data)
+        self.assertEqual(c2.ctl("status", name, "--json").json["spec"]["disks"][1]["path"], mine)
         text = lambda: c2.console(name)
         wait_until(lambda: L.console_report(text())[1], 60 * T.SLOWDOWN, interval=0.2,
                    what="records from the restored guest")
@@ -447,9 +465,139 @@ class LinuxGuest(SnapshotCase, L.LinuxGuestCase):
         c2.ctl("stop", name, "--force")
         wait_until(lambda: c2.ctl("status", name, "--json").json["state"] == "stopped", 30)
         last = L.console_report(text())[1][-1][0]
-        disk = self.read_qcow2(data)
+        disk = self.read_qcow2(mine)
         self.assertEqual(L.disk_problems(disk, boot_id, last), [],
                          "the disk after the restored run lacks records")
+        self.assertEqual(file_state(data), frozen_sum, "the restore wrote into the snapshot's disk")
+
+    def test_restore_twice_same_disk_state(self):
+        """One snapshot restored twice into the same VM: each restore gets
+        an overlay of its own over the recorded disk, so the second one
+        finds the disk as it was at the snapshot, not as the first restored
+        guest left it; the recorded disk's bytes and mtime never change. A
+        restore that fails after its overlay was made removes it, and the
+        VM keeps its own spec; a recorded disk that is gone is refused
+        before any QEMU starts, naming the disk."""
+        name = "lin"
+        data = os.path.join(self.tmp, "lin-data.qcow2")
+        subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", data, str(L.DATA_DISK_BYTES)], check=True)
+        self.ok("create", name, "--memory", L.MEMORY_MIB, "--qemu", T.QEMU10, "--machine", "pc",
+                "--accel", "tcg", "--disk", L.LINUX_IMAGE + ",readonly", "--disk", data + ",format=qcow2")
+        self.start_vm(name)
+        boot_id = wait_until(lambda: self.report(name)[0], L.BOOT_TIMEOUT, interval=0.2,
+                             what="the boot line")[0]
+        wait_until(lambda: self.last_reported(name) >= 8, 30 * T.SLOWDOWN, interval=0.1, what="records")
+        d = self.snap_dir()
+        path = os.path.join(d, "lin.state")
+        self.snapshot(name, path)
+        at = self.last_reported(name)
+        wait_until(lambda: self.last_reported(name) >= at + 4, 30 * T.SLOWDOWN, interval=0.1,
+                   what="records after the snapshot")
+        self.ok("stop", name, "--force")
+        wait_until(lambda: self.status(name)["state"] == "stopped", 30)
+        last_frozen = self.last_record(self.read_qcow2(data), boot_id)
+        frozen_sum = file_state(data)
+
+        def restore(wait_for):
+            """Restores lin; returns (its overlay, its records, the last)."""
+            mark = len(self.cprd.console(name))
+            r = self.ctl("restore", name, "--from", path, "--json", timeout=300)
+            self.assertEqual(r.rc, 0, repr(r))
+            self.assertFalse(r.json["created"], r.json)
+            self.assertEqual(len(r.json.get("overlays", [])), 1, r.json)
+            mine = r.json["overlays"][0]
+            self.assert_restore_overlay(mine, data)
+            self.assertEqual(self.status(name)["spec"]["disks"][1]["path"], mine)
+            tail = lambda: L.console_report(self.cprd.console(name)[mark:])
+            wait_until(lambda: len(tail()[1]) >= wait_for, 60 * T.SLOWDOWN, interval=0.1,
+                       what="%d records from the restored guest" % wait_for)
+            self.ok("stop", name, "--force")
+            wait_until(lambda: self.status(name)["state"] == "stopped", 30)
+            boots, recs, other = tail()
+            self.assertEqual((boots, other), ([], []), "the restored guest booted again or failed")
+            self.assertEqual([n for n, _ in recs], list(range(recs[0][0], recs[0][0] + len(recs))))
+            # The sequence goes on from the last record on the disk at the
+            # snapshot (that one again if it was written but not reported).
+            self.assertIn(recs[0][0], (last_frozen, last_frozen + 1))
+            disk = self.read_qcow2(mine)
+            self.assertEqual(L.disk_problems(disk, boot_id, recs[-1][0]), [],
+                             "the disk of the restored run %s is not the snapshot's plus its "
+                             "own records" % mine)
+            self.assertEqual(file_state(data), frozen_sum, "the restore wrote into the snapshot's disk")
+            return mine, recs
+
+        first, recs1 = restore(20)
+        second, recs2 = restore(2)
+        T.log("    restore twice: record %d last on the disk at the snapshot; first restore "
+              "wrote %d..%d into %s, second %d..%d into %s" %
+              (last_frozen, recs1[0][0], recs1[-1][0], os.path.basename(first), recs2[0][0],
+               recs2[-1][0], os.path.basename(second)))
+        self.assertNotEqual(first, second)
+        self.assertTrue(os.path.exists(first), "the first restore's overlay went")
+        # The records the first restored run wrote beyond the second's are
+        # not on the second's disk (disk_problems found zeros after it).
+        self.assertLess(recs2[-1][0] + 1, recs1[-1][0])
+
+        # A restore that fails after its overlay was made: QEMU cannot load
+        # the state. The overlay goes, the VM keeps its own spec.
+        with open(path + ".json") as f:
+            rec = json.load(f)
+        bad = os.path.join(d, "unloadable.state")
+        self.copy_snapshot(path, bad)
+        with open(bad, "r+b") as f:
+            blob = bytearray(f.read())
+            blob[0:4] = b"XXXX"
+            f.seek(0)
+            f.write(blob)
+        with open(bad + ".json", "w") as f:
+            json.dump(dict(rec, stateHash=fnv1a64(bytes(blob))), f)
+        overlays = lambda: sorted(f for f in os.listdir(self.tmp) if ".restore-" in f)
+        before = overlays()
+        self.assertEqual(before, sorted(os.path.basename(p) for p in (first, second)))
+        made = self.cprd.read_log().count("made the overlay")
+        r = self.ctl("restore", name, "--from", bad, timeout=300)
+        self.assertNotEqual(r.rc, 0, repr(r))
+        self.assertIn("could not load", r.stderr, repr(r))
+        self.assertEqual(self.cprd.read_log().count("made the overlay"), made + 1,
+                         "the failed restore made no overlay")
+        self.assertEqual(overlays(), before, "the failed restore left its overlay")
+        st = self.status(name)
+        self.assertEqual((st["state"], st["spec"]["disks"][1]["path"]), ("stopped", second), st)
+
+        # A recorded disk qemu-img cannot put an overlay on (it is not
+        # qcow2): refused before any QEMU starts, naming the disk and with
+        # qemu-img's reason; nothing left.
+        notqcow = os.path.join(self.tmp, "not-qcow2.qcow2")
+        with open(notqcow, "wb") as f:
+            f.truncate(L.DATA_DISK_BYTES)
+        spec = json.loads(json.dumps(rec["spec"]))
+        spec["disks"][1]["path"] = notqcow
+        moved = os.path.join(d, "moved.state")
+        self.copy_snapshot(path, moved)
+        with open(moved + ".json", "w") as f:
+            json.dump(dict(rec, spec=spec), f)
+        children = set(T.children_of(self.cprd.pid))
+        starts = self.cprd.read_log().count("starting QEMU")
+        r = self.ctl("restore", "lin-moved", "--from", moved, timeout=300)
+        T.log("    %s" % r.stderr.strip())
+        self.assertNotEqual(r.rc, 0, repr(r))
+        self.assertIn("disks[1]: cannot make an overlay over %s: qemu-img exited with status 1: " % notqcow,
+                      r.stderr, repr(r))
+        self.assertIn("qcow2", r.stderr.split("qemu-img exited")[1], repr(r))
+        self.assertEqual(self.cprd.read_log().count("starting QEMU"), starts, "a QEMU was started")
+        self.assert_nothing_left(self.cprd, "lin-moved", children)
+        self.assertEqual(overlays(), before)
+        self.assertEqual(file_state(data), frozen_sum)
+
+    def assert_restore_overlay(self, overlay, disk):
+        """overlay is a restore's: beside disk, named for it, a qcow2 file
+        whose backing file is disk (absolute, qcow2)."""
+        self.assertEqual(os.path.dirname(overlay), os.path.dirname(disk))
+        self.assertRegex(os.path.basename(overlay), r"^lin-data\.restore-\d{8}T\d{6}(-\d+)?\.qcow2$")
+        info = json.loads(subprocess.run([QEMU_IMG, "info", "-U", "--output=json", overlay], check=True,
+                                         capture_output=True, text=True).stdout)
+        self.assertEqual((info["format"], info.get("full-backing-filename"),
+                          info.get("backing-filename-format")), ("qcow2", disk, "qcow2"), info)
 
     def read_qcow2(self, path):
         raw = os.path.join(self.tmp, "read.raw")

@@ -18,8 +18,10 @@
 #   machined        machine names and ids for systemd-machined
 #   snapshot_file   a snapshot's checksum and record; as root, its folder and
 #                   file checks, the hasher, userfaultfd on a shared memfd
+#   disk_overlay    an overlay's name, qemu-img's argv; as root, real overlays
+#                   made by qemu-img on a loop, a refused disk, a cancel
 #   cpr_relay       cpr-transfer's cpr channel through cprd, on real sockets
-foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant metrics binwatch machined snapshot_file cpr_relay)
+foreach(name spec util cmdline mode pause_slots qemu_record upgrade_journal custody tap vfio users disk_grant metrics binwatch machined snapshot_file disk_overlay cpr_relay)
   cprd_check_test(test_${name}
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_${name}.c
     LIBS cprd-core)

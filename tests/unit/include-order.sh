@@ -13,7 +13,7 @@ layer() {
 	case "$1" in
 	client|idl|log|macro|message|server|server-internal|service|subscribers|varlink) echo 0 ;; # proto/
 	util) echo 1 ;;
-	binary|binwatch|cmdline|cpr-relay|metrics|custody|custody-console|custody-qmp|custody-ram|custody-tap|custody-vfio|disk-grant|migration|mode|mode-cpr-transfer|pause-slots|mode-local-migrate|mode-cpr-exec|probe|qemu|qemu-record|qmp|spec|systemd|tap|upgrade-journal|users|vfio|machined|snapshot-file) echo 2 ;;
+	binary|binwatch|cmdline|cpr-relay|metrics|custody|custody-console|custody-qmp|custody-ram|custody-tap|custody-vfio|disk-grant|disk-overlay|migration|mode|mode-cpr-transfer|pause-slots|mode-local-migrate|mode-cpr-exec|probe|qemu|qemu-record|qmp|spec|systemd|tap|upgrade-journal|users|vfio|machined|snapshot-file) echo 2 ;;
 	vm) echo 3 ;;
 	manager) echo 4 ;;
 	attach|outdated|snapshot|upgrade) echo 5 ;;

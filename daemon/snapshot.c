@@ -465,18 +465,12 @@ static void snap_on_transaction(struct qmp *q, struct json_object *ret,
 	s->overlays_taken = true;
 	struct vm_spec *spec = s->vm->spec;
 	for (size_t i = 0; i < spec->n_disks && i < SPEC_DISKS_MAX; i++) {
-		if (!s->overlay[i])
-			continue;
-		char *path = strdup(s->overlay[i]), *fmt = strdup("qcow2");
-		if (!path || !fmt) {
-			free(path);
-			free(fmt);
-			continue;
-		}
-		free(spec->disks[i].path);
-		free(spec->disks[i].format);
-		spec->disks[i].path = path;
-		spec->disks[i].format = fmt;
+		/* The disk goes on top of the chain cprd records below the
+		 * overlay, whose files the VM's own user may read at a start. */
+		int r = s->overlay[i] ? spec_disk_push_overlay(&spec->disks[i], s->overlay[i]) : 0;
+		if (r < 0)
+			log_vm_errno(LOG_ERR, r, s->name, "disks[%zu]: cannot name the overlay %s: %m",
+				     i, s->overlay[i]);
 	}
 	vm_save(s->vm);
 	progress(s, "overlay", -1, "%zu disk overlay(s) taken; the VM writes to them from now on",
@@ -651,6 +645,16 @@ int snapshot_start(struct manager *m, struct vm *vm, const struct snapshot_reque
 		/* Beside the disk, named for the disk it started from: a.qcow2,
 		 * then a.snap-T1.qcow2, then a.snap-T2.qcow2 (a.restore-T3.qcow2
 		 * after a restore, then a.snap-T4.qcow2). */
+		if (d->n_backing >= SPEC_BACKING_MAX) {
+			refuse(ref, SNAPSHOT_NOT_SNAPSHOTTABLE,
+			       "disks[%zu] %s is an overlay over %zu files cprd made already, the "
+			       "most it records (commit the chain with qemu-img commit, or start "
+			       "the VM on a fresh copy)",
+			       i, d->path, d->n_backing);
+			for (size_t k = 0; k < SPEC_DISKS_MAX; k++)
+				free(overlay[k]);
+			return -EINVAL;
+		}
 		if (!streq(d->format, "qcow2") ||
 		    !(overlay[i] = disk_overlay_name(d->path, "snap", stamp, 1)) ||
 		    strlen(overlay[i]) >= SPEC_PATH_MAX || lstat(overlay[i], &st) == 0) {
@@ -928,15 +932,11 @@ static void restore_start_vm(struct snapshot_op *s) {
 				    "VM %s is %s now; stop it or restore under another name", s->name,
 				    vm_state_name(vm));
 	struct vm_spec *spec = s->spec;
-	for (size_t i = 0; i < spec->n_disks && i < SPEC_DISKS_MAX; i++) {
-		if (!s->overlay[i])
-			continue;
-		char *path = strdup(s->overlay[i]);
-		if (!path)
+	/* The recorded disk goes on top of its recorded chain: the files the
+	 * VM's own user is let read below its overlay. */
+	for (size_t i = 0; i < spec->n_disks && i < SPEC_DISKS_MAX; i++)
+		if (s->overlay[i] && spec_disk_push_overlay(&spec->disks[i], s->overlay[i]) < 0)
 			return restore_fail(s, SNAPSHOT_FAILED, "out of memory");
-		free(spec->disks[i].path);
-		spec->disks[i].path = path;
-	}
 	s->spec = NULL;
 	if (!vm) {
 		_cleanup_free_ char *dir = manager_vm_state_dir(s->m, s->name);
@@ -1019,7 +1019,7 @@ static void restore_launch(struct snapshot_op *s) {
 	struct json_object *o = json_object_get(s->want.spec);
 	json_object_object_add(o, "name", json_object_new_string(s->name));
 	json_object_object_add(o, "qemu", json_object_new_string(s->binary));
-	r = spec_from_json(o, &s->spec, &err);
+	r = spec_from_json_record(o, &s->spec, &err);
 	json_object_put(o);
 	if (r < 0)
 		return restore_fail(s, SNAPSHOT_BAD_FILE, "the record's spec is refused: %s: %s",
@@ -1032,6 +1032,12 @@ static void restore_launch(struct snapshot_op *s) {
 					    "snapshot never records: the restored guest would write "
 					    "into the snapshot's disk state",
 					    i, d->path);
+		if (!d->readonly && d->n_backing >= SPEC_BACKING_MAX)
+			return restore_fail(s, SNAPSHOT_BAD_FILE,
+					    "the record's disks[%zu] %s is an overlay over %zu files "
+					    "already, the most cprd records, so a restore's overlay "
+					    "cannot go on it",
+					    i, d->path, d->n_backing);
 	}
 	time_t now = time(NULL);
 	struct tm tm;

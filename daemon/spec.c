@@ -27,6 +27,9 @@ void spec_free(struct vm_spec *s) {
 	for (size_t i = 0; i < s->n_disks; i++) {
 		free(s->disks[i].path);
 		free(s->disks[i].format);
+		for (size_t k = 0; k < s->disks[i].n_backing; k++)
+			free(s->disks[i].backing[k]);
+		free(s->disks[i].backing);
 	}
 	free(s->disks);
 	for (size_t i = 0; i < s->n_nics; i++)
@@ -53,15 +56,8 @@ bool spec_name_valid(const char *name) {
 }
 
 /* A string field: present (when mandatory), a string, no NUL, not too long. */
-static int get_string(struct json_object *o, const char *key, const char *field, bool mandatory,
-		      size_t max, const char **ret, struct spec_error *err) {
-	struct json_object *v;
-	*ret = NULL;
-	if (!json_object_object_get_ex(o, key, &v) || !v) {
-		if (mandatory)
-			return fail(err, field, "is missing");
-		return 0;
-	}
+static int string_value(struct json_object *v, const char *field, size_t max, const char **ret,
+			struct spec_error *err) {
 	if (!json_object_is_type(v, json_type_string))
 		return fail(err, field, "must be a string");
 	size_t len = (size_t)json_object_get_string_len(v);
@@ -72,6 +68,28 @@ static int get_string(struct json_object *o, const char *key, const char *field,
 		return fail(err, field, "is longer than %zu characters", max);
 	*ret = s;
 	return 0;
+}
+
+static int get_string(struct json_object *o, const char *key, const char *field, bool mandatory,
+		      size_t max, const char **ret, struct spec_error *err) {
+	struct json_object *v;
+	*ret = NULL;
+	if (!json_object_object_get_ex(o, key, &v) || !v) {
+		if (mandatory)
+			return fail(err, field, "is missing");
+		return 0;
+	}
+	return string_value(v, field, max, ret, err);
+}
+
+/* The string at a[k]. */
+static int get_string_at(struct json_object *a, size_t k, const char *field, size_t max,
+			 const char **ret, struct spec_error *err) {
+	struct json_object *v = json_object_array_get_idx(a, k);
+	*ret = NULL;
+	if (!v)
+		return fail(err, field, "must be a string");
+	return string_value(v, field, max, ret, err);
 }
 
 static int get_int(struct json_object *o, const char *key, const char *field, bool mandatory,
@@ -135,10 +153,61 @@ static uint64_t host_memory_mib(void) {
 	return (uint64_t)si.totalram * si.mem_unit / (1024 * 1024);
 }
 
-/* disks[i] of a spec into disk. */
-static int parse_disk(struct json_object *d, size_t i, bool check_host, struct spec_disk *disk,
-		      struct spec_error *err) {
+/* disks[i].backing: absolute paths QEMU can be given, at most
+ * SPEC_BACKING_MAX. */
+static int parse_backing(struct json_object *d, size_t i, struct spec_disk *disk,
+			 struct spec_error *err) {
+	struct json_object *v;
+	char field[64];
+	if (!json_object_object_get_ex(d, "backing", &v))
+		return 0;
+	snprintf(field, sizeof(field), "disks[%zu].backing", i);
+	if (!json_object_is_type(v, json_type_array))
+		return fail(err, field, "must be an array of paths");
+	size_t n = json_object_array_length(v);
+	if (n > SPEC_BACKING_MAX)
+		return fail(err, field, "at most %d files, not %zu", SPEC_BACKING_MAX, n);
+	disk->backing = calloc(n ? n : 1, sizeof(*disk->backing));
+	if (!disk->backing)
+		return -ENOMEM;
+	for (size_t k = 0; k < n; k++) {
+		const char *s;
+		int r;
+		snprintf(field, sizeof(field), "disks[%zu].backing[%zu]", i, k);
+		if ((r = get_string_at(v, k, field, SPEC_PATH_MAX, &s, err)) < 0)
+			return r;
+		if (s[0] != '/')
+			return fail(err, field, "must be an absolute path, not '%.200s'", s);
+		if (strchr(s, ','))
+			return fail(err, field, "must not contain a comma");
+		if (!(disk->backing[k] = strdup(s)))
+			return -ENOMEM;
+		disk->n_backing = k + 1;
+	}
+	return 0;
+}
+
+int spec_disk_push_overlay(struct spec_disk *d, const char *overlay) {
+	if (d->n_backing >= SPEC_BACKING_MAX)
+		return -E2BIG;
+	char **v = realloc(d->backing, (d->n_backing + 1) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	d->backing = v;
+	char *path = strdup(overlay);
+	if (!path)
+		return -ENOMEM;
+	v[d->n_backing++] = d->path;
+	d->path = path;
+	return 0;
+}
+
+/* disks[i] of a spec into disk; backing only from a spec cprd wrote. */
+static int parse_disk(struct json_object *d, size_t i, bool check_host, bool backing,
+		      struct spec_disk *disk, struct spec_error *err) {
 	static const char *const disk_keys[] = {"path", "format", "readonly", NULL};
+	static const char *const disk_keys_backing[] = {"path", "format", "readonly", "backing",
+							NULL};
 	char field[64], prefix[32];
 	const char *s;
 	struct stat st;
@@ -149,7 +218,7 @@ static int parse_disk(struct json_object *d, size_t i, bool check_host, struct s
 		snprintf(field, sizeof(field), "disks[%zu]", i);
 		return fail(err, field, "must be an object with path, format and readonly");
 	}
-	if ((r = check_keys(d, disk_keys, prefix, err)) < 0)
+	if ((r = check_keys(d, backing ? disk_keys_backing : disk_keys, prefix, err)) < 0)
 		return r;
 
 	snprintf(field, sizeof(field), "disks[%zu].path", i);
@@ -176,12 +245,14 @@ static int parse_disk(struct json_object *d, size_t i, bool check_host, struct s
 		return -ENOMEM;
 
 	snprintf(field, sizeof(field), "disks[%zu].readonly", i);
-	return get_bool(d, "readonly", field, &disk->readonly, err);
+	if ((r = get_bool(d, "readonly", field, &disk->readonly, err)) < 0)
+		return r;
+	return backing ? parse_backing(d, i, disk, err) : 0;
 }
 
 /* The spec's disks. */
-static int parse_disks(struct json_object *o, bool check_host, struct vm_spec *spec,
-		       struct spec_error *err) {
+static int parse_disks(struct json_object *o, bool check_host, bool backing,
+		       struct vm_spec *spec, struct spec_error *err) {
 	struct json_object *v;
 	if (!json_object_object_get_ex(o, "disks", &v) || !v)
 		return 0;
@@ -195,7 +266,8 @@ static int parse_disks(struct json_object *o, bool check_host, struct vm_spec *s
 		return -ENOMEM;
 	for (size_t i = 0; i < nd; i++) {
 		spec->n_disks = i + 1;
-		int r = parse_disk(json_object_array_get_idx(v, i), i, check_host, &spec->disks[i], err);
+		int r = parse_disk(json_object_array_get_idx(v, i), i, check_host, backing,
+				   &spec->disks[i], err);
 		if (r < 0)
 			return r;
 	}
@@ -350,7 +422,7 @@ int spec_check_bridges(const struct vm_spec *s, struct spec_error *err) {
 }
 
 
-static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
+static int parse(struct json_object *o, bool check_host, bool backing, struct vm_spec **ret,
 		 struct spec_error *err) {
 	static const char *const keys[] = {"name", "memory", "cpus", "machine", "qemu", "accel",
 					   "hugepages", "allowExec", "disks", "devices", "nics", NULL};
@@ -437,7 +509,7 @@ static int parse(struct json_object *o, bool check_host, struct vm_spec **ret,
 	TRY(get_bool(o, "hugepages", "hugepages", &spec->hugepages, err));
 	TRY(get_bool(o, "allowExec", "allowExec", &spec->allow_exec, err));
 
-	TRY(parse_disks(o, check_host, spec, err));
+	TRY(parse_disks(o, check_host, backing, spec, err));
 	if (!spec->name) {
 		r = -ENOMEM;
 		goto out;
@@ -458,11 +530,15 @@ out:
 }
 
 int spec_from_json(struct json_object *o, struct vm_spec **ret, struct spec_error *err) {
-	return parse(o, true, ret, err);
+	return parse(o, true, false, ret, err);
 }
 
 int spec_from_json_trusted(struct json_object *o, struct vm_spec **ret, struct spec_error *err) {
-	return parse(o, false, ret, err);
+	return parse(o, false, true, ret, err);
+}
+
+int spec_from_json_record(struct json_object *o, struct vm_spec **ret, struct spec_error *err) {
+	return parse(o, true, true, ret, err);
 }
 
 struct json_object *spec_to_json(const struct vm_spec *s) {
@@ -481,6 +557,12 @@ struct json_object *spec_to_json(const struct vm_spec *s) {
 		json_object_object_add(d, "path", json_object_new_string(s->disks[i].path));
 		json_object_object_add(d, "format", json_object_new_string(s->disks[i].format));
 		json_object_object_add(d, "readonly", json_object_new_boolean(s->disks[i].readonly));
+		if (s->disks[i].n_backing) {
+			struct json_object *b = json_object_new_array();
+			for (size_t k = 0; k < s->disks[i].n_backing; k++)
+				json_object_array_add(b, json_object_new_string(s->disks[i].backing[k]));
+			json_object_object_add(d, "backing", b);
+		}
 		json_object_array_add(disks, d);
 	}
 	json_object_object_add(o, "disks", disks);

@@ -17,11 +17,18 @@ struct json_object;
 #define SPEC_NICS_MAX 8 /* TAP_PER_VM_MAX */
 #define SPEC_DEVICES_MAX 8
 #define SPEC_PCI_ADDR_LEN 12 /* DDDD:BB:DD.F */
+#define SPEC_BACKING_MAX 64 /* files cprd put under one disk (snapshots, restores) */
 
 struct spec_disk {
 	char *path;
 	char *format; /* raw or qcow2 */
 	bool readonly;
+	/* The files below this disk that cprd itself made it an overlay of
+	 * (a snapshot's, a restore's), bottom first: its QEMU's user is let
+	 * read them. Kept in vm.json and a snapshot's record; never taken
+	 * from a caller, nor from an image's header. */
+	char **backing;
+	size_t n_backing;
 };
 
 /* A virtio-net NIC whose tap device cprd makes and holds, on a bridge. */
@@ -67,6 +74,14 @@ struct spec_error {
 int spec_from_json(struct json_object *o, struct vm_spec **ret, struct spec_error *err);
 /* Only the syntax, no look at the host: for specs read back from disk. */
 int spec_from_json_trusted(struct json_object *o, struct vm_spec **ret, struct spec_error *err);
+/* As spec_from_json, for the spec in a snapshot's record, which cprd wrote:
+ * its disks may also name their backing chain. */
+int spec_from_json_record(struct json_object *o, struct vm_spec **ret, struct spec_error *err);
+/* Makes disk an overlay over the file it is now: its path goes on top of
+ * its backing chain and path becomes overlay (a copy is kept). -E2BIG when
+ * the chain holds SPEC_BACKING_MAX files already, -ENOMEM; d unchanged on
+ * failure. */
+int spec_disk_push_overlay(struct spec_disk *d, const char *overlay);
 struct json_object *spec_to_json(const struct vm_spec *s);
 void spec_free(struct vm_spec *s);
 bool spec_name_valid(const char *name);

@@ -341,6 +341,75 @@ START_TEST(test_disks) {
 }
 END_TEST
 
+/* The backing chain cprd records under a disk: never from a caller, read
+ * back field by field from vm.json and a snapshot's record. */
+static void backing_refused(const char *value, const char *field, const char *words) {
+	struct json_object *o = valid();
+	struct spec_error err = {0};
+	struct vm_spec *s = NULL;
+	set(o, "disks.0.backing", value);
+	ck_assert_int_eq(spec_from_json_trusted(o, &s, &err), -EINVAL);
+	ck_assert_ptr_null(s);
+	ck_assert_str_eq(err.field, field);
+	ck_assert_msg(strstr(err.reason, words), "reason for %s is '%s', expected '%s'", field,
+		      err.reason, words);
+	memset(&err, 0, sizeof(err));
+	ck_assert_int_eq(spec_from_json_record(o, &s, &err), -EINVAL);
+	ck_assert_str_eq(err.field, field);
+	json_object_put(o);
+}
+
+START_TEST(test_backing) {
+	/* A caller may not name it: CreateVM's spec refuses the field. */
+	struct json_object *o = valid();
+	struct spec_error err = {0};
+	struct vm_spec *s = NULL;
+	set(o, "disks.0.backing", "[\"/etc/shadow\"]");
+	ck_assert_int_eq(spec_from_json(o, &s, &err), -EINVAL);
+	ck_assert_str_eq(err.field, "disks[0].backing");
+	ck_assert_ptr_nonnull(strstr(err.reason, "not a known field"));
+	/* cprd's own files may. */
+	ck_assert_int_eq(spec_from_json_record(o, &s, &err), 0);
+	ck_assert_uint_eq(s->disks[0].n_backing, 1);
+	ck_assert_str_eq(s->disks[0].backing[0], "/etc/shadow");
+	spec_free(s);
+	json_object_put(o);
+
+	backing_refused("\"/a\"", "disks[0].backing", "array");
+	backing_refused("[1]", "disks[0].backing[0]", "string");
+	backing_refused("[\"/a\", null]", "disks[0].backing[1]", "string");
+	backing_refused("[\"a.qcow2\"]", "disks[0].backing[0]", "absolute");
+	backing_refused("[\"/a,b=c\"]", "disks[0].backing[0]", "comma");
+	backing_refused("[\"/a\\u0000b\"]", "disks[0].backing[0]", "NUL");
+	char many[SPEC_BACKING_MAX * 8 + 16] = "[";
+	for (int i = 0; i <= SPEC_BACKING_MAX; i++)
+		strcat(many, i ? ",\"/a\"" : "\"/a\"");
+	strcat(many, "]");
+	backing_refused(many, "disks[0].backing", "at most");
+
+	/* Two snapshots: a -> a.snap-1 -> a.snap-2, bottom first, and back. */
+	o = valid();
+	ck_assert_int_eq(spec_from_json(o, &s, &err), 0);
+	json_object_put(o);
+	struct spec_disk *d = &s->disks[0];
+	ck_assert_int_eq(spec_disk_push_overlay(d, "/v/a.snap-1.qcow2"), 0);
+	ck_assert_int_eq(spec_disk_push_overlay(d, "/v/a.snap-2.qcow2"), 0);
+	struct vm_spec *back = round_trip(s);
+	ck_assert_str_eq(back->disks[0].path, "/v/a.snap-2.qcow2");
+	ck_assert_uint_eq(back->disks[0].n_backing, 2);
+	ck_assert_str_eq(back->disks[0].backing[0], disk);
+	ck_assert_str_eq(back->disks[0].backing[1], "/v/a.snap-1.qcow2");
+	spec_free(back);
+	/* The chain is bounded: the next overlay is refused, d unchanged. */
+	while (d->n_backing < SPEC_BACKING_MAX)
+		ck_assert_int_eq(spec_disk_push_overlay(d, "/v/a.snap-n.qcow2"), 0);
+	ck_assert_int_eq(spec_disk_push_overlay(d, "/v/a.snap-x.qcow2"), -E2BIG);
+	ck_assert_str_eq(d->path, "/v/a.snap-n.qcow2");
+	ck_assert_uint_eq(d->n_backing, SPEC_BACKING_MAX);
+	spec_free(s);
+}
+END_TEST
+
 /* Devices are named by PCI address; only the syntax is the spec's to
  * check (the host's devices are vfio.c's, see test_vfio.c). */
 START_TEST(test_devices) {
@@ -555,6 +624,7 @@ static Suite *spec_suite(void) {
 	tcase_add_test(tc, test_qemu);
 	tcase_add_test(tc, test_accel_hugepages);
 	tcase_add_test(tc, test_disks);
+	tcase_add_test(tc, test_backing);
 	tcase_add_test(tc, test_nics);
 	tcase_add_test(tc, test_nics_bad);
 	tcase_add_test(tc, test_check_bridges);

@@ -64,52 +64,73 @@ void disk_grants_clear(struct disk_grants *g) {
 	*g = (struct disk_grants){0};
 }
 
+/* Plans one grant of path (a disk, or a backing file cprd recorded: read
+ * only when !owner) into g. */
+static int plan_one(const char *path, bool owner, uid_t uid, const struct users_range *range,
+		    struct disk_grants *g, char *why, size_t size) {
+	struct stat st;
+	_cleanup_close_ int fd = open_disk(path);
+	if (fd < 0)
+		return why_err(fd, why, size, "cannot open %s: %s", path, strerror(-fd));
+	if (fstat(fd, &st) < 0)
+		return why_err(-errno, why, size, "cannot stat %s: %s", path, strerror(errno));
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		return why_err(-EINVAL, why, size, "%s is not a file or a block device", path);
+	if (st.st_uid != uid && users_in_range(range, st.st_uid))
+		return why_err(-EBUSY, why, size,
+			       "%s is given to another VM's QEMU (uid %u), which writes it while "
+			       "that VM runs",
+			       path, (unsigned)st.st_uid);
+	if (owner) {
+		acl_t acl = acl_get_fd(fd);
+		uid_t other = acl ? acl_other_user(acl, range, uid) : (uid_t)-1;
+		acl_free(acl);
+		if (other != (uid_t)-1)
+			return why_err(-EBUSY, why, size,
+				       "%s is shared read-only with another VM's QEMU (uid %u), so "
+				       "this VM may not write it while that VM runs",
+				       path, (unsigned)other);
+	}
+	struct disk_grant *gr = &g->v[g->n];
+	*gr = (struct disk_grant){
+		.path = strdup(path),
+		.dev = (uint64_t)st.st_dev,
+		.ino = (uint64_t)st.st_ino,
+		.kind = owner ? DISK_GRANT_OWNER : DISK_GRANT_ACL,
+		.uid = uid,
+		.owner = st.st_uid,
+		.group = st.st_gid,
+		.mode = st.st_mode & 07777,
+	};
+	if (!gr->path)
+		return -ENOMEM;
+	g->n++;
+	return 0;
+}
+
 int disk_grants_plan(const struct spec_disk *disks, size_t n, uid_t uid,
 		     const struct users_range *range, struct disk_grants *g, size_t *failed,
 		     char *why, size_t size) {
-	g->v = calloc(n ? n : 1, sizeof(*g->v));
+	size_t total = n;
+	for (size_t i = 0; i < n; i++)
+		total += disks[i].n_backing;
+	g->v = calloc(total ? total : 1, sizeof(*g->v));
 	if (!g->v)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++) {
 		const struct spec_disk *d = &disks[i];
-		struct stat st;
 		*failed = i;
-		_cleanup_close_ int fd = open_disk(d->path);
-		if (fd < 0)
-			return why_err(fd, why, size, "cannot open %s: %s", d->path, strerror(-fd));
-		if (fstat(fd, &st) < 0)
-			return why_err(-errno, why, size, "cannot stat %s: %s", d->path, strerror(errno));
-		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-			return why_err(-EINVAL, why, size, "%s is not a file or a block device", d->path);
-		if (st.st_uid != uid && users_in_range(range, st.st_uid))
-			return why_err(-EBUSY, why, size,
-				   "%s is given to another VM's QEMU (uid %u), which writes it while "
-				   "that VM runs",
-				   d->path, (unsigned)st.st_uid);
-		if (!d->readonly) {
-			acl_t acl = acl_get_fd(fd);
-			uid_t other = acl ? acl_other_user(acl, range, uid) : (uid_t)-1;
-			acl_free(acl);
-			if (other != (uid_t)-1)
-				return why_err(-EBUSY, why, size,
-					   "%s is shared read-only with another VM's QEMU (uid %u), so "
-					   "this VM may not write it while that VM runs",
-					   d->path, (unsigned)other);
+		int r = plan_one(d->path, !d->readonly, uid, range, g, why, size);
+		if (r < 0)
+			return r;
+		/* Only the chain cprd recorded, never the names in the image's
+		 * header, which the VM's user may write. */
+		for (size_t k = 0; k < d->n_backing; k++) {
+			char inner[384];
+			r = plan_one(d->backing[k], false, uid, range, g, inner, sizeof(inner));
+			if (r < 0)
+				return why_err(r, why, size, "its backing file: %s", inner);
 		}
-		struct disk_grant *gr = &g->v[g->n];
-		*gr = (struct disk_grant){
-			.path = strdup(d->path),
-			.dev = (uint64_t)st.st_dev,
-			.ino = (uint64_t)st.st_ino,
-			.kind = d->readonly ? DISK_GRANT_ACL : DISK_GRANT_OWNER,
-			.uid = uid,
-			.owner = st.st_uid,
-			.group = st.st_gid,
-			.mode = st.st_mode & 07777,
-		};
-		if (!gr->path)
-			return -ENOMEM;
-		g->n++;
 	}
 	return 0;
 }
@@ -316,9 +337,11 @@ int disk_grants_from_json(struct json_object *a, struct disk_grants *g, char *wh
 	if (!json_object_is_type(a, json_type_array))
 		return json_refuse(why, size, "diskGrants is not an array");
 	size_t n = json_object_array_length(a);
-	if (n > SPEC_DISKS_MAX)
-		return json_refuse(why, size, "diskGrants has %zu records, more than %d disks", n,
-				   SPEC_DISKS_MAX);
+	if (n > SPEC_DISKS_MAX * (1 + SPEC_BACKING_MAX))
+		return json_refuse(why, size,
+				   "diskGrants has %zu records, more than %d disks and their "
+				   "backing files",
+				   n, SPEC_DISKS_MAX * (1 + SPEC_BACKING_MAX));
 	g->v = calloc(n ? n : 1, sizeof(*g->v));
 	if (!g->v)
 		return -ENOMEM;
@@ -334,33 +357,41 @@ int disk_grants_from_json(struct json_object *a, struct disk_grants *g, char *wh
 	return 0;
 }
 
-/* The child: becomes id, opens each disk as QEMU would, and reports the
- * first failure as two ints (index, errno) on out. */
+/* The child: becomes id, opens each disk as QEMU would (and each backing
+ * file cprd recorded, read-only), and reports the first failure as three
+ * ints (disk index, backing index or -1, errno) on out. */
 static _noreturn_ void check_child(const struct qemu_identity *id, const struct spec_disk *disks,
 				   size_t n, int out) {
 	const char *what;
-	int msg[2] = {-1, 0};
+	int msg[3] = {-1, -1, 0};
 	if (qemu_identity_drop(id, &what) < 0) {
-		msg[1] = errno;
+		msg[2] = errno;
 		(void)!write(out, msg, sizeof(msg));
 		_exit(1);
 	}
-	for (size_t i = 0; i < n; i++) {
-		int fd = open(disks[i].path,
-			      (disks[i].readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-		if (fd < 0) {
-			msg[0] = (int)i;
-			msg[1] = errno;
-			(void)!write(out, msg, sizeof(msg));
-			_exit(1);
+	for (size_t i = 0; i < n; i++)
+		for (ssize_t k = -1; k < (ssize_t)disks[i].n_backing; k++) {
+			bool top = k < 0;
+			int fd = open(top ? disks[i].path : disks[i].backing[k],
+				      (top && !disks[i].readonly ? O_RDWR : O_RDONLY) | O_CLOEXEC |
+					      O_NOCTTY | O_NONBLOCK);
+			if (fd < 0) {
+				msg[0] = (int)i;
+				msg[1] = (int)k;
+				msg[2] = errno;
+				(void)!write(out, msg, sizeof(msg));
+				_exit(1);
+			}
+			close(fd);
 		}
-		close(fd);
-	}
 	_exit(0);
 }
 
 int disk_grants_check_open(const struct qemu_identity *id, const struct spec_disk *disks, size_t n,
-			   size_t *failed) {
+			   size_t *failed, size_t *failed_backing) {
+	size_t ignored;
+	failed_backing = failed_backing ? failed_backing : &ignored;
+	*failed_backing = SIZE_MAX;
 	id = id ? id : qemu_default_user();
 	if (!id || n == 0)
 		return 0;
@@ -380,7 +411,7 @@ int disk_grants_check_open(const struct qemu_identity *id, const struct spec_dis
 	}
 	close(pipefd[1]);
 	/* EOF without a message: every open worked. */
-	int msg[2] = {-1, 0}, r = 0;
+	int msg[3] = {-1, -1, 0}, r = 0;
 	struct pollfd pfd = {.fd = pipefd[0], .events = POLLIN};
 	int ready = poll(&pfd, 1, DISK_GRANT_CHECK_TIMEOUT_MS);
 	if (ready == 0) {
@@ -388,8 +419,10 @@ int disk_grants_check_open(const struct qemu_identity *id, const struct spec_dis
 		r = -ETIMEDOUT;
 		*failed = 0;
 	} else if (ready > 0 && read(pipefd[0], msg, sizeof(msg)) == (ssize_t)sizeof(msg)) {
-		r = msg[1] > 0 ? -msg[1] : -EIO;
+		r = msg[2] > 0 ? -msg[2] : -EIO;
 		*failed = msg[0] >= 0 ? (size_t)msg[0] : 0;
+		if (msg[0] >= 0 && msg[1] >= 0)
+			*failed_backing = (size_t)msg[1];
 	}
 	close(pipefd[0]);
 	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)

@@ -43,10 +43,12 @@ struct disk_grants {
 };
 
 /* Plans giving each of the n disks to uid: fills g (empty before) from
- * what each file is now, and changes nothing. Refuses with -EBUSY a disk
- * that another uid of range holds: another VM's writable disk, or (for a
- * disk this VM would write) one that another VM reads through an ACL
- * entry. On failure *failed is the disk's index and why a sentence. */
+ * what each file is now, and changes nothing. Each backing file cprd
+ * recorded under a disk (spec_disk.backing) gets a read grant (ACL) too;
+ * the names in an image's header are never followed. Refuses with -EBUSY a
+ * file that another uid of range holds: another VM's writable disk, or
+ * (for a disk this VM would write) one that another VM reads through an
+ * ACL entry. On failure *failed is the disk's index and why a sentence. */
 int disk_grants_plan(const struct spec_disk *disks, size_t n, uid_t uid,
 		     const struct users_range *range, struct disk_grants *g, size_t *failed,
 		     char *why, size_t size);
@@ -66,8 +68,10 @@ struct json_object *disk_grants_to_json(const struct disk_grants *g);
 int disk_grants_from_json(struct json_object *a, struct disk_grants *g, char *why, size_t size);
 
 /* Whether id (NULL: the default user; root needs no check) can open each
- * of the n disks as QEMU will (read-only or read-write), tried for real by
- * a child that becomes id. 0, or a negative errno (-ETIMEDOUT after
- * DISK_GRANT_CHECK_TIMEOUT_MS) with *failed the disk. */
+ * of the n disks as QEMU will (read-only or read-write), and each backing
+ * file cprd recorded under them read-only, tried for real by a child that
+ * becomes id. 0, or a negative errno (-ETIMEDOUT after
+ * DISK_GRANT_CHECK_TIMEOUT_MS) with *failed the disk and *failed_backing
+ * (if not NULL) the index in its backing, or SIZE_MAX for the disk itself. */
 int disk_grants_check_open(const struct qemu_identity *id, const struct spec_disk *disks, size_t n,
-			   size_t *failed);
+			   size_t *failed, size_t *failed_backing);

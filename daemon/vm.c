@@ -1260,16 +1260,20 @@ static int vm_give_disks(struct vm *vm, char *why, size_t size) {
 			return r;
 		}
 	}
-	r = disk_grants_check_open(vm_qemu_user(vm), vm->spec->disks, vm->spec->n_disks, &failed);
+	size_t below = SIZE_MAX;
+	r = disk_grants_check_open(vm_qemu_user(vm), vm->spec->disks, vm->spec->n_disks, &failed,
+				   &below);
 	if (r < 0) {
 		const struct qemu_identity *id = vm_qemu_user(vm) ? vm_qemu_user(vm) : qemu_default_user();
 		const struct spec_disk *d = &vm->spec->disks[failed];
+		bool top = below >= d->n_backing;
 		snprintf(why, size,
-			 "QEMU, as uid %u, cannot open disks[%zu] %s %s: %s; QEMU's user must be let "
+			 "QEMU, as uid %u, cannot open disks[%zu]%s %s %s: %s; QEMU's user must be let "
 			 "in by the file's owner, mode or ACL, and every folder above it must be "
 			 "searchable (x) by that user (see docs/operations.md)",
-			 id ? (unsigned)id->uid : 0U, failed, d->path,
-			 d->readonly ? "read-only" : "read-write", strerror(-r));
+			 id ? (unsigned)id->uid : 0U, failed, top ? "" : "'s backing file",
+			 top ? d->path : d->backing[below],
+			 top && !d->readonly ? "read-write" : "read-only", strerror(-r));
 		vm_return_disks(vm);
 	}
 	return r;

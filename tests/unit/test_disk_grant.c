@@ -81,12 +81,13 @@ START_TEST(test_json_refused) {
 		"\"mode\":4096}]",
 		"mode");
 	refused("[{\"path\":\"/a\",\"kind\":\"acl\",\"dev\":-1,\"ino\":2,\"uid\":5}]", "dev");
-	/* More records than a VM has disks. */
-	char many[2048] = "[";
-	for (int i = 0; i <= SPEC_DISKS_MAX; i++)
+	/* More records than a VM has disks and backing files. */
+	static char many[SPEC_DISKS_MAX * (1 + SPEC_BACKING_MAX) * 3 + 16];
+	strcpy(many, "[");
+	for (int i = 0; i <= SPEC_DISKS_MAX * (1 + SPEC_BACKING_MAX); i++)
 		strcat(many, i ? ",{}" : "{}");
 	strcat(many, "]");
-	refused(many, "more than 8 disks");
+	refused(many, "more than 520 disks and their backing files");
 }
 END_TEST
 
@@ -162,7 +163,7 @@ START_TEST(test_writable_and_shared) {
 	unsigned ids[4];
 
 	/* Before: neither uid may open anything. */
-	ck_assert_int_eq(disk_grants_check_open(&ida, a, 2, &failed), -EACCES);
+	ck_assert_int_eq(disk_grants_check_open(&ida, a, 2, &failed, NULL), -EACCES);
 	ck_assert_uint_eq(failed, 0);
 
 	give(a, 2, UID_A, &ga);
@@ -172,16 +173,16 @@ START_TEST(test_writable_and_shared) {
 	assert_owner(rw, UID_A, UID_A, 0600);
 	ck_assert_int_eq(acl_users(shared, ids, 4), 1);
 	ck_assert_uint_eq(ids[0], UID_A);
-	ck_assert_int_eq(disk_grants_check_open(&ida, a, 2, &failed), 0);
+	ck_assert_int_eq(disk_grants_check_open(&ida, a, 2, &failed, NULL), 0);
 	/* B reads the shared disk only once it is given to B too, and never
 	 * A's writable one. */
-	ck_assert_int_eq(disk_grants_check_open(&idb, b, 1, &failed), -EACCES);
+	ck_assert_int_eq(disk_grants_check_open(&idb, b, 1, &failed, NULL), -EACCES);
 	give(b, 1, UID_B, &gb);
 	ck_assert_int_eq(acl_users(shared, ids, 4), 2);
-	ck_assert_int_eq(disk_grants_check_open(&idb, b, 1, &failed), 0);
-	ck_assert_int_eq(disk_grants_check_open(&idb, a, 1, &failed), -EACCES);
+	ck_assert_int_eq(disk_grants_check_open(&idb, b, 1, &failed, NULL), 0);
+	ck_assert_int_eq(disk_grants_check_open(&idb, a, 1, &failed, NULL), -EACCES);
 	struct spec_disk a_ro[] = {{.path = rw, .format = "raw", .readonly = true}};
-	ck_assert_int_eq(disk_grants_check_open(&idb, a_ro, 1, &failed), -EACCES);
+	ck_assert_int_eq(disk_grants_check_open(&idb, a_ro, 1, &failed, NULL), -EACCES);
 
 	/* A's writable disk is A's: B may not take it, not even read-only; and
 	 * a disk B reads may not be given to A to write. */
@@ -201,7 +202,7 @@ START_TEST(test_writable_and_shared) {
 	assert_owner(rw, 0, 4, 0644);
 	ck_assert_int_eq(acl_users(shared, ids, 4), 1);
 	ck_assert_uint_eq(ids[0], UID_B);
-	ck_assert_int_eq(disk_grants_check_open(&ida, b, 1, &failed), -EACCES);
+	ck_assert_int_eq(disk_grants_check_open(&ida, b, 1, &failed, NULL), -EACCES);
 	/* B goes: no ACL left, the mode as it was. */
 	disk_grants_return(&gb, "b");
 	ck_assert_int_eq(acl_users(shared, ids, 4), -1);
@@ -243,10 +244,10 @@ START_TEST(test_replaced_and_unreachable) {
 	ck_assert_int_eq(chown(hidden, UID_A, UID_A), 0);
 	struct spec_disk two[] = {{.path = "/dev/null", .format = "raw"}, {.path = hidden, .format = "raw"}};
 	const struct qemu_identity ida = {.uid = UID_A, .gid = UID_A};
-	ck_assert_int_eq(disk_grants_check_open(&ida, two, 2, &failed), -EACCES);
+	ck_assert_int_eq(disk_grants_check_open(&ida, two, 2, &failed, NULL), -EACCES);
 	ck_assert_uint_eq(failed, 1);
 	ck_assert_int_eq(chmod(sub, 0711), 0);
-	ck_assert_int_eq(disk_grants_check_open(&ida, two, 2, &failed), 0);
+	ck_assert_int_eq(disk_grants_check_open(&ida, two, 2, &failed, NULL), 0);
 
 	/* What is neither a file nor a block device is refused. */
 	struct spec_disk chr[] = {{.path = "/dev/null", .format = "raw"}};
@@ -261,6 +262,68 @@ START_TEST(test_replaced_and_unreachable) {
 }
 END_TEST
 
+/* The backing files cprd recorded under a disk (a snapshot's, a
+ * restore's) are read-only grants of their own, tried by the child and
+ * given back; one that another VM's QEMU writes is refused. */
+START_TEST(test_backing_chain) {
+	char *base = make_file("a.qcow2", 0600), *mid = make_file("a.snap-1.qcow2", 0600),
+	     *top = make_file("a.snap-2.qcow2", 0600);
+	char *chain[] = {base, mid};
+	struct spec_disk a[] = {{.path = top, .format = "qcow2", .backing = chain, .n_backing = 2}};
+	const struct qemu_identity ida = {.uid = UID_A, .gid = UID_A};
+	struct disk_grants g = {0};
+	size_t failed = 99, below = 99;
+	unsigned ids[4];
+
+	/* The top alone is not enough: the child names the backing file. */
+	ck_assert_int_eq(chown(top, UID_A, UID_A), 0);
+	ck_assert_int_eq(disk_grants_check_open(&ida, a, 1, &failed, &below), -EACCES);
+	ck_assert_uint_eq(failed, 0);
+	ck_assert_uint_eq(below, 0);
+	ck_assert_int_eq(chown(top, 0, 0), 0);
+
+	give(a, 1, UID_A, &g);
+	ck_assert_uint_eq(g.n, 3);
+	ck_assert_int_eq(g.v[0].kind, DISK_GRANT_OWNER);
+	ck_assert_str_eq(g.v[1].path, base);
+	ck_assert_int_eq(g.v[1].kind, DISK_GRANT_ACL);
+	ck_assert_str_eq(g.v[2].path, mid);
+	ck_assert_int_eq(g.v[2].kind, DISK_GRANT_ACL);
+	assert_owner(top, UID_A, UID_A, 0600);
+	for (size_t i = 0; i < 2; i++) {
+		ck_assert_int_eq(acl_users(chain[i], ids, 4), 1);
+		ck_assert_uint_eq(ids[0], UID_A);
+		assert_owner(chain[i], 0, 0, 0640); /* the mask shows as the group bits */
+	}
+	ck_assert_int_eq(disk_grants_check_open(&ida, a, 1, &failed, &below), 0);
+	/* Given to read, never to write. */
+	struct spec_disk base_rw[] = {{.path = base, .format = "qcow2"}};
+	ck_assert_int_eq(disk_grants_check_open(&ida, base_rw, 1, &failed, &below), -EACCES);
+	ck_assert_uint_eq(below, SIZE_MAX);
+	disk_grants_return(&g, "a");
+	assert_owner(top, 0, 0, 0600);
+	for (size_t i = 0; i < 2; i++) {
+		ck_assert_int_eq(acl_users(chain[i], ids, 4), -1);
+		assert_owner(chain[i], 0, 0, 0600);
+	}
+
+	/* A backing file that another VM's QEMU writes: refused, nothing given. */
+	ck_assert_int_eq(chown(mid, UID_B, UID_B), 0);
+	char why[512] = "";
+	ck_assert_int_eq(disk_grants_plan(a, 1, UID_A, &range, &g, &failed, why, sizeof(why)), -EBUSY);
+	ck_assert_uint_eq(failed, 0);
+	ck_assert_msg(strstr(why, "its backing file:") && strstr(why, mid) &&
+			      strstr(why, "another VM's QEMU (uid 290002)"),
+		      "%s", why);
+	disk_grants_clear(&g);
+	assert_owner(top, 0, 0, 0600);
+	ck_assert_int_eq(acl_users(base, ids, 4), -1);
+	free(base);
+	free(mid);
+	free(top);
+}
+END_TEST
+
 static Suite *grant_suite(void) {
 	Suite *s = suite_create("disk-grant");
 	TCase *tc = tcase_create("records");
@@ -272,6 +335,7 @@ static Suite *grant_suite(void) {
 		tcase_add_checked_fixture(tc, setup, teardown);
 		tcase_add_test(tc, test_writable_and_shared);
 		tcase_add_test(tc, test_replaced_and_unreachable);
+		tcase_add_test(tc, test_backing_chain);
 		suite_add_tcase(s, tc);
 	}
 	return s;

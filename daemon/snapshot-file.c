@@ -392,10 +392,10 @@ int snapshot_uffd_wp_check(char *why, size_t size) {
 bool snapshot_uffd_allowed_for(uid_t uid, char *why, size_t size) {
 	if (uid == 0)
 		return true;
-	_cleanup_free_ char *text = NULL;
-	size_t len = 0;
-	if (read_file("/proc/sys/vm/unprivileged_userfaultfd", 16, &text, &len) >= 0 && len &&
-	    text[0] == '1')
+	/* Read, not read_file: a sysctl's file has st_size 0. */
+	char text[16] = "";
+	_cleanup_close_ int fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0 && read(fd, text, sizeof(text) - 1) > 0 && text[0] == '1')
 		return true;
 	struct stat st;
 	if (stat("/dev/userfaultfd", &st) == 0 &&

@@ -42,6 +42,7 @@ import unittest
 
 import cprdtest as T
 from cprdtest import wait_until
+import test_isolation as I
 import test_linux_guest as L
 
 TICKS_PER_SEC = 18.2
@@ -123,6 +124,14 @@ class SnapshotCase(T.CprdTestCase):
                          "the refused restore left its state folder")
         self.assertFalse(os.path.exists(os.path.join(cprd.runtime_dir, "vms", name, "qemu.json")),
                          "the refused restore left a qemu.json")
+
+    def read_qcow2(self, path):
+        raw = os.path.join(self.tmp, "read.raw")
+        subprocess.run([QEMU_IMG, "convert", "-U", "-f", "qcow2", "-O", "raw", path, raw], check=True)
+        with open(raw, "rb") as f:
+            data = f.read()
+        os.unlink(raw)
+        return data
 
     def copy_snapshot(self, src, dst):
         shutil.copyfile(src, dst)
@@ -599,14 +608,6 @@ class LinuxGuest(SnapshotCase, L.LinuxGuestCase):
         self.assertEqual((info["format"], info.get("full-backing-filename"),
                           info.get("backing-filename-format")), ("qcow2", disk, "qcow2"), info)
 
-    def read_qcow2(self, path):
-        raw = os.path.join(self.tmp, "read.raw")
-        subprocess.run([QEMU_IMG, "convert", "-U", "-f", "qcow2", "-O", "raw", path, raw], check=True)
-        with open(raw, "rb") as f:
-            data = f.read()
-        os.unlink(raw)
-        return data
-
     def last_record(self, disk, boot_id):
         n = -1
         while (n + 1) * L.SECTOR < len(disk):
@@ -616,6 +617,94 @@ class LinuxGuest(SnapshotCase, L.LinuxGuestCase):
             self.assertEqual(rec[1], boot_id)
             n += 1
         return n
+
+
+class OwnUid(SnapshotCase, L.LinuxGuestCase):
+    """cprd --qemu-users: the backing files cprd put under a VM's disks (a
+    restore's, a snapshot's overlays) are the VM's uid's to read while it
+    runs (an ACL entry), and no longer once it stops; the disks are root's
+    0600, so nothing else lets the uid in."""
+
+    def users_cprd(self, root):
+        """A cprd with --qemu-users, in folders the VMs' uids may pass."""
+        os.chmod(self.tmp, 0o711)
+        os.makedirs(root, mode=0o755, exist_ok=True)
+        c = T.Cprd(root)
+        c.extra_args = ["--qemu-users", I.RANGE]
+        c.start()
+        self.addCleanup(c.stop)
+        wait_until(lambda: c.ctl("list").rc == 0, 10, what="the cprd with --qemu-users to answer")
+        return c
+
+    def assert_owner(self, path, uid, mode):
+        st = os.stat(path)
+        self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (uid, uid, mode), path)
+
+    def test_restore_into_own_uid(self):
+        """A snapshot of a VM whose QEMU ran as root is restored under a
+        cprd with --qemu-users: the restored QEMU runs as the VM's uid on
+        the restore's overlay, reads the recorded disk below it through an
+        ACL entry that goes when it stops, and the guest's records go on."""
+        os.chmod(self.tmp, 0o711)
+        name = "lin"
+        image = os.path.join(self.tmp, "linux.img")  # its ACL is changed: a copy of our own
+        shutil.copyfile(L.LINUX_IMAGE, image)
+        os.chmod(image, 0o644)
+        data = os.path.join(self.tmp, "lin-data.qcow2")
+        subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", data, str(L.DATA_DISK_BYTES)], check=True)
+        os.chmod(data, 0o600)
+        self.ok("create", name, "--memory", L.MEMORY_MIB, "--qemu", T.QEMU10, "--machine", "pc",
+                "--accel", "tcg", "--disk", image + ",readonly", "--disk", data + ",format=qcow2")
+        self.start_vm(name)
+        boot_id = wait_until(lambda: self.report(name)[0], L.BOOT_TIMEOUT, interval=0.2,
+                             what="the boot line")[0]
+        wait_until(lambda: self.last_reported(name) >= 4, 30 * T.SLOWDOWN, interval=0.1, what="records")
+        path = os.path.join(self.snap_dir(), "lin.state")
+        self.snapshot(name, path)
+        self.ok("stop", name, "--force")
+        self.assertIsNone(I.acl_users(data))
+
+        c2 = self.users_cprd(os.path.join(self.tmp, "users"))
+        r = c2.ctl("restore", name, "--from", path, "--json", timeout=300)
+        self.assertEqual(r.rc, 0, repr(r))
+        mine = r.json["overlays"][0]
+        vm = c2.ctl("status", name, "--json").json
+        uid = vm["uid"]
+        self.assertEqual(uid, I.FIRST)
+        self.assertEqual(I.proc_ids(vm["pid"])[0], [str(uid)] * 4, "the restored QEMU is not the VM's uid")
+        disk = vm["spec"]["disks"][1]
+        self.assertEqual((disk["path"], disk.get("backing")), (mine, [data]), vm["spec"])
+        self.assertNotIn("backing", vm["spec"]["disks"][0])
+        # While it runs: the overlay is the uid's, the disk below it root's
+        # 0600 with the uid's ACL entry, recorded in vm.json to give back.
+        self.assert_owner(mine, uid, 0o600)
+        self.assertEqual(I.acl_users(data), [uid])
+        self.assertEqual(os.stat(data).st_uid, 0)
+        self.assertEqual(I.try_as(uid, [("read", data), ("write", data)])["out"],
+                         {"read " + data: "ok", "write " + data: "EACCES"})
+        with open(os.path.join(c2.vm_dir(name), "vm.json")) as f:
+            rec = json.load(f)
+        self.assertEqual(rec["spec"]["disks"][1]["backing"], [data])
+        self.assertIn((data, "acl", uid), [(g["path"], g["kind"], g["uid"]) for g in rec["diskGrants"]])
+
+        text = lambda: c2.console(name)
+        wait_until(lambda: len(L.console_report(text())[1]) >= 8, 60 * T.SLOWDOWN, interval=0.2,
+                   what="8 records from the restored guest")
+        boots2, recs2, other2 = L.console_report(text())
+        self.assertEqual((boots2, other2), ([], []), "the restored guest booted again or failed")
+        self.assertEqual([ram for _, ram in recs2], ["ok"] * len(recs2))
+
+        c2.ctl("stop", name, "--force")
+        wait_until(lambda: c2.ctl("status", name, "--json").json["state"] == "stopped", 30)
+        self.assertIsNone(I.acl_users(data), "the backing file kept the uid's ACL entry after stop")
+        self.assert_owner(mine, 0, 0o600)
+        st = os.stat(data)
+        self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (0, 0o600))
+        last = L.console_report(text())[1][-1][0]
+        self.assertEqual(L.disk_problems(self.read_qcow2(mine), boot_id, last), [],
+                         "the disk after the restored run lacks records")
+        T.log("    restored as uid %d: %d records on, backing file %s given and given back" %
+              (uid, len(recs2), os.path.basename(data)))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ struct snapshot_op {
 	 * stopped (by cprd) right before migrate: overlay[i] for spec disk i,
 	 * NULL for a read-only one. */
 	char *overlay[SPEC_DISKS_MAX];
+	bool reserved[SPEC_DISKS_MAX]; /* snapshot: cprd made overlay[i]'s file */
 	size_t n_overlays;
 	bool stopped_by_us, cont_sent, was_running, overlays_taken;
 
@@ -260,6 +261,10 @@ static void snap_finish(struct snapshot_op *s, enum snapshot_error e, struct jso
 	if (q)
 		qmp_cancel(q, s);
 	snap_undo(s);
+	for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
+		if (s->reserved[i] && !s->overlays_taken && unlink(s->overlay[i]) < 0 &&
+		    errno != ENOENT)
+			log_vm(LOG_WARNING, s->name, "cannot remove the overlay %s: %m", s->overlay[i]);
 	struct vm *vm = s->vm;
 	if (vm->operation == VM_OP_SNAPSHOT)
 		vm->operation = VM_OP_NONE;
@@ -507,6 +512,34 @@ static void snap_on_stop(struct qmp *q, struct json_object *ret, const struct qm
 		snap_fail(s, SNAPSHOT_FAILED, "the QMP channel to QEMU closed");
 }
 
+/* Each overlay's name is taken before QEMU makes the image there: an empty
+ * file made with O_EXCL, 0600, owned by the running QEMU's user. QEMU
+ * opens it with O_CREAT and writes the image into it, which a QEMU with a
+ * uid of its own could not do in a folder of root's, and it never writes
+ * over a file that appeared since the preflight. */
+static int snap_reserve_overlays(struct snapshot_op *s) {
+	const struct qemu_identity *id =
+		vm_qemu_user(s->vm) ? vm_qemu_user(s->vm) : qemu_default_user();
+	for (size_t i = 0; i < SPEC_DISKS_MAX; i++) {
+		if (!s->overlay[i])
+			continue;
+		_cleanup_close_ int fd =
+			open(s->overlay[i], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd < 0) {
+			snap_fail(s, SNAPSHOT_FAILED, "disks[%zu]: cannot make the overlay %s: %m", i,
+				  s->overlay[i]);
+			return -1;
+		}
+		s->reserved[i] = true;
+		if (id && fchown(fd, id->uid, id->gid) < 0) {
+			snap_fail(s, SNAPSHOT_FAILED, "disks[%zu]: cannot give the overlay %s to uid %u: %m",
+				  i, s->overlay[i], (unsigned)id->uid);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static void snap_on_caps(struct qmp *q, struct json_object *ret, const struct qmp_error *err,
 			 void *userdata) {
 	struct snapshot_op *s = userdata;
@@ -526,6 +559,8 @@ static void snap_on_caps(struct qmp *q, struct json_object *ret, const struct qm
 	s->caps_set = true;
 	if (!s->n_overlays)
 		return snap_migrate(s, q);
+	if (snap_reserve_overlays(s) < 0)
+		return;
 	/* The disks and RAM must be of one instant: cprd stops the guest, the
 	 * overlays are taken, migrate starts (QEMU's own stop finds it
 	 * stopped and saves that instant), and cprd lets it run once QEMU

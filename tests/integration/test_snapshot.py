@@ -707,5 +707,69 @@ class OwnUid(SnapshotCase, L.LinuxGuestCase):
               (uid, len(recs2), os.path.basename(data)))
 
 
+    def test_snapshot_as_own_uid_then_start(self):
+        """A VM whose QEMU runs as its own uid is snapshot twice (cprd makes
+        each overlay's file, the uid's, since QEMU may not create files in
+        the disks' folder), stopped and started again: its QEMU reads both
+        files below its top overlay, through ACL entries that go at stop.
+        A QEMU not run by root needs vm.unprivileged_userfaultfd=1 for the
+        snapshot: the test sets it for the snapshots only, and puts the old
+        value back."""
+        c = self.users_cprd(os.path.join(self.tmp, "users"))
+        boot = os.path.join(self.tmp, "boot.img")
+        shutil.copyfile(T.GUEST_IMAGE, boot)
+        os.chmod(boot, 0o644)
+        data = os.path.join(self.tmp, "g-data.qcow2")
+        subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", data, "1M"], check=True)
+        os.chmod(data, 0o600)
+        r = c.ctl("create", "g", "--memory", 64, "--qemu", T.QEMU10, "--accel", "tcg",
+                  "--disk", boot + ",readonly", "--disk", data + ",format=qcow2")
+        self.assertEqual(r.rc, 0, repr(r))
+        r = c.ctl("start", "g", "--json")
+        self.assertEqual(r.rc, 0, repr(r))
+        uid = r.json["uid"]
+        self.assertEqual(I.proc_ids(r.json["pid"])[0], [str(uid)] * 4)
+
+        sysctl = "/proc/sys/vm/unprivileged_userfaultfd"
+        with open(sysctl) as f:
+            old = f.read().strip()
+        overlays = []
+        try:
+            with open(sysctl, "w") as f:
+                f.write("1")
+            for k in range(2):
+                if k:
+                    time.sleep(1.1)  # the next overlay's name has another second
+                res = self.snapshot("g", os.path.join(self.snap_dir(), "g%d.state" % k), cprd=c)
+                overlays += res["overlays"]
+        finally:
+            with open(sysctl, "w") as f:
+                f.write(old)
+        for o in overlays:
+            self.assert_owner(o, uid, 0o600)
+        spec = c.ctl("status", "g", "--json").json["spec"]
+        self.assertEqual((spec["disks"][1]["path"], spec["disks"][1]["backing"]),
+                         (overlays[1], [data, overlays[0]]), spec)
+        self.assertEqual(c.ctl("stop", "g", "--force").rc, 0)
+        st = os.stat(data)
+        self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (0, 0o600), "the disk was not given back")
+        self.assertIsNone(I.acl_users(data))
+
+        # The uid reads the two files below its disk only through the grants.
+        r = c.ctl("start", "g", "--json")
+        self.assertEqual(r.rc, 0, repr(r))
+        self.assertEqual(r.json["uid"], uid)
+        self.assertEqual(I.proc_ids(r.json["pid"])[0], [str(uid)] * 4)
+        self.assertEqual(I.acl_users(data), [uid])
+        self.assertEqual(I.acl_users(overlays[0]), [uid])
+        t0 = c.read_guest("g")[1]
+        wait_until(lambda: c.read_guest("g")[1] >= t0 + 18, 30 * T.SLOWDOWN, what="the guest's ticks")
+        self.assertEqual(c.ctl("stop", "g", "--force").rc, 0)
+        self.assertIsNone(I.acl_users(data), "the backing file kept the uid's ACL entry after stop")
+        self.assertIsNone(I.acl_users(overlays[0]))
+        T.log("    snapshot twice as uid %d, then a start on %s over %d files" %
+              (uid, os.path.basename(overlays[1]), len(spec["disks"][1]["backing"])))
+
+
 if __name__ == "__main__":
     T.main(qemus=(T.QEMU10,))

@@ -27,6 +27,14 @@ One snapshot restored twice: the second restore finds the disk as it was
 at the snapshot, not as the first restored guest left it; a failed restore
 leaves no overlay, and a disk qemu-img refuses fails it before any QEMU.
 
+OwnUid (cprd --qemu-users): the backing files cprd put under a VM's disks
+are the VM's uid's to read while it runs. A root VM's snapshot restored
+under --qemu-users runs as its uid on the restore's overlay over the
+recorded disk (root's 0600, read through an ACL entry that goes at stop),
+and its records go on; a VM with its own uid is snapshot twice (with
+vm.unprivileged_userfaultfd=1 for the snapshots only), stopped, and
+started again on its chain of three files.
+
 Run: /usr/bin/python3 test_snapshot.py [BootSector.test_name ...]
 """
 

@@ -683,8 +683,8 @@ int snapshot_start(struct manager *m, struct vm *vm, const struct snapshot_reque
 		if (d->n_backing >= SPEC_BACKING_MAX) {
 			refuse(ref, SNAPSHOT_NOT_SNAPSHOTTABLE,
 			       "disks[%zu] %s is an overlay over %zu files cprd made already, the "
-			       "most it records (commit the chain with qemu-img commit, or start "
-			       "the VM on a fresh copy)",
+			       "most it records (fold the chain into one file with qemu-img convert "
+			       "and create the VM anew on it)",
 			       i, d->path, d->n_backing);
 			for (size_t k = 0; k < SPEC_DISKS_MAX; k++)
 				free(overlay[k]);

@@ -1,7 +1,9 @@
 /* libFuzzer target: a VM spec (JSON, as CreateVM's "spec" carries it)
  * through spec_from_json_trusted, the syntax-only parser used for specs read
- * back from disk, and through spec_from_json, which also looks at the host
- * (stat and realpath of the paths named, nothing is written or run).
+ * back from disk, through spec_from_json, which also looks at the host
+ * (stat and realpath of the paths named, nothing is written or run), and
+ * through spec_from_json_record (a snapshot record's: the host's look, and
+ * the disks' backing chains).
  *
  * Contracts checked: a refusal names a field and gives a reason; the host
  * check is never more lenient than the syntax check; an accepted spec
@@ -98,6 +100,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 		CHECK(rt == 0);
 	if (rt == -EINVAL)
 		CHECK(rf == -EINVAL);
+
+	/* A snapshot record's spec: the full check plus disks' backing, so
+	 * between the two. */
+	struct vm_spec *rec = NULL;
+	struct spec_error err4 = {0};
+	int rr = spec_from_json_record(spec_o, &rec, &err4);
+	CHECK(rr == 0 || rr == -EINVAL || rr == -ENOMEM);
+	if (rr == -EINVAL)
+		check_refusal(&err4);
+	if (rf == 0)
+		CHECK(rr == 0);
+	if (rr == 0)
+		CHECK(rt == 0);
+	spec_free(rec);
 
 	if (rt == 0) {
 		check_spec(trusted);

@@ -277,6 +277,42 @@ void disk_grants_return(struct disk_grants *g, const char *vm) {
 	disk_grants_clear(g);
 }
 
+int disk_grants_add_made(struct disk_grants *g, const char *path, int fd, uid_t uid) {
+	struct stat st;
+	if (g->n >= DISK_GRANTS_MAX)
+		return -E2BIG;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	struct disk_grant *v = realloc(g->v, (g->n + 1) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	g->v = v;
+	v[g->n] = (struct disk_grant){
+		.path = strdup(path),
+		.dev = (uint64_t)st.st_dev,
+		.ino = (uint64_t)st.st_ino,
+		.kind = DISK_GRANT_OWNER,
+		.uid = uid,
+		.owner = st.st_uid,
+		.group = st.st_gid,
+		.mode = st.st_mode & 07777,
+	};
+	if (!v[g->n].path)
+		return -ENOMEM;
+	g->n++;
+	return 0;
+}
+
+void disk_grants_forget(struct disk_grants *g, const char *path) {
+	for (size_t i = g->n; i-- > 0;)
+		if (streq(g->v[i].path, path)) {
+			free(g->v[i].path);
+			memmove(&g->v[i], &g->v[i + 1], (g->n - i - 1) * sizeof(*g->v));
+			g->n--;
+			return;
+		}
+}
+
 struct json_object *disk_grants_to_json(const struct disk_grants *g) {
 	struct json_object *a = json_object_new_array();
 	for (size_t i = 0; i < g->n; i++) {
@@ -337,11 +373,11 @@ int disk_grants_from_json(struct json_object *a, struct disk_grants *g, char *wh
 	if (!json_object_is_type(a, json_type_array))
 		return json_refuse(why, size, "diskGrants is not an array");
 	size_t n = json_object_array_length(a);
-	if (n > SPEC_DISKS_MAX * (1 + SPEC_BACKING_MAX))
+	if (n > DISK_GRANTS_MAX)
 		return json_refuse(why, size,
-				   "diskGrants has %zu records, more than %d disks and their "
-				   "backing files",
-				   n, SPEC_DISKS_MAX * (1 + SPEC_BACKING_MAX));
+				   "diskGrants has %zu records, more than %d disks, their backing "
+				   "files and overlays",
+				   n, DISK_GRANTS_MAX);
 	g->v = calloc(n ? n : 1, sizeof(*g->v));
 	if (!g->v)
 		return -ENOMEM;

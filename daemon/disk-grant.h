@@ -17,6 +17,10 @@ struct spec_disk;
 struct users_range;
 
 #define DISK_GRANT_CHECK_TIMEOUT_MS 5000 /* the child that tries the opens */
+/* Records a VM may hold: its disks, the backing files cprd recorded under
+ * them, and the snapshot overlays made for its user while it runs (one per
+ * level of a chain at most). */
+#define DISK_GRANTS_MAX (SPEC_DISKS_MAX * (1 + 2 * SPEC_BACKING_MAX))
 
 enum disk_grant_kind {
 	DISK_GRANT_OWNER, /* chown to the user, mode 0600 */
@@ -60,6 +64,12 @@ int disk_grants_apply(const struct disk_grants *g, size_t *failed, char *why, si
  * was left (owned by the uid, for a chown); logs the others under vm's
  * name; empties g. */
 void disk_grants_return(struct disk_grants *g, const char *vm);
+/* Records fd, a file at path that cprd just made (root's) and is about to
+ * give to uid while the VM runs (a snapshot's overlay): at stop it goes
+ * back to the owner, group and mode it has now, as a disk does. */
+int disk_grants_add_made(struct disk_grants *g, const char *path, int fd, uid_t uid);
+/* Forgets the last record of path (a file removed again). */
+void disk_grants_forget(struct disk_grants *g, const char *path);
 void disk_grants_clear(struct disk_grants *g);
 
 /* The records as vm.json keeps them, and read back field by field (-EBADMSG

@@ -261,11 +261,18 @@ static void snap_finish(struct snapshot_op *s, enum snapshot_error e, struct jso
 	if (q)
 		qmp_cancel(q, s);
 	snap_undo(s);
-	for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
-		if (s->reserved[i] && !s->overlays_taken && unlink(s->overlay[i]) < 0 &&
-		    errno != ENOENT)
-			log_vm(LOG_WARNING, s->name, "cannot remove the overlay %s: %m", s->overlay[i]);
 	struct vm *vm = s->vm;
+	bool forgot = false;
+	for (size_t i = 0; i < SPEC_DISKS_MAX; i++) {
+		if (!s->reserved[i] || s->overlays_taken)
+			continue;
+		if (unlink(s->overlay[i]) < 0 && errno != ENOENT)
+			log_vm(LOG_WARNING, s->name, "cannot remove the overlay %s: %m", s->overlay[i]);
+		disk_grants_forget(&vm->disk_grants, s->overlay[i]);
+		forgot = true;
+	}
+	if (forgot && vm->uid)
+		vm_save(vm);
 	if (vm->operation == VM_OP_SNAPSHOT)
 		vm->operation = VM_OP_NONE;
 	vm_watch_main(vm);
@@ -531,6 +538,18 @@ static int snap_reserve_overlays(struct snapshot_op *s) {
 			return -1;
 		}
 		s->reserved[i] = true;
+		/* A VM's own uid has the file while the VM runs; at stop it goes
+		 * back to root, 0600, as the disks do, so no uid of the range
+		 * keeps a file of a snapshot's chain. */
+		int r = 0;
+		if (s->vm->uid &&
+		    ((r = disk_grants_add_made(&s->vm->disk_grants, s->overlay[i], fd, id->uid)) < 0 ||
+		     (r = vm_save(s->vm)) < 0)) {
+			errno = -r;
+			snap_fail(s, SNAPSHOT_FAILED, "disks[%zu]: cannot record the overlay %s in vm.json: %m",
+				  i, s->overlay[i]);
+			return -1;
+		}
 		if (id && fchown(fd, id->uid, id->gid) < 0) {
 			snap_fail(s, SNAPSHOT_FAILED, "disks[%zu]: cannot give the overlay %s to uid %u: %m",
 				  i, s->overlay[i], (unsigned)id->uid);

@@ -81,13 +81,13 @@ START_TEST(test_json_refused) {
 		"\"mode\":4096}]",
 		"mode");
 	refused("[{\"path\":\"/a\",\"kind\":\"acl\",\"dev\":-1,\"ino\":2,\"uid\":5}]", "dev");
-	/* More records than a VM has disks and backing files. */
-	static char many[SPEC_DISKS_MAX * (1 + SPEC_BACKING_MAX) * 3 + 16];
+	/* More records than a VM has disks, backing files and overlays. */
+	static char many[DISK_GRANTS_MAX * 3 + 16];
 	strcpy(many, "[");
-	for (int i = 0; i <= SPEC_DISKS_MAX * (1 + SPEC_BACKING_MAX); i++)
+	for (int i = 0; i <= DISK_GRANTS_MAX; i++)
 		strcat(many, i ? ",{}" : "{}");
 	strcat(many, "]");
-	refused(many, "more than 520 disks and their backing files");
+	refused(many, "more than 1032 disks, their backing files and overlays");
 }
 END_TEST
 
@@ -306,6 +306,29 @@ START_TEST(test_backing_chain) {
 		ck_assert_int_eq(acl_users(chain[i], ids, 4), -1);
 		assert_owner(chain[i], 0, 0, 0600);
 	}
+
+	/* A snapshot's overlay made for the uid while the VM runs goes back to
+	 * root with the disks; one removed again is forgotten. */
+	give(a, 1, UID_A, &g);
+	char *made = make_file("a.snap-3.qcow2", 0600), *gone = make_file("a.snap-4.qcow2", 0600);
+	int fd = open(made, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(disk_grants_add_made(&g, made, fd, UID_A), 0);
+	close(fd);
+	fd = open(gone, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_eq(disk_grants_add_made(&g, gone, fd, UID_A), 0);
+	close(fd);
+	ck_assert_uint_eq(g.n, 5);
+	ck_assert_int_eq(chown(made, UID_A, UID_A), 0);
+	disk_grants_forget(&g, gone);
+	ck_assert_uint_eq(g.n, 4);
+	ck_assert_str_eq(g.v[3].path, made);
+	ck_assert_int_eq(g.v[3].kind, DISK_GRANT_OWNER);
+	disk_grants_return(&g, "a");
+	assert_owner(made, 0, 0, 0600);
+	assert_owner(top, 0, 0, 0600);
+	free(made);
+	free(gone);
 
 	/* A backing file that another VM's QEMU writes: refused, nothing given. */
 	ck_assert_int_eq(chown(mid, UID_B, UID_B), 0);

@@ -717,9 +717,10 @@ class OwnUid(SnapshotCase, L.LinuxGuestCase):
 
     def test_snapshot_as_own_uid_then_start(self):
         """A VM whose QEMU runs as its own uid is snapshot twice (cprd makes
-        each overlay's file, the uid's, since QEMU may not create files in
-        the disks' folder), stopped and started again: its QEMU reads both
-        files below its top overlay, through ACL entries that go at stop.
+        each overlay's file, the uid's while the VM runs, since QEMU may not
+        create files in the disks' folder), stopped (every file of the chain
+        root's again) and started again: its QEMU reads both files below its
+        top overlay, through ACL entries that go at stop.
         A QEMU not run by root needs vm.unprivileged_userfaultfd=1 for the
         snapshot: the test sets it for the snapshots only, and puts the old
         value back."""
@@ -759,9 +760,13 @@ class OwnUid(SnapshotCase, L.LinuxGuestCase):
         self.assertEqual((spec["disks"][1]["path"], spec["disks"][1]["backing"]),
                          (overlays[1], [data, overlays[0]]), spec)
         self.assertEqual(c.ctl("stop", "g", "--force").rc, 0)
-        st = os.stat(data)
-        self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (0, 0o600), "the disk was not given back")
-        self.assertIsNone(I.acl_users(data))
+        # No file of the chain stays the uid's: the overlays made for it go
+        # back to root with the disk.
+        for f in [data] + overlays:
+            st = os.stat(f)
+            self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (0, 0, 0o600),
+                             "%s was not given back" % f)
+            self.assertIsNone(I.acl_users(f))
 
         # The uid reads the two files below its disk only through the grants.
         r = c.ctl("start", "g", "--json")
@@ -770,11 +775,13 @@ class OwnUid(SnapshotCase, L.LinuxGuestCase):
         self.assertEqual(I.proc_ids(r.json["pid"])[0], [str(uid)] * 4)
         self.assertEqual(I.acl_users(data), [uid])
         self.assertEqual(I.acl_users(overlays[0]), [uid])
+        self.assert_owner(overlays[1], uid, 0o600)
         t0 = c.read_guest("g")[1]
         wait_until(lambda: c.read_guest("g")[1] >= t0 + 18, 30 * T.SLOWDOWN, what="the guest's ticks")
         self.assertEqual(c.ctl("stop", "g", "--force").rc, 0)
         self.assertIsNone(I.acl_users(data), "the backing file kept the uid's ACL entry after stop")
         self.assertIsNone(I.acl_users(overlays[0]))
+        self.assertEqual(os.stat(overlays[1]).st_uid, 0)
         T.log("    snapshot twice as uid %d, then a start on %s over %d files" %
               (uid, os.path.basename(overlays[1]), len(spec["disks"][1]["backing"])))
 

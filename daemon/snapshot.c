@@ -976,15 +976,27 @@ static void restore_on_start(struct vm *vm, const struct vm_outcome *o, void *us
 	restore_end(s, result);
 }
 
+/* The VM the restore goes into (*ret, NULL when there is none yet), if
+ * nothing runs on it now; false after failing the restore. Asked again at
+ * each step that waited, since a call may have started the VM meanwhile. */
+static bool restore_vm_idle(struct snapshot_op *s, struct vm **ret) {
+	struct vm *vm = manager_find(s->m, s->name);
+	*ret = vm;
+	if (vm && (vm_is_active(vm) || vm->operation != VM_OP_NONE)) {
+		restore_fail(s, SNAPSHOT_BAD_STATE, "VM %s is %s now; stop it or restore under another name",
+			     s->name, vm_state_name(vm));
+		return false;
+	}
+	return true;
+}
+
 /* The spec and its overlays are ready: the VM is made (or taken) and
  * started. */
 static void restore_start_vm(struct snapshot_op *s) {
-	struct vm *vm = manager_find(s->m, s->name);
+	struct vm *vm = NULL;
 	int r;
-	if (vm && (vm_is_active(vm) || vm->operation != VM_OP_NONE))
-		return restore_fail(s, SNAPSHOT_BAD_STATE,
-				    "VM %s is %s now; stop it or restore under another name", s->name,
-				    vm_state_name(vm));
+	if (!restore_vm_idle(s, &vm))
+		return;
 	struct vm_spec *spec = s->spec;
 	/* The recorded disk goes on top of its recorded chain: the files the
 	 * VM's own user is let read below its overlay. */
@@ -1062,12 +1074,10 @@ static void restore_next_overlay(struct snapshot_op *s) {
  * one. Those disks are the snapshot's disk state, which the restored guest
  * must never write: each writable one gets a fresh overlay first. */
 static void restore_launch(struct snapshot_op *s) {
-	struct vm *vm = manager_find(s->m, s->name);
+	struct vm *vm = NULL;
 	int r;
-	if (vm && (vm_is_active(vm) || vm->operation != VM_OP_NONE))
-		return restore_fail(s, SNAPSHOT_BAD_STATE,
-				    "VM %s is %s now; stop it or restore under another name", s->name,
-				    vm_state_name(vm));
+	if (!restore_vm_idle(s, &vm))
+		return;
 	struct spec_error err;
 	memset(&err, 0, sizeof(err));
 	struct json_object *o = json_object_get(s->want.spec);

@@ -411,13 +411,19 @@ class Releases(SnapshotCase):
 
 class LinuxGuest(SnapshotCase, L.LinuxGuestCase):
 
-    def test_snapshot_while_writing_restore_after_reboot(self):
-        name = "lin"
-        data = os.path.join(self.tmp, "lin-data.qcow2")
+    def start_with_data_disk(self, name):
+        """Creates and starts the Linux guest with a fresh qcow2 data disk;
+        returns the disk's path."""
+        data = os.path.join(self.tmp, "%s-data.qcow2" % name)
         subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", data, str(L.DATA_DISK_BYTES)], check=True)
         self.ok("create", name, "--memory", L.MEMORY_MIB, "--qemu", T.QEMU10, "--machine", "pc",
                 "--accel", "tcg", "--disk", L.LINUX_IMAGE + ",readonly", "--disk", data + ",format=qcow2")
         self.start_vm(name)
+        return data
+
+    def test_snapshot_while_writing_restore_after_reboot(self):
+        name = "lin"
+        data = self.start_with_data_disk(name)
         boots = wait_until(lambda: self.report(name)[0], L.BOOT_TIMEOUT, interval=0.2, what="the boot line")
         boot_id = boots[0]
         wait_until(lambda: self.last_reported(name) >= 8, 30 * T.SLOWDOWN, interval=0.1, what="records")
@@ -496,11 +502,7 @@ class LinuxGuest(SnapshotCase, L.LinuxGuestCase):
         VM keeps its own spec; a recorded disk that is gone is refused
         before any QEMU starts, naming the disk."""
         name = "lin"
-        data = os.path.join(self.tmp, "lin-data.qcow2")
-        subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", data, str(L.DATA_DISK_BYTES)], check=True)
-        self.ok("create", name, "--memory", L.MEMORY_MIB, "--qemu", T.QEMU10, "--machine", "pc",
-                "--accel", "tcg", "--disk", L.LINUX_IMAGE + ",readonly", "--disk", data + ",format=qcow2")
-        self.start_vm(name)
+        data = self.start_with_data_disk(name)
         boot_id = wait_until(lambda: self.report(name)[0], L.BOOT_TIMEOUT, interval=0.2,
                              what="the boot line")[0]
         wait_until(lambda: self.last_reported(name) >= 8, 30 * T.SLOWDOWN, interval=0.1, what="records")

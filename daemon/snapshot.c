@@ -809,7 +809,9 @@ static void restore_end(struct snapshot_op *s, struct json_object *result) {
 static void restore_cleanup(evutil_socket_t fd, short what, void *userdata) {
 	struct snapshot_op *s = userdata;
 	struct vm *vm = s->vm;
-	if (vm && !vm_is_active(vm)) {
+	/* Asked once: a VM the restore created is freed below. */
+	bool active = vm && vm_is_active(vm);
+	if (vm && !active) {
 		vm_release_custody(vm);
 		if (s->created) {
 			char *rt = vm_runtime_file(vm, "qemu.json");
@@ -833,7 +835,7 @@ static void restore_cleanup(evutil_socket_t fd, short what, void *userdata) {
 		}
 	}
 	/* The overlays this restore made, unless a QEMU still has them. */
-	if (!vm || !vm_is_active(vm))
+	if (!active)
 		for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
 			if (s->overlay[i] && unlink(s->overlay[i]) < 0 && errno != ENOENT)
 				log_vm(LOG_WARNING, s->name, "cannot remove the overlay %s: %m",

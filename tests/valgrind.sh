@@ -58,8 +58,8 @@ skip() {
 }
 start=$(date +%s)
 if [ $pidfd_ok = 0 ]; then
-	# Check cases tagged pidfd (test_custody's recover) are left out, and
-	# counted once as a skip.
+	# Check cases tagged pidfd (test_custody's recover, test_disk_overlay's
+	# qemu-img) are left out, and counted once as a skip.
 	export CK_EXCLUDE_TAGS=pidfd
 	skip pidfd-tagged "$(valgrind --version) does not know pidfd_open (syscall 434): the Check cases tagged pidfd are left out here"
 fi

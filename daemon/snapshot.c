@@ -152,6 +152,18 @@ static void arm(struct event *ev, int ms) {
 	evtimer_add(ev, &tv);
 }
 
+/* A result's "overlays": the files the guest writes to from now on, one
+ * per writable disk; left out when there are none. */
+static void add_overlays(struct json_object *r, const struct snapshot_op *s) {
+	if (!s->n_overlays)
+		return;
+	struct json_object *a = json_object_new_array();
+	for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
+		if (s->overlay[i])
+			json_object_array_add(a, json_object_new_string(s->overlay[i]));
+	json_object_object_add(r, "overlays", a);
+}
+
 static const char *status_of(struct json_object *ret) {
 	return json_object_get_string(json_object_object_get(ret, "status"));
 }
@@ -311,13 +323,7 @@ static struct json_object *snap_result(struct snapshot_op *s) {
 	json_object_object_add(r, "mbPerSec",
 			       json_new_fixed3(ms > 0 ? (double)s->size / 1e6 / (ms / 1000.0) : 0));
 	json_object_object_add(r, "totalMs", json_new_fixed3(elapsed_ms(s->t0)));
-	if (s->n_overlays) {
-		struct json_object *a = json_object_new_array();
-		for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
-			if (s->overlay[i])
-				json_object_array_add(a, json_object_new_string(s->overlay[i]));
-		json_object_object_add(r, "overlays", a);
-	}
+	add_overlays(r, s);
 	return r;
 }
 
@@ -944,13 +950,7 @@ static struct json_object *restore_result(struct snapshot_op *s) {
 		json_object_object_add(r, "pid", json_object_new_int(vm_qemu_pid(vm->qemu)));
 	json_object_object_add(r, "loadMs", json_new_fixed3(elapsed_ms(s->load_usec)));
 	json_object_object_add(r, "totalMs", json_new_fixed3(elapsed_ms(s->t0)));
-	if (s->n_overlays) {
-		struct json_object *a = json_object_new_array();
-		for (size_t i = 0; i < SPEC_DISKS_MAX; i++)
-			if (s->overlay[i])
-				json_object_array_add(a, json_object_new_string(s->overlay[i]));
-		json_object_object_add(r, "overlays", a);
-	}
+	add_overlays(r, s);
 	return r;
 }
 

@@ -838,8 +838,12 @@ def cprd_kill_starting(r):
     check(starter.returncode != 0, "the start that cprd's kill cut short succeeded: %s" % out)
     r.restart_cprd()
     r.wait_gone(qpid, "QEMU", "quit by the new cprd")
-    vm = r.status()
-    check(vm["state"] == "stopped", "state %s, expected stopped" % vm["state"])
+    # cprd sees the exit on its pidfd a moment after the pid is gone.
+    try:
+        vm = T.wait_until(lambda: (lambda v: v if v["state"] == "stopped" else None)(r.status()), 20,
+                          what="the VM to be stopped")
+    except AssertionError:
+        raise Fail("state %s, expected stopped" % r.status()["state"])
     check(r.cprd.memfd_inode(r.name) is None, "cprd still holds the guest RAM of a start that was undone")
     check(not os.path.exists(r.runtime_path("qemu.json")), "qemu.json is left behind")
     check("undoing the start" in r.cprd.read_log(), "cprd's log does not say why it quit pid %d" % qpid)
